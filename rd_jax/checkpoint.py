@@ -1,0 +1,127 @@
+"""Orbax checkpoints: the hand-off between stages (`final/`) and the resumable training state.
+
+Layout of a stage's hand-off, `<workdir>/<stage>/final/`:
+  params/      Orbax PyTree of parameters only (no optimizer state)
+  meta.json    {"model": "bert"|"decoder"|..., "model_config": {...}, "labels": [...],
+                "tokenizer": <folder>, "stage": ..., "step": ...}
+  COMPLETE     written last; a folder without it is treated as absent (an interrupted write)
+
+`final/` is written into a temporary sibling and renamed into place, so a reader never sees a
+half-written folder. A restore takes abstract shapes (and optionally shardings), so a model
+trained on a pod restores on one host or another mesh, and a mismatch names the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+COMPLETE = "COMPLETE"
+
+
+class CheckpointError(ValueError):
+  """A missing, incomplete or mismatched checkpoint; the message names the path and key."""
+
+
+def is_complete(directory: str) -> bool:
+  return os.path.exists(os.path.join(directory, COMPLETE))
+
+
+def save_final(directory: str, params: Any, meta: dict) -> None:
+  """Writes params + meta atomically to `directory` (replacing an older complete one)."""
+  directory = os.path.abspath(directory)
+  tmp = directory + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  os.makedirs(tmp)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(tmp, "params"), params)
+    ckptr.wait_until_finished()
+  if jax.process_index() == 0:
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
+    open(os.path.join(tmp, COMPLETE), "w").close()
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(tmp, directory)
+
+
+def read_meta(directory: str) -> dict:
+  directory = resolve_final(directory)
+  with open(os.path.join(directory, "meta.json")) as f:
+    return json.load(f)
+
+
+def resolve_final(path: str) -> str:
+  """Accepts a `final/` folder or a stage folder holding one; errors say what is missing."""
+  if not path:
+    raise CheckpointError("no checkpoint path given")
+  candidate = path if os.path.basename(os.path.normpath(path)) == "final" else os.path.join(path, "final")
+  if not os.path.isdir(candidate):
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "meta.json")):
+      candidate = path
+    else:
+      raise CheckpointError(f"no checkpoint at {path!r}: expected {candidate!r} (a stage's final/ folder)")
+  if not is_complete(candidate):
+    raise CheckpointError(f"checkpoint {candidate!r} is incomplete (no {COMPLETE} marker): "
+                          "the stage that writes it was interrupted; rerun it")
+  return candidate
+
+
+def load_final(path: str, abstract_params: Any = None, expect_model: str | None = None):
+  """Restores (params, meta) from a final/ folder.
+
+  abstract_params: a pytree of jax.ShapeDtypeStruct (with .sharding for a target mesh) or arrays.
+    When given, every key and shape must match, else CheckpointError names the first difference.
+    When None, params are restored as stored (host numpy -> default device).
+  """
+  directory = resolve_final(path)
+  meta = read_meta(directory)
+  if expect_model is not None and meta.get("model") != expect_model:
+    raise CheckpointError(f"checkpoint {directory!r} holds a {meta.get('model')!r} model, "
+                          f"expected {expect_model!r}")
+  params_dir = os.path.join(directory, "params")
+  with ocp.StandardCheckpointer() as ckptr:
+    if abstract_params is None:
+      params = ckptr.restore(params_dir)
+    else:
+      stored = ckptr.metadata(params_dir)
+      stored_tree = getattr(stored, "item_metadata", stored)
+      stored_tree = getattr(stored_tree, "tree", stored_tree)
+      check_tree_matches(stored_tree, abstract_params, where=directory)
+      params = ckptr.restore(params_dir, abstract_params)
+  return params, meta
+
+
+def check_tree_matches(stored: Any, expected: Any, where: str) -> None:
+  """Raises CheckpointError naming the first missing/unexpected key or shape mismatch."""
+  flat_s = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  flat_e = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+  missing = sorted(set(flat_e) - set(flat_s))
+  extra = sorted(set(flat_s) - set(flat_e))
+  if missing:
+    raise CheckpointError(f"checkpoint {where!r} lacks key {missing[0]} ({len(missing)} missing)")
+  if extra:
+    raise CheckpointError(f"checkpoint {where!r} has unexpected key {extra[0]} ({len(extra)} extra): "
+                          "was it written for another model config?")
+  for key, exp in flat_e.items():
+    got = getattr(flat_s[key], "shape", None)
+    if got is not None and tuple(got) != tuple(np.shape(exp)):
+      raise CheckpointError(f"checkpoint {where!r} key {key}: shape {tuple(got)} != expected "
+                            f"{tuple(np.shape(exp))} (model config mismatch)")
+
+
+def _json_default(o):
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  if hasattr(o, "to_dict"):
+    return o.to_dict()
+  raise TypeError(f"not JSON serialisable: {type(o)}")

