@@ -1,0 +1,54 @@
+"""Contrastive Reasoning Self-Distillation (CRSD) loss, Figure 3 of arXiv 2510.11056.
+
+One shared encoder + classifier produce, for the standard view (query, item) and the
+reasoning-augmented view (query, item, reasoning):  logits_s, logits_t [B, C] and [CLS] vectors
+cls_s, cls_t [B, D] (or their projections). The objective is
+
+    L = CE(logits_s, y) + w_aug * CE(logits_t, y) + lambda * InfoNCE(cls_s, cls_t)
+        [+ kl_weight * KL(p_t || p_s)   -- optional, not in Figure 3]
+
+The baseline (`aug_outputs=None`) is CE on the standard view alone. Inference uses the standard
+view only, so nothing at serving time needs reasoning.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from rd_jax.losses import classification, infonce
+
+
+def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg, *, local_block: int = 0):
+  """std_out/aug_out: model outputs ({"logits", "cls", optional "proj"}); cfg: the crsd section.
+
+  Returns (loss, metrics) with metrics as (sum, count)-normalised scalars.
+  """
+  labels, w = batch["labels"], batch["weights"].astype(jnp.float32)
+  ce_s, n = classification.weighted_cross_entropy(std_out["logits"], labels, w)
+  acc_s, _ = classification.weighted_accuracy(std_out["logits"], labels, w)
+  n = jnp.maximum(n, 1.0)
+  loss = ce_s / n
+  metrics = {"ce_std": ce_s / n, "acc_std": acc_s / n}
+  if aug_out is None:
+    metrics["loss"] = loss
+    return loss, metrics
+
+  ce_t, _ = classification.weighted_cross_entropy(aug_out["logits"], labels, w)
+  acc_t, _ = classification.weighted_accuracy(aug_out["logits"], labels, w)
+  key = "proj" if "proj" in std_out else "cls"
+  nce, _, nce_m = infonce.info_nce(
+      std_out[key], aug_out[key], w, temperature=cfg.temperature, symmetric=cfg.symmetric,
+      stop_grad_aug=cfg.stop_grad_aug,
+      item_key=batch.get("item_key") if cfg.mask_duplicates else None,
+      reasoning_key=batch.get("reasoning_key") if cfg.mask_duplicates else None,
+      local_block=0 if cfg.gather_negatives else local_block)
+  loss = loss + cfg.weight_aug_ce * ce_t / n + cfg.lambda_infonce * nce / n
+  metrics.update(ce_aug=ce_t / n, acc_aug=acc_t / n, infonce=nce / n,
+                 infonce_top1=nce_m["infonce_top1_sum"] / n,
+                 positive_cos=nce_m["positive_cos_sum"] / n)
+  if cfg.kl_weight:
+    kl, _ = classification.kl_divergence(aug_out["logits"], std_out["logits"], w)
+    loss = loss + cfg.kl_weight * kl / n
+    metrics["kl"] = kl / n
+  metrics["loss"] = loss
+  return loss, metrics

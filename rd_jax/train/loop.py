@@ -1,0 +1,140 @@
+"""The one training loop every stage uses: a pure step, batches, checkpoints, metrics, progress.
+
+    state, metrics = step_fn(state, batch)      # jitted by the caller with explicit shardings
+
+What the loop adds around it:
+- resume: the latest Orbax checkpoint in `<stage>/checkpoints` restores the state (into the
+  caller's shardings) AND the data iterator's state, so a restarted run reaches bit-identical
+  parameters to one that never stopped (dropout keys derive from the step number);
+- checkpoints every `checkpoint_every` steps and at the end, written by all processes (Orbax);
+- a NaN/Inf guard: a non-finite loss stops the stage naming the step, writes the offending batch
+  to `nan_batch_step<N>.npz`, and leaves the last good checkpoint as the latest;
+- `metrics.jsonl` (one object per logged step) + TensorBoard scalars, written by process 0 only,
+  and a progress line (step, loss, steps/s, ETA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from rd_jax.parallel import mesh as mesh_lib
+from rd_jax.train.state import abstract_with_shardings
+
+
+class MetricsWriter:
+  """Appends to metrics.jsonl and TensorBoard; on resume drops records past the restored step."""
+
+  def __init__(self, stage_dir: str, start_step: int):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(stage_dir, "metrics.jsonl")
+    self.tb = None
+    if not self.enabled:
+      return
+    if os.path.exists(self.path):  # a killed run may have logged past its last checkpoint
+      with open(self.path) as f:
+        kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start_step]
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
+    try:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(stage_dir, "tb"))
+    except ImportError:  # pragma: no cover - tensorboardX is a dependency
+      logging.warning("tensorboardX missing: no TensorBoard events")
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **scalars}) + "\n")
+    if self.tb is not None:
+      for k, v in scalars.items():
+        self.tb.add_scalar(k, v, step)
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(stage_dir), "checkpoints"),
+                               options=options, item_names=("state", "data_iter"))
+
+
+def restore_latest(mngr, state, shardings, batches) -> tuple[Any, int]:
+  step = mngr.latest_step()
+  if step is None:
+    return state, 0
+  abstract = abstract_with_shardings(state, shardings)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), data_iter=ocp.args.JsonRestore()))
+  batches.set_state(restored["data_iter"])
+  logging.info("resumed from checkpoint step %d", step)
+  return restored["state"], step
+
+
+def run(*, stage_dir: str, state: Any, shardings: Any, step_fn: Callable, batches: Iterator,
+        mesh, num_steps: int, log_every: int, checkpoint_every: int, keep: int = 2,
+        extra_scalars: Callable[[int], dict] | None = None) -> tuple[Any, dict]:
+  """Trains to `num_steps`; returns (state, stats). `batches` needs get_state/set_state."""
+  os.makedirs(stage_dir, exist_ok=True)
+  mngr = checkpoint_manager(stage_dir, keep)
+  state, start = restore_latest(mngr, state, shardings, batches)
+  writer = MetricsWriter(stage_dir, start)
+  window_t, window_n, last = time.perf_counter(), 0, {}
+  t_begin = time.perf_counter()
+  try:
+    for step in range(start + 1, num_steps + 1):
+      host_batch = next(batches)
+      state, metrics = step_fn(state, mesh_lib.put_batch(host_batch, mesh))
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(metrics["loss"]):
+        _stop_on_nan(stage_dir, step, metrics, host_batch, mngr)
+      window_n += 1
+      if step % log_every == 0 or step == num_steps:
+        now = time.perf_counter()
+        rate = window_n / max(now - window_t, 1e-9)
+        scalars = dict(metrics, steps_per_s=rate)
+        if extra_scalars is not None:
+          scalars.update(extra_scalars(step))
+        writer.write(step, scalars)
+        logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, num_steps,
+                     metrics["loss"], rate, _eta((num_steps - step) / max(rate, 1e-9)))
+        window_t, window_n, last = now, 0, scalars
+      if step % checkpoint_every == 0 or step == num_steps:
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                data_iter=ocp.args.JsonSave(batches.get_state())))
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  stats = {"steps": num_steps, "resumed_from": start, "last_metrics": last,
+           "train_seconds": time.perf_counter() - t_begin}
+  return state, stats
+
+
+def _stop_on_nan(stage_dir, step, metrics, host_batch, mngr):
+  mngr.wait_until_finished()
+  path = os.path.join(stage_dir, f"nan_batch_step{step}.npz")
+  if jax.process_index() == 0:
+    np.savez(path, **{k: np.asarray(v) for k, v in host_batch.items()})
+  raise FloatingPointError(
+      f"non-finite loss {metrics['loss']} at step {step} (metrics {metrics}); the batch is in "
+      f"{path}; the last good checkpoint (step {mngr.latest_step()}) is kept — fix the cause "
+      "(learning rate, data) and rerun to resume from it")
+
+
+def _eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
