@@ -1,0 +1,79 @@
+"""Validation of a pipeline config: bad values fail with the key's name and what is allowed.
+
+Unknown keys are already refused by `config_flags` (the config is locked): `--config.crsd.tau=1`
+fails naming `crsd.tau`. This checks the values.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class ConfigError(ValueError):
+  pass
+
+
+_CHOICES = {
+    "data.format": ("auto", "jsonl", "csv", "parquet"),
+    "data.on_bad_row": ("error", "skip"),
+    "data.reasoning_source": ("annotations", "rules"),
+    "student.dtype": ("float32", "bfloat16"),
+    "teacher.dtype": ("float32", "bfloat16"),
+    "crsd.label_source": ("gold", "teacher"),
+    "optim.schedule": ("cosine", "linear", "constant"),
+    "mesh.multihost": ("auto", "off", "explicit"),
+    "eval.split": ("test", "valid", "train"),
+    "dpo.loss": ("dpo", "ipo", "simpo"),
+}
+_POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.checkpoint_every",
+             "train.keep_checkpoints", "student.max_len_std", "student.max_len_aug",
+             "crsd.temperature", "optim.learning_rate", "eval.batch_size", "data.num_folds")
+_NON_NEGATIVE = ("crsd.lambda_infonce", "crsd.weight_aug_ce", "crsd.kl_weight",
+                 "crsd.projection_dim", "optim.warmup_steps", "optim.weight_decay",
+                 "optim.grad_clip")
+
+
+def _get(cfg, dotted: str):
+  node = cfg
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def validate(cfg) -> None:
+  for key, allowed in _CHOICES.items():
+    value = _get(cfg, key)
+    if value not in allowed:
+      raise ConfigError(f"config key {key} = {value!r}; allowed: {', '.join(allowed)}")
+  for key in _POSITIVE:
+    value = _get(cfg, key)
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+      raise ConfigError(f"config key {key} = {value!r}; must be a positive number")
+  for key in _NON_NEGATIVE:
+    value = _get(cfg, key)
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+      raise ConfigError(f"config key {key} = {value!r}; must be >= 0")
+  labels = list(cfg.labels)
+  if len(labels) < 2 or len(set(labels)) != len(labels) or not all(
+      isinstance(l, str) and l.strip() for l in labels):
+    raise ConfigError(f"config key labels = {labels!r}; need >= 2 distinct non-empty names")
+  folds = {k: set(_get(cfg, f"data.{k}")) for k in ("train_folds", "valid_folds", "test_folds")}
+  for a in folds:
+    for b in folds:
+      if a < b and folds[a] & folds[b]:
+        raise ConfigError(f"config keys data.{a} and data.{b} share folds "
+                          f"{sorted(folds[a] & folds[b])}: splits must be query-disjoint")
+    bad = [f for f in folds[a] if not 0 <= f < cfg.data.num_folds]
+    if bad:
+      raise ConfigError(f"config key data.{a} has folds {bad} outside 0..{cfg.data.num_folds - 1}")
+  buckets = list(cfg.student.length_buckets)
+  if buckets != sorted(buckets) or not buckets or buckets[-1] < max(cfg.student.max_len_std,
+                                                                    cfg.student.max_len_aug):
+    raise ConfigError(f"config key student.length_buckets = {buckets}: must be increasing and "
+                      "end at or above student.max_len_std and student.max_len_aug")
+  dims, weights = list(cfg.reward.dimensions), list(cfg.reward.weights)
+  if len(dims) != len(weights) or any(not math.isfinite(w) or w < 0 for w in weights):
+    raise ConfigError(f"config key reward.weights = {weights}: need one finite weight >= 0 per "
+                      f"dimension in reward.dimensions = {dims}")
+  if cfg.train.batch_size < 2 and cfg.crsd.lambda_infonce > 0:
+    raise ConfigError("config key train.batch_size must be >= 2 for in-batch InfoNCE negatives")

@@ -1,0 +1,41 @@
+"""Stage registry: `--stage=<name>` runs `STAGES[name].run(cfg, workdir)`.
+
+Modules are imported lazily so `--help` and a typo'd stage answer instantly, and a stage's heavy
+dependencies (torch for export, the teacher for annotate) load only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> (module, one-line description shown by --help)
+STAGES = {
+    "cpt": ("rd_jax.stages.cpt", "teacher: continued pre-training on the domain corpus"),
+    "sft": ("rd_jax.stages.sft", "teacher: SFT on prompt -> reasoning + label (STaR bootstrap)"),
+    "reward": ("rd_jax.stages.reward", "teacher: multi-dimensional reward model (K BT heads)"),
+    "dpo": ("rd_jax.stages.dpo", "teacher: preference optimisation (DPO / IPO / SimPO)"),
+    "annotate": ("rd_jax.stages.annotate", "teacher: label + reason pairs with KV-cache generation"),
+    "crsd": ("rd_jax.stages.crsd", "student: CRSD (CE on both views + InfoNCE)  [main job]"),
+    "baseline": ("rd_jax.stages.baseline", "student: CE on the standard view only (ablation)"),
+    "eval": ("rd_jax.stages.eval", "student: metrics.json + confusion.png on a labelled split"),
+    "export": ("rd_jax.stages.export", "student: Hugging Face / PyTorch folder, verified"),
+    "all": ("rd_jax.stages.all", "every stage above in order, skipping completed ones"),
+}
+
+
+def available() -> dict[str, str]:
+  """Stages whose module exists in this installation."""
+  out = {}
+  for name, (module, doc) in STAGES.items():
+    if importlib.util.find_spec(module) is not None:
+      out[name] = doc
+  return out
+
+
+def run(name: str, cfg, workdir: str) -> dict:
+  if name not in STAGES:
+    raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+  module_name = STAGES[name][0]
+  if importlib.util.find_spec(module_name) is None:
+    raise ValueError(f"stage {name!r} is not implemented in this version ({module_name} missing)")
+  return importlib.import_module(module_name).run(cfg, workdir)
