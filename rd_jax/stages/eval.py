@@ -1,0 +1,57 @@
+"""`--stage=eval`: metrics.json + confusion.png for any student checkpoint on any labelled file.
+
+  checkpoint: cfg.eval.checkpoint, or <workdir>/crsd/final (a stage folder or its final/)
+  data:       cfg.eval.path (any labelled pairs file), or the cfg.eval.split folds of data.path
+Writes <workdir>/eval/metrics.json (accuracy, macro_f1, per_class, confusion, ...) and
+<workdir>/eval/confusion.png. Only the standard (query, item) view is used: no reasoning needed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+
+from rd_jax import checkpoint, metrics as metrics_lib
+from rd_jax.models import bert
+from rd_jax.parallel import mesh as mesh_lib
+from rd_jax.stages import student_common
+
+
+def run(cfg, workdir: str) -> dict:
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  ckpt = cfg.eval.checkpoint or os.path.join(workdir, "crsd")
+  meta = checkpoint.read_meta(ckpt)
+  if meta.get("model") != "bert":
+    raise checkpoint.CheckpointError(f"{ckpt!r} holds a {meta.get('model')!r} model; eval needs "
+                                     "a student (bert) checkpoint")
+  if list(meta["labels"]) != list(cfg.labels):
+    raise checkpoint.CheckpointError(f"{ckpt!r} was trained with labels {meta['labels']}, the "
+                                     f"config has labels {list(cfg.labels)}")
+  mesh_lib.maybe_initialize_distributed(cfg.mesh)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  model_cfg = bert.BertConfig.from_dict(meta["model_config"])
+  model = bert.BertClassifier(model_cfg)
+  abstract = jax.eval_shape(lambda: bert.init_params(model_cfg, jax.random.PRNGKey(0)))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mesh_lib.replicated(mesh)),
+      abstract)
+  params, _ = checkpoint.load_final(ckpt, abstract, expect_model="bert")
+
+  pairs, source, report = student_common.load_eval_pairs(cfg, out_dir, meta.get("item_template"))
+  tokenizer = student_common.load_tokenizer(meta["tokenizer"])
+  predict = student_common.make_predict_fn(model, mesh)
+  result = student_common.evaluate(predict, params, pairs, tokenizer, cfg,
+                                   max_len_std=meta.get("max_len_std"))
+  result.update(checkpoint=os.path.abspath(checkpoint.resolve_final(ckpt)), data=source,
+                data_report=report)
+  if jax.process_index() == 0:
+    metrics_lib.write_json_atomic(result, os.path.join(out_dir, "metrics.json"))
+    metrics_lib.save_confusion_png(result, os.path.join(out_dir, "confusion.png"),
+                                   title=f"{source}: macro-F1 {result['macro_f1']:.4f}")
+  logging.info("eval on %s: macro-F1 %.4f accuracy %.4f (%d pairs)", source, result["macro_f1"],
+               result["accuracy"], result["num_examples"])
+  return {"macro_f1": result["macro_f1"], "accuracy": result["accuracy"],
+          "output": os.path.join(out_dir, "metrics.json")}

@@ -1,0 +1,160 @@
+"""What the student stages (crsd, baseline, eval) share: data, batches, prediction, meta."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from rd_jax import metrics as metrics_lib
+from rd_jax.data import pipeline, rationale, readers
+from rd_jax.parallel import mesh as mesh_lib
+
+
+@dataclasses.dataclass
+class StudentData:
+  train: list
+  valid: list
+  tokenizer: object
+  tokenizer_dir: str
+  report: dict
+
+
+def load_tokenizer(spec: str):
+  from transformers import AutoTokenizer
+  from rd_jax.convert import hf_bert
+  return AutoTokenizer.from_pretrained(hf_bert.resolve_bert_folder(spec))
+
+
+def _with_reasoning(pairs, cfg, report: dict, split: str):
+  """Attaches reasoning per cfg.data.reasoning_source; a pair left without one is an error."""
+  if cfg.data.reasoning_source == "rules":
+    report[f"{split}_reasoning"] = "rules (data/rationale.py, lexical, no label)"
+    return rationale.with_rule_rationales(pairs)
+  if not cfg.data.reasoning_path:
+    raise ValueError("config key data.reasoning_path is empty but data.reasoning_source is "
+                     "'annotations': point it at the annotate stage's output (or use 'rules')")
+  pairs, ann_report = readers.attach_reasoning(pairs, cfg.data.reasoning_path, cfg)
+  report[f"{split}_reasoning"] = ann_report
+  missing = [p for p in pairs if not p.reasoning]
+  if missing:
+    if cfg.data.on_bad_row == "error":
+      raise ValueError(f"{len(missing)} {split} pairs have no reasoning in "
+                       f"{cfg.data.reasoning_path} (e.g. query_id={missing[0].query_id} "
+                       f"product_id={missing[0].product_id}); set data.on_bad_row=skip to drop them")
+    pairs = [p for p in pairs if p.reasoning]
+    report[f"{split}_dropped_without_reasoning"] = len(missing)
+  return pairs
+
+
+def _label_source(pairs, cfg, report: dict):
+  if cfg.crsd.label_source == "gold":
+    return pairs
+  without = sum(p.teacher_label_id is None for p in pairs)
+  if without:
+    raise ValueError(f"crsd.label_source=teacher but {without} train pairs have no teacher label "
+                     f"in {cfg.data.reasoning_path}")
+  report["labels"] = "teacher"
+  return [dataclasses.replace(p, label_id=p.teacher_label_id) for p in pairs]
+
+
+def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentData:
+  pairs, report = readers.load_pairs(cfg.data.path, cfg, require_label=True,
+                                     rejects_path=os.path.join(stage_dir, "rejects.jsonl"))
+  splits = readers.train_valid_test(pairs, cfg)
+  train, valid = splits["train"], splits["valid"]
+  if not train:
+    raise ValueError(f"no training pairs in folds data.train_folds={list(cfg.data.train_folds)} "
+                     f"of {report['path']}")
+  if use_reasoning:
+    train = _with_reasoning(train, cfg, report, "train")
+  train = _label_source(train, cfg, report)
+  report.update(train_pairs=len(train), valid_pairs=len(valid))
+  if jax.process_index() == 0:
+    metrics_lib.write_json_atomic(report, os.path.join(stage_dir, "data_report.json"))
+  folder = _tokenizer_dir(cfg.student.tokenizer)
+  return StudentData(train, valid, load_tokenizer(folder), folder, report)
+
+
+def _tokenizer_dir(spec: str) -> str:
+  from rd_jax.convert import hf_bert
+  return os.path.abspath(hf_bert.resolve_bert_folder(spec))
+
+
+def train_batches(pairs, tokenizer, cfg):
+  return pipeline.train_batches(pairs, tokenizer, cfg, seed=cfg.seed,
+                                batch_size=cfg.train.batch_size,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+
+
+def make_predict_fn(model, mesh) -> Callable:
+  """jit(params, batch) -> logits [B, C] on the standard view (the serving path: no reasoning)."""
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+
+  @jax.jit
+  def logits_fn(params, batch):
+    out = model.apply({"params": params}, batch["std_input_ids"], batch["std_attention_mask"],
+                      batch["std_token_type_ids"], deterministic=True)
+    return jax.lax.with_sharding_constraint(out["logits"], batch_sharding)
+
+  def predict(params, host_batch: dict) -> np.ndarray:
+    p, n = jax.process_index(), jax.process_count()
+    rows = len(host_batch["weights"]) // n
+    local = {k: v[p * rows:(p + 1) * rows] for k, v in host_batch.items()
+             if k.startswith("std_") or k == "weights"}
+    logits = logits_fn(params, mesh_lib.put_batch(local, mesh))
+    return np.asarray(multihost_utils.process_allgather(logits, tiled=True))
+
+  return predict
+
+
+def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=None) -> dict:
+  """Metrics of the standard-view predictions on labelled `pairs` (input order)."""
+  if not pairs:
+    raise ValueError("no pairs to evaluate")
+  eval_cfg = cfg
+  if max_len_std and max_len_std != cfg.student.max_len_std:
+    eval_cfg = cfg.copy_and_resolve_references()
+    with eval_cfg.unlocked():
+      eval_cfg.student.max_len_std = int(max_len_std)
+  batch_size = cfg.eval.batch_size + (-cfg.eval.batch_size) % jax.device_count()  # divisible
+  preds, labels = [], []
+  for batch in pipeline.eval_batches(pairs, tokenizer, eval_cfg, batch_size=batch_size):
+    logits = predict(params, batch)
+    keep = batch["weights"] > 0
+    preds.append(np.argmax(logits, -1)[keep])
+    labels.append(batch["labels"][keep])
+  return metrics_lib.classification_metrics(np.concatenate(labels), np.concatenate(preds),
+                                            list(cfg.labels))
+
+
+def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):
+  """(pairs, description, report) for eval: cfg.eval.path or the cfg.eval.split folds."""
+  eval_cfg = cfg
+  if item_template and item_template != cfg.data.item_template:
+    eval_cfg = cfg.copy_and_resolve_references()
+    with eval_cfg.unlocked():
+      eval_cfg.data.item_template = item_template  # render items as the student saw them
+  rejects = os.path.join(out_dir, "rejects.jsonl")
+  if cfg.eval.path:
+    pairs, report = readers.load_pairs(cfg.eval.path, eval_cfg, rejects_path=rejects)
+    return pairs, cfg.eval.path, report
+  pairs, report = readers.load_pairs(cfg.data.path, eval_cfg, rejects_path=rejects)
+  split = readers.train_valid_test(pairs, eval_cfg)[cfg.eval.split]
+  folds = list(cfg.data.get(f"{cfg.eval.split}_folds"))
+  return split, f"{report['path']} {cfg.eval.split} folds {folds}", report
+
+
+def student_meta(cfg, model_cfg, tokenizer_dir: str, *, stage: str, step: int, valid: dict) -> dict:
+  return {"model": "bert", "model_config": model_cfg.to_dict(), "labels": list(cfg.labels),
+          "tokenizer": tokenizer_dir, "item_template": cfg.data.item_template,
+          "max_len_std": int(cfg.student.max_len_std), "stage": stage, "step": step,
+          "init": cfg.student.init, "data": cfg.data.path or "bundled esci_us_srw150",
+          "train_folds": list(cfg.data.train_folds),
+          "metrics": {"valid_macro_f1": valid["macro_f1"], "valid_accuracy": valid["accuracy"]}}
