@@ -1,0 +1,163 @@
+"""Student batches: tokenised pairs -> length-bucketed numpy batches (grain, checkpointable).
+
+Batch contract (WORKSPACE.md "Data contract"), B = host-local rows, Ls / La = padded lengths:
+    std_input_ids, std_attention_mask, std_token_type_ids   [B, Ls] int32
+    aug_input_ids, aug_attention_mask, aug_token_type_ids   [B, La] int32
+    labels                                                   [B] int32 (-1 = unlabelled)
+    item_key, reasoning_key                                  [B] int32 (tokenize.text_key)
+    weights                                                  [B] float32 (0 = padding row)
+Ls (La) is the smallest of `student.length_buckets` (capped at `max_len_std` / `max_len_aug`) that
+fits the longest std (aug) row of the GLOBAL batch, so every process pads alike.
+
+Length bucketing (speed: XLA compiles once per shape, and real pairs are far shorter than the cap).
+Epoch e with seed s (numpy Generator seeded with [s, e]): permute all rows; drop the last
+N mod B rows of that permutation (different rows each epoch); cut the rest into windows of
+`WINDOW_BATCHES` batches; sort each window by (aug length, std length); cut it into batches of B
+rows; shuffle the order of all the epoch's batches. Deterministic given (seed, epoch).
+
+Grain: a `MapDataset` over batch slots, `.repeat()` over epochs, whose map builds batch
+(epoch = i // batches_per_epoch, slot = i % batches_per_epoch) by random access. The iterator's
+state is {"next_index": i}: JSON, tiny, and restoring it yields exactly the same next batches.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grain
+import numpy as np
+
+from rd_jax.data.schema import Pair
+from rd_jax.data.tokenize import TokenizedPairs, tokenize_pairs
+
+WINDOW_BATCHES = 50  # batches per length-sorted window: bigger = fewer shapes, less randomness
+_READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)  # 2-core hosts
+
+
+def effective_buckets(length_buckets, max_len: int) -> list[int]:
+  """The padded lengths a view may take: buckets below `max_len`, then `max_len` itself."""
+  return sorted({b for b in length_buckets if b < max_len} | {max_len})
+
+
+def bucket_length(longest: int, buckets: list[int]) -> int:
+  """The smallest bucket >= `longest` (buckets from `effective_buckets`, so one always fits)."""
+  return buckets[int(np.searchsorted(buckets, longest))]
+
+
+def make_batch(tokens: TokenizedPairs, rows: np.ndarray, *, std_len: int, aug_len: int,
+               weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """The batch dict (module docstring) of `rows` [B] padded to [B, std_len] / [B, aug_len]."""
+  batch = {}
+  for view, ragged, length in (("std", tokens.std, std_len), ("aug", tokens.aug, aug_len)):
+    ids, mask, types = ragged.pad(rows, length)
+    batch.update({f"{view}_input_ids": ids, f"{view}_attention_mask": mask,
+                  f"{view}_token_type_ids": types})
+  batch["labels"] = tokens.labels[rows]
+  batch["item_key"] = tokens.item_key[rows]
+  batch["reasoning_key"] = tokens.reasoning_key[rows]
+  batch["weights"] = np.ones(len(rows), np.float32) if weights is None else weights
+  return batch
+
+
+def epoch_plan(std_lengths: np.ndarray, aug_lengths: np.ndarray, batch_size: int, seed: int,
+               epoch: int, window_batches: int = WINDOW_BATCHES) -> np.ndarray:
+  """Row indices of every batch of `epoch`: [N // batch_size, batch_size] int64 (docstring rule)."""
+  rng = np.random.default_rng([seed, epoch])
+  num_batches = len(std_lengths) // batch_size
+  order = rng.permutation(len(std_lengths))[:num_batches * batch_size]
+  window = window_batches * batch_size
+  for start in range(0, len(order), window):
+    part = order[start:start + window]
+    order[start:start + window] = part[np.lexsort((std_lengths[part], aug_lengths[part]))]
+  batches = order.reshape(num_batches, batch_size)
+  return batches[rng.permutation(num_batches)]
+
+
+def _tokens_for(pairs, tokenizer, cfg) -> TokenizedPairs:
+  if isinstance(pairs, TokenizedPairs):
+    return pairs
+  tokens = tokenize_pairs(pairs, tokenizer, max_len_std=cfg.student.max_len_std,
+                          max_len_aug=cfg.student.max_len_aug,
+                          label_source=cfg.crsd.get("label_source", "gold"))
+  logging.info("tokenised %d pairs: %s", len(tokens), tokens.stats)
+  return tokens
+
+
+def _view_buckets(cfg) -> tuple[list[int], list[int]]:
+  """(std, aug) padded lengths allowed by `student.length_buckets` and the views' max lengths."""
+  std = effective_buckets(cfg.student.length_buckets, cfg.student.max_len_std)
+  aug = effective_buckets(cfg.student.length_buckets, cfg.student.max_len_aug)
+  return std, aug
+
+
+class _BatchBuilder:
+  """Builds host `process_index`'s slice of global batch (epoch, slot); picklable, deterministic."""
+
+  def __init__(self, tokens: TokenizedPairs, cfg, seed: int, batch_size: int, process_index: int,
+               process_count: int):
+    self.tokens, self.seed, self.batch_size = tokens, seed, batch_size
+    self.std_buckets, self.aug_buckets = _view_buckets(cfg)
+    self.std_lengths, self.aug_lengths = tokens.std.lengths, tokens.aug.lengths
+    per_host = batch_size // process_count
+    self.host_rows = slice(process_index * per_host, (process_index + 1) * per_host)
+    self.batches_per_epoch = len(tokens) // batch_size
+    self._plans: dict[int, np.ndarray] = {}
+
+  def plan(self, epoch: int) -> np.ndarray:
+    """epoch_plan of `epoch`, cached for it and the epoch before (swapped whole: thread-safe)."""
+    plans = self._plans
+    if epoch not in plans:
+      plan = epoch_plan(self.std_lengths, self.aug_lengths, self.batch_size, self.seed, epoch)
+      self._plans = {**{e: p for e, p in plans.items() if e == epoch - 1}, epoch: plan}
+      return plan
+    return plans[epoch]
+
+  def __call__(self, index: int, slot: int) -> dict[str, np.ndarray]:
+    rows = self.plan(index // self.batches_per_epoch)[slot]  # [batch_size]: the global batch
+    std_len = bucket_length(int(self.std_lengths[rows].max()), self.std_buckets)
+    aug_len = bucket_length(int(self.aug_lengths[rows].max()), self.aug_buckets)
+    return make_batch(self.tokens, rows[self.host_rows], std_len=std_len, aug_len=aug_len)
+
+
+def train_batches(pairs: list[Pair] | TokenizedPairs, tokenizer, cfg, *, seed: int, batch_size: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+  """An endless, checkpointable iterator of this host's training batches (module docstring).
+
+  `batch_size` is the GLOBAL batch; host p gets rows [p*B/P, (p+1)*B/P) of each global batch, so
+  the P hosts' slices concatenated are the single-process batch. `pairs` may be pre-tokenised
+  (`tokenize.tokenize_pairs`, e.g. to put its stats in summary.json). Save/restore the position
+  with `it.get_state()` (JSON-serialisable dict) / `it.set_state(state)`.
+  """
+  if batch_size % process_count:
+    raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
+  tokens = _tokens_for(pairs, tokenizer, cfg)
+  if len(tokens) < batch_size:
+    raise ValueError(f"{len(tokens)} training pairs are fewer than one batch of {batch_size}")
+  if (tokens.labels < 0).any():
+    raise ValueError(f"{int((tokens.labels < 0).sum())} training pairs have no "
+                     f"{cfg.crsd.get('label_source', 'gold')} label")
+  builder = _BatchBuilder(tokens, cfg, seed, batch_size, process_index, process_count)
+  dataset = (grain.MapDataset.range(builder.batches_per_epoch).repeat()
+             .map_with_index(builder))
+  return iter(dataset.to_iter_dataset(_READ_OPTIONS))
+
+
+def eval_batches(pairs: list[Pair] | TokenizedPairs, tokenizer, cfg,
+                 batch_size: int) -> list[dict[str, np.ndarray]]:
+  """All pairs in input order, `batch_size` rows per batch, each padded to its own buckets.
+
+  The last batch is filled up to `batch_size` by repeating its last row with weights 0, so
+  `sum(weights)` over all batches == len(pairs) and metrics must be weighted.
+  """
+  tokens = _tokens_for(pairs, tokenizer, cfg)
+  std_buckets, aug_buckets = _view_buckets(cfg)
+  batches = []
+  for start in range(0, len(tokens), batch_size):
+    real = np.arange(start, min(start + batch_size, len(tokens)))
+    rows = np.concatenate([real, np.full(batch_size - len(real), real[-1])])
+    weights = (np.arange(batch_size) < len(real)).astype(np.float32)
+    batches.append(make_batch(
+        tokens, rows, weights=weights,
+        std_len=bucket_length(int(tokens.std.lengths[real].max()), std_buckets),
+        aug_len=bucket_length(int(tokens.aug.lengths[real].max()), aug_buckets)))
+  return batches

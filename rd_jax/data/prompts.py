@@ -1,0 +1,93 @@
+"""The teacher's prompt, its SFT target and the parser of its responses (no JAX here).
+
+Response format: free-text reasoning, then a last non-empty line `Label: <label>` with <label>
+one of `cfg.labels` (case-insensitive, optional trailing period). Anything else is a parse
+failure with a named reason, so annotation counts failures instead of guessing:
+  "empty"                 nothing but whitespace
+  "truncated"             generation hit max tokens without an EOS (the text may be cut anywhere)
+  "no label line"         the last non-empty line is not `Label: ...`
+  "unknown label 'foo'"   `Label: foo` with foo not among the labels
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Sequence
+
+# ours: one-line definitions of the ESCI grades (Amazon's ESCI annotation guidelines, shortened).
+ESCI_DEFINITIONS = {
+    "Exact": "the item matches the query.",
+    "Substitute": "somewhat relevant: it does not fully match but could stand in for it.",
+    "Complement": "does not fit the query but could be used together with an item that does.",
+    "Irrelevant": "unrelated to the query, or violates a key constraint of it.",
+}
+
+SYSTEM_PROMPT = ("You are an expert annotator of product search results. You judge how well a "
+                 "product matches a shopper's search query.")
+
+USER_TEMPLATE = """Query: {query}
+
+Product:
+{item}
+
+Grade the product for this query with one of these labels:
+{definitions}
+
+Explain your reasoning in two or three short sentences, then end with a final line of the form
+Label: <{label_names}>"""
+
+_LABEL_LINE = re.compile(r"^\s*label\s*:\s*(.*?)\s*\.?\s*$", re.IGNORECASE)
+
+
+class Parsed(NamedTuple):
+  label: str | None       # one of `labels` (canonical spelling), None on failure
+  reasoning: str          # text before the label line (the whole text on failure)
+  error: str | None       # None, or the failure reason above
+
+
+def build_messages(query: str, item_text: str, labels: Sequence[str],
+                   definitions: dict | None = None) -> list[dict]:
+  """Chat messages [system, user]. item_text: the row rendered by `cfg.data.item_template`.
+
+  Labels without a definition (a non-ESCI label set) are listed by name only.
+  """
+  definitions = ESCI_DEFINITIONS if definitions is None else definitions
+  lines = "\n".join(f"- {l}: {definitions[l]}" if l in definitions else f"- {l}" for l in labels)
+  user = USER_TEMPLATE.format(query=query.strip(), item=item_text.strip(), definitions=lines,
+                              label_names=" | ".join(labels))
+  return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def build_prompt(tokenizer, query: str, item_text: str, labels: Sequence[str],
+                 definitions: dict | None = None) -> str:
+  """The prompt string through the tokenizer's chat template, ending where the answer starts.
+
+  Tokenise it with `add_special_tokens=False`: the template already holds the special tokens.
+  """
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template")
+  return tokenizer.apply_chat_template(build_messages(query, item_text, labels, definitions),
+                                       tokenize=False, add_generation_prompt=True)
+
+
+def build_sft_target(reasoning: str, label: str) -> str:
+  """The assistant text SFT trains on: reasoning, newline, `Label: X` (the stage appends EOS)."""
+  reasoning = reasoning.strip()
+  return f"{reasoning}\nLabel: {label}" if reasoning else f"Label: {label}"
+
+
+def parse_response(text: str, labels: Sequence[str], finished: bool = True) -> Parsed:
+  """(label | None, reasoning, error). finished=False: generation stopped at max tokens."""
+  if not text or not text.strip():
+    return Parsed(None, "", "empty")
+  if not finished:
+    return Parsed(None, text.strip(), "truncated")
+  lines = text.rstrip().splitlines()
+  match = _LABEL_LINE.match(lines[-1])
+  if match is None:
+    return Parsed(None, text.strip(), "no label line")
+  by_lower = {l.lower(): l for l in labels}
+  label = by_lower.get(match.group(1).strip().lower())
+  if label is None:
+    return Parsed(None, text.strip(), f"unknown label {match.group(1).strip()!r}")
+  return Parsed(label, "\n".join(lines[:-1]).strip(), None)

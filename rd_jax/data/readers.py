@@ -1,0 +1,243 @@
+"""Read a user's pairs file (JSONL / CSV / Parquet, optionally .gz) into validated `Pair`s.
+
+    pairs, report = load_pairs(cfg.data.path, cfg, rejects_path=workdir / "rejects.jsonl")
+    splits = train_valid_test(pairs, cfg)          # {"train": [...], "valid": [...], "test": [...]}
+    pairs, joined = attach_reasoning(pairs, cfg.data.reasoning_path, cfg)
+
+Formats. JSONL is parsed here line by line (stdlib `json`, gzip opened transparently) so that a bad
+line is reported as `file:line` — `datasets`' JSON builder reports neither, and it rejects a column
+whose type varies between rows before we could name the row. CSV and Parquet go through
+`datasets.load_dataset("csv"|"parquet", data_files=path, split="train")`; CSV columns are read as
+strings (no NaN for empty cells) and errors name the CSV record's first physical line; Parquet
+errors name the 1-based row number.
+
+Bad rows follow `cfg.data.on_bad_row`: "error" raises `DataError` ("path:line: reason") on the
+first; "skip" counts them per reason, writes each to `rejects_path` as a JSON line
+{"path", "line", "reason", "raw"} (raw = the input line, or the row as JSON) and goes on. The report
+(rows_read, rows_kept, skipped_by_reason, truncated, ...) is what the stage writes to summary.json.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import gzip
+import io
+import json
+import logging
+import os
+from typing import Any, Iterator
+
+from rd_jax.data.schema import DataError, Limits, Pair, match_label, truncate_text, validate_row
+
+BUNDLED_DIR = os.path.join(os.path.dirname(__file__), "assets", "esci_us_srw150")
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
+            ".parquet": "parquet", ".pq": "parquet"}
+
+
+def bundled_pairs_path() -> str:
+  """The bundled ESCI subset (5,176 pairs, folds 1-4): data/assets/esci_us_srw150/pairs.jsonl.gz."""
+  return os.path.join(BUNDLED_DIR, "pairs.jsonl.gz")
+
+
+def open_text(path: str) -> io.TextIOBase:
+  """`path` opened as UTF-8 text; `.gz` files are decompressed transparently."""
+  if str(path).endswith(".gz"):
+    return gzip.open(path, "rt", encoding="utf-8", newline="")
+  return open(path, "r", encoding="utf-8", newline="")
+
+
+def detect_format(path: str, fmt: str = "auto") -> str:
+  """"jsonl" | "csv" | "parquet": `fmt` unless "auto", else from the suffix (past any .gz)."""
+  if fmt != "auto":
+    if fmt not in ("jsonl", "csv", "parquet"):
+      raise ValueError(f"data.format={fmt!r}; expected auto, jsonl, csv or parquet")
+    return fmt
+  stem = str(path)[:-3] if str(path).endswith(".gz") else str(path)
+  suffix = os.path.splitext(stem)[1].lower()
+  if suffix not in _FORMATS:
+    raise ValueError(f"{path}: cannot tell the format from suffix {suffix!r}; set data.format to "
+                     "jsonl, csv or parquet")
+  return _FORMATS[suffix]
+
+
+def _jsonl_rows(path: str) -> Iterator[tuple[int, str, Any]]:
+  """(lineno, raw line, parsed object or DataError) per non-blank line."""
+  with open_text(path) as f:
+    for lineno, line in enumerate(f, start=1):
+      text = line.rstrip("\r\n")
+      if not text.strip():
+        continue
+      try:
+        row = json.loads(text)
+      except json.JSONDecodeError as e:
+        hint = " (the file looks like a JSON array; write one object per line)" if (
+            lineno == 1 and text.lstrip().startswith("[")) else ""
+        row = DataError(path, lineno, f"invalid JSON: {e.msg} at column {e.colno}{hint}",
+                        "invalid_json")
+      yield lineno, text, row
+
+
+def _csv_record_lines(path: str) -> list[int]:
+  """The first physical line of each non-blank CSV data record (quoted fields may span lines)."""
+  starts = []
+  with open_text(path) as f:
+    reader = csv.reader(f)
+    next(reader, None)  # header
+    previous_end = reader.line_num
+    for record in reader:
+      if record:  # pandas (under datasets) skips blank lines too
+        starts.append(previous_end + 1)
+      previous_end = reader.line_num
+  return starts
+
+
+def _table_rows(path: str, fmt: str) -> Iterator[tuple[int, str, Any]]:
+  """(lineno, raw row as JSON, row dict) for CSV / Parquet read through `datasets`."""
+  import datasets  # heavy import, only for these formats
+
+  if fmt == "csv":
+    with open_text(path) as f:
+      header = next(csv.reader(f), [])
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    table = datasets.load_dataset("csv", data_files=str(path), split="train", features=features,
+                                  keep_default_na=False)
+  else:
+    table = datasets.load_dataset("parquet", data_files=str(path), split="train")
+  # The physical line of each record (quoted fields may span lines); Parquet has rows, not lines.
+  lines = _csv_record_lines(path) if fmt == "csv" else range(1, len(table) + 1)
+  if len(lines) != len(table):
+    raise ValueError(f"{path}: the csv module sees {len(lines)} records, datasets {len(table)}")
+  for lineno, row in zip(lines, table):
+    yield lineno, row, row
+
+
+def load_pairs(path: str, cfg, *, require_label: bool = True,
+               rejects_path: str | None = None) -> tuple[list[Pair], dict]:
+  """Validated pairs of `path` ("" = the bundled ESCI subset) and a report for summary.json.
+
+  Returns (pairs in file order, report) where report = {path, format, rows_read, rows_kept,
+  rows_skipped, skipped_by_reason: {reason_key: n}, truncated: {query|item|reasoning: n},
+  rejects_path}. Raises DataError ("path:line: reason") on the first bad row when
+  `cfg.data.on_bad_row == "error"`.
+  """
+  path = str(path) if path else bundled_pairs_path()
+  mode = cfg.data.on_bad_row
+  if mode not in ("error", "skip"):
+    raise ValueError(f"data.on_bad_row={mode!r}; expected 'error' or 'skip'")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"pairs file {path} does not exist (data.path)")
+  fmt = detect_format(path, cfg.data.get("format", "auto"))
+  limits = Limits.from_config(cfg.data)
+  rows = _jsonl_rows(path) if fmt == "jsonl" else _table_rows(path, fmt)
+
+  pairs, skipped, truncated = [], collections.Counter(), collections.Counter()
+  rows_read = 0
+  rejects = open(rejects_path, "w", encoding="utf-8") if (mode == "skip" and rejects_path) else None
+  try:
+    for lineno, raw, row in rows:
+      rows_read += 1
+      try:
+        if isinstance(row, DataError):
+          raise row
+        pair = validate_row(row, labels=cfg.labels, template=cfg.data.item_template, path=path,
+                            lineno=lineno, limits=limits, require_label=require_label)
+      except DataError as err:
+        if mode == "error":
+          raise err from None
+        skipped[err.reason_key] += 1
+        if rejects:
+          raw_text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False,
+                                                                 default=str)
+          rejects.write(json.dumps({"path": path, "line": err.lineno, "reason": err.reason,
+                                    "raw": raw_text}, ensure_ascii=False) + "\n")
+        continue
+      truncated.update(pair.truncated)
+      pairs.append(pair)
+  finally:
+    if rejects:
+      rejects.close()
+  if skipped:
+    logging.warning("%s: skipped %d of %d rows: %s (rejects: %s)", path, sum(skipped.values()),
+                    rows_read, dict(skipped), rejects_path)
+  report = {"path": path, "format": fmt, "rows_read": rows_read, "rows_kept": len(pairs),
+            "rows_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
+            "truncated": {k: truncated.get(k, 0) for k in ("query", "item", "reasoning")},
+            "rejects_path": str(rejects_path) if rejects else None}
+  return pairs, report
+
+
+def split(pairs: list[Pair], folds) -> list[Pair]:
+  """The pairs whose fold is in `folds`, in input order."""
+  wanted = set(int(f) for f in folds)
+  return [p for p in pairs if p.fold in wanted]
+
+
+def train_valid_test(pairs: list[Pair], cfg) -> dict[str, list[Pair]]:
+  """{"train", "valid", "test"} per `cfg.data.{train,valid,test}_folds` (query-disjoint by fold)."""
+  names = {"train": cfg.data.train_folds, "valid": cfg.data.valid_folds,
+           "test": cfg.data.test_folds}
+  seen: dict[int, str] = {}
+  for name, folds in names.items():
+    for fold in folds:
+      if fold in seen:
+        raise ValueError(f"fold {fold} is in both data.{seen[fold]}_folds and data.{name}_folds")
+      seen[fold] = name
+  return {name: split(pairs, folds) for name, folds in names.items()}
+
+
+def attach_reasoning(pairs: list[Pair], annotations_path: str, cfg) -> tuple[list[Pair], dict]:
+  """`pairs` with `reasoning` / `teacher_label_id` from an annotations JSONL (.gz ok).
+
+  Each annotation line: {"query_id", "product_id", "query", "reasoning", "teacher_label"}. A pair
+  is matched on (query_id, product_id), else on (query, product_id). Pairs without a (non-empty)
+  annotation keep their own reasoning (often None) and are counted in report["missing"]; the
+  caller decides whether that is an error. Raises DataError on an invalid line.
+  """
+  by_id, by_query = {}, {}
+  counts = collections.Counter()
+  for lineno, _, ann in _jsonl_rows(annotations_path):
+    if isinstance(ann, DataError):
+      raise ann
+    if not isinstance(ann, dict) or not ann.get("product_id"):
+      raise DataError(annotations_path, lineno,
+                      "an annotation needs a JSON object with 'product_id'", "bad_annotation")
+    if not (ann.get("query_id") or ann.get("query")):
+      raise DataError(annotations_path, lineno, "an annotation needs 'query_id' or 'query'",
+                      "bad_annotation")
+    counts["annotations_read"] += 1
+    pid = str(ann["product_id"])
+    keys = [(by_id, (str(ann["query_id"]), pid))] if ann.get("query_id") else []
+    keys += [(by_query, (ann["query"], pid))] if ann.get("query") else []
+    if any(key in table for table, key in keys):
+      counts["duplicate_annotations"] += 1  # the first one wins
+      continue
+    for table, key in keys:
+      table[key] = ann
+
+  out, missing_examples = [], []
+  for pair in pairs:
+    ann = by_id.get((pair.query_id, pair.product_id)) if pair.query_id else None
+    ann = ann or by_query.get((pair.query, pair.product_id))
+    reasoning = (ann or {}).get("reasoning") or None
+    if reasoning is None:
+      counts["missing"] += 1
+      if len(missing_examples) < 5:
+        missing_examples.append({"query_id": pair.query_id, "query": pair.query,
+                                 "product_id": pair.product_id})
+      out.append(pair)
+      continue
+    counts["attached"] += 1
+    if len(reasoning) > cfg.data.max_reasoning_chars:
+      counts["truncated_reasoning"] += 1
+      reasoning = truncate_text(reasoning, cfg.data.max_reasoning_chars)
+    teacher = ann.get("teacher_label")
+    teacher_id = match_label(teacher, cfg.labels) if isinstance(teacher, str) else None
+    counts["unknown_teacher_label"] += int(teacher is not None and teacher_id is None)
+    out.append(Pair(**{**pair.__dict__, "reasoning": reasoning, "teacher_label_id": teacher_id}))
+  report = {k: counts.get(k, 0) for k in ("annotations_read", "attached", "missing",
+                                          "duplicate_annotations", "truncated_reasoning",
+                                          "unknown_teacher_label")}
+  report["missing_examples"] = missing_examples
+  report["annotations_path"] = str(annotations_path)
+  return out, report

