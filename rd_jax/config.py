@@ -90,7 +90,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
-  c.train.shuffle_buffer = 0     # 0 = global shuffle per epoch (MapDataset)
+  c.train.stop_after_step = 0   # >0: stop (as if preempted) once this step is checkpointed
 
   # ---------------------------------------------------------------- mesh
   c.mesh = ml_collections.ConfigDict()

@@ -23,12 +23,12 @@ Rules = Sequence[tuple[str, tuple]]
 # column-parallel (out over "tensor"), their output projections row-parallel (in over "tensor");
 # the other dimension goes over "fsdp". Embedding tables shard the hidden dimension.
 BERT_RULES: Rules = (
-    (r"(query|key|value)/kernel$", ("fsdp", "tensor")),
-    (r"intermediate/dense/kernel$", ("fsdp", "tensor")),
-    (r"attention/output/dense/kernel$", ("tensor", "fsdp")),
-    (r"layer_\d+/output/dense/kernel$", ("tensor", "fsdp")),
-    (r"(query|key|value)/bias$", ("tensor",)),
-    (r"intermediate/dense/bias$", ("tensor",)),
+    (r"attention/(query|key|value)/kernel$", ("fsdp", "tensor")),
+    (r"mlp/intermediate/kernel$", ("fsdp", "tensor")),
+    (r"attention/output/kernel$", ("tensor", "fsdp")),
+    (r"mlp/output/kernel$", ("tensor", "fsdp")),
+    (r"attention/(query|key|value)/bias$", ("tensor",)),
+    (r"mlp/intermediate/bias$", ("tensor",)),
     (r"word_embeddings/embedding$", (None, "fsdp")),
     (r".*", None),
 )

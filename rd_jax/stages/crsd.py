@@ -113,7 +113,10 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
                           batches=batches, mesh=mesh, num_steps=cfg.train.num_steps,
                           log_every=cfg.train.log_every,
                           checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints)
+                          keep=cfg.train.keep_checkpoints,
+                          stop_after_step=cfg.train.stop_after_step)
+  if stats["interrupted"]:
+    return {"stage": stage, "interrupted_at": cfg.train.stop_after_step}
 
   predict = student_common.make_predict_fn(model, mesh)
   valid = student_common.evaluate(predict, state["params"], data.valid, data.tokenizer, cfg)

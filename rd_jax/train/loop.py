@@ -86,14 +86,20 @@ def restore_latest(mngr, state, shardings, batches) -> tuple[Any, int]:
 
 def run(*, stage_dir: str, state: Any, shardings: Any, step_fn: Callable, batches: Iterator,
         mesh, num_steps: int, log_every: int, checkpoint_every: int, keep: int = 2,
+        stop_after_step: int = 0,
         extra_scalars: Callable[[int], dict] | None = None) -> tuple[Any, dict]:
-  """Trains to `num_steps`; returns (state, stats). `batches` needs get_state/set_state."""
+  """Trains to `num_steps`; returns (state, stats). `batches` needs get_state/set_state.
+
+  stop_after_step > 0 stops once that step is checkpointed, as a preemption would (a drill for
+  resume; stats["interrupted"] is True and the caller must not treat the stage as done).
+  """
   os.makedirs(stage_dir, exist_ok=True)
   mngr = checkpoint_manager(stage_dir, keep)
   state, start = restore_latest(mngr, state, shardings, batches)
   writer = MetricsWriter(stage_dir, start)
   window_t, window_n, last = time.perf_counter(), 0, {}
   t_begin = time.perf_counter()
+  interrupted = False
   try:
     for step in range(start + 1, num_steps + 1):
       host_batch = next(batches)
@@ -112,14 +118,19 @@ def run(*, stage_dir: str, state: Any, shardings: Any, step_fn: Callable, batche
         logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, num_steps,
                      metrics["loss"], rate, _eta((num_steps - step) / max(rate, 1e-9)))
         window_t, window_n, last = now, 0, scalars
-      if step % checkpoint_every == 0 or step == num_steps:
+      if step % checkpoint_every == 0 or step == num_steps or step == stop_after_step:
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 data_iter=ocp.args.JsonSave(batches.get_state())))
+      if step == stop_after_step and step < num_steps:
+        interrupted = True
+        logging.warning("stopping after step %d (train.stop_after_step)", step)
+        break
   finally:
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
   stats = {"steps": num_steps, "resumed_from": start, "last_metrics": last,
+           "interrupted": interrupted,
            "train_seconds": time.perf_counter() - t_begin}
   return state, stats
 

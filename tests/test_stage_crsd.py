@@ -1,0 +1,94 @@
+"""The student stages end to end on the tiny config: train, resume exactly, evaluate, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rd_jax import checkpoint
+from rd_jax.stages import crsd, eval as eval_stage
+
+from conftest import REPO
+
+
+def small_data(cfg):
+  """The tiny config, 4 steps with a checkpoint every 2 (the resume test stops at 2)."""
+  cfg.train.num_steps = 4
+  cfg.train.checkpoint_every = 2
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_config):
+  workdir = str(tmp_path_factory.mktemp("crsd"))
+  cfg = small_data(tiny_config())
+  summary = crsd.run(cfg, workdir)
+  return cfg, workdir, summary
+
+
+def test_crsd_writes_the_contract(trained):
+  cfg, workdir, summary = trained
+  stage = os.path.join(workdir, "crsd")
+  for name in ("summary.json", "metrics.jsonl", "valid_metrics.json", "data_report.json",
+               "final/COMPLETE", "final/meta.json"):
+    assert os.path.exists(os.path.join(stage, name)), name
+  assert os.listdir(os.path.join(stage, "tb"))
+  logged = [json.loads(l) for l in open(os.path.join(stage, "metrics.jsonl"))]
+  assert [r["step"] for r in logged] == [2, 4]
+  assert {"loss", "ce_std", "ce_aug", "infonce", "steps_per_s"} <= set(logged[-1])
+  assert all(np.isfinite(r["loss"]) for r in logged)
+  meta = checkpoint.read_meta(stage)
+  assert meta["model"] == "bert" and meta["labels"] == list(cfg.labels)
+  assert 0.0 <= summary["valid_macro_f1"] <= 1.0
+
+
+def test_resume_reaches_the_same_params(trained, tmp_path, tiny_config):
+  """Stop after 2 steps, restart to 4: params equal the uninterrupted run's bit for bit."""
+  cfg, workdir, _ = trained
+  first = small_data(tiny_config())
+  first.train.stop_after_step = 2                      # as if killed after step 2's checkpoint
+  assert crsd.run(first, str(tmp_path)) == {"stage": "crsd", "interrupted_at": 2}
+  assert not os.path.exists(tmp_path / "crsd" / "final")
+  crsd.run(small_data(tiny_config()), str(tmp_path))   # resumes from step 2's checkpoint
+  resumed, _ = checkpoint.load_final(str(tmp_path / "crsd"))
+  straight, _ = checkpoint.load_final(os.path.join(workdir, "crsd"))
+  summary = json.load(open(tmp_path / "crsd" / "summary.json"))
+  assert summary["resumed_from"] == 2
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_eval_writes_metrics_and_png(trained):
+  cfg, workdir, _ = trained
+  out = eval_stage.run(cfg, workdir)
+  m = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
+  assert {"accuracy", "macro_f1", "per_class", "confusion"} <= set(m)
+  assert sum(map(sum, m["confusion"])) == m["num_examples"] > 0
+  assert set(m["per_class"]) == set(cfg.labels)
+  assert out["macro_f1"] == m["macro_f1"]
+  png = open(os.path.join(workdir, "eval", "confusion.png"), "rb").read(8)
+  assert png == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_on_mismatched_labels_names_them(trained):
+  cfg, workdir, _ = trained
+  bad = cfg.copy_and_resolve_references()
+  bad.labels = ["good", "bad"]
+  with pytest.raises(checkpoint.CheckpointError, match="labels"):
+    eval_stage.run(bad, workdir)
+
+
+def test_cli_rejects_unknown_stage_and_key(tmp_path):
+  base = [sys.executable, "-m", "rd_jax.main", "--config=configs/tiny.py", f"--workdir={tmp_path}"]
+  r = subprocess.run(base + ["--stage=nope"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode != 0 and "nope" in r.stderr
+  r = subprocess.run(base + ["--stage=crsd", "--config.crsd.tau=1"], cwd=REPO,
+                     capture_output=True, text=True)
+  assert r.returncode != 0 and "tau" in r.stderr
+  r = subprocess.run(base + ["--stage=crsd", "--config.optim.schedule=zigzag"], cwd=REPO,
+                     capture_output=True, text=True)
+  assert r.returncode != 0 and "optim.schedule" in r.stderr
