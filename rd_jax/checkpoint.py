@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 COMPLETE = "COMPLETE"
 
@@ -34,22 +35,31 @@ def is_complete(directory: str) -> bool:
 
 
 def save_final(directory: str, params: Any, meta: dict) -> None:
-  """Writes params + meta atomically to `directory` (replacing an older complete one)."""
+  """Writes params + meta atomically to `directory` (replacing an older complete one).
+
+  Multi-host: every process writes its shards through Orbax; process 0 alone prepares the
+  temporary folder, writes meta.json + COMPLETE and renames; barriers order the three phases.
+  """
   directory = os.path.abspath(directory)
   tmp = directory + ".tmp"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(tmp)
+  primary = jax.process_index() == 0
+  if primary:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+    os.makedirs(tmp)
+  multihost_utils.sync_global_devices(f"save_final:prepare:{directory}")
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(tmp, "params"), params)
     ckptr.wait_until_finished()
-  if jax.process_index() == 0:
+  multihost_utils.sync_global_devices(f"save_final:saved:{directory}")
+  if primary:
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
     open(os.path.join(tmp, COMPLETE), "w").close()
     if os.path.exists(directory):
       shutil.rmtree(directory)
     os.replace(tmp, directory)
+  multihost_utils.sync_global_devices(f"save_final:done:{directory}")
 
 
 def read_meta(directory: str) -> dict:

@@ -56,9 +56,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.student.max_position = 512
   c.student.dropout = 0.1
   c.student.dtype = "float32"    # compute dtype: float32 | bfloat16 (params stay fp32)
-  c.student.max_len_std = 64     # ours: (query, item) tokens; bundled pairs: p95 ~ 60
-  c.student.max_len_aug = 192    # ours: (query, item, reasoning) tokens
-  c.student.length_buckets = [32, 64, 128, 192]  # padded lengths; batches take the smallest that fits
+  c.student.max_len_std = 128    # ours: (query, item) tokens; bundled pairs: p50 60, p95 86, max 118
+  c.student.max_len_aug = 192    # ours: (query, item, reasoning); rule rationales: p95 126, max 163
+  # Padded lengths: a batch takes the smallest that fits its longest row (few shapes, no recompiles).
+  c.student.length_buckets = [32, 48, 64, 96, 128, 160, 192]
 
   # ---------------------------------------------------------------- crsd
   c.crsd = ml_collections.ConfigDict()

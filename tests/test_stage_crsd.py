@@ -92,3 +92,19 @@ def test_cli_rejects_unknown_stage_and_key(tmp_path):
   r = subprocess.run(base + ["--stage=crsd", "--config.optim.schedule=zigzag"], cwd=REPO,
                      capture_output=True, text=True)
   assert r.returncode != 0 and "optim.schedule" in r.stderr
+
+
+def test_nan_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path, tiny_config):
+  """lr=1e30 blows the params up after step 1, so step 2's loss is non-finite."""
+  cfg = small_data(tiny_config())
+  cfg.optim.learning_rate = 1e30
+  cfg.optim.warmup_steps = 0
+  cfg.optim.grad_clip = 0.0
+  cfg.train.checkpoint_every = 1
+  with pytest.raises(FloatingPointError, match="at step 2") as err:
+    crsd.run(cfg, str(tmp_path))
+  assert "last good checkpoint (step 1)" in str(err.value)
+  stage = tmp_path / "crsd"
+  assert (stage / "nan_batch_step2.npz").exists()
+  assert sorted(os.listdir(stage / "checkpoints")) == ["1"]
+  assert not (stage / "final").exists() and not (stage / "summary.json").exists()

@@ -30,8 +30,9 @@ def maybe_initialize_distributed(mesh_cfg) -> None:
   if mode == "off" or _already_initialized():
     return
   if mode == "explicit":
-    if mesh_cfg.num_processes > 1 and jax.default_backend() == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU collectives across processes (the local test of multi-host code). Set unconditionally:
+    # asking for the backend here would initialise it, which must wait for initialize().
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=mesh_cfg.coordinator,
                                num_processes=mesh_cfg.num_processes, process_id=mesh_cfg.process_id)
   elif mode == "auto":
