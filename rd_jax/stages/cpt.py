@@ -1,0 +1,132 @@
+"""`--stage=cpt`: continued (domain-adaptive) pre-training of the teacher on domain text.
+
+Corpus: `cpt.corpus_paths` (text files, one document per non-empty line; .gz ok) or, by default,
+the bundled data's TRAINING folds only — each distinct rendered item (title, brand, colour,
+category, bullets, description) and each distinct query — so no test-fold text is ever seen.
+Documents are tokenised, joined with EOS and packed into rows of `cpt.seq_len` tokens (the tail
+that does not fill a row is dropped and counted); attention runs across document boundaries
+inside a row, as usual in packed pre-training. Loss: next-token CE on every token.
+Writes <workdir>/cpt/: checkpoints/, final/ (decoder params + meta), metrics.jsonl, summary.json
+(tokens, rows, held-out perplexity before and after).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from rd_jax import checkpoint, metrics as metrics_lib
+from rd_jax.data import readers
+from rd_jax.data.schema import render_item
+from rd_jax.models import decoder
+from rd_jax.parallel import mesh as mesh_lib
+from rd_jax.stages import teacher_common as tc
+from rd_jax.train import loop, optim, state as state_lib
+
+CORPUS_TEMPLATE = ("{product_title}\nBrand: {product_brand}\nColor: {product_color}\n"
+                   "Category: {category}\n{product_bullet_point}\n{product_description}")
+
+
+def build_corpus(cfg) -> tuple[list[str], dict]:
+  if cfg.cpt.corpus_paths:
+    docs = []
+    for path in cfg.cpt.corpus_paths:
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"config key cpt.corpus_paths: {path} does not exist")
+      with readers.open_text(path) as f:
+        docs += [line.strip() for line in f if line.strip()]
+    if not docs:
+      raise ValueError(f"cpt.corpus_paths {list(cfg.cpt.corpus_paths)} hold no text")
+    return docs, {"source": list(cfg.cpt.corpus_paths), "documents": len(docs)}
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg, require_label=False)
+  train = readers.train_valid_test(pairs, cfg)["train"]
+  items = {p.product_id or p.item_text: render_item(p.raw, CORPUS_TEMPLATE) for p in train}
+  queries = sorted({p.query for p in train})
+  docs = sorted(items.values()) + queries
+  return docs, {"source": "bundled training folds", "items": len(items), "queries": len(queries),
+                "documents": len(docs)}
+
+
+def pack(docs: list[str], tokenizer, seq_len: int) -> tuple[np.ndarray, dict]:
+  """Documents -> [R, seq_len] int32 rows of the EOS-joined token stream."""
+  eos = tokenizer.eos_token_id
+  stream: list[int] = []
+  for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+    stream += ids + [eos]
+  rows = len(stream) // seq_len
+  if rows == 0:
+    raise ValueError(f"the corpus has {len(stream)} tokens, fewer than one row of cpt.seq_len="
+                     f"{seq_len}")
+  packed = np.asarray(stream[:rows * seq_len], np.int32).reshape(rows, seq_len)
+  return packed, {"tokens": len(stream), "rows": rows, "dropped_tail_tokens": len(stream) - rows * seq_len}
+
+
+def heldout_loss(model, params, rows: np.ndarray, mesh, batch_size: int) -> float:
+  """Token-mean next-token CE over `rows` (equal-length full rows)."""
+  @jax.jit
+  def loss_sum(params, tokens):
+    mask = jax.numpy.ones_like(tokens)
+    logits, _ = model.apply({"params": params}, tokens, decoder.positions_from_mask(mask),
+                            attention_mask=mask)
+    from rd_jax.losses import lm
+    targets, tmask = lm.next_token_targets(tokens, mask)
+    return lm.masked_lm_loss(logits, targets, tmask)
+  total = count = 0.0
+  dp = mesh_lib.data_parallel_size(mesh)
+  size = max(dp, batch_size - batch_size % dp)
+  for start in range(0, len(rows) - size + 1, size):
+    s, n = loss_sum(params, jax.device_put(rows[start:start + size]))
+    total, count = total + float(s), count + float(n)
+  return total / max(count, 1.0)
+
+
+def run(cfg, workdir: str) -> dict:
+  stage_dir = os.path.join(workdir, "cpt")
+  os.makedirs(stage_dir, exist_ok=True)
+  t0 = time.perf_counter()
+  mesh = tc.mesh_for(cfg)
+  teacher = tc.load_teacher(cfg, workdir, mesh, upstream=())
+  docs, corpus = build_corpus(cfg)
+  rows, packing = pack(docs, teacher.tokenizer, cfg.cpt.seq_len)
+  order = np.random.default_rng(cfg.seed).permutation(len(rows))
+  n_held = max(cfg.cpt.batch_size, int(cfg.cpt.heldout_rows))
+  if len(rows) - n_held < cfg.cpt.batch_size:
+    raise ValueError(f"{len(rows)} packed rows leave too few for training after holding out "
+                     f"{n_held}: give more text or lower cpt.seq_len")
+  held, train = rows[order[:n_held]], rows[order[n_held:]]
+
+  model = decoder.Decoder(teacher.config)
+  tx, schedule = optim.make_optimizer(cfg.optim, cfg.cpt.num_steps,
+                                      learning_rate=cfg.cpt.learning_rate)
+  before = heldout_loss(model, teacher.params, held, mesh, cfg.cpt.batch_size)
+  state, shardings = state_lib.init_state(teacher.params, tx, tc.TEACHER_RULES, mesh)
+  step = jax.jit(tc.make_lm_step(model, tx, schedule),
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+  ones = np.ones_like(train)
+  batches = tc.row_batches({"tokens": train, "attention_mask": ones, "loss_mask": ones},
+                           batch_size=cfg.cpt.batch_size, seed=cfg.seed)
+  state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
+                          batches=batches, mesh=mesh, num_steps=cfg.cpt.num_steps,
+                          log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
+                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step)
+  if stats["interrupted"]:
+    return {"stage": "cpt", "interrupted_at": cfg.train.stop_after_step}
+  after = heldout_loss(model, state["params"], held, mesh, cfg.cpt.batch_size)
+  checkpoint.save_final(os.path.join(stage_dir, "final"), state["params"],
+                        tc.teacher_meta(cfg, teacher, stage="cpt", step=int(state["step"])))
+  summary = {"stage": "cpt", "corpus": corpus, "packing": packing, "heldout_rows": int(n_held),
+             "heldout_loss_before": before, "heldout_loss_after": after,
+             "heldout_perplexity_before": math.exp(min(before, 50)),
+             "heldout_perplexity_after": math.exp(min(after, 50)),
+             "steps": stats["steps"], "resumed_from": stats["resumed_from"],
+             "started_from": teacher.source, "seconds": round(time.perf_counter() - t0, 1)}
+  if jax.process_index() == 0:
+    metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
+  logging.info("cpt done: held-out loss %.4f -> %.4f", before, after)
+  return summary
