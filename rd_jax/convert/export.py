@@ -1,0 +1,236 @@
+"""Student final/ -> a verified Hugging Face folder (+ ONNX), and back.
+
+The export folder (written as `<dir>.tmp`, verified, then renamed to `<dir>`):
+  config.json          BertForSequenceClassification, id2label / label2id from the labels
+  model.safetensors    fp32 weights (`flax_to_hf`; the CRSD projection head is training-only)
+  tokenizer files      AutoTokenizer.save_pretrained of the tokenizer the student was trained with
+  rd_jax.json          labels, item_template, max_len, truncation: how `rd_jax.score` renders pairs
+  README.md            model card: labels, training data, metrics
+  onnx/                model.onnx, model_int8.onnx (see convert/onnx.py)
+
+Verification (any failure raises ExportError, leaving `<dir>.tmp` for inspection):
+  1. every tensor of a PyTorch BertForSequenceClassification is in model.safetensors and loads
+     with exactly the value written (nothing left at its fresh initialisation);
+  2. Flax and PyTorch logits agree on real (or synthetic) pairs: max |Δlogit| <= atol (fp32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+from safetensors.numpy import save_file
+
+from rd_jax.checkpoint import CheckpointError, check_tree_matches, load_final
+from rd_jax.convert import hf_bert
+from rd_jax.models.bert import BertClassifier, BertConfig, init_params
+from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, pad_batch, read_pairs, render_item,
+                          tokenize_pairs)
+
+META_KEYS = ("model_config", "labels", "tokenizer", "item_template", "max_len_std")
+SYNTHETIC_PAIRS = (
+    {"query": "usb c charger 65w", "product_title": "65W USB-C GaN wall charger", "product_brand": "Anker"},
+    {"query": "usb c charger 65w", "product_title": "Braided USB-C to USB-C cable, 2 m"},
+    {"query": "red running shoes women", "product_title": "Women's road running shoe",
+     "product_color": "Red", "category": "Shoes"},
+    {"query": "red running shoes women", "product_title": "Men's leather dress boots",
+     "product_color": "Brown"},
+    {"query": "coffee grinder", "product_title": "Burr coffee grinder with 40 settings",
+     "product_brand": "Baratza"},
+    {"query": "coffee grinder", "product_title": "Paper coffee filters, 100 count"},
+    {"query": "kids bike helmet", "product_title": "Toddler bike helmet, adjustable", "category": "Sports"},
+    {"query": "kids bike helmet", "product_title": "Garden hose nozzle, 8 patterns"},
+)
+
+
+class ExportError(RuntimeError):
+  """The exported folder does not reproduce the student; the message says what differs."""
+
+
+def _tokenizer_folder(spec: str) -> str:
+  if spec == "minilm":
+    return hf_bert.resolve_bert_folder("minilm")
+  if not os.path.isdir(spec):
+    raise CheckpointError(f"tokenizer folder {spec!r} (meta.json 'tokenizer') does not exist")
+  return spec
+
+
+def hf_config(config: BertConfig, labels: list[str]):
+  """transformers.BertConfig of the exported BertForSequenceClassification."""
+  import transformers
+  return transformers.BertConfig(
+      vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+      num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+      intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position,
+      type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layer_norm_eps,
+      hidden_act="gelu", hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
+      architectures=["BertForSequenceClassification"], problem_type="single_label_classification",
+      id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+
+
+def check_all_weights_loaded(model, written: dict[str, np.ndarray], loading_info: dict) -> None:
+  """Every PyTorch tensor came from `written`, unchanged; raises ExportError naming the first not.
+
+  LayerNorm's fresh init (ones/zeros) can coincide with trained values, so "not at init" is
+  checked as: loading reported no missing/unexpected/mismatched key, and each state-dict tensor
+  equals the array we wrote under its name.
+  """
+  for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+    if loading_info.get(kind):
+      raise ExportError(f"loading the export reported {kind}: {sorted(map(str, loading_info[kind]))[:5]}")
+  state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+  not_written = sorted(set(state) - set(written))
+  if not_written:
+    raise ExportError(f"{len(not_written)} PyTorch tensor(s) not in model.safetensors (left at "
+                      f"initialisation), e.g. {not_written[:3]}")
+  unused = sorted(set(written) - set(state))
+  if unused:
+    raise ExportError(f"model.safetensors has tensor(s) PyTorch does not use: {unused[:3]}")
+  changed = [k for k in state if not np.array_equal(state[k], written[k])]
+  if changed:
+    raise ExportError(f"PyTorch tensor {changed[0]} differs from the value written "
+                      f"({len(changed)} differ)")
+
+
+def tokenized_pairs(folder: str, rows: list[dict], template: str, max_len: int) -> dict[str, np.ndarray]:
+  """Rows rendered and tokenised by the exported tokenizer -> padded [B, L] int64 arrays."""
+  from transformers import AutoTokenizer
+  tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+  items = [row["item"] if "item" in row else render_item(row, template) for row in rows]
+  encoded = tokenize_pairs(tokenizer, [row["query"] for row in rows], items, max_len)
+  return pad_batch(encoded, tokenizer.pad_token_id)
+
+
+def verify_export(folder: str, params: dict, config: BertConfig, batch: dict[str, np.ndarray],
+                  written: dict[str, np.ndarray], atol: float) -> float:
+  """Checks 1 and 2 of the module docstring; returns max |Δlogit| (Flax fp32 vs PyTorch)."""
+  import torch
+  from transformers import AutoModelForSequenceClassification
+  model, info = AutoModelForSequenceClassification.from_pretrained(
+      folder, use_safetensors=True, trust_remote_code=False, output_loading_info=True)
+  model.eval()
+  check_all_weights_loaded(model, written, info)
+  fp32 = dataclasses.replace(config, dtype="float32")
+  ids, mask, types = (batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))
+  flax_out = jax.jit(BertClassifier(fp32).apply)({"params": params}, ids, mask, types)
+  flax_logits = np.asarray(flax_out["logits"])
+  with torch.inference_mode():
+    torch_logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+  diff = float(np.abs(flax_logits - torch_logits).max())
+  if not diff <= atol:
+    raise ExportError(f"Flax vs PyTorch logits: max |Δ| = {diff:.3g} > atol {atol:g} on "
+                      f"{len(torch_logits)} pairs ({folder})")
+  return diff
+
+
+def _model_card(meta: dict, report: dict) -> str:
+  labels = ", ".join(f"{i}: {name}" for i, name in enumerate(meta["labels"]))
+  metrics = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
+                      for k, v in sorted((meta.get("metrics") or {}).items())) or "| (none recorded) | |"
+  return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [rd_jax, crsd, search-relevance, cross-encoder]
+---
+# rd_jax CRSD student (BERT cross-encoder)
+
+Scores a (query, item) pair into the relevance classes {labels}.
+Distilled with CRSD (arXiv 2510.11056) by rd_jax, stage `{meta.get('stage')}`, step {meta.get('step')}.
+
+**Input**: `[CLS] query [SEP] item [SEP]`, item text rendered from the template in `rd_jax.json`
+(lines with an empty field dropped), cut to {meta['max_len_std']} tokens item first, then query.
+**Training data**: {meta.get('data', 'see the rd_jax run configuration')}.
+
+| metric (valid) | value |
+|---|---|
+{metrics}
+
+Export check: max |Δlogit| Flax vs PyTorch = {report['max_abs_logit_diff']:.2e} on {report['num_pairs']} pairs.
+
+```
+python -m rd_jax.score --model=<this folder> --input=pairs.jsonl --output=scores.jsonl
+```
+"""
+
+
+def load_student(checkpoint: str) -> tuple[dict, dict]:
+  """load_final(expect_model="bert") with every failure turned into a CheckpointError naming it."""
+  try:
+    return load_final(checkpoint, expect_model="bert")
+  except CheckpointError:
+    raise
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{checkpoint!r}: meta.json is not valid JSON ({e}): the checkpoint is "
+                          "corrupt; rerun the stage that wrote it") from e
+  except Exception as e:  # Orbax/TensorStore raise many types; the chained traceback has details
+    first_line = str(e).splitlines()[0][:300] if str(e) else ""
+    raise CheckpointError(f"cannot restore params from {checkpoint!r} ({type(e).__name__}: {first_line}): "
+                          "the checkpoint is corrupt or partial; rerun the stage that wrote it") from e
+
+
+def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bool = True,
+                   int8: bool = True, pairs: str | None = None, max_pairs: int = 64,
+                   min_int8_agreement: float = 0.9) -> dict:
+  """Writes the verified export of a student `final/` to `output`; returns the check report."""
+  params, meta = load_student(checkpoint)
+  missing = [k for k in META_KEYS if k not in meta]
+  if missing:
+    raise CheckpointError(f"{checkpoint!r}: meta.json lacks {missing} (needed for the export)")
+  config = BertConfig.from_dict(meta["model_config"])
+  expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+  check_tree_matches(params, expected, where=checkpoint)  # names the first key/shape that differs
+  labels = list(meta["labels"])
+  if len(labels) != config.num_labels:
+    raise CheckpointError(f"{checkpoint!r}: {len(labels)} labels but model_config.num_labels = "
+                          f"{config.num_labels}")
+  output = os.path.abspath(output)
+  tmp = output + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  os.makedirs(tmp)
+
+  from transformers import AutoTokenizer
+  hf_config(config, labels).save_pretrained(tmp)
+  written = hf_bert.flax_to_hf(params, config)
+  save_file(written, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+  os.chmod(os.path.join(tmp, "model.safetensors"), 0o644)  # safetensors writes 0600
+  tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(meta["tokenizer"]), trust_remote_code=False)
+  tokenizer.save_pretrained(tmp)
+  export_meta = {"labels": labels, "item_template": meta["item_template"], "max_len": meta["max_len_std"],
+                 "truncation": "item_first", "min_item_tokens": MIN_ITEM_TOKENS,
+                 "pair": ["query", "item"], "id_fields": list(ID_FIELDS),
+                 "source": os.path.abspath(checkpoint), "step": meta.get("step")}
+
+  rows = read_pairs(pairs, meta["item_template"])[:max_pairs] if pairs else list(SYNTHETIC_PAIRS)
+  batch = tokenized_pairs(tmp, rows, meta["item_template"], meta["max_len_std"])
+  report = {"output": output, "num_pairs": len(rows), "pairs": pairs or "synthetic",
+            "max_abs_logit_diff": verify_export(tmp, params, config, batch, written, atol)}
+  if onnx:
+    from rd_jax.convert.onnx import export_onnx
+    report.update(export_onnx(tmp, batch, int8=int8, atol=atol, min_int8_agreement=min_int8_agreement))
+  with open(os.path.join(tmp, EXPORT_META), "w") as f:
+    json.dump({**export_meta, "checks": report}, f, indent=2)
+  with open(os.path.join(tmp, "README.md"), "w") as f:
+    f.write(_model_card(meta, report))
+  if os.path.exists(output):
+    shutil.rmtree(output)
+  os.replace(tmp, output)
+  return report
+
+
+def import_hf_folder(folder: str) -> tuple[BertConfig, dict]:
+  """An exported (or any HF BertForSequenceClassification) folder -> (BertConfig, Flax params).
+
+  The classifier must be present (no fresh initialisation here: this reads a finished model).
+  """
+  folder = hf_bert.resolve_bert_folder(folder)
+  hf = hf_bert.read_hf_config(folder)
+  num_labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)
+  config = hf_bert.config_from_hf(hf, num_labels=num_labels, dropout=hf.get("hidden_dropout_prob", 0.1),
+                                  where=os.path.join(folder, "config.json"))
+  params, _ = hf_bert.convert_hf_state_dict(hf_bert.read_safetensors(folder), config, rng=None)
+  return config, params

@@ -1,0 +1,286 @@
+"""HF <-> Flax BERT conversion, the export CLI (HF folder + ONNX), CrossEncoder and rd_jax.score."""
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from rd_jax.checkpoint import CheckpointError, save_final
+from rd_jax.config import ESCI_LABELS, ITEM_TEMPLATE
+from rd_jax.convert import hf_bert
+from rd_jax.convert.export import (ExportError, check_all_weights_loaded, export_student,
+                                   import_hf_folder, tokenized_pairs)
+from rd_jax.models.bert import BertClassifier, BertConfig, init_params
+from rd_jax import score
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+# vocab 30522: the student reads the real MiniLM tokenizer; everything else is tiny.
+STUDENT = BertConfig(vocab_size=30522, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                     max_position=64, num_labels=4, projection_dim=8)
+PAIRS = [
+    {"query": "usb c charger", "product_title": "65W USB-C charger", "product_brand": "Anker",
+     "query_id": "q1", "product_id": "p1"},
+    {"query": "usb c charger", "product_title": "HDMI cable", "query_id": "q1", "product_id": "p2"},
+    {"query": "red shoes", "product_title": "Running shoe", "product_color": "Red", "category": "Shoes",
+     "query_id": "q2", "product_id": "p3"},
+    {"query": "red shoes", "product_title": "A very long item title " * 20, "query_id": "q2", "product_id": "p4"},
+    {"query": "coffee grinder", "product_title": "Burr grinder", "product_brand": None, "product_id": "p5"},
+    {"query": "tent", "product_title": "Two person tent", "category": "Outdoors"},
+]
+
+
+def _rbg(seed):
+  return jax.random.key(seed, impl="rbg")  # compiles far faster than threefry on CPU
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+  """A tiny trained-looking student final/ (scaled-up head so the classes are well separated)."""
+  root = tmp_path_factory.mktemp("run")
+  params = init_params(STUDENT, _rbg(0))
+  params["pooler"]["kernel"] = params["pooler"]["kernel"] * 30
+  params["classifier"]["kernel"] = params["classifier"]["kernel"] * 50
+  meta = {"model": "bert", "model_config": STUDENT.to_dict(), "labels": list(ESCI_LABELS),
+          "tokenizer": "minilm", "item_template": ITEM_TEMPLATE, "max_len_std": 32, "stage": "crsd",
+          "step": 7, "metrics": {"accuracy": 0.61, "macro_f1": 0.42}}
+  save_final(str(root / "crsd" / "final"), params, meta)
+  pairs = root / "pairs.jsonl"
+  pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+  return {"root": root, "checkpoint": str(root / "crsd"), "params": params, "pairs": str(pairs)}
+
+
+@pytest.fixture(scope="module")
+def exported(student):
+  out = str(student["root"] / "export")
+  result = _run("-m", "rd_jax.convert", f"--checkpoint={student['checkpoint']}", f"--output={out}",
+                f"--pairs={student['pairs']}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return out
+
+
+TINY = BertConfig(vocab_size=40, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16, max_position=16)
+
+
+@functools.cache
+def _tiny_state(config=TINY):
+  params = init_params(config, _rbg(1))
+  return params, hf_bert.flax_to_hf(params, config)
+
+
+def test_base_model_names_and_missing_classifier_are_reported():
+  params, state = _tiny_state()
+  base = {k.removeprefix("bert."): v for k, v in state.items() if not k.startswith("classifier.")}
+  base["embeddings.position_ids"] = np.arange(16)[None]  # an HF buffer: ignored, and reported
+  converted, info = hf_bert.convert_hf_state_dict(base, TINY, _rbg(2))
+  assert info == {"initialised": ["classifier/bias", "classifier/kernel"],
+                  "ignored": ["bert.embeddings.position_ids"]}
+  np.testing.assert_array_equal(converted["encoder"]["layer_0"]["attention"]["query"]["kernel"],
+                                params["encoder"]["layer_0"]["attention"]["query"]["kernel"])
+  with pytest.raises(CheckpointError, match="classifier.*no rng"):
+    hf_bert.hf_to_flax(base, TINY)
+
+
+def test_conversion_errors_name_the_key_and_shape():
+  _, state = _tiny_state()
+  dropped = {k: v for k, v in state.items() if k != "bert.encoder.layer.0.output.LayerNorm.bias"}
+  with pytest.raises(CheckpointError, match=r"lacks bert.encoder.layer.0.output.LayerNorm.bias .*mlp/layer_norm/bias"):
+    hf_bert.hf_to_flax(dropped, TINY)
+  bad = {**state, "bert.pooler.dense.weight": np.zeros((8, 9), np.float32)}
+  with pytest.raises(CheckpointError, match=r"bert.pooler.dense.weight has shape \(8, 9\).*\(8, 8\)"):
+    hf_bert.hf_to_flax(bad, TINY)
+  with pytest.raises(CheckpointError, match="no Flax counterpart.*bert.encoder.layer.1"):
+    hf_bert.hf_to_flax({**state, "bert.encoder.layer.1.output.dense.bias": np.zeros(8)}, TINY)
+  params = {**_tiny_state()[0]}
+  params["extra"] = {"kernel": np.zeros(2)}
+  with pytest.raises(CheckpointError, match="no HF name, e.g. extra/kernel"):
+    hf_bert.flax_to_hf(params, TINY)
+
+
+def test_resolve_and_load_errors(tmp_path):
+  with pytest.raises(ValueError, match="does not exist"):
+    hf_bert.resolve_bert_folder(str(tmp_path / "nope"))
+  with pytest.raises(ValueError, match="no config.json"):
+    hf_bert.resolve_bert_folder(str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+  (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+  with pytest.raises(CheckpointError, match=re.escape(f"{str(tmp_path)!r} has no model.safetensors: only")):
+    hf_bert.read_safetensors(str(tmp_path))
+  assert os.path.isfile(os.path.join(hf_bert.resolve_bert_folder("minilm"), "model.safetensors"))
+
+
+def test_real_minilm_matches_pytorch_bert_model():
+  import torch
+  import transformers
+  config, params, info = hf_bert.load_hf_bert("minilm", num_labels=4, rng=_rbg(0))
+  assert config.num_layers == 6 and config.hidden_size == 384
+  assert info["initialised"] == ["classifier/bias", "classifier/kernel"]
+  tokenizer = transformers.AutoTokenizer.from_pretrained(info["folder"])
+  enc = tokenizer(["red running shoes for women", "usb c charger 65w"],
+                  ["Women's road running shoe\nColor: Red", "65W GaN wall charger\nBrand: Anker"],
+                  padding=True, return_tensors="np")
+  out = jax.jit(BertClassifier(config).apply)({"params": params}, enc["input_ids"], enc["attention_mask"],
+                                             enc["token_type_ids"])
+  model = transformers.BertModel.from_pretrained(info["folder"], use_safetensors=True).eval()
+  with torch.no_grad():
+    ref = model(**{k: torch.from_numpy(v) for k, v in enc.items()})
+  real = enc["attention_mask"] > 0
+  assert np.abs(out["hidden"] - ref.last_hidden_state.numpy())[real].max() <= 1e-4
+  assert np.abs(out["pooled"] - ref.pooler_output.numpy()).max() <= 1e-4
+
+
+def test_cli_export_is_complete_and_verified(exported, student):
+  files = set(os.listdir(exported))
+  assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
+          "rd_jax.json", "onnx"} <= files
+  assert not os.path.exists(exported + ".tmp")
+  meta = json.load(open(os.path.join(exported, "rd_jax.json")))
+  assert meta["labels"] == list(ESCI_LABELS) and meta["item_template"] == ITEM_TEMPLATE and meta["max_len"] == 32
+  checks = meta["checks"]
+  assert checks["num_pairs"] == len(PAIRS) and checks["max_abs_logit_diff"] <= 1e-4
+  assert checks["onnx_max_abs_diff"] <= 1e-4 and checks["int8_argmax_agreement"] >= 0.9
+  assert set(os.listdir(os.path.join(exported, "onnx"))) == {"model.onnx", "model_int8.onnx"}
+  hf = json.load(open(os.path.join(exported, "config.json")))
+  assert hf["architectures"] == ["BertForSequenceClassification"] and hf["id2label"]["3"] == "Irrelevant"
+  assert not any("crsd" in k for k in load_file(os.path.join(exported, "model.safetensors")))
+  assert "macro_f1" in open(os.path.join(exported, "README.md")).read()
+
+
+def test_flax_hf_flax_round_trip_is_identity(exported, student):
+  config, params = import_hf_folder(exported)
+  assert config.num_labels == 4 and config.num_layers == 2
+  want = {k: v for k, v in student["params"].items() if k != "crsd_projection"}
+  flat_got, flat_want = jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_flatten_with_path(want)[0]
+  assert [k for k, _ in flat_got] == [k for k, _ in flat_want]
+  assert all(np.array_equal(a, np.asarray(b)) for (_, a), (_, b) in zip(flat_got, flat_want))
+
+
+def test_unwritten_parameter_is_caught(exported, tmp_path):
+  import transformers
+  folder = str(tmp_path / "broken")
+  shutil.copytree(exported, folder)
+  written = load_file(os.path.join(folder, "model.safetensors"))
+  dropped = {k: v for k, v in written.items() if k != "bert.encoder.layer.1.output.LayerNorm.weight"}
+  save_file(dropped, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+  model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+      folder, use_safetensors=True, output_loading_info=True)
+  with pytest.raises(ExportError, match="missing_keys.*layer.1.output.LayerNorm.weight"):
+    check_all_weights_loaded(model, dropped, info)
+  with pytest.raises(ExportError, match="not in model.safetensors.*layer.1.output.LayerNorm.weight"):
+    check_all_weights_loaded(model, dropped, {})  # even if the loader had not said so
+  altered = {**written, "classifier.bias": written["classifier.bias"] + 1}
+  with pytest.raises(ExportError, match="classifier.bias differs"):
+    check_all_weights_loaded(model, altered, {})
+
+
+def test_bad_checkpoints_and_mismatches_fail_clearly(student, tmp_path):
+  def broken(name, damage):
+    final = tmp_path / name / "final"
+    shutil.copytree(os.path.join(student["checkpoint"], "final"), final)
+    damage(final)
+    return str(final.parent)
+
+  cases = {
+      "no COMPLETE": (lambda f: os.remove(f / "COMPLETE"), "incomplete"),
+      "truncated meta": (lambda f: (f / "meta.json").write_text('{"model": "be'), "meta.json is not valid JSON"),
+      "params file gone": (lambda f: os.remove(f / "params" / "_METADATA"), "cannot restore params"),
+      "config mismatch": (lambda f: (f / "meta.json").write_text(json.dumps(
+          {**json.load(open(f / "meta.json")),
+           "model_config": {**STUDENT.to_dict(), "intermediate_size": 48}})), r"\['intermediate'\]\['bias'\]: shape \(32,\) != expected \(48,\)"),
+  }
+  for name, (damage, message) in cases.items():
+    with pytest.raises(CheckpointError, match=message):
+      export_student(broken(name, damage), str(tmp_path / "out"), onnx=False)
+  with pytest.raises(ExportError, match=r"max \|Δ\| = .* > atol 1e-12"):
+    export_student(student["checkpoint"], str(tmp_path / "strict"), atol=1e-12, onnx=False)
+  assert not os.path.exists(tmp_path / "strict")  # nothing unverified is published
+  result = _run("-m", "rd_jax.convert", f"--checkpoint={tmp_path / 'no COMPLETE'}", f"--output={tmp_path / 'x'}")
+  assert result.returncode != 0 and "incomplete" in result.stderr
+
+
+def test_cross_encoder_loads_and_scores(exported):
+  from sentence_transformers import CrossEncoder
+  model = CrossEncoder(exported, device="cpu")
+  pairs = [(PAIRS[0]["query"], "65W USB-C charger\nBrand: Anker"), ("tent", "Two person tent\nCategory: Outdoors")]
+  logits = model.predict(pairs)
+  assert logits.shape == (2, 4) and np.isfinite(logits).all()
+  rows = [{"query": q, "item": i} for q, i in pairs]
+  np.testing.assert_allclose(logits, [r["logits"] for r in score.score_pairs(exported, rows)], atol=1e-4)
+
+
+def test_int8_agreement_floor(exported, tmp_path):
+  from rd_jax.convert.onnx import OnnxCheckError, export_onnx
+  folder = str(tmp_path / "copy")
+  shutil.copytree(exported, folder, ignore=shutil.ignore_patterns("onnx"))
+  batch = tokenized_pairs(folder, PAIRS, ITEM_TEMPLATE, 32)
+  with pytest.raises(OnnxCheckError, match="int8 ONNX agrees .* floor 101.0%"):
+    export_onnx(folder, batch, min_int8_agreement=1.01)
+
+
+def test_score_cli_runs_without_jax_and_matches_flax(exported, student, tmp_path):
+  out = str(tmp_path / "scores.jsonl")
+  block_jax = ("import runpy, sys; sys.modules['jax'] = sys.modules['flax'] = None; "
+               f"sys.argv = ['score', '--model={exported}', '--input={student['pairs']}', '--output={out}', "
+               "'--batch_size=4']; runpy.run_module('rd_jax.score', run_name='__main__')")
+  result = _run("-c", block_jax)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in open(out)]
+  assert [r.get("product_id") for r in rows] == [p.get("product_id") for p in PAIRS]  # input order
+  assert rows[0]["query_id"] == "q1" and "query_id" not in rows[4]
+  assert set(rows[0]["scores"]) == set(ESCI_LABELS) and abs(sum(rows[0]["scores"].values()) - 1) < 1e-6
+  batch = tokenized_pairs(exported, PAIRS, ITEM_TEMPLATE, 32)
+  flax_logits = jax.jit(BertClassifier(STUDENT).apply)(
+      {"params": student["params"]}, *(batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")))["logits"]
+  np.testing.assert_allclose([r["logits"] for r in rows], flax_logits, atol=1e-4)
+  assert [r["label"] for r in rows] == [ESCI_LABELS[i] for i in np.argmax(flax_logits, -1)]
+  rendered = [{"query": p["query"], "item": score.render_item(p, ITEM_TEMPLATE)} for p in PAIRS]
+  for backend, atol in (("onnx", 1e-4), ("onnx_int8", 0.5)):
+    got = score.score_pairs(exported, rendered, batch_size=2, backend=backend)
+    np.testing.assert_allclose([r["logits"] for r in got], flax_logits, atol=atol)
+
+
+def test_render_item_and_bad_rows(tmp_path, capsys):
+  row = {"product_title": "Shoe", "product_brand": "", "product_color": None, "category": "Sport: Run"}
+  assert score.render_item(row, ITEM_TEMPLATE) == "Shoe\nCategory: Sport: Run"
+  assert score.render_item({"product_brand": "  "}, ITEM_TEMPLATE) == ""
+  bad = tmp_path / "bad.jsonl"
+  for lines, message in ((['{"query": "a", "product_title": "b"}', "", "{not json"], r"bad.jsonl:3: not valid JSON"),
+                         (['{"query": "", "product_title": "b"}'], r"bad.jsonl:1: missing or empty 'query'"),
+                         (['{"query": "a", "product_id": "p"}'], r"bad.jsonl:1: no item text")):
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(score.BadRowError, match=message):
+      score.read_pairs(str(bad), ITEM_TEMPLATE)
+  (tmp_path / "m").mkdir()
+  (tmp_path / "m" / "rd_jax.json").write_text(json.dumps({"item_template": ITEM_TEMPLATE}))
+  assert score.main([f"--model={tmp_path / 'm'}", f"--input={bad}", f"--output={tmp_path / 'o'}"]) == 2
+  assert "bad.jsonl:1: no item text" in capsys.readouterr().err
+
+
+def test_score_tokenisation_matches_the_training_pipeline():
+  from rd_jax.data import tokenize as data_tokenize
+  from rd_jax.data.schema import Pair
+  tokenizer = data_tokenize.load_tokenizer("minilm")
+  texts = [("usb c charger", "65W USB-C charger"), ("red shoes", "A very long item title " * 20),
+           ("a query that is much longer than the item budget allows " * 3, "short item text here"),
+           ("x " * 100, "y " * 100)]
+  pairs = [Pair(query=q, item_text=i, label_id=None, reasoning=None, query_id="", product_id="", fold=0, raw={})
+           for q, i in texts]
+  std = data_tokenize.tokenize_pairs(pairs, tokenizer, max_len_std=24, max_len_aug=48).std
+  ids, mask, types = std.pad(np.arange(len(texts)), 24)
+  mine = score.pad_batch(score.tokenize_pairs(tokenizer, *map(list, zip(*texts)), 24), tokenizer.pad_token_id)
+  width = mine["input_ids"].shape[1]
+  np.testing.assert_array_equal(mine["input_ids"], ids[:, :width])
+  np.testing.assert_array_equal(mine["attention_mask"], mask[:, :width])
+  np.testing.assert_array_equal(mine["token_type_ids"], types[:, :width])
