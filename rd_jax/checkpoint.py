@@ -64,8 +64,13 @@ def save_final(directory: str, params: Any, meta: dict) -> None:
 
 def read_meta(directory: str) -> dict:
   directory = resolve_final(directory)
-  with open(os.path.join(directory, "meta.json")) as f:
-    return json.load(f)
+  path = os.path.join(directory, "meta.json")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{path}: unreadable or not valid JSON ({e}): the checkpoint is "
+                          "corrupt; rerun the stage that wrote it") from e
 
 
 def resolve_final(path: str) -> str:
@@ -97,15 +102,23 @@ def load_final(path: str, abstract_params: Any = None, expect_model: str | None 
     raise CheckpointError(f"checkpoint {directory!r} holds a {meta.get('model')!r} model, "
                           f"expected {expect_model!r}")
   params_dir = os.path.join(directory, "params")
-  with ocp.StandardCheckpointer() as ckptr:
-    if abstract_params is None:
-      params = ckptr.restore(params_dir)
-    else:
-      stored = ckptr.metadata(params_dir)
-      stored_tree = getattr(stored, "item_metadata", stored)
-      stored_tree = getattr(stored_tree, "tree", stored_tree)
-      check_tree_matches(stored_tree, abstract_params, where=directory)
-      params = ckptr.restore(params_dir, abstract_params)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      if abstract_params is None:
+        params = ckptr.restore(params_dir)
+      else:
+        stored = ckptr.metadata(params_dir)
+        stored_tree = getattr(stored, "item_metadata", stored)
+        stored_tree = getattr(stored_tree, "tree", stored_tree)
+        check_tree_matches(stored_tree, abstract_params, where=directory)
+        params = ckptr.restore(params_dir, abstract_params)
+  except CheckpointError:
+    raise
+  except Exception as e:  # Orbax/TensorStore raise many types; the chained traceback has details
+    first_line = str(e).splitlines()[0][:300] if str(e) else ""
+    raise CheckpointError(f"cannot restore params from {params_dir!r} ({type(e).__name__}: "
+                          f"{first_line}): the checkpoint is corrupt or partial; rerun the stage "
+                          "that wrote it") from e
   return params, meta
 
 

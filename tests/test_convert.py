@@ -194,7 +194,7 @@ def test_bad_checkpoints_and_mismatches_fail_clearly(student, tmp_path):
 
   cases = {
       "no COMPLETE": (lambda f: os.remove(f / "COMPLETE"), "incomplete"),
-      "truncated meta": (lambda f: (f / "meta.json").write_text('{"model": "be'), "meta.json is not valid JSON"),
+      "truncated meta": (lambda f: (f / "meta.json").write_text('{"model": "be'), "meta.json: unreadable or not valid JSON"),
       "params file gone": (lambda f: os.remove(f / "params" / "_METADATA"), "cannot restore params"),
       "config mismatch": (lambda f: (f / "meta.json").write_text(json.dumps(
           {**json.load(open(f / "meta.json")),

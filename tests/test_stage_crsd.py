@@ -108,3 +108,13 @@ def test_nan_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path, tiny_con
   assert (stage / "nan_batch_step2.npz").exists()
   assert sorted(os.listdir(stage / "checkpoints")) == ["1"]
   assert not (stage / "final").exists() and not (stage / "summary.json").exists()
+
+
+def test_export_stage_writes_a_verified_hf_folder(trained):
+  from transformers import AutoModelForSequenceClassification
+  from rd_jax.stages import export as export_stage
+  cfg, workdir, _ = trained
+  summary = export_stage.run(cfg, workdir)
+  model = AutoModelForSequenceClassification.from_pretrained(summary["output"])
+  assert model.config.id2label[0] == cfg.labels[0]
+  assert summary["checks"]["max_abs_logit_diff"] <= cfg.export.atol

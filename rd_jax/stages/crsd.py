@@ -10,7 +10,6 @@ valid_metrics.json, data_report.json, summary.json (last).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -74,14 +73,12 @@ def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
         projection_dim=projection_dim)
     return model_cfg, bert.init_params(model_cfg, rng), {"init": "random"}
   from rd_jax.convert import hf_bert
+  # The classifier (and the projection head, ours) are not in the HF weights: freshly
+  # initialised and listed in info["initialised"]; everything else is imported.
   model_cfg, params, info = hf_bert.load_hf_bert(cfg.student.init, num_labels, rng,
                                                  dropout=cfg.student.dropout,
-                                                 dtype=cfg.student.dtype)
-  if projection_dim:
-    # The projection head is ours (not in the HF weights): fresh init, everything else imported.
-    model_cfg = dataclasses.replace(model_cfg, projection_dim=projection_dim)
-    fresh = bert.init_params(model_cfg, rng)
-    params = {**params, "crsd_projection": fresh["crsd_projection"]}
+                                                 dtype=cfg.student.dtype,
+                                                 projection_dim=projection_dim)
   return model_cfg, params, dict(info, init=cfg.student.init)
 
 
