@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.max_query_chars = 256   # over-long text: truncated at this many characters, counted
   c.data.max_item_chars = 2048
   c.data.max_reasoning_chars = 2048
-  c.data.reasoning_path = ""     # JSONL of annotations (query_id/product_id -> reasoning); "" = none
+  c.data.reasoning_path = ""     # annotations JSONL; "" = <workdir>/annotate/annotations.jsonl
   c.data.reasoning_source = "annotations"  # annotations | rules (ours: see data/rationale.py)
 
   # ------------------------------------------------------------- student
@@ -169,6 +169,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.annotate.max_retries = 1
   c.annotate.shard_size = 256
   c.annotate.split = "all"
+
+  # ---------------------------------------------------------------- all
+  c.all = ml_collections.ConfigDict()
+  c.all.stages = []              # [] = every stage in order; or a subset, e.g. ["crsd", "eval"]
 
   # ---------------------------------------------------------------- export
   c.export = ml_collections.ConfigDict()

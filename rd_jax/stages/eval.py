@@ -53,5 +53,8 @@ def run(cfg, workdir: str) -> dict:
                                    title=f"{source}: macro-F1 {result['macro_f1']:.4f}")
   logging.info("eval on %s: macro-F1 %.4f accuracy %.4f (%d pairs)", source, result["macro_f1"],
                result["accuracy"], result["num_examples"])
-  return {"macro_f1": result["macro_f1"], "accuracy": result["accuracy"],
-          "output": os.path.join(out_dir, "metrics.json")}
+  summary = {"stage": "eval", "macro_f1": result["macro_f1"], "accuracy": result["accuracy"],
+             "data": source, "output": os.path.join(out_dir, "metrics.json")}
+  if jax.process_index() == 0:
+    metrics_lib.write_json_atomic(summary, os.path.join(out_dir, "summary.json"))
+  return summary

@@ -31,34 +31,41 @@ def load_tokenizer(spec: str):
   return AutoTokenizer.from_pretrained(hf_bert.resolve_bert_folder(spec))
 
 
-def _with_reasoning(pairs, cfg, report: dict, split: str):
+def annotations_path(cfg, workdir: str) -> str:
+  return cfg.data.reasoning_path or os.path.join(workdir, "annotate", "annotations.jsonl")
+
+
+def _with_reasoning(pairs, cfg, report: dict, split: str, workdir: str):
   """Attaches reasoning per cfg.data.reasoning_source; a pair left without one is an error."""
   if cfg.data.reasoning_source == "rules":
     report[f"{split}_reasoning"] = "rules (data/rationale.py, lexical, no label)"
     return rationale.with_rule_rationales(pairs)
-  if not cfg.data.reasoning_path:
-    raise ValueError("config key data.reasoning_path is empty but data.reasoning_source is "
-                     "'annotations': point it at the annotate stage's output (or use 'rules')")
-  pairs, ann_report = readers.attach_reasoning(pairs, cfg.data.reasoning_path, cfg)
+  path = annotations_path(cfg, workdir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"annotations {path} do not exist (data.reasoning_source="
+                            "'annotations'): run --stage=annotate first, set "
+                            "data.reasoning_path, or use data.reasoning_source=rules")
+  pairs, ann_report = readers.attach_reasoning(pairs, path, cfg)
+  report[f"{split}_reasoning_file"] = path
   report[f"{split}_reasoning"] = ann_report
   missing = [p for p in pairs if not p.reasoning]
   if missing:
     if cfg.data.on_bad_row == "error":
       raise ValueError(f"{len(missing)} {split} pairs have no reasoning in "
-                       f"{cfg.data.reasoning_path} (e.g. query_id={missing[0].query_id} "
+                       f"{path} (e.g. query_id={missing[0].query_id} "
                        f"product_id={missing[0].product_id}); set data.on_bad_row=skip to drop them")
     pairs = [p for p in pairs if p.reasoning]
     report[f"{split}_dropped_without_reasoning"] = len(missing)
   return pairs
 
 
-def _label_source(pairs, cfg, report: dict):
+def _label_source(pairs, cfg, report: dict, workdir: str):
   if cfg.crsd.label_source == "gold":
     return pairs
   without = sum(p.teacher_label_id is None for p in pairs)
   if without:
     raise ValueError(f"crsd.label_source=teacher but {without} train pairs have no teacher label "
-                     f"in {cfg.data.reasoning_path}")
+                     f"in {annotations_path(cfg, workdir)}")
   report["labels"] = "teacher"
   return [dataclasses.replace(p, label_id=p.teacher_label_id) for p in pairs]
 
@@ -71,9 +78,12 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
   if not train:
     raise ValueError(f"no training pairs in folds data.train_folds={list(cfg.data.train_folds)} "
                      f"of {report['path']}")
+  workdir = os.path.dirname(os.path.abspath(stage_dir))
   if use_reasoning:
-    train = _with_reasoning(train, cfg, report, "train")
-  train = _label_source(train, cfg, report)
+    train = _with_reasoning(train, cfg, report, "train", workdir)
+  elif cfg.crsd.label_source == "teacher":  # the "teacher labels only" student needs them too
+    train, _ = readers.attach_reasoning(train, annotations_path(cfg, workdir), cfg)
+  train = _label_source(train, cfg, report, workdir)
   report.update(train_pairs=len(train), valid_pairs=len(valid))
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(report, os.path.join(stage_dir, "data_report.json"))

@@ -1,0 +1,55 @@
+"""`--stage=all`: every stage in order in one workdir, skipping the ones already complete.
+
+    cpt -> sft -> reward -> dpo -> annotate -> crsd -> baseline -> eval -> export
+
+A stage is complete when `<workdir>/<stage>/summary.json` exists (written last, after final/),
+so a rerun after a failure or a kill continues with the first incomplete stage, and a stage
+interrupted mid-training resumes from its own checkpoint. Each stage reads its predecessor's
+output from the workdir: the teacher stages restore the newest upstream final/, crsd reads
+`<workdir>/annotate/annotations.jsonl` when `data.reasoning_source = "annotations"` and
+`data.reasoning_path` is empty. `all.stages` in the config chooses a subset (e.g. the student
+only: ["crsd", "baseline", "eval", "export"]).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+from absl import logging
+
+from rd_jax import metrics as metrics_lib
+from rd_jax import stages as registry
+
+ORDER = ("cpt", "sft", "reward", "dpo", "annotate", "crsd", "baseline", "eval", "export")
+
+
+def is_complete(workdir: str, stage: str) -> bool:
+  return os.path.exists(os.path.join(workdir, stage, "summary.json"))
+
+
+def run(cfg, workdir: str) -> dict:
+  wanted = list(cfg.all.stages) or list(ORDER)
+  unknown = [s for s in wanted if s not in ORDER]
+  if unknown:
+    raise ValueError(f"config key all.stages has unknown stages {unknown}; known: {list(ORDER)}")
+  timings, results = {}, {}
+  for stage in [s for s in ORDER if s in wanted]:
+    if is_complete(workdir, stage):
+      logging.info("all: %s already complete, skipped", stage)
+      timings[stage] = "skipped (complete)"
+      continue
+    logging.info("all: running %s", stage)
+    t0 = time.perf_counter()
+    result = registry.run(stage, cfg, workdir)
+    if result.get("interrupted_at"):
+      return {"stage": "all", "interrupted_in": stage, "seconds_per_stage": timings}
+    timings[stage] = round(time.perf_counter() - t0, 1)
+    results[stage] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+  summary = {"stage": "all", "seconds_per_stage": timings, "results": results}
+  if jax.process_index() == 0:
+    metrics_lib.write_json_atomic(summary, os.path.join(workdir, "all_summary.json"))
+  logging.info("all: %s", json.dumps(timings))
+  return summary
