@@ -75,6 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.crsd.gather_negatives = True  # negatives from the whole global batch (all data shards)
   c.crsd.kl_weight = 0.0         # optional KL(pred_t || pred_s) (not in Figure 3; off by default)
   c.crsd.label_source = "gold"   # gold | teacher (train on the teacher's labels)
+  c.crsd.shuffle_reasoning = False  # control: permute reasoning across train pairs (content test)
 
   # --------------------------------------------------------------- optim
   c.optim = ml_collections.ConfigDict()
@@ -140,7 +141,11 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.sft = ml_collections.ConfigDict()
   c.sft.chains_path = ""         # user chain-of-thought JSONL; "" = bootstrap (STaR) from teacher
-  c.sft.bootstrap_samples = 2
+  c.sft.bootstrap_pairs = 256    # ours: train pairs the STaR bootstrap samples rationales for
+  c.sft.bootstrap_samples = 2    # samples per prompt (and per rationalisation prompt)
+  c.sft.bootstrap_temperature = 0.7
+  c.sft.gen_batch_size = 16      # prompts per generation batch (bootstrap and evaluation)
+  c.sft.eval_pairs = 128         # valid pairs scored (greedy) before and after SFT; 0 = none
   c.sft.batch_size = 8
   c.sft.num_steps = 100
   c.sft.learning_rate = 2e-5
@@ -180,7 +185,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.annotate.batch_size = 16
   c.annotate.max_retries = 1
   c.annotate.shard_size = 256
-  c.annotate.split = "all"
+  c.annotate.split = "all"       # all | train | valid | test (folds of data.path)
+  c.annotate.max_pairs = 0       # >0: a seeded sample of this many pairs of the split (trials)
+  c.annotate.stop_after_shards = 0  # >0: stop once this many shards are done (resume drill)
 
   # ---------------------------------------------------------------- all
   c.all = ml_collections.ConfigDict()

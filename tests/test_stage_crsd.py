@@ -118,3 +118,15 @@ def test_export_stage_writes_a_verified_hf_folder(trained):
   model = AutoModelForSequenceClassification.from_pretrained(summary["output"])
   assert model.config.id2label[0] == cfg.labels[0]
   assert summary["checks"]["max_abs_logit_diff"] <= cfg.export.atol
+
+
+def test_shuffle_reasoning_is_a_derangement():
+  import dataclasses as dc
+  from rd_jax.data.schema import Pair
+  from rd_jax.stages.student_common import shuffle_reasoning
+  pairs = [Pair(query=f"q{i}", item_text="x", label_id=0, reasoning=f"r{i}", query_id=str(i),
+                product_id=str(i), fold=1, raw={}) for i in range(50)]
+  out = shuffle_reasoning(pairs, seed=3)
+  assert sorted(p.reasoning for p in out) == sorted(p.reasoning for p in pairs)
+  assert all(a.reasoning != b.reasoning for a, b in zip(pairs, out))
+  assert [p.query for p in out] == [p.query for p in pairs]

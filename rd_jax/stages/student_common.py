@@ -59,6 +59,17 @@ def _with_reasoning(pairs, cfg, report: dict, split: str, workdir: str):
   return pairs
 
 
+def shuffle_reasoning(pairs, seed: int):
+  """The control of the ablation table: each pair gets another pair's reasoning (a derangement
+  of a random permutation), so the text is real but says nothing about this pair."""
+  order = np.random.default_rng(seed).permutation(len(pairs))
+  donors = np.roll(order, 1)   # order[i] receives the reasoning of order[i-1]: nobody keeps its own
+  out = list(pairs)
+  for receiver, donor in zip(order, donors):
+    out[receiver] = dataclasses.replace(pairs[receiver], reasoning=pairs[donor].reasoning)
+  return out
+
+
 def _label_source(pairs, cfg, report: dict, workdir: str):
   if cfg.crsd.label_source == "gold":
     return pairs
@@ -81,6 +92,9 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
   workdir = os.path.dirname(os.path.abspath(stage_dir))
   if use_reasoning:
     train = _with_reasoning(train, cfg, report, "train", workdir)
+    if cfg.crsd.shuffle_reasoning:
+      train = shuffle_reasoning(train, cfg.seed)
+      report["reasoning_shuffled"] = True
   elif cfg.crsd.label_source == "teacher":  # the "teacher labels only" student needs them too
     train, _ = readers.attach_reasoning(train, annotations_path(cfg, workdir), cfg)
   train = _label_source(train, cfg, report, workdir)

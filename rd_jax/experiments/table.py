@@ -1,0 +1,190 @@
+"""The paper's experiment table on our data: teacher steps, student variants, retention.
+
+  python -m rd_jax.experiments.table --config=configs/demo.py --workdir=runs/table \
+      --teacher_workdir=runs/pipeline --seeds=0,1,2
+
+Every student variant is trained on the same query-disjoint split (config folds) with each seed,
+then evaluated on the test folds; valid-fold macro-F1 is reported next to it because choices are
+made on valid, never on test. Each (variant, seed) run lives in <workdir>/<variant>/seed<k>/ and
+is skipped when complete, so an interrupted table resumes. Teacher rows evaluate, on the same
+test folds, the base model and each of cpt/sft/dpo final/ found in --teacher_workdir.
+retention = student test macro-F1 / teacher test macro-F1 (the last teacher step found).
+Writes table.md, table.json and table.png under <workdir>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rd_jax import metrics as metrics_lib
+
+# variant -> (stage, config overrides). Teacher-label variants need annotations with labels.
+VARIANTS = {
+    "baseline_gold": ("baseline", {"crsd.label_source": "gold"}),
+    "student_teacher_labels": ("baseline", {"crsd.label_source": "teacher"}),
+    "crsd": ("crsd", {}),
+    "crsd_ce_only": ("crsd", {"crsd.lambda_infonce": 0.0}),
+    "crsd_stop_grad": ("crsd", {"crsd.stop_grad_aug": True}),
+    "crsd_tau_0.02": ("crsd", {"crsd.temperature": 0.02}),
+    "crsd_tau_0.1": ("crsd", {"crsd.temperature": 0.1}),
+    "crsd_lambda_0.1": ("crsd", {"crsd.lambda_infonce": 0.1}),
+    "crsd_lambda_1.0": ("crsd", {"crsd.lambda_infonce": 1.0}),
+    "crsd_shuffled_reasoning": ("crsd", {"crsd.shuffle_reasoning": True}),
+}
+TEACHER_STEPS = ("base", "cpt", "sft", "dpo")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the table's runs and outputs go.")
+_TEACHER = flags.DEFINE_string("teacher_workdir", "", "Pipeline workdir holding cpt/sft/dpo "
+                               "final/ (teacher rows); '' = no teacher rows, no retention.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per variant.")
+_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "Variants to run (default: all).")
+_TEACHER_PAIRS = flags.DEFINE_integer("teacher_pairs", 0, "Cap on test pairs for teacher rows "
+                                      "(0 = all test pairs).")
+
+
+def _override(cfg, overrides: dict, seed: int):
+  cfg = cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.seed = seed
+    for dotted, value in overrides.items():
+      section, key = dotted.split(".")
+      cfg[section][key] = value
+  return cfg
+
+
+def run_student(cfg, workdir: str, variant: str, seed: int) -> dict:
+  """Trains + evaluates one (variant, seed); reuses a complete run."""
+  from rd_jax.stages import baseline, crsd, eval as eval_stage
+  stage, overrides = VARIANTS[variant]
+  run_dir = os.path.join(workdir, variant, f"seed{seed}")
+  done = os.path.join(run_dir, "eval", "summary.json")
+  if not os.path.exists(done):
+    run_cfg = _override(cfg, dict(overrides, **{"eval.split": "test"}), seed)
+    t0 = time.perf_counter()
+    (crsd if stage == "crsd" else baseline).run(run_cfg, run_dir)
+    with run_cfg.unlocked():
+      run_cfg.eval.checkpoint = os.path.join(run_dir, stage)
+    eval_stage.run(run_cfg, run_dir)
+    logging.info("%s seed %d: %.0f s", variant, seed, time.perf_counter() - t0)
+  test = json.load(open(os.path.join(run_dir, "eval", "metrics.json")))
+  train = json.load(open(os.path.join(run_dir, stage, "summary.json")))
+  return {"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
+          "valid_macro_f1": train["valid_macro_f1"],
+          "per_class_f1": {k: v["f1"] for k, v in test["per_class"].items()},
+          "train_seconds": train.get("train_seconds")}
+
+
+def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int) -> dict:
+  """Test-fold metrics of the base teacher and each complete cpt/sft/dpo final/."""
+  from rd_jax import checkpoint
+  from rd_jax.data import readers
+  from rd_jax.stages import teacher_common as tc
+  from rd_jax.stages import teacher_eval
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
+  test = readers.train_valid_test(pairs, cfg)["test"]
+  if max_pairs:
+    test = [test[i] for i in np.random.default_rng(0).permutation(len(test))[:max_pairs]]
+  mesh = tc.mesh_for(cfg)
+  rows = {}
+  for step in TEACHER_STEPS:
+    explicit = "" if step == "base" else os.path.join(teacher_workdir, step, "final")
+    if step != "base" and not checkpoint.is_complete(explicit):
+      continue
+    teacher = tc.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
+    result = teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
+                                           test, cfg)
+    rows[step] = {k: result[k] for k in ("macro_f1", "accuracy", "parse_rate") if k in result}
+    rows[step]["per_class_f1"] = {k: v["f1"] for k, v in result.get("per_class", {}).items()}
+  return rows
+
+
+def summarise(student: dict, teacher: dict) -> dict:
+  final_teacher = next((teacher[s] for s in reversed(TEACHER_STEPS) if s in teacher), None)
+  rows = {}
+  for variant, seeds in student.items():
+    f1 = np.array([r["test_macro_f1"] for r in seeds.values()])
+    valid = np.array([r["valid_macro_f1"] for r in seeds.values()])
+    row = {"seeds": len(f1), "test_macro_f1_mean": float(f1.mean()),
+           "test_macro_f1_std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
+           "valid_macro_f1_mean": float(valid.mean()),
+           "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in seeds.values()]))}
+    if final_teacher and final_teacher["macro_f1"] > 0:
+      ret = f1 / final_teacher["macro_f1"]
+      row.update(retention_mean=float(ret.mean()),
+                 retention_std=float(ret.std(ddof=1)) if len(ret) > 1 else 0.0)
+    rows[variant] = row
+  return rows
+
+
+def markdown(rows: dict, teacher: dict) -> str:
+  out = ["| teacher step | test macro-F1 | accuracy | parse rate |", "| --- | --- | --- | --- |"]
+  out += [f"| {s} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | {r.get('parse_rate', 1):.3f} |"
+          for s, r in teacher.items()] or ["| (no teacher rows) | | | |"]
+  out += ["", "| student variant | seeds | test macro-F1 (mean ± std) | valid macro-F1 | "
+          "test accuracy | retention |", "| --- | --- | --- | --- | --- | --- |"]
+  for v, r in rows.items():
+    ret = (f"{r['retention_mean']:.3f} ± {r['retention_std']:.3f}" if "retention_mean" in r
+           else "—")
+    out.append(f"| {v} | {r['seeds']} | {r['test_macro_f1_mean']:.4f} ± "
+               f"{r['test_macro_f1_std']:.4f} | {r['valid_macro_f1_mean']:.4f} | "
+               f"{r['test_accuracy_mean']:.4f} | {ret} |")
+  return "\n".join(out) + "\n"
+
+
+def plot(rows: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = list(rows)
+  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
+  ax.bar(range(len(names)), [rows[n]["test_macro_f1_mean"] for n in names],
+         yerr=[rows[n]["test_macro_f1_std"] for n in names], capsize=3)
+  ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+  ax.set_ylabel("test macro-F1")
+  fig.tight_layout()
+  fig.savefig(path + ".tmp.png", dpi=110)
+  plt.close(fig)
+  os.replace(path + ".tmp.png", path)
+
+
+def main(argv):
+  del argv
+  cfg, workdir = _CONFIG.value, _WORKDIR.value
+  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  if unknown:
+    raise app.UsageError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.perf_counter()
+  teacher = run_teacher_rows(cfg, _TEACHER.value, _TEACHER_PAIRS.value) if _TEACHER.value else {}
+  student = {}
+  for variant in _VARIANTS.value:
+    if VARIANTS[variant][1].get("crsd.label_source") == "teacher" and cfg.data.reasoning_source != "annotations":
+      logging.warning("%s skipped: it needs teacher annotations (data.reasoning_source)", variant)
+      continue
+    student[variant] = {int(s): run_student(cfg, workdir, variant, int(s)) for s in _SEEDS.value}
+  rows = summarise(student, teacher)
+  result = {"teacher": teacher, "students": rows, "runs": student,
+            "config": {"seeds": _SEEDS.value, "reasoning_source": cfg.data.reasoning_source,
+                       "train_steps": cfg.train.num_steps, "batch_size": cfg.train.batch_size},
+            "seconds": round(time.perf_counter() - t0, 1)}
+  metrics_lib.write_json_atomic(result, os.path.join(workdir, "table.json"))
+  text = markdown(rows, teacher)
+  with open(os.path.join(workdir, "table.md.tmp"), "w") as f:
+    f.write(text)
+  os.replace(os.path.join(workdir, "table.md.tmp"), os.path.join(workdir, "table.md"))
+  if rows:
+    plot(rows, os.path.join(workdir, "table.png"))
+  print(text)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
