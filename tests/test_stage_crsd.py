@@ -130,3 +130,18 @@ def test_shuffle_reasoning_is_a_derangement():
   assert sorted(p.reasoning for p in out) == sorted(p.reasoning for p in pairs)
   assert all(a.reasoning != b.reasoning for a, b in zip(pairs, out))
   assert [p.query for p in out] == [p.query for p in pairs]
+
+
+def test_stage_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+  import json as js
+  import subprocess as sp
+  import socket
+  from rd_jax.train.loop import StageLock
+  dead = sp.Popen(["true"])
+  dead.wait()
+  (tmp_path / "LOCK").write_text(js.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+  with StageLock(str(tmp_path)):        # stale lock of a finished process: taken over
+    assert js.loads((tmp_path / "LOCK").read_text())["pid"] == os.getpid()
+    with pytest.raises(RuntimeError, match="held by"):
+      StageLock(str(tmp_path)).__enter__()
+  assert not (tmp_path / "LOCK").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from typing import Any, Callable, Iterator
 
@@ -66,6 +67,62 @@ class MetricsWriter:
       self.tb.close()
 
 
+class StageLock:
+  """`<stage>/LOCK` (host, pid), held by process 0 while a stage trains.
+
+  A second run of the same stage on the same folder fails naming the holder, instead of two
+  writers interleaving checkpoints and metrics. A lock left by a killed run (its pid is gone on
+  this host) is taken over, so resume after SIGKILL needs no manual clean-up. Locks held from
+  another host cannot be checked for liveness: delete the file if that job is known dead.
+  """
+
+  def __init__(self, stage_dir: str):
+    self.path = os.path.join(stage_dir, "LOCK")
+    self.held = False
+
+  def __enter__(self):
+    if jax.process_index() != 0:
+      return self
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        holder = self._holder()
+        if holder and holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1)):
+          os.remove(self.path)  # stale: its process is gone
+          continue
+        raise RuntimeError(f"{self.path} is held by {holder} (another run of this stage is "
+                           "writing this folder); wait for it, or delete the file if it is dead")
+      with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+      self.held = True
+      return self
+    raise RuntimeError(f"could not take {self.path}")
+
+  def _holder(self):
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return None
+
+  def __exit__(self, *exc):
+    if self.held:
+      os.remove(self.path)
+      self.held = False
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, ValueError, TypeError):
+    return True
+  return True
+
+
 def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(stage_dir), "checkpoints"),
@@ -94,6 +151,15 @@ def run(*, stage_dir: str, state: Any, shardings: Any, step_fn: Callable, batche
   resume; stats["interrupted"] is True and the caller must not treat the stage as done).
   """
   os.makedirs(stage_dir, exist_ok=True)
+  with StageLock(stage_dir):
+    return _run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step_fn,
+                batches=batches, mesh=mesh, num_steps=num_steps, log_every=log_every,
+                checkpoint_every=checkpoint_every, keep=keep, stop_after_step=stop_after_step,
+                extra_scalars=extra_scalars)
+
+
+def _run(*, stage_dir, state, shardings, step_fn, batches, mesh, num_steps, log_every,
+         checkpoint_every, keep, stop_after_step, extra_scalars):
   mngr = checkpoint_manager(stage_dir, keep)
   state, start = restore_latest(mngr, state, shardings, batches)
   writer = MetricsWriter(stage_dir, start)
