@@ -96,7 +96,8 @@ def load_final(path: str, abstract_params: Any = None, expect_model: str | None 
     When given, every key and shape must match, else CheckpointError names the first difference.
     When None, params are restored as stored (host numpy -> default device).
   """
-  directory = resolve_final(path)
+  # Absolute: Orbax's metadata() quietly returns nothing for a relative path.
+  directory = os.path.abspath(resolve_final(path))
   meta = read_meta(directory)
   if expect_model is not None and meta.get("model") != expect_model:
     raise CheckpointError(f"checkpoint {directory!r} holds a {meta.get('model')!r} model, "
@@ -110,6 +111,8 @@ def load_final(path: str, abstract_params: Any = None, expect_model: str | None 
         stored = ckptr.metadata(params_dir)
         stored_tree = getattr(stored, "item_metadata", stored)
         stored_tree = getattr(stored_tree, "tree", stored_tree)
+        if stored_tree is None:
+          raise CheckpointError(f"{params_dir!r} has no readable parameter metadata")
         check_tree_matches(stored_tree, abstract_params, where=directory)
         params = ckptr.restore(params_dir, abstract_params)
   except CheckpointError:

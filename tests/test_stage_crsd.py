@@ -145,3 +145,12 @@ def test_stage_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     with pytest.raises(RuntimeError, match="held by"):
       StageLock(str(tmp_path)).__enter__()
   assert not (tmp_path / "LOCK").exists()
+
+
+def test_eval_accepts_a_relative_checkpoint_path(trained, monkeypatch):
+  """Orbax reads no metadata from relative paths; the checkpoint layer must not care."""
+  cfg, workdir, _ = trained
+  monkeypatch.chdir(os.path.dirname(workdir))
+  rel = cfg.copy_and_resolve_references()
+  rel.eval.checkpoint = os.path.join(os.path.basename(workdir), "crsd")
+  assert eval_stage.run(rel, workdir)["macro_f1"] >= 0
