@@ -1,0 +1,145 @@
+"""`teacher_generate`: our KV-cache generation vs HF `model.generate`, same weights and prompts.
+
+  python -m rd_jax.bench teacher_generate --repeats=3 --out=teacher_generate.json
+
+Both sides load the teacher once (`--teacher`, default the SmolLM2-135M GGUF dequantised to fp32;
+`--size=tiny` swaps in a 2-layer random decoder for a smoke run) and decode greedily, fp32, for
+exactly `--max_new_tokens` per row (EOS never stops a row: ours gets no EOS ids, HF gets
+min_new_tokens), so both produce B x N tokens. Prompts are real teacher prompts
+(`data/prompts.py` through the chat template) for 16 query/item pairs, LEFT-padded: ours to the
+`generate.DEFAULT_BUCKETS` bucket, HF to the longest prompt. A timed call is the whole
+generation (prefill + decode) from token ids to token ids; tokens/s = B x N / median seconds.
+`--split_prefill` also times a 1-token call of each, so decode-only rates can be told apart.
+`agreement` = greedy tokens equal to HF's up to our first EOS (HF suppresses EOS there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rd_jax.bench import common
+
+PAIRS = [
+    ("red running shoes for women", "Nike Women's Air Zoom Pegasus 39 Running Shoe\nBrand: Nike\nColor: Red"),
+    ("usb c charger 65w", "Anker 735 Charger (Nano II 65W), 3-Port Fast Compact Foldable GaN Charger\nBrand: Anker"),
+    ("stainless steel water bottle", "Hydro Flask Standard Mouth Bottle with Flex Cap, 21 oz\nBrand: Hydro Flask\nColor: Pacific"),
+    ("iphone 13 case", "Spigen Tough Armor Case for Galaxy S22\nBrand: Spigen\nColor: Black"),
+    ("coffee grinder burr", "Coffee Filters, 200 Count, Basket Style\nBrand: Amazon Basics"),
+    ("kids bike helmet", "Giro Scamp Youth Recreational Cycling Helmet\nBrand: Giro\nColor: Matte Blue"),
+    ("wireless mouse", "Logitech M185 Wireless Mouse, 2.4GHz with USB Mini Receiver\nBrand: Logitech\nColor: Grey"),
+    ("yoga mat thick", "Gaiam Yoga Mat Premium 6mm Print Extra Thick Non Slip\nBrand: Gaiam\nColor: Purple"),
+    ("hdmi cable 10 ft", "Amazon Basics High-Speed HDMI Cable, 6 Feet\nBrand: Amazon Basics"),
+    ("organic green tea bags", "Bigelow Green Tea, Caffeinated, 40 Count\nBrand: Bigelow"),
+    ("mechanical keyboard", "Keycap Puller and Switch Puller Tool\nBrand: Glorious"),
+    ("baby monitor with camera", "Infant Optics DXR-8 Video Baby Monitor\nBrand: Infant Optics"),
+    ("dog food grain free", "Cat Litter, Clumping, 40 lb\nBrand: Tidy Cats"),
+    ("led desk lamp", "TaoTronics LED Desk Lamp with USB Charging Port\nBrand: TaoTronics\nColor: Black"),
+    ("cast iron skillet 12 inch", "Lodge 10.25 Inch Cast Iron Skillet\nBrand: Lodge\nColor: Black"),
+    ("noise cancelling headphones", "Sony WH-1000XM4 Wireless Noise Canceling Headphones\nBrand: Sony\nColor: Black"),
+]
+LABELS = ["Exact", "Substitute", "Complement", "Irrelevant"]
+
+
+def add_args(parser) -> None:
+  parser.add_argument("--teacher", default="smollm2", help="smollm2 | <.gguf> | <HF folder>")
+  parser.add_argument("--batch_sizes", default="1,16", help="comma list (at most 16: the prompt set)")
+  parser.add_argument("--max_new_tokens", type=int, default=64)
+  parser.add_argument("--no_hf", action="store_true", help="skip HF generate (ours only)")
+  parser.add_argument("--split_prefill", action="store_true", help="also time 1-token calls")
+
+
+def _teacher(args):
+  """(DecoderConfig, flax params, torch model, tokenizer) sharing one set of weights."""
+  from rd_jax.convert import hf_decoder
+  if getattr(args, "size", "") == "tiny":
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from rd_jax.models.decoder import DecoderConfig
+    config = DecoderConfig(vocab_size=49152, hidden_size=64, num_layers=2, num_heads=4,
+                           num_kv_heads=2, intermediate_size=128)
+    torch.manual_seed(args.seed)
+    model = LlamaForCausalLM(LlamaConfig(**hf_decoder.hf_config_dict(config))).eval()
+    tokenizer = hf_decoder.resolve_teacher_tokenizer(args.teacher)
+  else:
+    model, tokenizer = hf_decoder.load_torch_model(args.teacher)
+    config = hf_decoder.config_from_hf(model.config.to_dict())
+  return config, hf_decoder.from_hf_state_dict(config, model.state_dict()), model, tokenizer
+
+
+def run(args) -> dict:
+  import jax
+  import torch
+  from rd_jax import generate as gen
+  from rd_jax.data import prompts
+
+  torch.set_num_threads(common.cores())
+  config, params, hf_model, tok = _teacher(args)
+  params = jax.device_put(params)
+  n_new = args.max_new_tokens
+  pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+  ids = [tok(prompts.build_prompt(tok, q, item, LABELS), add_special_tokens=False)["input_ids"]
+         for q, item in PAIRS]
+  fns, meta, agreement = {}, {}, {}
+  for b in [int(x) for x in str(args.batch_sizes).split(",")]:
+    if not 1 <= b <= len(PAIRS):
+      raise ValueError(f"--batch_sizes: {b} not in 1..{len(PAIRS)}")
+    rows = ids[:b]
+    p = gen.bucket_length(max(map(len, rows)), gen.DEFAULT_BUCKETS)
+    tokens, mask = gen.left_pad(rows, p, pad)
+
+    def ours(tokens=tokens, mask=mask, n=n_new):
+      return gen.generate(config, params, tokens, mask, max_new_tokens=n, eos_ids=[], pad_id=pad).tokens
+
+    hp = max(map(len, rows))
+    h_tokens, h_mask = (torch.from_numpy(a.astype(np.int64)) for a in gen.left_pad(rows, hp, pad))
+
+    def hf(n=n_new, h_tokens=h_tokens, h_mask=h_mask):
+      with torch.inference_mode():
+        return hf_model.generate(input_ids=h_tokens, attention_mask=h_mask, max_new_tokens=n,
+                                 min_new_tokens=n, do_sample=False, pad_token_id=pad)[:, h_tokens.shape[1]:]
+
+    fns[f"ours_b{b}"], meta[f"ours_b{b}"] = ours, dict(batch=b, padded_prompt_len=p, new_tokens=n_new)
+    if not args.no_hf:
+      fns[f"hf_b{b}"], meta[f"hf_b{b}"] = hf, dict(batch=b, padded_prompt_len=hp, new_tokens=n_new)
+      ours_t, hf_t = np.asarray(ours()), hf().numpy()
+      agreement[f"b{b}"] = [_agreement(o, h, tok.eos_token_id) for o, h in zip(ours_t, hf_t)]
+    if args.split_prefill:
+      fns[f"ours_prefill_b{b}"] = lambda o=ours: o(n=1)
+      meta[f"ours_prefill_b{b}"] = dict(batch=b, padded_prompt_len=p, new_tokens=1)
+      if not args.no_hf:
+        fns[f"hf_prefill_b{b}"] = lambda h=hf: h(n=1)
+        meta[f"hf_prefill_b{b}"] = dict(batch=b, padded_prompt_len=hp, new_tokens=1)
+
+  timings = common.measure(fns, repeats=args.repeats, calls=1, warmup=args.warmup)
+  table, summary = [], {}
+  for name, timing in timings.items():
+    m = meta[name]
+    timing.extra.update(m, tokens_per_s=m["batch"] * m["new_tokens"] / timing.median,
+                        tokens_per_s_repeats=[m["batch"] * m["new_tokens"] / r for r in timing.repeats])
+    table.append({"run": name, **m, "median_s": timing.median, "tokens_per_s": timing.extra["tokens_per_s"]})
+  for b in str(args.batch_sizes).split(","):
+    o, h = timings.get(f"ours_b{b}"), timings.get(f"hf_b{b}")
+    summary[f"ours_tokens_per_s_b{b}"] = o.extra["tokens_per_s"]
+    if h is not None:
+      summary[f"hf_tokens_per_s_b{b}"] = h.extra["tokens_per_s"]
+      summary[f"speedup_b{b}"] = o.extra["tokens_per_s"] / h.extra["tokens_per_s"]
+    po, ph = timings.get(f"ours_prefill_b{b}"), timings.get(f"hf_prefill_b{b}")
+    for name, full, pre in (("ours", o, po), ("hf", h, ph)):
+      if full is not None and pre is not None and full.median > pre.median:
+        summary[f"{name}_decode_only_tokens_per_s_b{b}"] = int(b) * (n_new - 1) / (full.median - pre.median)
+  cfg = {"teacher": args.teacher, "size": getattr(args, "size", None), "model_config": config.to_dict(),
+         "max_new_tokens": n_new, "batch_sizes": args.batch_sizes, "repeats": args.repeats,
+         "warmup": args.warmup, "threads": common.cores(), "torch_threads": torch.get_num_threads(),
+         "prompt_tokens": [len(r) for r in ids], "buckets": list(gen.DEFAULT_BUCKETS),
+         "greedy_agreement": agreement}
+  notes = ["fp32 both sides; HF uses its default attention (sdpa) and its own KV cache",
+           "HF pads to the longest prompt, ours to the bucket (the padded prefill is ours to pay)"]
+  return common.envelope("teacher_generate", cfg, timings, summary, table, notes)
+
+
+def _agreement(ours, hf, eos: int) -> dict:
+  """Equal leading tokens, compared up to our first EOS (HF's min_new_tokens forbids EOS)."""
+  hits = np.flatnonzero(ours == eos)
+  n = int(hits[0]) if hits.size else len(ours)
+  diff = np.flatnonzero(ours[:n] != hf[:n])
+  return {"compared": n, "equal_prefix": int(diff[0]) if diff.size else n}

@@ -1,0 +1,170 @@
+"""Batched teacher generation with a preallocated KV cache, one jitted call per shape.
+
+`generate` takes LEFT-padded prompts [B, P] and returns up to `max_new_tokens` per row:
+  1. prefill: one forward over the P prompt slots writes the cache and gives the first token;
+  2. decode: a `lax.while_loop` feeds the last token at slot P + t - 1 (position = the row's
+     valid-token count + t - 1), writes its K/V there and picks the next token; it stops after
+     max_new_tokens or as soon as every row has produced an EOS.
+The cache has S = P + max_new_tokens slots; slot validity is a [B, S] mask (pads 0), so padded
+rows compute exactly what they would alone. Greedy = argmax; sampling = softmax(logits / T).
+k samples per prompt repeat each row k times (rows b*k .. b*k+k-1 belong to prompt b).
+
+Compilation happens once per (B, P, max_new_tokens, num_samples, greedy) — temperature, the
+rng and the EOS ids are traced. `generate_texts` pads the batch to `batch_size` rows and the prompt to
+the smallest of `buckets`, so a whole annotation run compiles a handful of times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rd_jax.models.decoder import Decoder, DecoderConfig, init_cache, positions_from_mask
+
+# Prefill is compute-bound on CPU (B * P tokens through every weight): padding a 178-token prompt
+# to 256 costs 44% more, so buckets are fine-grained where teacher prompts fall (~150-250).
+DEFAULT_BUCKETS = (64, 128, 160, 192, 224, 256, 320, 384, 512)
+
+
+@dataclasses.dataclass
+class Generation:
+  tokens: np.ndarray    # [N, max_new] int32, pad_id after a row's end
+  lengths: np.ndarray   # [N] int32: tokens generated, counting the EOS
+  finished: np.ndarray  # [N] bool: the row produced an EOS (False = cut at max_new: truncated)
+
+
+@dataclasses.dataclass
+class Sample:
+  prompt_index: int
+  sample_index: int
+  text: str             # decoded without special tokens
+  token_ids: list
+  finished: bool
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new", "num_samples", "greedy", "pad_id"))
+def _generate(params, tokens, mask, rng, temperature, eos, *, config, max_new, num_samples, greedy, pad_id):
+  model = Decoder(config)
+  if num_samples > 1:
+    tokens, mask = jnp.repeat(tokens, num_samples, 0), jnp.repeat(mask, num_samples, 0)
+  b, p = tokens.shape
+  mask = mask.astype(jnp.int32)
+  slots = jnp.concatenate([mask, jnp.zeros((b, max_new), jnp.int32)], axis=1)  # [B, S]
+
+  def pick(h_last, key):  # h_last [B, D] -> next token [B]
+    logits = model.apply({"params": params}, h_last, method=Decoder.head)
+    if greedy:
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
+
+  # Prefill: all P prompt slots at once; only the last position's logits are needed.
+  h, cache = model.apply({"params": params}, tokens, positions_from_mask(mask), attention_mask=slots,
+                         cache=init_cache(config, b, p + max_new), cache_index=0,
+                         method=Decoder.hidden_states)
+  rng, key = jax.random.split(rng)
+  first = pick(h[:, -1], key)
+  out = jnp.full((b, max_new), pad_id, jnp.int32).at[:, 0].set(first)
+  done = jnp.isin(first, eos)
+  lengths = jnp.ones((b,), jnp.int32)
+  pos = jnp.sum(mask, axis=1)  # next position of each row = its valid-token count
+
+  def cond(state):
+    t, *_, done, _ = state
+    return (t < max_new) & ~jnp.all(done)
+
+  def body(state):
+    t, last, pos, cache, slots, out, lengths, done, rng = state
+    slot = p + t - 1
+    slots = jax.lax.dynamic_update_slice(slots, jnp.ones((b, 1), jnp.int32), (0, slot))
+    h, cache = model.apply({"params": params}, last[:, None], pos[:, None], attention_mask=slots,
+                           cache=cache, cache_index=slot, method=Decoder.hidden_states)
+    rng, key = jax.random.split(rng)
+    nxt = jnp.where(done, pad_id, pick(h[:, 0], key))
+    out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, t))
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | jnp.isin(nxt, eos)
+    return t + 1, nxt, pos + 1, cache, slots, out, lengths, done, rng
+
+  state = (jnp.int32(1), first, pos, cache, slots, out, lengths, done, rng)
+  *_, out, lengths, done, _ = jax.lax.while_loop(cond, body, state)
+  return out, lengths, done
+
+
+def generate(config: DecoderConfig, params, prompt_tokens, prompt_mask, *, max_new_tokens: int,
+             eos_ids: Sequence[int], pad_id: int, temperature: float = 0.0, num_samples: int = 1,
+             rng: jax.Array | None = None) -> Generation:
+  """Generates for LEFT-padded prompts [B, P] (mask 1 = real token); temperature 0 = greedy.
+
+  Returns numpy arrays for B * num_samples rows (prompt-major). Rows hold pad_id after their EOS.
+  """
+  prompt_tokens, prompt_mask = np.asarray(prompt_tokens, np.int32), np.asarray(prompt_mask, np.int32)
+  if prompt_tokens.shape != prompt_mask.shape or prompt_tokens.ndim != 2:
+    raise ValueError(f"prompt tokens {prompt_tokens.shape} and mask {prompt_mask.shape} must be equal [B, P]")
+  if (prompt_mask[:, -1] != 1).any():
+    raise ValueError("prompts must be LEFT-padded: every row's last slot must be a real token")
+  if prompt_tokens.shape[1] + max_new_tokens > config.max_position:
+    raise ValueError(f"prompt {prompt_tokens.shape[1]} + {max_new_tokens} new tokens > max_position {config.max_position}")
+  greedy = temperature <= 0.0
+  if greedy and num_samples > 1:
+    raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples would be identical)")
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  eos = np.asarray([int(e) for e in eos_ids] or [-1], np.int32)  # [] = never stop early
+  out, lengths, done = _generate(params, prompt_tokens, prompt_mask, rng, np.float32(max(temperature, 1e-6)),
+                                 eos, config=config, max_new=int(max_new_tokens), num_samples=int(num_samples),
+                                 greedy=greedy, pad_id=int(pad_id))
+  return Generation(np.asarray(out), np.asarray(lengths), np.asarray(done))
+
+
+def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int, batch: int | None = None):
+  """Token lists -> LEFT-padded (tokens, mask) [batch, length]; extra rows repeat row 0."""
+  batch = batch or len(rows)
+  tokens = np.full((batch, length), pad_id, np.int32)
+  mask = np.zeros((batch, length), np.int32)
+  for r in range(batch):
+    ids = rows[r] if r < len(rows) else rows[0]
+    if len(ids) > length:
+      raise ValueError(f"prompt row {r} has {len(ids)} tokens > padded length {length}")
+    if ids:
+      tokens[r, length - len(ids):], mask[r, length - len(ids):] = ids, 1
+  return tokens, mask
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+  for b in sorted(buckets):
+    if n <= b:
+      return b
+  raise ValueError(f"prompt of {n} tokens is longer than the largest bucket {max(buckets)}: "
+                   "shorten the item text (data.max_item_chars) or add a bucket")
+
+
+def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, *, max_new_tokens: int,
+                   batch_size: int = 16, temperature: float = 0.0, num_samples: int = 1, seed: int = 0,
+                   buckets: Sequence[int] = DEFAULT_BUCKETS, eos_ids: Sequence[int] | None = None) -> list[Sample]:
+  """Prompts (chat-rendered strings, or token-id lists) -> Samples, prompt-major, k per prompt.
+
+  Strings are tokenised without extra special tokens (the chat template already has them).
+  Each batch of `batch_size` prompts is padded to `batch_size` rows and the smallest bucket.
+  """
+  if eos_ids is None:
+    eos_ids = [tokenizer.eos_token_id]
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+  ids = [list(p) if not isinstance(p, str) else tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+  rng = jax.random.PRNGKey(seed)
+  samples = []
+  for start in range(0, len(ids), batch_size):
+    chunk = ids[start:start + batch_size]
+    length = bucket_length(max(len(r) for r in chunk), buckets)
+    tokens, mask = left_pad(chunk, length, pad_id, batch=batch_size)
+    rng, key = jax.random.split(rng)
+    gen = generate(config, params, tokens, mask, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                   pad_id=pad_id, temperature=temperature, num_samples=num_samples, rng=key)
+    for r in range(len(chunk) * num_samples):
+      row = gen.tokens[r, :gen.lengths[r]].tolist()
+      samples.append(Sample(start + r // num_samples, r % num_samples,
+                            tokenizer.decode(row, skip_special_tokens=True), row, bool(gen.finished[r])))
+  return samples

@@ -1,0 +1,284 @@
+"""Llama-family decoder (the teacher): RMSNorm, RoPE, grouped-query attention, SwiGLU, KV cache.
+
+Shapes: B batch, L new tokens, S cache slots (= L without a cache), D hidden, H query heads,
+K key/value heads (G = H / K queries share one K/V head), hd head dim, V vocabulary.
+
+Block i (pre-norm, as HF `LlamaDecoderLayer`):
+  x = x + o_proj(Attn(RoPE(q_proj(n1(x))), RoPE(k_proj(n1(x))), v_proj(n1(x))))   n1 = input_layernorm
+  x = x + down_proj(silu(gate_proj(n2(x))) * up_proj(n2(x)))                      n2 = post_attention_layernorm
+  RMSNorm(x) = scale * x / sqrt(mean(x^2) + eps)
+  RoPE (HF "rotate_half" layout): with f_j = theta^(-2j/hd), j < hd/2 and x = [x1, x2] halves,
+    RoPE(x, p) = [x1 cos(p f) - x2 sin(p f),  x2 cos(p f) + x1 sin(p f)]
+  Attn: softmax(q k^T / sqrt(hd) + mask) v, query head h reads K/V head h // G.
+
+Parameter names mirror HF's (`layers_3/self_attn/q_proj/kernel` <-> `model.layers.3.self_attn.
+q_proj.weight`, transposed), so `convert/hf_decoder.py` needs one name map. Params are fp32;
+`config.dtype` is the compute dtype. Norm statistics, RoPE, softmax and the LM head run in fp32.
+
+Padding: prompts are LEFT-padded; `attention_mask` [B, S] marks valid slots (1) and positions
+count valid tokens only (`positions_from_mask`), so a padded row computes what it would alone.
+KV cache: `{"k", "v"}` each [layers, B, K, S_max, hd]; a call writes its L new keys at slot
+`cache_index` (a shared scalar, or [B] per row) and attends to slots <= its own slot. Slots sit
+next to hd (not [.., S, K, hd]) so a layer's cache is a ready [B, K, S, hd] matmul operand: the
+other order made XLA transpose-copy every layer's cache every step (3x slower decode at B=16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Param-path rules for `rd_jax/parallel/sharding.py`: (regex searched in the "/"-joined param
+# path, one mesh-axis name or None per array dim). "fsdp" shards the hidden (D) side of every
+# matrix, "tensor" the heads / MLP width / vocabulary (Megatron: column-parallel q,k,v,gate,up,
+# row-parallel o,down). With tensor > 1 it should divide num_kv_heads (3 for SmolLM2-135M), or
+# XLA splits inside a head. Norm scales are replicated. First match wins.
+DECODER_SHARDING_RULES = [
+    (r"embed_tokens/embedding$", ("tensor", "fsdp")),          # [V, D]
+    (r"self_attn/(q|k|v)_proj/kernel$", ("fsdp", "tensor")),  # [D, H*hd] / [D, K*hd]
+    (r"self_attn/o_proj/kernel$", ("tensor", "fsdp")),        # [H*hd, D]
+    (r"mlp/(gate|up)_proj/kernel$", ("fsdp", "tensor")),      # [D, F]
+    (r"mlp/down_proj/kernel$", ("tensor", "fsdp")),           # [F, D]
+    (r"lm_head/kernel$", ("fsdp", "tensor")),                 # [D, V] (untied only)
+    (r"(input_layernorm|post_attention_layernorm|norm)/scale$", (None,)),  # [D]
+]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Finite "-inf": a fully masked row (a pad query) gets a uniform softmax instead of NaN.
+_MASKED = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Shape of a Llama-family decoder; defaults are SmolLM2-135M (== config.py `teacher`)."""
+  vocab_size: int = 49152
+  hidden_size: int = 576
+  num_layers: int = 30
+  num_heads: int = 9
+  num_kv_heads: int = 3
+  intermediate_size: int = 1536
+  rope_theta: float = 100000.0
+  rms_norm_eps: float = 1e-5
+  tie_embeddings: bool = True
+  max_position: int = 2048
+  dtype: str = "float32"  # compute dtype; params stay fp32
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+    if self.dtype not in _DTYPES:
+      raise ValueError(f"dtype {self.dtype!r} not one of {sorted(_DTYPES)}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return _DTYPES[self.dtype]
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: Any, strict: bool = True) -> "DecoderConfig":
+    """From a dict or ConfigDict; strict=False ignores extra keys (e.g. cfg.teacher.init)."""
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    names = {f.name for f in dataclasses.fields(cls)}
+    extra = sorted(set(d) - names)
+    if extra and strict:
+      raise ValueError(f"unknown DecoderConfig key(s) {extra}; known: {sorted(names)}")
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype=None) -> dict:
+  """Zeroed KV cache {"k", "v"}: [num_layers, batch, num_kv_heads, max_len, head_dim]."""
+  shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
+  dtype = dtype or config.compute_dtype
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """[B, L] validity mask -> [B, L] int32 positions counting valid tokens only (pads get 0)."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """log p(targets) [B, L] fp32 from logits [B, L, V] as logit[t] - logsumexp(logits).
+
+  fp32 because DPO/PPO take differences of sums of these: bf16 keeps ~3 digits, and a
+  logsumexp over 49k entries in bf16 is off by more than the differences we train on.
+  """
+  logits = logits.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def flops_per_token(config: DecoderConfig, context_len: int = 0, training: bool = False) -> float:
+  """Matmul FLOPs per token: forward = 2 N + 4 layers * context_len * H * hd.
+
+  N = weights used in matmuls (projections, MLP, LM head; the embedding lookup is free).
+  The second term is q k^T and p v against `context_len` keys (PaLM's convention, not halved for
+  causality). Training (forward + backward) is 3x forward.
+  """
+  d, hd = config.hidden_size, config.head_dim
+  attn = d * config.num_heads * hd * 2 + d * config.num_kv_heads * hd * 2  # q, o ; k, v
+  mlp = 3 * d * config.intermediate_size
+  n = config.num_layers * (attn + mlp) + d * config.vocab_size
+  fwd = 2.0 * n + 4.0 * config.num_layers * context_len * config.num_heads * hd
+  return 3.0 * fwd if training else fwd
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)  # the mean square overflows/underflows in bf16
+    y = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return y.astype(self.dtype) * scale.astype(self.dtype)  # HF: weight * y.to(input_dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """RoPE on x [B, L, N, hd] at positions [B, L], HF rotate_half layout; angles in fp32
+  (positions up to thousands times frequencies need more than bf16's 8 mantissa bits)."""
+  hd = x.shape[-1]
+  inv_freq = 1.0 / theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd)  # [hd/2]
+  ang = positions.astype(jnp.float32)[..., None] * inv_freq                   # [B, L, hd/2]
+  cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]        # [B, L, 1, hd/2]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _write(buf: jax.Array, new: jax.Array, layer: int, index: jax.Array) -> jax.Array:
+  """buf [layers, B, K, S, hd] <- new [B, K, L, hd] at (layer, :, :, index); index scalar or [B]."""
+  new = new.astype(buf.dtype)
+  if index.ndim == 0:
+    return lax.dynamic_update_slice(buf, new[None], (layer, 0, 0, index, 0))
+  rows = jax.vmap(lambda b, n, i: lax.dynamic_update_slice(b, n, (0, i, 0)))(buf[layer], new, index)
+  return buf.at[layer].set(rows)
+
+
+class Attention(nn.Module):
+  config: DecoderConfig
+
+  def setup(self):
+    c = self.config
+    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32, name=name)
+    self.q_proj = dense(c.num_heads * c.head_dim, "q_proj")
+    self.k_proj = dense(c.num_kv_heads * c.head_dim, "k_proj")
+    self.v_proj = dense(c.num_kv_heads * c.head_dim, "v_proj")
+    self.o_proj = dense(c.hidden_size, "o_proj")
+
+  def __call__(self, x, positions, mask, cache, cache_index, layer):
+    c = self.config
+    b, l, _ = x.shape
+    kh, hd = c.num_kv_heads, c.head_dim
+    g = c.num_heads // kh
+    q = apply_rope(self.q_proj(x).reshape(b, l, c.num_heads, hd), positions, c.rope_theta)
+    k = apply_rope(self.k_proj(x).reshape(b, l, kh, hd), positions, c.rope_theta)
+    k = k.transpose(0, 2, 1, 3)                                        # [B, K, L, hd]
+    v = self.v_proj(x).reshape(b, l, kh, hd).transpose(0, 2, 1, 3)     # [B, K, L, hd]
+    if cache is None:
+      q_slot = jnp.broadcast_to(jnp.arange(l), (b, l))                 # [B, L]
+    else:
+      index = jnp.asarray(cache_index, jnp.int32)
+      cache = {"k": _write(cache["k"], k, layer, index), "v": _write(cache["v"], v, layer, index)}
+      k, v = cache["k"][layer], cache["v"][layer]                      # [B, K, S, hd]
+      q_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(l)             # [B or 1, L]
+    s = k.shape[2]
+    allowed = jnp.arange(s)[None, None, :] <= q_slot[:, :, None]       # causal, [B, L, S]
+    if mask is not None:
+      allowed = allowed & mask[:, None, :].astype(bool)                # valid key slots
+    allowed = jnp.broadcast_to(allowed[:, None, None], (b, 1, g, l, s)).reshape(b, 1, g * l, s)
+    # The G query heads sharing a K/V head are stacked as rows: [B, K, G*L, hd], so both
+    # products are plain batched matmuls over (B, K) with the cache in its stored layout.
+    q = q.reshape(b, l, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * l, hd)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(allowed, scores / jnp.sqrt(jnp.float32(hd)), _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)            # fp32 softmax
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)                      # [B, K, G*L, hd]
+    out = out.reshape(b, kh, g, l, hd).transpose(0, 3, 1, 2, 4).reshape(b, l, c.num_heads * hd)
+    return self.o_proj(out.astype(c.compute_dtype)), cache
+
+
+class Mlp(nn.Module):
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32, name=name)
+    return dense(c.hidden_size, "down_proj")(nn.silu(dense(c.intermediate_size, "gate_proj")(x))
+                                             * dense(c.intermediate_size, "up_proj")(x))
+
+
+class Block(nn.Module):
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, cache, cache_index, layer):
+    c = self.config
+    h, cache = Attention(c, name="self_attn")(
+        RMSNorm(c.rms_norm_eps, c.compute_dtype, name="input_layernorm")(x),
+        positions, mask, cache, cache_index, layer)
+    x = x + h
+    x = x + Mlp(c, name="mlp")(RMSNorm(c.rms_norm_eps, c.compute_dtype, name="post_attention_layernorm")(x))
+    return x, cache
+
+
+class Decoder(nn.Module):
+  """Causal LM. `__call__` -> (logits [B, L, V] fp32, new_cache or None).
+
+  tokens, positions: [B, L] int. attention_mask: [B, S] validity of every key slot (S = L without
+  a cache, S = cache length with one); None = all valid. cache: `init_cache(...)` pytree;
+  cache_index: slot of tokens[:, 0], an int scalar (all rows) or [B] (per row).
+  Outputs at pad positions are finite but meaningless (a pad query may attend to nothing).
+  """
+  config: DecoderConfig
+
+  def setup(self):
+    c = self.config
+    self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.compute_dtype,
+                                 param_dtype=jnp.float32,
+                                 embedding_init=nn.initializers.normal(0.02))
+    self.layers = [Block(c, name=f"layers_{i}") for i in range(c.num_layers)]
+    self.norm = RMSNorm(c.rms_norm_eps, c.compute_dtype)
+    if not c.tie_embeddings:
+      self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32)
+
+  def __call__(self, tokens, positions, *, attention_mask=None, cache=None, cache_index=None):
+    h, cache = self.hidden_states(tokens, positions, attention_mask=attention_mask, cache=cache,
+                                  cache_index=cache_index)
+    return self.head(h), cache
+
+  def hidden_states(self, tokens, positions, *, attention_mask=None, cache=None, cache_index=None):
+    """Final-norm hidden states [B, L, D] (compute dtype) and the new cache."""
+    if cache is not None and cache_index is None:
+      raise ValueError("a cache needs cache_index (the slot of tokens[:, 0])")
+    x = self.embed_tokens(tokens.astype(jnp.int32))
+    for i, layer in enumerate(self.layers):
+      x, cache = layer(x, positions, attention_mask, cache, cache_index, i)
+    return self.norm(x), cache
+
+  def head(self, h):
+    """LM head in fp32: logits feed log-softmax, whose differences (DPO, votes) need the digits."""
+    h = h.astype(jnp.float32)
+    if self.config.tie_embeddings:
+      return jnp.einsum("...d,vd->...v", h, self.embed_tokens.embedding.astype(jnp.float32))
+    return self.lm_head(h)
+
+
+def init_params(config: DecoderConfig, rng: jax.Array) -> dict:
+  """Random params (the inner dict: apply with {"params": params})."""
+  tokens = jnp.zeros((1, 2), jnp.int32)
+  return Decoder(config).init(rng, tokens, jnp.zeros_like(tokens))["params"]
