@@ -20,6 +20,6 @@ def get_config():
   c.train.num_steps = 200
   c.train.log_every = 10
   c.train.checkpoint_every = 50
-  c.optim.learning_rate = 5e-5
+  c.optim.learning_rate = 1e-4   # chosen on the valid fold: 1e-4 -> 0.2014, 5e-5 -> 0.1771
   c.optim.warmup_steps = 20
   return c
