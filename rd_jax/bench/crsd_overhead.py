@@ -1,0 +1,110 @@
+"""`crsd_overhead`: does the CRSD loss cost next to nothing? A CRSD step vs its branches alone.
+
+  python -m rd_jax.bench crsd_overhead --size=minilm --out=crsd_overhead.json
+
+Measured, each the stage's jitted step (stages/crsd.py) on the same batch:
+  crsd        the CRSD step: forward+backward of both views, CE on both + InfoNCE, one update
+  std_branch  the baseline step on the standard view [B, Ls] (CE only, one update)
+  aug_branch  the baseline step on the augmented view [B, La] fed as its only view
+  update      the optimizer update alone (clip + AdamW on a gradient-shaped tree)
+  loss_only   the CRSD loss and its gradient w.r.t. the two views' outputs (no encoder)
+
+ratio = crsd / (std_branch + aug_branch - update): the branches each pay one optimizer update
+and the CRSD step pays one, so one is taken back out (target <= 1.05).
+"""
+
+from __future__ import annotations
+
+from rd_jax.bench import common, student_train
+
+
+def add_args(parser) -> None:
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--std_len", type=int, default=None, help="default 64 (minilm) / 32 (tiny)")
+  parser.add_argument("--aug_len", type=int, default=None, help="default 128 (minilm) / 64 (tiny)")
+
+
+def _aug_as_std(batch: dict) -> dict:
+  out = dict(batch)
+  for k in ("input_ids", "attention_mask", "token_type_ids"):
+    out[f"std_{k}"] = batch[f"aug_{k}"]
+  return out
+
+
+def _update_fn(params):
+  """jit(grads, opt_state, params) -> (params, opt_state): the step's optimizer part alone."""
+  import jax
+  import optax
+  from rd_jax.config import default_config
+  from rd_jax.train import optim
+  tx, _ = optim.make_optimizer(default_config().optim, 1000)
+  opt_state = tx.init(params)
+  grads = jax.tree.map(lambda p: p * 1e-3, params)
+
+  @jax.jit
+  def update(grads, opt_state, params):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  box = [jax.device_put(params), opt_state]
+
+  def fn():
+    box[0], box[1] = update(grads, box[1], box[0])
+    return box[0]
+  return fn
+
+
+def _loss_only_fn(model_cfg, batch_size: int, seed: int):
+  """jit grad of crsd_loss w.r.t. synthetic view outputs: the loss's own cost."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from rd_jax.config import default_config
+  from rd_jax.losses.crsd import crsd_loss
+  crsd = default_config().crsd
+  rng = np.random.default_rng(seed)
+  d, c = model_cfg.hidden_size, model_cfg.num_labels
+  outs = [{"logits": jnp.asarray(rng.normal(size=(batch_size, c)), jnp.float32),
+           "cls": jnp.asarray(rng.normal(size=(batch_size, d)), jnp.float32)} for _ in range(2)]
+  batch = common.synthetic_batch(batch_size, 8, 8, vocab_size=model_cfg.vocab_size, seed=seed)
+  batch = {k: jnp.asarray(batch[k]) for k in ("labels", "weights", "item_key", "reasoning_key")}
+  grad = jax.jit(jax.grad(lambda s, a: crsd_loss(s, a, batch, crsd)[0], argnums=(0, 1)))
+  return lambda: grad(outs[0], outs[1])
+
+
+def run(args) -> dict:
+  import jax
+  from rd_jax.parallel import mesh as mesh_lib
+  dtype = common.resolve_dtype(args.dtype)
+  model_cfg, params = common.student(args.size, dtype, seed=args.seed)
+  std_len, aug_len = student_train.lengths(args)
+  b = args.batch_size
+  batch = common.synthetic_batch(b, std_len, aug_len, vocab_size=model_cfg.vocab_size, seed=args.seed)
+  fns = {}
+  for name, use_reasoning, data in (("crsd", True, batch), ("std_branch", False, batch),
+                                    ("aug_branch", False, _aug_as_std(batch))):
+    state, step, mesh = common.jax_train_step(model_cfg, params, use_reasoning=use_reasoning,
+                                              batch_size=b)
+    fns[name] = common.stepper(state, step, mesh_lib.put_batch(data, mesh))
+  fns["update"] = _update_fn(params)
+  fns["loss_only"] = _loss_only_fn(model_cfg, b, args.seed)
+  timings = common.measure(fns, repeats=args.repeats, calls=args.steps, warmup=args.warmup)
+  kind = jax.devices()[0].device_kind
+  common.add_flops(timings["crsd"], common.train_flops(model_cfg, b, std_len, aug_len),
+                   device_kind=kind, dtype=dtype)
+  common.add_flops(timings["std_branch"], common.train_flops(model_cfg, b, std_len),
+                   device_kind=kind, dtype=dtype)
+  common.add_flops(timings["aug_branch"], common.train_flops(model_cfg, b, aug_len),
+                   device_kind=kind, dtype=dtype)
+  med = {k: t.median for k, t in timings.items()}
+  branches = med["std_branch"] + med["aug_branch"] - med["update"]
+  ratio = med["crsd"] / branches
+  summary = {"ratio_crsd_over_branches": common.target(ratio, 1.05, at_most=True),
+             "loss_only_fraction_of_crsd_step": med["loss_only"] / med["crsd"],
+             "update_fraction_of_crsd_step": med["update"] / med["crsd"]}
+  table = [{"part": k, "ms": 1e3 * t.median, "iqr_ms": 1e3 * t.to_dict()["iqr"],
+            "compile_s": t.first_call_s, "ratio": ratio if k == "crsd" else None}
+           for k, t in timings.items()]
+  config = {**common.base_config(args, model_cfg), "batch_size": b, "std_len": std_len,
+            "aug_len": aug_len}
+  return common.envelope("crsd_overhead", config, timings, summary, table, notes=[])

@@ -1,0 +1,137 @@
+"""Every benchmark runs at --size=tiny (1 repeat, 1-2 steps) and writes the JSON of common.py.
+
+No timing is asserted: speed targets live in the benchmarks' output, never in unit tests.
+Shapes are shared between benchmarks (batch 8, lengths 32/64) and a persistent compilation cache
+is on for this module, so a step compiled by one benchmark is reused by the next.
+"""
+
+import json
+
+import pytest
+
+from rd_jax.bench import common
+from rd_jax.bench.__main__ import BENCHMARKS, main
+
+ENVELOPE = ("benchmark", "argv", "created_utc", "machine", "versions", "config", "measurements",
+            "summary", "table", "notes")
+# One thread for PyTorch: on a loaded 2-core machine OpenMP's barriers make 2 threads ~100x slower.
+FAST = ["--size=tiny", "--repeats=1", "--steps=1", "--warmup=0", "--torch_threads=1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  import jax
+  folder = str(tmp_path_factory.mktemp("jax_cache"))
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  before = {n: getattr(jax.config, n) for n in names}
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield folder
+  for n, v in before.items():
+    jax.config.update(n, v)
+
+
+def run_bench(name, tmp_path, *flags):
+  out = tmp_path / f"{name}.json"
+  main([name, f"--out={out}", *FAST, *flags])
+  with open(out) as f:
+    result = json.load(f)
+  for key in ENVELOPE:
+    assert key in result, key
+  assert result["benchmark"] == name
+  assert result["machine"]["cores"] >= 1 and result["machine"]["backend"]
+  assert result["versions"]["jax"] and result["versions"]["flax"]
+  assert result["config"]["size"] == "tiny"
+  return result
+
+
+def check_timing(m, repeats=1):
+  assert len(m["repeats"]) == repeats
+  assert m["median"] > 0 and m["iqr"] >= 0
+
+
+def test_help_lists_every_benchmark(capsys):
+  with pytest.raises(SystemExit) as e:
+    main(["--help"])
+  assert e.value.code == 0
+  text = capsys.readouterr().out
+  for name in BENCHMARKS:
+    assert name in text
+
+
+def test_student_train(tmp_path):
+  r = run_bench("student_train", tmp_path, "--batch_size=8")
+  for mode in ("crsd", "baseline"):
+    for side in ("jax", "torch"):
+      m = r["measurements"][f"{mode}_{side}"]
+      check_timing(m)
+      assert m["first_call_s"] > 0 and m["flops_per_step"] > 0
+      assert m["achieved_flops_per_s"] > 0
+    ratio = r["summary"][f"{mode}_ratio_jax_over_torch"]
+    assert ratio["value"] > 0 and ratio["met"] in (True, False)
+  # CRSD runs both views: more FLOPs than the baseline's one view.
+  assert (r["measurements"]["crsd_jax"]["flops_per_step"]
+          > r["measurements"]["baseline_jax"]["flops_per_step"])
+
+
+def test_crsd_overhead(tmp_path):
+  r = run_bench("crsd_overhead", tmp_path, "--batch_size=8")
+  for part in ("crsd", "std_branch", "aug_branch", "update", "loss_only"):
+    check_timing(r["measurements"][part])
+  assert r["summary"]["ratio_crsd_over_branches"]["value"] > 0
+
+
+def test_student_infer(tmp_path):
+  r = run_bench("student_infer", tmp_path, "--batch_size=8")
+  backends = r["config"]["backends"]
+  assert backends[:2] == ["jax", "torch"]
+  for name in backends:
+    check_timing(r["measurements"][f"{name}_latency_b1"])
+    check_timing(r["measurements"][f"{name}_throughput_b8"])
+  # Same weights everywhere: JAX and ONNX fp32 reproduce PyTorch's logits.
+  parity = r["config"]["max_abs_logit_diff_vs_torch"]
+  assert parity["jax"] < 1e-4
+  if "onnx" in parity:
+    assert parity["onnx"] < 1e-4
+  else:
+    assert any("ONNX skipped" in n for n in r["notes"])
+
+
+def test_student_epoch(tmp_path):
+  r = run_bench("student_epoch", tmp_path, "--batch_size=8", "--max_batches=2", "--modes=baseline")
+  for side in ("ours", "torch"):
+    m = r["measurements"][f"baseline_{side}"]
+    check_timing(m)
+    epoch = m["epochs"][0]
+    assert epoch["examples"] == 16 and 0 < epoch["padding_efficiency"] <= 1
+  assert r["measurements"]["baseline_ours"]["epochs"][0]["new_shapes"] >= 1
+  assert r["summary"]["baseline_ratio_ours_over_torch"]["value"] > 0
+
+
+def test_scaling(tmp_path, compilation_cache, monkeypatch):
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", compilation_cache)
+  r = run_bench("scaling", tmp_path, "--devices=2", "--per_device_batch=4")  # one child process
+  m = r["measurements"]["devices_2"]
+  assert "failed" not in m, m.get("failed")
+  check_timing(m)
+  assert m["devices"] == 2 and m["global_batch"] == 8 and m["mesh"]["data"] == 2
+  assert m["tokens_per_s_per_device"] > 0
+  assert r["summary"]["efficiency_at_2"] == 1.0  # relative to the smallest count run
+
+
+def test_common_helpers(tmp_path):
+  assert common.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert common.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert common.peak_flops("cpu", "float32") is None
+  t = common.add_flops(common.Timing("s/call", [1.0, 2.0, 3.0]), 989e12,
+                       device_kind="NVIDIA H100", dtype="bfloat16")
+  assert t.median == 2.0 and t.extra["mfu"] == pytest.approx(0.5)
+  assert common.add_flops(common.Timing("s", [1.0]), 1e9, device_kind="cpu",
+                          dtype="float32").extra["mfu"] is None
+  assert common.target(0.9, 1.0, at_most=True)["met"] is True
+  assert common.target(1.1, 1.25, at_most=False)["met"] is False
+  path = tmp_path / "x.json"
+  common.write_json({"a": 1}, str(path))
+  assert json.loads(path.read_text()) == {"a": 1} and len(list(tmp_path.iterdir())) == 1
+  table = common.format_table([{"a": 1.23456, "b": None}, {"a": 2, "b": "x"}])
+  assert "1.235" in table and "-" in table
