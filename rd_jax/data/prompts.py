@@ -91,3 +91,23 @@ def parse_response(text: str, labels: Sequence[str], finished: bool = True) -> P
   if label is None:
     return Parsed(None, text.strip(), f"unknown label {match.group(1).strip()!r}")
   return Parsed(label, "\n".join(lines[:-1]).strip(), None)
+
+
+# STaR "rationalisation" (Zelikman et al., 2022): for a pair the teacher got wrong, ask again with
+# the gold label given as a hint. The kept chain is then trained under the PLAIN prompt, as if the
+# teacher had found the label itself; rationales that mention the hint are rejected by the caller.
+RATIONALIZATION_HINT = """
+
+Hint: the correct label is {gold}. Write the reasoning that leads to this label as if you had
+reached it yourself (do not mention the hint), then end with the final line
+Label: {gold}"""
+
+
+def build_rationalization_prompt(tokenizer, query: str, item_text: str, labels: Sequence[str],
+                                 gold: str, definitions: dict | None = None) -> str:
+  """`build_prompt` with `RATIONALIZATION_HINT` (naming the gold label) appended to the user turn."""
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template")
+  messages = build_messages(query, item_text, labels, definitions)
+  messages[-1]["content"] += RATIONALIZATION_HINT.format(gold=gold)
+  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,238 @@
+"""`--stage=annotate`: the teacher labels and explains pairs, in resumable shards.
+
+Teacher: `annotate.teacher` (a final/ or stage folder), else the newest complete of dpo > sft > cpt
+in the workdir, else the base model `teacher.init` (the choice is logged and recorded as
+`teacher_ckpt`). Pairs: `data.path` (labels optional), split `annotate.split` (all | train | valid |
+test folds), optionally a seeded sample of `annotate.max_pairs`.
+
+Generation (`teacher_eval.sample` -> `generate.generate_texts`): jitted, KV cache, batches of
+`annotate.batch_size` prompts padded to the smallest prompt bucket. num_samples == 1: greedy.
+k > 1: k samples at `annotate.temperature`; majority vote among the samples that parse (ties: the
+label voted first), confidence = winner's votes / k, reasoning and raw = the first sample that
+voted for the winner. A pair with no parseable sample is retried (k samples at
+`annotate.temperature`) up to `annotate.max_retries` times, then written to failures with the
+reason and raw text of its last attempt — never given a label.
+Sharding: params are sharded by TEACHER_RULES (fsdp/tensor split the model); the prompt batch is
+replicated over the mesh's batch axes (`generate` takes host arrays), so with several processes
+every process runs the same batches and process 0 alone writes.
+
+Layout of <workdir>/annotate/:
+  shards/manifest.json          what the shards were made with (teacher, pairs, sampling); a
+                                rerun with a different manifest stops rather than mix shards
+  shards/shard-00000.jsonl      annotations of pairs [0, shard_size), in pair order
+  shards/shard-00000.failures.jsonl
+  shards/shard-00000.done       JSON counts; written LAST, so a shard is complete iff it exists
+  annotations.jsonl             all shards merged (atomic); per line: query_id, product_id, query,
+                                teacher_label, reasoning, confidence, votes, attempts, raw,
+                                teacher_ckpt, fold and the gold `label` when the pair has one
+                                (what `data.readers.attach_reasoning` reads)
+  failures.jsonl                query_id, product_id, query, reason, raw, attempts, teacher_ckpt
+  summary.json                  written last
+Every file is written under a .tmp name and renamed, so a killed run leaves no partial file
+under a final name; a rerun skips the shards with a .done marker and redoes the first missing one.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from rd_jax import metrics as metrics_lib
+from rd_jax.data import prompts, readers
+from rd_jax.stages import teacher_common as tc, teacher_eval as te
+
+SPLITS = ("all", "train", "valid", "test")
+
+
+def select_pairs(cfg) -> tuple[list, dict]:
+  split = cfg.annotate.split
+  if split not in SPLITS:
+    raise ValueError(f"annotate.split={split!r}; expected one of {SPLITS}")
+  pairs, report = readers.load_pairs(cfg.data.path, cfg, require_label=False)
+  if split != "all":
+    pairs = readers.train_valid_test(pairs, cfg)[split]
+  if cfg.annotate.max_pairs and cfg.annotate.max_pairs < len(pairs):
+    pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(pairs))[:cfg.annotate.max_pairs])
+    pairs = [pairs[i] for i in pick]
+  if not pairs:
+    raise ValueError(f"no pairs to annotate in split {split!r} of {report['path']}")
+  return pairs, report
+
+
+def vote(samples, labels, k: int):
+  """(record fields, None) from one attempt's k samples, or (None, (reason, raw)) if none parsed."""
+  parsed = [(s, prompts.parse_response(s.text, labels, s.finished)) for s in samples]
+  good = [(s, p) for s, p in parsed if p.error is None]
+  if not good:
+    reasons = collections.Counter(te.reason_key(p.error) for _, p in parsed)
+    reason = reasons.most_common(1)[0][0]
+    return None, next((p.error, s.text) for s, p in parsed if te.reason_key(p.error) == reason)
+  votes = collections.Counter(p.label for _, p in good)   # insertion order breaks ties
+  winner, n = votes.most_common(1)[0]
+  s, p = next((s, p) for s, p in good if p.label == winner)
+  return {"teacher_label": winner, "reasoning": p.reasoning, "confidence": n / k,
+          "votes": dict(votes), "raw": s.text}, None
+
+
+def annotate_pairs(teacher, pairs, cfg, *, seed: int) -> tuple[list, list, dict]:
+  """(records, failures, counts) for `pairs`, in pair order. Deterministic given `seed`."""
+  a = cfg.annotate
+  k = int(a.num_samples)
+  ids, cut = te.prompt_ids(teacher.tokenizer, pairs, cfg)
+  done, last_fail = {}, {}
+  pending, tokens, sample_errors = list(range(len(pairs))), 0, collections.Counter()
+  for attempt in range(int(a.max_retries) + 1):
+    if not pending:
+      break
+    temperature = 0.0 if (k == 1 and attempt == 0) else float(a.temperature)
+    samples = te.sample(teacher.config, teacher.params, teacher.tokenizer, [ids[i] for i in pending],
+                        cfg, batch_size=a.batch_size, temperature=temperature, num_samples=k,
+                        seed=(seed * 31 + attempt) % (2**31 - 1))
+    tokens += sum(len(s.token_ids) for s in samples)
+    grouped = collections.defaultdict(list)
+    for s in samples:
+      grouped[pending[s.prompt_index]].append(s)
+      err = prompts.parse_response(s.text, cfg.labels, s.finished).error
+      sample_errors[te.reason_key(err) if err else "ok"] += 1
+    for i in pending:
+      record, failure = vote(grouped[i], cfg.labels, k)
+      if record is None:
+        last_fail[i] = failure
+      else:
+        done[i] = {**record, "attempts": attempt + 1}
+    pending = [i for i in pending if i not in done]
+  records, failures = [], []
+  for i, pair in enumerate(pairs):
+    base = {"query_id": pair.query_id, "product_id": pair.product_id, "query": pair.query}
+    gold = {} if pair.label_id is None else {"label": cfg.labels[pair.label_id]}
+    if i in done:
+      records.append({**base, **done[i], "teacher_ckpt": teacher.source, "fold": pair.fold, **gold})
+    else:
+      reason, raw = last_fail[i]
+      failures.append({**base, "reason": reason, "raw": raw, "attempts": int(a.max_retries) + 1,
+                       "teacher_ckpt": teacher.source, **gold})
+  counts = {"pairs": len(pairs), "annotated": len(records),
+            "failures_by_reason": dict(collections.Counter(te.reason_key(f["reason"]) for f in failures)),
+            "samples_by_outcome": dict(sample_errors), "generated_tokens": tokens, "prompts_cut": cut}
+  return records, failures, counts
+
+
+def _manifest(cfg, teacher, pairs) -> dict:
+  keys = hashlib.md5("\n".join(f"{p.query_id}\t{p.product_id}\t{p.query}" for p in pairs)
+                     .encode("utf-8")).hexdigest()
+  a = cfg.annotate
+  return {"teacher_ckpt": teacher.source, "pairs": len(pairs), "pairs_md5": keys,
+          "shard_size": int(a.shard_size), "num_samples": int(a.num_samples),
+          "temperature": float(a.temperature), "max_retries": int(a.max_retries),
+          "max_prompt_len": int(cfg.teacher.max_prompt_len),
+          "max_response_len": int(cfg.teacher.max_response_len), "seed": int(cfg.seed),
+          "labels": list(cfg.labels)}
+
+
+def _check_manifest(path: str, manifest: dict) -> None:
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+    if diff:
+      raise ValueError(f"{path}: the existing shards were made with other settings ({', '.join(diff)}:"
+                       f" {[old.get(k) for k in diff]} now {[manifest.get(k) for k in diff]}); delete "
+                       f"{os.path.dirname(path)} to start over, or restore those settings to resume")
+  elif jax.process_index() == 0:
+    metrics_lib.write_json_atomic(manifest, path)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def run(cfg, workdir: str) -> dict:
+  stage_dir = os.path.join(workdir, "annotate")
+  shard_dir = os.path.join(stage_dir, "shards")
+  os.makedirs(shard_dir, exist_ok=True)
+  t0 = time.perf_counter()
+  a = cfg.annotate
+  if a.num_samples < 1 or a.shard_size < 1 or a.batch_size < 1:
+    raise ValueError("annotate.num_samples, annotate.shard_size and annotate.batch_size must be >= 1")
+  if (a.num_samples > 1 or a.max_retries > 0) and a.temperature <= 0:
+    raise ValueError("annotate.temperature must be > 0 when annotate.num_samples > 1 or "
+                     "annotate.max_retries > 0 (retries and votes sample)")
+  mesh = tc.mesh_for(cfg)
+  teacher = tc.load_teacher(cfg, workdir, mesh, upstream=("dpo", "sft", "cpt"), explicit=a.teacher)
+  logging.info("annotate with teacher %s", teacher.source)
+  pairs, data_report = select_pairs(cfg)
+  _check_manifest(os.path.join(shard_dir, "manifest.json"), _manifest(cfg, teacher, pairs))
+  n_shards = -(-len(pairs) // a.shard_size)
+  name = lambda i, suffix: os.path.join(shard_dir, f"shard-{i:05d}{suffix}")
+  # Process 0 decides which shards are done; every process then runs the same batches.
+  finished = multihost_utils.broadcast_one_to_all(
+      np.array([os.path.exists(name(i, ".done")) for i in range(n_shards)]))
+  newly = 0
+  for i in range(n_shards):
+    if finished[i]:
+      continue
+    if a.stop_after_shards and newly >= a.stop_after_shards:
+      logging.warning("stopping after %d new shards (annotate.stop_after_shards)", newly)
+      return {"stage": "annotate", "interrupted_at": int(a.stop_after_shards)}
+    t_shard = time.perf_counter()
+    records, failures, counts = annotate_pairs(teacher, pairs[i * a.shard_size:(i + 1) * a.shard_size],
+                                               cfg, seed=(cfg.seed * 100_003 + i) % 2**31)
+    counts["seconds"] = time.perf_counter() - t_shard
+    if jax.process_index() == 0:
+      te.write_jsonl_atomic(records, name(i, ".jsonl"))
+      te.write_jsonl_atomic(failures, name(i, ".failures.jsonl"))
+      metrics_lib.write_json_atomic(counts, name(i, ".done"))   # last: the shard is complete
+    newly += 1
+    logging.info("shard %d/%d: %d of %d annotated (%.1fs)", i + 1, n_shards, counts["annotated"],
+                 counts["pairs"], counts["seconds"])
+  if jax.process_count() > 1:  # every process reads the shards process 0 wrote
+    multihost_utils.sync_global_devices("annotate:shards_written")
+  return _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t0)
+
+
+def _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t0) -> dict:
+  records, failures, totals = [], [], collections.Counter()
+  by_reason, outcomes = collections.Counter(), collections.Counter()
+  for i in range(n_shards):
+    with open(name(i, ".done")) as f:
+      counts = json.load(f)
+    records += _read_jsonl(name(i, ".jsonl"))
+    failures += _read_jsonl(name(i, ".failures.jsonl"))
+    by_reason.update(counts["failures_by_reason"])
+    outcomes.update(counts["samples_by_outcome"])
+    totals.update({k: counts[k] for k in ("pairs", "annotated", "generated_tokens", "prompts_cut", "seconds")})
+  # Teacher vs gold on the labelled pairs; a failure is a wrong answer, never a label.
+  scored = [(r["label"], r["teacher_label"]) for r in records if "label" in r]
+  scored += [(f["label"], None) for f in failures if "label" in f]
+  gold_vs_teacher = (te.score([cfg.labels.index(g) for g, _ in scored], [t for _, t in scored], cfg.labels)
+                     if scored else None)
+  secs = max(totals["seconds"], 1e-9)
+  summary = {"stage": "annotate", "teacher_ckpt": teacher.source, "split": cfg.annotate.split,
+             "pairs": len(pairs), "annotated": totals["annotated"], "failures": len(failures),
+             "failures_by_reason": dict(by_reason), "samples_by_outcome": dict(outcomes),
+             "parse_rate": totals["annotated"] / len(pairs), "shards": n_shards,
+             "empty_reasoning": sum(not r["reasoning"] for r in records),
+             "shards_run_now": newly, "prompts_cut": totals["prompts_cut"],
+             "generated_tokens": totals["generated_tokens"], "generation_seconds": round(secs, 2),
+             "pairs_per_s": len(pairs) / secs, "generated_tokens_per_s": totals["generated_tokens"] / secs,
+             "labelled_pairs": len(scored),
+             "teacher_macro_f1": gold_vs_teacher and gold_vs_teacher["macro_f1"],
+             "teacher_accuracy": gold_vs_teacher and gold_vs_teacher["accuracy"],
+             "teacher_vs_gold": gold_vs_teacher, "data": data_report,
+             "seconds": round(time.perf_counter() - t0, 1)}
+  if jax.process_index() == 0:
+    te.write_jsonl_atomic(records, os.path.join(stage_dir, "annotations.jsonl"))
+    te.write_jsonl_atomic(failures, os.path.join(stage_dir, "failures.jsonl"))
+    metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
+  logging.info("annotate done: %d/%d pairs annotated, failures %s, teacher macro-F1 %s",
+               totals["annotated"], len(pairs), dict(by_reason), summary["teacher_macro_f1"])
+  return summary

@@ -1,0 +1,307 @@
+"""`--stage=sft`: supervised fine-tuning of the teacher on prompt -> reasoning + final label.
+
+Starts from <workdir>/cpt/final when complete, else the base model (`teacher.init`).
+
+Prompt: `data/prompts.build_prompt` through the tokenizer's chat template (system turn; user turn
+with the query, the item text, the label definitions and the answer format). The teacher learns
+to answer (`prompts.build_sft_target`, parsed back by `prompts.parse_response`):
+
+    <reasoning: two or three short sentences>
+    Label: <one of cfg.labels><EOS>
+
+Loss: token-mean next-token CE on the response tokens and the EOS only; prompt and padding are
+masked (`loss_mask`). A response longer than `teacher.max_response_len` tokens (EOS included) has
+its reasoning cut at the end so that the label line survives; cut targets are counted.
+
+Chains (a reasoning + label per TRAIN pair) come from:
+- `sft.chains_path`: a user JSONL, one object per line: `query_id` + `product_id` (or `query` +
+  `product_id`), `reasoning` (non-empty string), `label` (one of cfg.labels). Each line is matched
+  to a pair of `data.path`; an unmatched or malformed line raises DataError "file:line: reason".
+  Chains of valid/test pairs are not trained on (counted as `outside_train_folds`).
+- otherwise a STaR bootstrap (rejection sampling + rationalisation) from the starting teacher on up
+  to `sft.bootstrap_pairs` train pairs: `sft.bootstrap_samples` samples per prompt at
+  `sft.bootstrap_temperature`; the first that parses to the GOLD label with non-empty reasoning is
+  kept ("sample"). For the rest the prompt gets `prompts.RATIONALIZATION_HINT` (the gold label),
+  the same number of samples is drawn, and the first that parses to gold and does not mention the
+  hint is kept ("rationalized") — trained under the PLAIN prompt. Others are dropped and counted.
+Chains go to <workdir>/sft/chains.jsonl (user format + "source"; atomic) and are reused on restart.
+
+Evaluation: greedy macro-F1 on up to `sft.eval_pairs` VALID pairs before (cached in
+eval_before.json) and after training; outputs that do not parse count as wrong.
+Writes <workdir>/sft/: chains.jsonl, chains_report.json, eval_before.json, checkpoints/, final/,
+metrics.jsonl, tb/, summary.json (last).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from rd_jax import checkpoint, metrics as metrics_lib
+from rd_jax.data import prompts, readers
+from rd_jax.data.schema import DataError, match_label
+from rd_jax.models import decoder
+from rd_jax.parallel import mesh as mesh_lib
+from rd_jax.stages import teacher_common as tc, teacher_eval as te
+from rd_jax.train import loop, optim, state as state_lib
+
+
+# ------------------------------------------------------------------------------------ chains
+def read_chains(path: str, cfg) -> list[tuple[int, dict]]:
+  """(line number, {query_id, product_id, query, reasoning, label[, source]}) per line."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"sft.chains_path: {path} does not exist")
+  out = []
+  for lineno, _, row in readers._jsonl_rows(path):
+    def fail(reason):
+      raise DataError(path, lineno, reason, "bad_chain")
+    if isinstance(row, DataError):
+      raise row
+    if not isinstance(row, dict):
+      fail(f"expected a JSON object, got {type(row).__name__}")
+    if not row.get("product_id") or not (row.get("query_id") or row.get("query")):
+      fail("a chain needs 'product_id' and 'query_id' or 'query'")
+    reasoning, label = row.get("reasoning"), row.get("label")
+    if not isinstance(reasoning, str) or not reasoning.strip():
+      fail("'reasoning' must be a non-empty string")
+    label_id = match_label(label, cfg.labels) if isinstance(label, str) else None
+    if label_id is None:
+      fail(f"'label' {label!r} is not one of {list(cfg.labels)}")
+    out.append((lineno, {"query_id": str(row.get("query_id") or ""), "product_id": str(row["product_id"]),
+                         "query": row.get("query") or "", "reasoning": reasoning.strip(),
+                         "label": cfg.labels[label_id], "source": row.get("source", "user")}))
+  return out
+
+
+def match_chains(chains: list[tuple[int, dict]], path: str, pairs, cfg) -> tuple[list, dict]:
+  """[(Pair, chain)] for the chains of TRAIN-fold pairs, and counts."""
+  by_id = {(p.query_id, p.product_id): p for p in pairs if p.query_id}
+  by_query = {(p.query, p.product_id): p for p in pairs}
+  train = set(int(f) for f in cfg.data.train_folds)
+  seen, out, counts = set(), [], collections.Counter()
+  for lineno, c in chains:
+    pair = (by_id.get((c["query_id"], c["product_id"])) if c["query_id"]
+            else by_query.get((c["query"], c["product_id"])))
+    if pair is None:
+      key = f"query_id={c['query_id']!r}" if c["query_id"] else f"query={c['query']!r}"
+      raise DataError(path, lineno, f"no pair of data.path has {key}, product_id="
+                      f"{c['product_id']!r}", "unmatched_chain")
+    counts["read"] += 1
+    if id(pair) in seen:
+      counts["duplicates"] += 1  # the first chain of a pair wins
+    elif pair.fold not in train:
+      counts["outside_train_folds"] += 1
+    else:
+      seen.add(id(pair))
+      counts["label_differs_from_gold"] += int(cfg.labels.index(c["label"]) != pair.label_id)
+      out.append((pair, c))
+  counts["used"] = len(out)
+  return out, dict(counts)
+
+
+def _keep_first(samples, pairs, index: list[int], cfg, chosen: dict, source: str,
+                rejections: collections.Counter) -> None:
+  """chosen[i] = the first sample of pair i = index[prompt_index] that parses to its gold label."""
+  for s in samples:
+    i = index[s.prompt_index]
+    pair = pairs[i]
+    parsed = prompts.parse_response(s.text, cfg.labels, s.finished)
+    if parsed.error:
+      rejections[te.reason_key(parsed.error)] += 1
+    elif cfg.labels.index(parsed.label) != pair.label_id:
+      rejections["wrong label"] += 1
+    elif not parsed.reasoning:
+      rejections["empty reasoning"] += 1
+    elif source == "rationalized" and "hint" in parsed.reasoning.lower():
+      rejections["mentions the hint"] += 1
+    elif i not in chosen:
+      chosen[i] = {"query_id": pair.query_id, "product_id": pair.product_id, "query": pair.query,
+                   "reasoning": parsed.reasoning, "label": parsed.label, "source": source}
+
+
+def bootstrap_chains(teacher: tc.Teacher, train_pairs, cfg) -> tuple[list[dict], dict]:
+  """STaR on up to sft.bootstrap_pairs train pairs (module docstring); (chains, counts)."""
+  n = min(int(cfg.sft.bootstrap_pairs), len(train_pairs))
+  order = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_pairs))[:n])
+  pairs = [train_pairs[i] for i in order]
+  gen = dict(batch_size=cfg.sft.gen_batch_size, temperature=cfg.sft.bootstrap_temperature,
+             num_samples=cfg.sft.bootstrap_samples)
+  ids, cut = te.prompt_ids(teacher.tokenizer, pairs, cfg)
+  logging.info("STaR bootstrap: %d samples for each of %d train prompts", gen["num_samples"], n)
+  chosen, rejected = {}, [collections.Counter(), collections.Counter()]
+  samples = te.sample(teacher.config, teacher.params, teacher.tokenizer, ids, cfg, seed=cfg.seed, **gen)
+  _keep_first(samples, pairs, list(range(n)), cfg, chosen, "sample", rejected[0])
+  by_sampling = len(chosen)
+  rest, hint_ids = [], []
+  for i in (i for i in range(n) if i not in chosen):
+    try:  # the hint adds ~45 tokens: a prompt may not fit even with its item text cut
+      hint_ids.append(te.fit_prompt(teacher.tokenizer, pairs[i], cfg, cfg.labels[pairs[i].label_id])[0])
+      rest.append(i)
+    except ValueError:
+      rejected[1]["hint prompt too long"] += 1
+  samples = te.sample(teacher.config, teacher.params, teacher.tokenizer, hint_ids, cfg,
+                      seed=cfg.seed + 1, **gen)
+  _keep_first(samples, pairs, rest, cfg, chosen, "rationalized", rejected[1])
+  logging.info("STaR bootstrap: kept %d by sampling, %d by rationalisation, dropped %d of %d",
+               by_sampling, len(chosen) - by_sampling, n - len(chosen), n)
+  report = {"source": "bootstrap", "pairs": n, "kept_by_sampling": by_sampling,
+            "kept_by_rationalization": len(chosen) - by_sampling, "dropped": n - len(chosen),
+            "sample_rejections": dict(rejected[0]), "rationalization_rejections": dict(rejected[1]),
+            "prompts_cut": cut}
+  return [chosen[i] for i in sorted(chosen)], report
+
+
+# ------------------------------------------------------------------------------------ rows
+def target_ids(tokenizer, reasoning: str, label: str, budget: int) -> tuple[list[int], bool]:
+  """Token ids of build_sft_target(reasoning, label) + EOS in at most `budget` tokens."""
+  eos = tokenizer.eos_token_id
+  ids = tokenizer(prompts.build_sft_target(reasoning, label), add_special_tokens=False)["input_ids"]
+  cut = False
+  while len(ids) + 1 > budget:
+    r_ids = tokenizer(reasoning, add_special_tokens=False)["input_ids"]
+    if not r_ids:
+      raise ValueError(f"'Label: {label}' alone exceeds teacher.max_response_len={budget}")
+    reasoning, cut = tokenizer.decode(r_ids[:max(0, len(r_ids) - (len(ids) + 1 - budget) - 1)],
+                                      skip_special_tokens=True).rstrip(), True
+    ids = tokenizer(prompts.build_sft_target(reasoning, label), add_special_tokens=False)["input_ids"]
+  return ids + [eos], cut
+
+
+def row_length(cfg) -> int:
+  return int(cfg.teacher.max_prompt_len) + int(cfg.teacher.max_response_len)
+
+
+def length_buckets(cfg) -> list[int]:
+  """Padded row lengths: multiples of 64 below the longest possible row, and that row."""
+  longest = row_length(cfg)
+  return sorted(set(range(64, longest, 64)) | {longest})
+
+
+def sft_rows(matched: list, tokenizer, cfg) -> tuple[dict, dict]:
+  """[(Pair, chain)] -> right-padded {"tokens", "attention_mask", "loss_mask"} [N, row_length].
+
+  loss_mask is 1 exactly on the response tokens and the EOS (next_token_targets shifts it).
+  """
+  seqs, masks, cut_prompts, cut_targets = [], [], 0, 0
+  for pair, chain in matched:
+    p_ids, p_cut = te.fit_prompt(tokenizer, pair, cfg)
+    t_ids, t_cut = target_ids(tokenizer, chain["reasoning"], chain["label"],
+                              int(cfg.teacher.max_response_len))
+    seqs.append(p_ids + t_ids)
+    masks.append([0] * len(p_ids) + [1] * len(t_ids))
+    cut_prompts, cut_targets = cut_prompts + p_cut, cut_targets + t_cut
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  rows = tc.right_pad(seqs, masks, row_length(cfg), pad)
+  return rows, {"rows": len(seqs), "tokens": int(rows["attention_mask"].sum()),
+                "response_tokens": int(rows["loss_mask"].sum()), "prompts_cut": cut_prompts,
+                "targets_cut": cut_targets}
+
+
+# ------------------------------------------------------------------------------------ stage
+def load_or_bootstrap(cfg, teacher, pairs, train, stage_dir) -> tuple[list, dict]:
+  """[(Pair, chain)] and the chains report; bootstraps once, then reuses chains.jsonl."""
+  path = cfg.sft.chains_path
+  if path:
+    report, chains = {"source": path}, read_chains(path, cfg)
+  else:
+    path = os.path.join(stage_dir, "chains.jsonl")
+    report_path = os.path.join(stage_dir, "chains_report.json")
+    settings = {"teacher": teacher.source, "seed": int(cfg.seed),
+                "max_prompt_len": int(cfg.teacher.max_prompt_len),
+                "max_response_len": int(cfg.teacher.max_response_len),
+                **{k: cfg.sft[k] for k in ("bootstrap_pairs", "bootstrap_samples", "bootstrap_temperature")}}
+    if os.path.exists(path):  # written last, so the bootstrap finished: reuse it
+      with open(report_path) as f:
+        report, chains = json.load(f), read_chains(path, cfg)
+      diff = sorted(k for k in settings if report["settings"].get(k) != settings[k])
+      if diff:
+        raise ValueError(f"{path} was bootstrapped with other settings ({', '.join(diff)}: "
+                         f"{[report['settings'].get(k) for k in diff]} now {[settings[k] for k in diff]});"
+                         f" delete {stage_dir} to start over, or restore those settings to resume")
+    else:
+      bootstrapped, report = bootstrap_chains(teacher, train, cfg)
+      report["settings"] = settings
+      if jax.process_index() == 0:
+        metrics_lib.write_json_atomic(report, report_path)
+        te.write_jsonl_atomic(bootstrapped, path)
+      chains = list(enumerate(bootstrapped, start=1))
+  matched, counts = match_chains(chains, path, pairs, cfg)
+  return matched, {**report, **counts}
+
+
+def run(cfg, workdir: str) -> dict:
+  stage_dir = os.path.join(workdir, "sft")
+  os.makedirs(stage_dir, exist_ok=True)
+  t0 = time.perf_counter()
+  mesh = tc.mesh_for(cfg)
+  teacher = tc.load_teacher(cfg, workdir, mesh, upstream=("cpt",))
+  logging.info("sft starts from %s", teacher.source)
+  pairs, data_report = readers.load_pairs(cfg.data.path, cfg)
+  splits = readers.train_valid_test(pairs, cfg)
+  matched, chains = load_or_bootstrap(cfg, teacher, pairs, splits["train"], stage_dir)
+  if len(matched) < cfg.sft.batch_size:
+    raise ValueError(f"only {len(matched)} usable chains ({chains}), fewer than sft.batch_size="
+                     f"{cfg.sft.batch_size}: raise sft.bootstrap_pairs / sft.bootstrap_samples or "
+                     "give sft.chains_path")
+  rows, row_report = sft_rows(matched, teacher.tokenizer, cfg)
+  valid = splits["valid"]
+  pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(valid))[:int(cfg.sft.eval_pairs)])
+  eval_pairs = [valid[i] for i in pick]
+
+  def evaluate(params):  # None when sft.eval_pairs = 0
+    if not eval_pairs:
+      return None
+    return te.evaluate_teacher(teacher.config, params, teacher.tokenizer, eval_pairs, cfg,
+                               batch_size=cfg.sft.gen_batch_size, log=logging.info)
+
+  before_path = os.path.join(stage_dir, "eval_before.json")
+  if os.path.exists(before_path):
+    with open(before_path) as f:
+      before = json.load(f)
+  else:
+    before = evaluate(teacher.params)
+    if jax.process_index() == 0:
+      metrics_lib.write_json_atomic(before, before_path)
+
+  model = decoder.Decoder(teacher.config)
+  tx, schedule = optim.make_optimizer(cfg.optim, cfg.sft.num_steps, learning_rate=cfg.sft.learning_rate)
+  state, shardings = state_lib.init_state(teacher.params, tx, tc.TEACHER_RULES, mesh)
+  step = jax.jit(tc.make_lm_step(model, tx, schedule),
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+  batches = tc.row_batches(rows, batch_size=cfg.sft.batch_size, seed=cfg.seed,
+                           length_buckets=length_buckets(cfg))
+  state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
+                          batches=batches, mesh=mesh, num_steps=cfg.sft.num_steps,
+                          log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
+                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step)
+  if stats["interrupted"]:
+    return {"stage": "sft", "interrupted_at": cfg.train.stop_after_step}
+  after = evaluate(state["params"])
+  short = lambda m: m and {k: m[k] for k in ("macro_f1", "accuracy", "macro_f1_parsed", "parse_rate",
+                                              "failures_by_reason", "num_pairs")}
+  checkpoint.save_final(os.path.join(stage_dir, "final"), state["params"],
+                        tc.teacher_meta(cfg, teacher, stage="sft", step=int(state["step"]),
+                                        metrics=short(after)))
+  summary = {"stage": "sft", "chains": chains, "rows": row_report,
+             "valid_before": short(before), "valid_after": short(after),
+             "valid_macro_f1_before": before and before["macro_f1"],
+             "valid_macro_f1_after": after and after["macro_f1"],
+             "parse_rate_before": before and before["parse_rate"],
+             "parse_rate_after": after and after["parse_rate"],
+             "steps": stats["steps"], "resumed_from": stats["resumed_from"],
+             "last_metrics": stats["last_metrics"], "data": data_report,
+             "started_from": teacher.source, "seconds": round(time.perf_counter() - t0, 1)}
+  if jax.process_index() == 0:
+    if after:
+      metrics_lib.write_json_atomic(after, os.path.join(stage_dir, "eval_after.json"))
+    metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
+  logging.info("sft done: valid macro-F1 %s -> %s", summary["valid_macro_f1_before"],
+               summary["valid_macro_f1_after"])
+  return summary

@@ -1,0 +1,149 @@
+"""Teacher prompts, batched generation and scoring, shared by sft, dpo and annotate.
+
+- `prompt_ids`: pairs -> chat-prompt token ids (`data/prompts.py` template) of at most
+  `teacher.max_prompt_len` tokens. A prompt that is too long has its ITEM text cut (token-wise, at
+  the end) until it fits; the query, the label definitions and the answer format are never cut.
+  Cut prompts are counted.
+- `sample`: `generate.generate_texts` with the config's lengths (`teacher.max_response_len` new
+  tokens) and prompt buckets (64, 128, ... up to `teacher.max_prompt_len`), so a run compiles a
+  handful of shapes. Every stage generates through it (tests monkeypatch
+  `rd_jax.generate.generate_texts` to script the outputs).
+- `score`: accuracy and macro-F1 where an output that does not parse counts as WRONG for its gold
+  class (a false negative) and is never mapped to a label: the confusion matrix gets an extra
+  "<unparsed>" column, and macro-F1 averages the real classes only.
+- `evaluate_teacher`: greedy generation + parse + `score` on labelled pairs.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+from rd_jax import generate as gen
+from rd_jax.data import prompts
+from rd_jax.data.schema import Pair
+from rd_jax.metrics import classification_metrics
+
+UNPARSED = "<unparsed>"
+
+
+def reason_key(error: str) -> str:
+  """A parse error grouped for counting: "unknown label 'foo'" -> "unknown label"."""
+  return error.split(" '", 1)[0]
+
+
+def fit_prompt(tokenizer, pair: Pair, cfg, hint: str | None = None) -> tuple[list[int], bool]:
+  """Token ids of the pair's prompt (with the STaR rationalisation hint when `hint` is a label).
+
+  Returns (ids, item_was_cut). Raises ValueError naming `teacher.max_prompt_len` when even an
+  empty item text would not fit.
+  """
+  def render(item: str) -> str:
+    if hint is None:
+      return prompts.build_prompt(tokenizer, pair.query, item, cfg.labels)
+    return prompts.build_rationalization_prompt(tokenizer, pair.query, item, cfg.labels, hint)
+
+  limit, item = int(cfg.teacher.max_prompt_len), pair.item_text
+  for _ in range(6):  # re-tokenising the cut item can merge tokens differently: a few rounds
+    ids = tokenizer(render(item), add_special_tokens=False)["input_ids"]
+    if len(ids) <= limit:
+      return ids, item != pair.item_text
+    item_ids = tokenizer(item, add_special_tokens=False)["input_ids"]
+    keep = len(item_ids) - (len(ids) - limit) - 2
+    if keep < 1:
+      break
+    item = tokenizer.decode(item_ids[:keep], skip_special_tokens=True).rstrip()
+  raise ValueError(f"the prompt for query {pair.query!r} does not fit teacher.max_prompt_len="
+                   f"{limit} tokens even with its item text cut; raise teacher.max_prompt_len")
+
+
+def prompt_ids(tokenizer, pairs: Sequence[Pair], cfg,
+               hints: Sequence[str] | None = None) -> tuple[list[list[int]], int]:
+  """(prompt ids per pair, number of prompts whose item text was cut)."""
+  out, cut = [], 0
+  for i, pair in enumerate(pairs):
+    ids, was_cut = fit_prompt(tokenizer, pair, cfg, None if hints is None else hints[i])
+    out.append(ids)
+    cut += int(was_cut)
+  return out, cut
+
+
+def buckets(cfg) -> tuple[int, ...]:
+  limit = int(cfg.teacher.max_prompt_len)
+  return tuple(sorted({b for b in gen.DEFAULT_BUCKETS if b < limit} | {limit}))
+
+
+def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg, *,
+           batch_size: int, temperature: float = 0.0, num_samples: int = 1,
+           seed: int = 0) -> list[gen.Sample]:
+  """k samples per prompt (prompt-major), greedy when temperature == 0."""
+  if not ids:
+    return []
+  return gen.generate_texts(teacher_config, params, tokenizer, ids,
+                            max_new_tokens=int(cfg.teacher.max_response_len),
+                            batch_size=int(batch_size), temperature=float(temperature),
+                            num_samples=int(num_samples), seed=int(seed), buckets=buckets(cfg))
+
+
+def score(gold: Sequence[int], predicted: Sequence[str | None], labels: Sequence[str]) -> dict:
+  """gold: class ids; predicted: a label of `labels` or None (did not parse) per pair.
+
+  Returns accuracy and macro_f1 with failures counted wrong, macro_f1_parsed on the parsed pairs
+  only, per_class (real classes), and the confusion [true, pred] whose last column is UNPARSED.
+  """
+  labels = list(labels)
+  index = {l: i for i, l in enumerate(labels)}
+  pred_ids = [len(labels) if p is None else index[p] for p in predicted]
+  m = classification_metrics(list(gold), pred_ids, labels + [UNPARSED])
+  per_class = {l: m["per_class"][l] for l in labels}
+  confusion = m["confusion"][:len(labels)]  # no true class is UNPARSED
+  predicted_real = [sum(row[i] for row in confusion) for i in range(len(labels))]
+  present = [per_class[l]["f1"] for i, l in enumerate(labels)
+             if per_class[l]["support"] > 0 or predicted_real[i] > 0]
+  parsed = [(g, p) for g, p in zip(gold, pred_ids) if p < len(labels)]
+  macro_parsed = (classification_metrics([g for g, _ in parsed], [p for _, p in parsed],
+                                         labels)["macro_f1"] if parsed else 0.0)
+  return {"accuracy": m["accuracy"], "macro_f1": float(sum(present) / len(present)) if present else 0.0,
+          "macro_f1_parsed": macro_parsed, "num_examples": len(gold), "per_class": per_class,
+          "labels": labels + [UNPARSED], "confusion": confusion}
+
+
+def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], cfg, *,
+                     batch_size: int = 16, seed: int = 0,
+                     log: Callable[[str], None] | None = None) -> dict:
+  """Greedy-generate, parse and score labelled `pairs`.
+
+  Returns {macro_f1, accuracy, macro_f1_parsed, parse_rate, failures_by_reason, num_pairs,
+  per_class, confusion, prompts_cut, generated_tokens, seconds, examples (2 raw outputs)}.
+  """
+  if any(p.label_id is None for p in pairs):
+    raise ValueError("evaluate_teacher needs labelled pairs (a pair has no label)")
+  t0 = time.perf_counter()
+  ids, cut = prompt_ids(tokenizer, pairs, cfg)
+  samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed)
+  parsed = [prompts.parse_response(s.text, cfg.labels, s.finished) for s in samples]
+  result = score([p.label_id for p in pairs], [p.label for p in parsed], cfg.labels)
+  failures = collections.Counter(reason_key(p.error) for p in parsed if p.error)
+  result.update(num_pairs=len(pairs), parse_rate=(len(pairs) - sum(failures.values())) / max(len(pairs), 1),
+                failures_by_reason=dict(failures), prompts_cut=cut,
+                generated_tokens=sum(len(s.token_ids) for s in samples),
+                seconds=round(time.perf_counter() - t0, 2),
+                examples=[s.text[:300] for s in samples[:2]])
+  if log:
+    log(f"teacher eval on {len(pairs)} pairs: macro-F1 {result['macro_f1']:.4f}, "
+        f"parse rate {result['parse_rate']:.3f}, failures {dict(failures)}")
+  return result
+
+
+def write_jsonl_atomic(rows, path: str) -> None:
+  """One JSON object per line, written to `path.tmp`, flushed to disk, then renamed into place."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
