@@ -154,3 +154,15 @@ def test_eval_accepts_a_relative_checkpoint_path(trained, monkeypatch):
   rel = cfg.copy_and_resolve_references()
   rel.eval.checkpoint = os.path.join(os.path.basename(workdir), "crsd")
   assert eval_stage.run(rel, workdir)["macro_f1"] >= 0
+
+
+def test_baseline_trains_without_the_reasoning_view(tmp_path, tiny_config):
+  from rd_jax.stages import baseline, student_common
+  cfg = small_data(tiny_config())
+  cfg.train.num_steps = 2
+  data = student_common.load_student_data(cfg, str(tmp_path), use_reasoning=False)
+  batch = next(student_common.train_batches(data.train, data.tokenizer, cfg, use_reasoning=False))
+  assert not any(k.startswith("aug_") for k in batch) and "std_input_ids" in batch
+  summary = baseline.run(cfg, str(tmp_path))
+  logged = [json.loads(l) for l in open(tmp_path / "baseline" / "metrics.jsonl")]
+  assert "ce_aug" not in logged[-1] and summary["stage"] == "baseline"

@@ -105,7 +105,8 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
                          local_block=cfg.train.batch_size // dp, seed=cfg.seed)
   step = jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-  batches = student_common.train_batches(data.train, data.tokenizer, cfg)
+  batches = student_common.train_batches(data.train, data.tokenizer, cfg,
+                                         use_reasoning=use_reasoning)
   state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
                           batches=batches, mesh=mesh, num_steps=cfg.train.num_steps,
                           log_every=cfg.train.log_every,

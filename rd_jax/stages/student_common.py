@@ -110,11 +110,32 @@ def _tokenizer_dir(spec: str) -> str:
   return os.path.abspath(hf_bert.resolve_bert_folder(spec))
 
 
-def train_batches(pairs, tokenizer, cfg):
-  return pipeline.train_batches(pairs, tokenizer, cfg, seed=cfg.seed,
-                                batch_size=cfg.train.batch_size,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
+class _WithoutAugView:
+  """The baseline's batches: the aug_* arrays removed, so its jitted step neither copies them nor
+  recompiles for each new augmented length. Delegates the checkpointable iterator state."""
+
+  def __init__(self, iterator):
+    self._it = iterator
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return {k: v for k, v in next(self._it).items() if not k.startswith("aug_")}
+
+  def get_state(self):
+    return self._it.get_state()
+
+  def set_state(self, state):
+    self._it.set_state(state)
+
+
+def train_batches(pairs, tokenizer, cfg, *, use_reasoning: bool = True):
+  it = pipeline.train_batches(pairs, tokenizer, cfg, seed=cfg.seed,
+                              batch_size=cfg.train.batch_size,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  return it if use_reasoning else _WithoutAugView(it)
 
 
 def make_predict_fn(model, mesh) -> Callable:
