@@ -15,7 +15,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import logging
 
 from rd_jax import checkpoint, metrics as metrics_lib
@@ -42,22 +41,13 @@ def make_train_step(model: bert.BertClassifier, tx, schedule, crsd_cfg, *, use_r
                        batch[f"{prefix}_attention_mask"], batch[f"{prefix}_token_type_ids"],
                        deterministic=False, rngs={"dropout": key})
 
-  def loss_fn(params, batch, key):
-    key_std, key_aug = jax.random.split(key)
+  def loss_fn(params, batch, step):
+    key_std, key_aug = jax.random.split(jax.random.fold_in(base_key, step))
     std_out = forward(params, batch, "std", key_std)        # logits [B, C], cls [B, D]
     aug_out = forward(params, batch, "aug", key_aug) if use_reasoning else None
     return crsd_loss(std_out, aug_out, batch, crsd_cfg, local_block=local_block)
 
-  def train_step(state, batch):
-    key = jax.random.fold_in(base_key, state["step"])
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["learning_rate"] = schedule(state["step"])
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-  return train_step
+  return state_lib.gradient_step(loss_fn, tx, schedule, with_step=True)
 
 
 def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:

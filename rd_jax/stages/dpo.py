@@ -41,7 +41,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from rd_jax import checkpoint, metrics as metrics_lib
@@ -149,14 +148,7 @@ def make_dpo_step(config, tx, schedule, *, loss: str, beta: float, gamma: float)
                    **{k: m[k] for k in ("reward_accuracy", "reward_margin", "logp_chosen",
                                         "logp_rejected")}}
 
-  def train_step(state, batch):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics.update(grad_norm=optax.global_norm(grads), learning_rate=schedule(state["step"]))
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-  return train_step
+  return state_lib.gradient_step(loss_fn, tx, schedule)
 
 
 def teacher_quality(params, teacher, records, rm, cfg) -> dict:

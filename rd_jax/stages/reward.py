@@ -41,7 +41,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from rd_jax import checkpoint, generate, metrics as metrics_lib, reward_scorers
@@ -231,14 +230,7 @@ def make_reward_step(config, dimensions, tx, schedule, loss_name: str):
                                 for k, d in enumerate(dimensions)}}
     return loss, metrics
 
-  def train_step(state, batch):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics.update(grad_norm=optax.global_norm(grads), learning_rate=schedule(state["step"]))
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-  return train_step
+  return state_lib.gradient_step(loss_fn, tx, schedule)
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -21,12 +21,12 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from rd_jax import checkpoint
 from rd_jax.losses import lm
 from rd_jax.models import decoder
+from rd_jax.train import state as state_lib
 from rd_jax.parallel import mesh as mesh_lib, sharding
 
 TEACHER_RULES = tuple(decoder.DECODER_SHARDING_RULES) + ((r".*", None),)
@@ -118,14 +118,7 @@ def make_lm_step(model: decoder.Decoder, tx, schedule):
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count, "perplexity": jnp.exp(loss)}
 
-  def train_step(state, batch):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics.update(grad_norm=optax.global_norm(grads), learning_rate=schedule(state["step"]))
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-  return train_step
+  return state_lib.gradient_step(loss_fn, tx, schedule)
 
 
 # ------------------------------------------------------------------------------ row batches

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh
 
 from rd_jax.parallel import sharding
@@ -17,6 +18,25 @@ from rd_jax.parallel import sharding
 
 def create_state(params: Any, tx) -> dict:
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def gradient_step(loss_fn: Callable, tx, schedule, *, with_step: bool = False) -> Callable:
+  """The pure train step every stage shares: `(state, batch) -> (state, metrics)`.
+
+  loss_fn(params, batch) -> (loss, metrics), or loss_fn(params, batch, step) with `with_step`
+  (CRSD derives its dropout keys from the step). Adds grad_norm and the learning rate to metrics.
+  Stages differ only in their loss_fn (and in what they close over: model, config).
+  """
+  def train_step(state, batch):
+    args = (state["params"], batch) + ((state["step"],) if with_step else ())
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(*args)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   learning_rate=schedule(state["step"]))
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return train_step
 
 
 def state_shardings(abstract_state: Any, rules, mesh: Mesh) -> Any:
