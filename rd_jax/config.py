@@ -144,6 +144,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.sft.bootstrap_pairs = 256    # ours: train pairs the STaR bootstrap samples rationales for
   c.sft.bootstrap_samples = 2    # samples per prompt (and per rationalisation prompt)
   c.sft.bootstrap_temperature = 0.7
+  c.sft.answer_extraction = True  # ours: a sample without a label line gets "\nLabel:" appended
+                                  #   and 4 greedy tokens (zero-shot-CoT answer extraction)
   c.sft.gen_batch_size = 16      # prompts per generation batch (bootstrap and evaluation)
   c.sft.eval_pairs = 128         # valid pairs scored (greedy) before and after SFT; 0 = none
   c.sft.batch_size = 8

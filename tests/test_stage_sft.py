@@ -70,7 +70,8 @@ class Script:
       hint = _HINT.search(text)
       for k in range(num_samples):
         answer = self.answer(text, hint and hint.group(1), k)
-        out.append(generate.Sample(i, k, answer, [1] * len(answer.split()), True))
+        token_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append(generate.Sample(i, k, answer, token_ids, True))
     return out
 
 
@@ -129,6 +130,7 @@ def test_bootstrap_keeps_sampled_and_rationalised_chains_and_counts_drops(
   cfg = tiny_config()
   cfg.sft.bootstrap_pairs, cfg.sft.bootstrap_samples = 4, 2
   cfg.teacher.max_prompt_len = 320  # room for the hint (no model runs here)
+  cfg.sft.answer_extraction = False
   gold = lambda i: cfg.labels[train[i].label_id]
   wrong = lambda i: cfg.labels[(train[i].label_id + 1) % 4]
 
@@ -154,6 +156,30 @@ def test_bootstrap_keeps_sampled_and_rationalised_chains_and_counts_drops(
   assert report["sample_rejections"] == {"no label line": 4, "wrong label": 3}
   assert report["rationalization_rejections"] == {"wrong label": 2, "mentions the hint": 2}
   assert script.calls == [cfg.sft.bootstrap_temperature] * 2
+
+
+def test_answer_extraction_rescues_reasoning_without_a_label_line(tiny_config, tokenizer, data,
+                                                                  monkeypatch):
+  train = data[1]["train"][:2]
+  cfg = tiny_config()
+  cfg.sft.bootstrap_pairs, cfg.sft.bootstrap_samples = 2, 1
+  cfg.teacher.max_prompt_len = 320
+  gold = lambda i: cfg.labels[train[i].label_id]
+
+  def answer(text, hint, k):
+    i = find(text, train)
+    if text.endswith("It fits.\nLabel:"):  # the extraction call: pair 0 answers gold, pair 1 junk
+      return f" {gold(0)}\nmore" if i == 0 else " Perfect"
+    return "It fits." if hint is None else "Still no label."
+
+  monkeypatch.setattr(generate, "generate_texts", Script(answer))
+  teacher = tc.Teacher(None, None, tokenizer, "smollm2", "test")
+  chains, report = sft.bootstrap_chains(teacher, train, cfg)
+  assert [(c["reasoning"], c["label"], c["source"]) for c in chains] == [
+      ("It fits.", gold(0), "sample+extracted")]
+  assert report["answers_extracted"] == {"sampling": 1, "rationalization": 0}
+  assert report["sample_rejections"] == {"no label line": 1}       # pair 1: " Perfect" is no label
+  assert report["rationalization_rejections"] == {"no label line": 1}
 
 
 def test_user_chains_file_is_matched_and_errors_name_the_line(tiny_config, data, tmp_path):

@@ -24,6 +24,10 @@ Chains (a reasoning + label per TRAIN pair) come from:
   kept ("sample"). For the rest the prompt gets `prompts.RATIONALIZATION_HINT` (the gold label),
   the same number of samples is drawn, and the first that parses to gold and does not mention the
   hint is kept ("rationalized") — trained under the PLAIN prompt. Others are dropped and counted.
+  With `sft.answer_extraction` (ours; zero-shot-CoT's second step, Kojima et al. 2022) a finished
+  sample that has reasoning but no label line — what a small base model writes — is fed back with
+  "\nLabel:" appended and the label read from 4 greedy tokens; its source gets "+extracted".
+  Without it SmolLM2-135M kept 0 of 64 pairs (it never wrote the label line, even with the hint).
 Chains go to <workdir>/sft/chains.jsonl (user format + "source"; atomic) and are reused on restart.
 
 Evaluation: greedy macro-F1 on up to `sft.eval_pairs` VALID pairs before (cached in
@@ -106,23 +110,41 @@ def match_chains(chains: list[tuple[int, dict]], path: str, pairs, cfg) -> tuple
 
 
 def _keep_first(samples, pairs, index: list[int], cfg, chosen: dict, source: str,
-                rejections: collections.Counter) -> None:
-  """chosen[i] = the first sample of pair i = index[prompt_index] that parses to its gold label."""
-  for s in samples:
+                rejections: collections.Counter, extracted: dict) -> None:
+  """chosen[i] = the first sample of pair i = index[prompt_index] whose label is gold.
+
+  extracted: {sample position: label} from answer extraction for samples with no label line.
+  """
+  for j, s in enumerate(samples):
     i = index[s.prompt_index]
     pair = pairs[i]
-    parsed = prompts.parse_response(s.text, cfg.labels, s.finished)
-    if parsed.error:
-      rejections[te.reason_key(parsed.error)] += 1
-    elif cfg.labels.index(parsed.label) != pair.label_id:
+    label, reasoning, error = prompts.parse_response(s.text, cfg.labels, s.finished)
+    how = source
+    if error == "no label line" and extracted.get(j):
+      label, error, how = extracted[j], None, source + "+extracted"
+    if error:
+      rejections[te.reason_key(error)] += 1
+    elif cfg.labels.index(label) != pair.label_id:
       rejections["wrong label"] += 1
-    elif not parsed.reasoning:
+    elif not reasoning:
       rejections["empty reasoning"] += 1
-    elif source == "rationalized" and "hint" in parsed.reasoning.lower():
+    elif source == "rationalized" and "hint" in reasoning.lower():
       rejections["mentions the hint"] += 1
     elif i not in chosen:
       chosen[i] = {"query_id": pair.query_id, "product_id": pair.product_id, "query": pair.query,
-                   "reasoning": parsed.reasoning, "label": parsed.label, "source": source}
+                   "reasoning": reasoning, "label": label, "source": how}
+
+
+def _generate_and_keep(teacher, cfg, pairs, index, ids, seed, chosen, source, rejections):
+  samples = te.sample(teacher.config, teacher.params, teacher.tokenizer, ids, cfg,
+                      batch_size=cfg.sft.gen_batch_size, temperature=cfg.sft.bootstrap_temperature,
+                      num_samples=cfg.sft.bootstrap_samples, seed=seed)
+  extracted = {}
+  if cfg.sft.answer_extraction:
+    extracted = te.extract_answers(teacher.config, teacher.params, teacher.tokenizer, ids, samples,
+                                   cfg, batch_size=cfg.sft.gen_batch_size)
+  _keep_first(samples, pairs, index, cfg, chosen, source, rejections, extracted)
+  return sum(1 for v in extracted.values() if v)
 
 
 def bootstrap_chains(teacher: tc.Teacher, train_pairs, cfg) -> tuple[list[dict], dict]:
@@ -130,13 +152,11 @@ def bootstrap_chains(teacher: tc.Teacher, train_pairs, cfg) -> tuple[list[dict],
   n = min(int(cfg.sft.bootstrap_pairs), len(train_pairs))
   order = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_pairs))[:n])
   pairs = [train_pairs[i] for i in order]
-  gen = dict(batch_size=cfg.sft.gen_batch_size, temperature=cfg.sft.bootstrap_temperature,
-             num_samples=cfg.sft.bootstrap_samples)
   ids, cut = te.prompt_ids(teacher.tokenizer, pairs, cfg)
-  logging.info("STaR bootstrap: %d samples for each of %d train prompts", gen["num_samples"], n)
+  logging.info("STaR bootstrap: %d samples for each of %d train prompts", cfg.sft.bootstrap_samples, n)
   chosen, rejected = {}, [collections.Counter(), collections.Counter()]
-  samples = te.sample(teacher.config, teacher.params, teacher.tokenizer, ids, cfg, seed=cfg.seed, **gen)
-  _keep_first(samples, pairs, list(range(n)), cfg, chosen, "sample", rejected[0])
+  extracted = [_generate_and_keep(teacher, cfg, pairs, list(range(n)), ids, cfg.seed, chosen,
+                                  "sample", rejected[0])]
   by_sampling = len(chosen)
   rest, hint_ids = [], []
   for i in (i for i in range(n) if i not in chosen):
@@ -145,14 +165,14 @@ def bootstrap_chains(teacher: tc.Teacher, train_pairs, cfg) -> tuple[list[dict],
       rest.append(i)
     except ValueError:
       rejected[1]["hint prompt too long"] += 1
-  samples = te.sample(teacher.config, teacher.params, teacher.tokenizer, hint_ids, cfg,
-                      seed=cfg.seed + 1, **gen)
-  _keep_first(samples, pairs, rest, cfg, chosen, "rationalized", rejected[1])
+  extracted.append(_generate_and_keep(teacher, cfg, pairs, rest, hint_ids, cfg.seed + 1, chosen,
+                                      "rationalized", rejected[1]))
   logging.info("STaR bootstrap: kept %d by sampling, %d by rationalisation, dropped %d of %d",
                by_sampling, len(chosen) - by_sampling, n - len(chosen), n)
   report = {"source": "bootstrap", "pairs": n, "kept_by_sampling": by_sampling,
             "kept_by_rationalization": len(chosen) - by_sampling, "dropped": n - len(chosen),
             "sample_rejections": dict(rejected[0]), "rationalization_rejections": dict(rejected[1]),
+            "answers_extracted": {"sampling": extracted[0], "rationalization": extracted[1]},
             "prompts_cut": cut}
   return [chosen[i] for i in sorted(chosen)], report
 
@@ -215,14 +235,16 @@ def load_or_bootstrap(cfg, teacher, pairs, train, stage_dir) -> tuple[list, dict
     settings = {"teacher": teacher.source, "seed": int(cfg.seed),
                 "max_prompt_len": int(cfg.teacher.max_prompt_len),
                 "max_response_len": int(cfg.teacher.max_response_len),
-                **{k: cfg.sft[k] for k in ("bootstrap_pairs", "bootstrap_samples", "bootstrap_temperature")}}
+                **{k: cfg.sft[k] for k in ("bootstrap_pairs", "bootstrap_samples", "bootstrap_temperature",
+                                            "answer_extraction")}}
     if os.path.exists(path):  # written last, so the bootstrap finished: reuse it
       with open(report_path) as f:
         report, chains = json.load(f), read_chains(path, cfg)
-      diff = sorted(k for k in settings if report["settings"].get(k) != settings[k])
+      old = report.get("settings", {})
+      diff = sorted(k for k in settings if old.get(k) != settings[k])
       if diff:
         raise ValueError(f"{path} was bootstrapped with other settings ({', '.join(diff)}: "
-                         f"{[report['settings'].get(k) for k in diff]} now {[settings[k] for k in diff]});"
+                         f"{[old.get(k) for k in diff]} now {[settings[k] for k in diff]});"
                          f" delete {stage_dir} to start over, or restore those settings to resume")
     else:
       bootstrapped, report = bootstrap_chains(teacher, train, cfg)

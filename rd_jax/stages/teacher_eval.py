@@ -88,6 +88,41 @@ def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg,
                             num_samples=int(num_samples), seed=int(seed), buckets=buckets(cfg))
 
 
+ANSWER_CUE = "\nLabel:"
+
+
+def extract_answers(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], samples,
+                    cfg, *, batch_size: int) -> dict[int, str | None]:
+  """Zero-shot-CoT answer extraction (Kojima et al., 2022) for samples with no label line.
+
+  A finished sample whose text parses with "no label line" is fed back as
+  prompt + its text + ANSWER_CUE, and 4 greedy tokens are read: the first line of what follows
+  must be one of cfg.labels. Returns {sample position: label, or None when that fails too}.
+  Used by the SFT bootstrap only; annotation and evaluation never extract (a failure stays one).
+  """
+  eos = tokenizer.eos_token_id
+  cue = tokenizer(ANSWER_CUE, add_special_tokens=False)["input_ids"]
+  todo = [j for j, s in enumerate(samples) if s.finished and
+          prompts.parse_response(s.text, cfg.labels, s.finished).error == "no label line"]
+  rows = []
+  for j in todo:
+    answer = list(samples[j].token_ids)
+    while answer and answer[-1] == eos:
+      answer.pop()
+    rows.append(list(ids[samples[j].prompt_index]) + answer + cue)
+  if not rows:
+    return {}
+  longest = int(cfg.teacher.max_prompt_len) + int(cfg.teacher.max_response_len) + len(cue)
+  outs = gen.generate_texts(teacher_config, params, tokenizer, rows, max_new_tokens=4,
+                            batch_size=int(batch_size), temperature=0.0,
+                            buckets=tuple(sorted({b for b in gen.DEFAULT_BUCKETS if b < longest} | {longest})))
+  found = {}
+  for j, out in zip(todo, outs):
+    first = (out.text.strip().splitlines() or [""])[0]
+    found[j] = prompts.parse_response(f"Label: {first}", cfg.labels).label
+  return found
+
+
 def score(gold: Sequence[int], predicted: Sequence[str | None], labels: Sequence[str]) -> dict:
   """gold: class ids; predicted: a label of `labels` or None (did not parse) per pair.
 
