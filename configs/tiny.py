@@ -21,7 +21,7 @@ def get_config():
   c.student.max_position = 128
   c.student.max_len_std = 32
   c.student.max_len_aug = 64
-  c.student.length_buckets = [16, 32, 64]
+  c.student.length_buckets = (16, 32, 64)
   c.crsd.projection_dim = 0
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 2

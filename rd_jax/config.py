@@ -25,7 +25,7 @@ ITEM_TEMPLATE = (
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.labels = list(ESCI_LABELS)
+  c.labels = ESCI_LABELS  # tuples, not lists: absl overrides only tuples (--config.labels="('a','b')")
 
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
@@ -35,13 +35,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.on_bad_row = "error"    # error: stop naming file and line | skip: count, report, reject file
   c.data.fold_key = "query_fold"  # rows carry a query-level fold; rows without it are hashed by query
   c.data.num_folds = 5
-  c.data.train_folds = [1, 3]    # ours: query-disjoint split of the bundled folds 1-4
-  c.data.valid_folds = [2]       #   (hyper-parameters are chosen on valid, never on test)
-  c.data.test_folds = [4]
+  c.data.train_folds = (1, 3)      # ours: query-disjoint split of the bundled folds 1-4
+  c.data.valid_folds = (2,)           #   (hyper-parameters are chosen on valid, never on test)
+  c.data.test_folds = (4,)
   c.data.max_query_chars = 256   # over-long text: truncated at this many characters, counted
   c.data.max_item_chars = 2048
   c.data.max_reasoning_chars = 2048
-  c.data.reasoning_path = ""     # annotations JSONL; "" = <workdir>/annotate/annotations.jsonl
+  c.data.reasoning_path = ""     # annotations JSONL; "" = <workdir>/annotate/annotations.jsonl;
+                                 #   "bundled" = our teacher's, shipped for the bundled train folds
   c.data.reasoning_source = "annotations"  # annotations | rules (ours: see data/rationale.py)
 
   # ------------------------------------------------------------- student
@@ -61,7 +62,12 @@ def default_config() -> ml_collections.ConfigDict:
   # Padded lengths: a batch takes the smallest that fits its longest row. Each (std, aug) shape
   # compiles once (~25 s for MiniLM here), so few buckets: on the bundled train folds this set
   # gives 7 shapes per epoch with 76% real tokens (finest 8-bucket set: 11 shapes, 77%).
-  c.student.length_buckets = [64, 96, 128, 192]
+  c.student.length_buckets = (64, 96, 128, 192)
+  # ours: >0 = train on the subset of those buckets that minimises padded tokens +
+  # bucket_compile_tokens x distinct shapes over the run (data/pipeline.choose_buckets). One
+  # compile of the MiniLM CRSD step (~25 s here) costs as much as ~50k padded training tokens
+  # (4.2 s per 32 x (96 + 160)-token step). 0 = every bucket.
+  c.student.bucket_compile_tokens = 50000
 
   # ---------------------------------------------------------------- crsd
   c.crsd = ml_collections.ConfigDict()
@@ -132,7 +138,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.max_response_len = 96
 
   c.cpt = ml_collections.ConfigDict()
-  c.cpt.corpus_paths = []        # user text files (one document per line); [] = bundled items+queries
+  c.cpt.corpus_paths = ()        # user text files (one document per line); () = bundled items+queries
   c.cpt.heldout_rows = 32        # packed rows kept out of training to measure perplexity
   c.cpt.seq_len = 256
   c.cpt.batch_size = 8
@@ -153,8 +159,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.sft.learning_rate = 2e-5
 
   c.reward = ml_collections.ConfigDict()
-  c.reward.dimensions = ["correctness", "consistency", "grounding", "form"]
-  c.reward.weights = [0.4, 0.3, 0.2, 0.1]
+  c.reward.dimensions = ("correctness", "consistency", "grounding", "form")
+  c.reward.weights = (0.4, 0.3, 0.2, 0.1)
   c.reward.samples_per_prompt = 4
   c.reward.prompts = 256         # TRAIN-fold prompts sampled for training pairs (seeded draw)
   c.reward.valid_prompts = 64    # VALID-fold prompts sampled for the held-out pairwise accuracy
@@ -193,7 +199,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- all
   c.all = ml_collections.ConfigDict()
-  c.all.stages = []              # [] = every stage in order; or a subset, e.g. ["crsd", "eval"]
+  c.all.stages = ()              # () = every stage in order; or a subset, e.g. ("crsd", "eval")
 
   # ---------------------------------------------------------------- export
   c.export = ml_collections.ConfigDict()

@@ -24,13 +24,28 @@ _CHOICES = {
     "mesh.multihost": ("auto", "off", "explicit"),
     "eval.split": ("test", "valid", "train"),
     "dpo.loss": ("dpo", "ipo", "simpo"),
+    "reward.loss": ("bradley_terry", "regression"),
+    "annotate.split": ("all", "train", "valid", "test"),
 }
 _POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.checkpoint_every",
              "train.keep_checkpoints", "student.max_len_std", "student.max_len_aug",
-             "crsd.temperature", "optim.learning_rate", "eval.batch_size", "data.num_folds")
+             "crsd.temperature", "optim.learning_rate", "eval.batch_size", "data.num_folds",
+             "teacher.max_prompt_len", "teacher.max_response_len",
+             "cpt.seq_len", "cpt.batch_size", "cpt.num_steps", "cpt.learning_rate",
+             "sft.bootstrap_samples", "sft.gen_batch_size", "sft.batch_size", "sft.num_steps",
+             "sft.learning_rate",
+             "reward.samples_per_prompt", "reward.prompts", "reward.generate_batch_size",
+             "reward.batch_size", "reward.num_steps", "reward.learning_rate",
+             "dpo.beta", "dpo.simpo_beta", "dpo.samples_per_prompt", "dpo.prompts",
+             "dpo.generate_batch_size", "dpo.batch_size", "dpo.num_steps", "dpo.learning_rate",
+             "annotate.num_samples", "annotate.batch_size", "annotate.shard_size")
 _NON_NEGATIVE = ("crsd.lambda_infonce", "crsd.weight_aug_ce", "crsd.kl_weight",
                  "crsd.projection_dim", "optim.warmup_steps", "optim.weight_decay",
-                 "optim.grad_clip")
+                 "optim.grad_clip", "sft.bootstrap_pairs", "sft.eval_pairs",
+                 "sft.bootstrap_temperature", "reward.valid_prompts", "reward.temperature",
+                 "dpo.simpo_gamma", "dpo.min_margin", "dpo.eval_prompts", "dpo.temperature",
+                 "annotate.temperature", "annotate.max_retries", "annotate.max_pairs",
+                 "cpt.heldout_rows")
 
 
 def _get(cfg, dotted: str):
@@ -75,5 +90,14 @@ def validate(cfg) -> None:
   if len(dims) != len(weights) or any(not math.isfinite(w) or w < 0 for w in weights):
     raise ConfigError(f"config key reward.weights = {weights}: need one finite weight >= 0 per "
                       f"dimension in reward.dimensions = {dims}")
+  from rd_jax.reward_scorers import SCORERS  # pure Python: no JAX import here
+  unknown = [d for d in dims if d not in SCORERS]
+  if unknown or len(dims) != len(set(dims)) or not dims:
+    raise ConfigError(f"config key reward.dimensions = {dims}: need distinct names from "
+                      f"{list(SCORERS)}" + (f" (unknown: {unknown})" if unknown else ""))
+  for key in ("reward.samples_per_prompt", "dpo.samples_per_prompt"):
+    if _get(cfg, key) < 2:
+      raise ConfigError(f"config key {key} = {_get(cfg, key)}: need >= 2 responses per prompt "
+                        "to form a pair")
   if cfg.train.batch_size < 2 and cfg.crsd.lambda_infonce > 0:
     raise ConfigError("config key train.batch_size must be >= 2 for in-batch InfoNCE negatives")

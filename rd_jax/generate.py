@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from rd_jax.models.decoder import Decoder, DecoderConfig, init_cache, positions_from_mask
 
@@ -156,6 +158,7 @@ def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, 
   ids = [list(p) if not isinstance(p, str) else tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
   rng = jax.random.PRNGKey(seed)
   samples = []
+  t0, num_batches, generated = time.perf_counter(), -(-len(ids) // batch_size), 0
   for start in range(0, len(ids), batch_size):
     chunk = ids[start:start + batch_size]
     length = bucket_length(max(len(r) for r in chunk), buckets)
@@ -167,4 +170,10 @@ def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, 
       row = gen.tokens[r, :gen.lengths[r]].tolist()
       samples.append(Sample(start + r // num_samples, r % num_samples,
                             tokenizer.decode(row, skip_special_tokens=True), row, bool(gen.finished[r])))
+      generated += len(row)
+    done, elapsed = start // batch_size + 1, time.perf_counter() - t0
+    if num_batches > 1:  # progress for long annotation / bootstrap runs
+      logging.info("generate: batch %d/%d, %d prompts x %d samples, %.1f tokens/s, ETA %.0f s",
+                   done, num_batches, len(ids), num_samples, generated / elapsed,
+                   elapsed / done * (num_batches - done))
   return samples

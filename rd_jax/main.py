@@ -58,8 +58,25 @@ def main(argv):
   config_check.validate(cfg)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   logging.info("stage %s, workdir %s", _STAGE.value, _WORKDIR.value)
+  _record_config(cfg, _STAGE.value, _WORKDIR.value)
   summary = stages.run(_STAGE.value, cfg, _WORKDIR.value)
   print(json.dumps({"stage": _STAGE.value, **_headline(summary)}, sort_keys=True))
+
+
+def _record_config(cfg, stage: str, workdir: str) -> None:
+  """The resolved config of this call: <workdir>/<stage>/config.json (all: all_config.json)."""
+  import jax
+  from rd_jax import metrics as metrics_lib
+  from rd_jax.parallel import mesh as mesh_lib
+  mesh_lib.maybe_initialize_distributed(cfg.mesh)  # before any backend use; stages re-call: no-op
+  if jax.process_index() != 0:
+    return
+  if stage == "all":
+    path = os.path.join(workdir, "all_config.json")
+  else:
+    os.makedirs(os.path.join(workdir, stage), exist_ok=True)
+    path = os.path.join(workdir, stage, "config.json")
+  metrics_lib.write_json_atomic(json.loads(cfg.to_json()), path)
 
 
 def _headline(summary: dict) -> dict:

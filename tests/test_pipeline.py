@@ -95,6 +95,7 @@ def test_buckets():
 
 def test_batch_contract_and_bucketing_on_bundled_data(bundled_train):
   cfg, batch_size = default_config(), 32
+  cfg.student.bucket_compile_tokens = 0  # every bucket (the chosen subset: next tests)
   it = pipeline.train_batches(bundled_train, None, cfg, seed=0, batch_size=batch_size)
   epoch = _take(it, len(bundled_train) // batch_size)
   batch = epoch[0]
@@ -114,6 +115,39 @@ def test_batch_contract_and_bucketing_on_bundled_data(bundled_train):
   assert len(shapes) <= 8, shapes   # few shapes = few compiles
   rows = np.concatenate([b["item_key"] for b in epoch])
   assert len(rows) == (len(bundled_train) // batch_size) * batch_size
+
+
+def test_choose_buckets_trades_padding_against_compiles():
+  # 4 batches of 10 rows; longest std rows 30, 30, 30, 60; buckets (32, 64).
+  std_max, buckets = np.array([30, 30, 30, 60]), [32, 64]
+  # keeping 32: 10*(32*3 + 64) = 1600 tokens + 2 shapes; dropping it: 10*64*4 = 2560 + 1 shape
+  pick = lambda c: pipeline.choose_buckets(std_max, None, buckets, [128], batch_size=10,
+                                           compile_tokens=c)
+  assert pick(900)[0] == [32, 64] and pick(900)[2] == {"shapes": 2, "padded_tokens": 1600.0}
+  assert pick(1000)[0] == [64] and pick(1000)[2] == {"shapes": 1, "padded_tokens": 2560.0}
+  # two views: the shape count is of (std, aug) pairs; scale multiplies the token term only
+  std, aug, info = pipeline.choose_buckets(np.array([30, 60]), np.array([100, 100]), buckets,
+                                           [96, 128], batch_size=1, compile_tokens=0, scale=3)
+  assert (std, aug, info) == ([32, 64], [128], {"shapes": 2, "padded_tokens": 3.0 * (96 + 256)})
+
+
+def test_chosen_buckets_cut_the_shapes_of_a_real_run(bundled_train):
+  """200 steps of batch 32 on the bundled train folds (rule rationales), as configs/demo.py."""
+  batch_size, shapes, rows = 32, {}, {}
+  for compile_tokens in (0, 50000):
+    cfg = default_config()
+    cfg.train.num_steps, cfg.student.bucket_compile_tokens = 200, compile_tokens
+    batches = _take(pipeline.train_batches(bundled_train, None, cfg, seed=0,
+                                           batch_size=batch_size), 200)
+    shapes[compile_tokens] = collections.Counter(
+        (b["std_input_ids"].shape[1], b["aug_input_ids"].shape[1]) for b in batches)
+    rows[compile_tokens] = np.stack([b["item_key"] for b in batches])
+  np.testing.assert_array_equal(rows[0], rows[50000])  # the same rows, only padded differently
+  assert len(shapes[50000]) < len(shapes[0]), shapes
+  total = lambda c: sum(n * (s + a) for (s, a), n in c.items()) * batch_size
+  # the extra padding costs fewer tokens than the compiles it saves
+  saved = (len(shapes[0]) - len(shapes[50000])) * 50000
+  assert 0 <= total(shapes[50000]) - total(shapes[0]) < saved, shapes
 
 
 def test_epochs_are_deterministic_and_reshuffled(tokenizer):

@@ -2,9 +2,12 @@
 
 import json
 import os
+import re
 
 import pytest
 
+from rd_jax import generate
+from rd_jax.data import readers
 from rd_jax.stages import all as all_stage
 
 
@@ -29,3 +32,55 @@ def test_unknown_stage_in_subset_is_named(tmp_path, tiny_config):
   cfg.all.stages = ["crsd", "distill"]
   with pytest.raises(ValueError, match="distill"):
     all_stage.run(cfg, str(tmp_path))
+
+
+_PROMPT = re.compile(r"Query: (.*?)\n\nProduct:\n(.*?)\n\nGrade the product", re.S)
+_HINT = re.compile(r"Hint: the correct label is (\w+)")
+
+
+def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monkeypatch):
+  """cpt -> sft -> reward -> dpo -> annotate -> crsd -> baseline -> eval -> export in one workdir.
+
+  The random tiny decoder writes nothing that parses, so generation is scripted: sample k of a
+  prompt answers with label (gold + k) mod 4 (greedy = gold), a hinted prompt with the hint. All
+  the rest (training, checkpoints, hand-offs through the workdir, annotations read by crsd) is real.
+  """
+  cfg = tiny_config()
+  labels = list(cfg.labels)
+  pairs, _ = readers.load_pairs("", cfg)
+  gold = {(p.query, p.item_text): labels[p.label_id] for p in pairs}
+
+  def scripted_generate(config, params, tokenizer, prompts_, *, num_samples=1, **_):
+    out = []
+    for i, ids in enumerate(prompts_):
+      text = ids if isinstance(ids, str) else tokenizer.decode(ids)
+      query, item = _PROMPT.search(text).groups()
+      label = next(v for (q, t), v in gold.items() if q == query and t.startswith(item))
+      hint = _HINT.search(text)
+      for k in range(num_samples):
+        said = hint.group(1) if hint else labels[(labels.index(label) + k) % len(labels)]
+        answer = f"The title and the query share the product type.\nLabel: {said}"
+        token_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append(generate.Sample(i, k, answer, token_ids, True))
+    return out
+
+  monkeypatch.setattr(generate, "generate_texts", scripted_generate)
+  cfg.data.reasoning_source = "annotations"
+  cfg.annotate.split = "train"
+  cfg.annotate.shard_size = 1024
+  cfg.teacher.max_prompt_len = 320  # room for the rationalisation hint
+  cfg.train.num_steps = 2
+  summary = all_stage.run(cfg, str(tmp_path))
+  assert list(summary["seconds_per_stage"]) == list(all_stage.ORDER)
+  for stage in all_stage.ORDER:
+    assert os.path.exists(tmp_path / stage / "summary.json"), stage
+  # each teacher stage started from its predecessor's final/, annotate from dpo's
+  started = {s: json.load(open(tmp_path / s / "summary.json")).get("started_from")
+             for s in ("sft", "dpo")}
+  assert started["sft"].endswith(os.path.join("cpt", "final")), started
+  assert started["dpo"].endswith(os.path.join("sft", "final")), started
+  annotate = json.load(open(tmp_path / "annotate" / "summary.json"))
+  assert annotate["teacher_ckpt"].endswith(os.path.join("dpo", "final"))
+  crsd = json.load(open(tmp_path / "crsd" / "summary.json"))
+  assert crsd["data"]["train_reasoning_file"] == str(tmp_path / "annotate" / "annotations.jsonl")
+  assert 0.0 <= summary["results"]["eval"]["macro_f1"] <= 1.0

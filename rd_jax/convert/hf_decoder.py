@@ -16,6 +16,7 @@ transposed, embeddings and norm scales are copied as they are.
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.util
 import json
@@ -145,9 +146,19 @@ def resolve_spec(spec: str) -> str:
 
 
 def resolve_teacher_tokenizer(spec: str):
-  """The HF tokenizer (with its chat template) of a teacher spec."""
-  from transformers import AutoTokenizer
+  """The HF tokenizer (with its chat template) of a teacher spec.
+
+  Cached per process by (path, mtime): building a tokenizer from a GGUF file takes ~12 s here,
+  and `--stage=all` asks for it once per teacher stage. Callers never mutate the tokenizer.
+  """
   path = resolve_spec(spec)
+  return _load_tokenizer(path, os.path.getmtime(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(path: str, mtime: float):
+  del mtime  # part of the cache key only: a rewritten file is read again
+  from transformers import AutoTokenizer
   if path.endswith(".gguf"):
     return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
   return AutoTokenizer.from_pretrained(path)

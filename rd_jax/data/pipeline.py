@@ -15,6 +15,11 @@ N mod B rows of that permutation (different rows each epoch); cut the rest into 
 `WINDOW_BATCHES` batches; sort each window by (aug length, std length); cut it into batches of B
 rows; shuffle the order of all the epoch's batches. Deterministic given (seed, epoch).
 
+Bucket choice (`student.bucket_compile_tokens` > 0): before training, `choose_buckets` looks at
+the run's batches (the plan above, which does not depend on the buckets) and keeps the subset of
+each view's buckets that minimises padded tokens + bucket_compile_tokens x number of distinct
+(Ls, La) shapes, so a bucket that only a handful of batches would use is not compiled for them.
+
 Grain: a `MapDataset` over batch slots, `.repeat()` over epochs, whose map builds batch
 (epoch = i // batches_per_epoch, slot = i % batches_per_epoch) by random access. The iterator's
 state is {"next_index": i}: JSON, tiny, and restoring it yields exactly the same next batches.
@@ -90,11 +95,44 @@ def _view_buckets(cfg) -> tuple[list[int], list[int]]:
   return std, aug
 
 
+def _subsets_ending_in_max(buckets: list[int]) -> list[list[int]]:
+  """Every subset of `buckets` that keeps the last (the cap, so every row fits)."""
+  head, cap = buckets[:-1], buckets[-1]
+  return [[b for k, b in enumerate(head) if mask >> k & 1] + [cap] for mask in range(2 ** len(head))]
+
+
+def choose_buckets(std_max: np.ndarray, aug_max: np.ndarray | None, std_buckets: list[int],
+                   aug_buckets: list[int], *, batch_size: int, compile_tokens: float,
+                   scale: float = 1.0) -> tuple[list[int], list[int], dict]:
+  """The bucket subsets that minimise padded tokens + compile_tokens x distinct batch shapes.
+
+  std_max / aug_max: [S] longest row of each of the run's first S global batches (aug_max None =
+  the baseline: no reasoning view). One XLA compile of the step costs about as much wall time
+  as training on `compile_tokens` padded tokens, so a bucket used by a few batches costs more
+  than the padding it saves. `scale` = run steps / S (the token term grows with the run; the
+  number of shapes does not). Exhaustive over subsets (<= 2^(n-1) per view; n is small).
+  """
+  best = None
+  for std in _subsets_ending_in_max(std_buckets):
+    ls = np.asarray(std)[np.searchsorted(std, std_max)]
+    aug_options = _subsets_ending_in_max(aug_buckets) if aug_max is not None else [aug_buckets]
+    for aug in aug_options:
+      la = np.asarray(aug)[np.searchsorted(aug, aug_max)] if aug_max is not None else 0 * ls
+      shapes = len(set(zip(ls.tolist(), la.tolist())))
+      tokens = float(batch_size * (ls.sum() + la.sum())) * scale
+      cost = tokens + compile_tokens * shapes
+      if best is None or cost < best[0]:
+        best = (cost, std, aug, {"shapes": shapes, "padded_tokens": tokens})
+  return best[1], best[2], best[3]
+
+
 class _BatchBuilder:
   """Builds host `process_index`'s slice of global batch (epoch, slot); picklable, deterministic."""
 
+  SIMULATED_STEPS = 2000  # batches examined by choose_buckets (the shape mix is stationary)
+
   def __init__(self, tokens: TokenizedPairs, cfg, seed: int, batch_size: int, process_index: int,
-               process_count: int):
+               process_count: int, with_aug: bool = True):
     self.tokens, self.seed, self.batch_size = tokens, seed, batch_size
     self.std_buckets, self.aug_buckets = _view_buckets(cfg)
     self.std_lengths, self.aug_lengths = tokens.std.lengths, tokens.aug.lengths
@@ -102,6 +140,20 @@ class _BatchBuilder:
     self.host_rows = slice(process_index * per_host, (process_index + 1) * per_host)
     self.batches_per_epoch = len(tokens) // batch_size
     self._plans: dict[int, np.ndarray] = {}
+    compile_tokens = float(cfg.student.get("bucket_compile_tokens", 0))
+    self.bucket_choice = None
+    if compile_tokens > 0:  # every host computes the same choice from the global lengths
+      steps = int(cfg.train.num_steps)
+      simulated = min(steps, self.SIMULATED_STEPS)
+      rows = np.concatenate([self.plan(e) for e in
+                             range(-(-simulated // self.batches_per_epoch))])[:simulated]
+      self._plans = {}
+      self.std_buckets, self.aug_buckets, self.bucket_choice = choose_buckets(
+          self.std_lengths[rows].max(1), self.aug_lengths[rows].max(1) if with_aug else None,
+          self.std_buckets, self.aug_buckets, batch_size=batch_size,
+          compile_tokens=compile_tokens, scale=steps / simulated)
+      self.bucket_choice.update(std=self.std_buckets, aug=self.aug_buckets if with_aug else None)
+      logging.info("length buckets for %d steps: %s", steps, self.bucket_choice)
 
   def plan(self, epoch: int) -> np.ndarray:
     """epoch_plan of `epoch`, cached for it and the epoch before (swapped whole: thread-safe)."""
@@ -120,7 +172,8 @@ class _BatchBuilder:
 
 
 def train_batches(pairs: list[Pair] | TokenizedPairs, tokenizer, cfg, *, seed: int, batch_size: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+                  process_index: int = 0, process_count: int = 1,
+                  with_aug: bool = True) -> grain.DatasetIterator:
   """An endless, checkpointable iterator of this host's training batches (module docstring).
 
   `batch_size` is the GLOBAL batch; host p gets rows [p*B/P, (p+1)*B/P) of each global batch, so
@@ -136,7 +189,7 @@ def train_batches(pairs: list[Pair] | TokenizedPairs, tokenizer, cfg, *, seed: i
   if (tokens.labels < 0).any():
     raise ValueError(f"{int((tokens.labels < 0).sum())} training pairs have no "
                      f"{cfg.crsd.get('label_source', 'gold')} label")
-  builder = _BatchBuilder(tokens, cfg, seed, batch_size, process_index, process_count)
+  builder = _BatchBuilder(tokens, cfg, seed, batch_size, process_index, process_count, with_aug)
   dataset = (grain.MapDataset.range(builder.batches_per_epoch).repeat()
              .map_with_index(builder))
   return iter(dataset.to_iter_dataset(_READ_OPTIONS))

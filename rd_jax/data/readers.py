@@ -40,6 +40,16 @@ def bundled_pairs_path() -> str:
   return os.path.join(BUNDLED_DIR, "pairs.jsonl.gz")
 
 
+def bundled_annotations_path() -> str:
+  """Our SmolLM2 teacher's label + reasoning for the bundled TRAIN folds (1, 3), made by
+  `--stage=annotate` after cpt -> sft -> reward -> dpo; how and by which commit: the JSON next to it."""
+  path = os.path.join(BUNDLED_DIR, "teacher_annotations.jsonl.gz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: data.reasoning_path='bundled' needs the package's "
+                            "bundled teacher annotations (reinstall rd_jax)")
+  return path
+
+
 def open_text(path: str) -> io.TextIOBase:
   """`path` opened as UTF-8 text; `.gz` files are decompressed transparently."""
   if str(path).endswith(".gz"):

@@ -7,7 +7,8 @@ so a rerun after a failure or a kill continues with the first incomplete stage, 
 interrupted mid-training resumes from its own checkpoint. Each stage reads its predecessor's
 output from the workdir: the teacher stages restore the newest upstream final/, crsd reads
 `<workdir>/annotate/annotations.jsonl` when `data.reasoning_source = "annotations"` and
-`data.reasoning_path` is empty. `all.stages` in the config chooses a subset (e.g. the student
+`data.reasoning_path` is empty or "bundled" (a run that annotates uses its own annotations, not
+the ones shipped with the package). `all.stages` in the config chooses a subset (e.g. the student
 only: ["crsd", "baseline", "eval", "export"]).
 """
 
@@ -35,6 +36,12 @@ def run(cfg, workdir: str) -> dict:
   unknown = [s for s in wanted if s not in ORDER]
   if unknown:
     raise ValueError(f"config key all.stages has unknown stages {unknown}; known: {list(ORDER)}")
+  if "annotate" in wanted and cfg.data.reasoning_path == "bundled":
+    # The pipeline made its own annotations: crsd reads those, not the shipped ones.
+    cfg = cfg.copy_and_resolve_references()
+    cfg.data.reasoning_path = ""
+    logging.info("all: annotate is in this run, so crsd reads <workdir>/annotate/annotations.jsonl"
+                 " instead of the bundled teacher annotations (data.reasoning_path='bundled')")
   timings, results = {}, {}
   for stage in [s for s in ORDER if s in wanted]:
     if is_complete(workdir, stage):

@@ -32,6 +32,10 @@ def load_tokenizer(spec: str):
 
 
 def annotations_path(cfg, workdir: str) -> str:
+  """data.reasoning_path: "" = this workdir's annotate output; "bundled" = the teacher annotations
+  shipped with the bundled data (readers.bundled_annotations_path); else a file."""
+  if cfg.data.reasoning_path == "bundled":
+    return readers.bundled_annotations_path()
   return cfg.data.reasoning_path or os.path.join(workdir, "annotate", "annotations.jsonl")
 
 
@@ -134,7 +138,7 @@ def train_batches(pairs, tokenizer, cfg, *, use_reasoning: bool = True):
   it = pipeline.train_batches(pairs, tokenizer, cfg, seed=cfg.seed,
                               batch_size=cfg.train.batch_size,
                               process_index=jax.process_index(),
-                              process_count=jax.process_count())
+                              process_count=jax.process_count(), with_aug=use_reasoning)
   return it if use_reasoning else _WithoutAugView(it)
 
 

@@ -1,0 +1,89 @@
+"""Ship a teacher run's annotations with the package (maintainers; what `reasoning_path=bundled` reads).
+
+  python -m rd_jax.data.bundle_annotations --workdir=runs/teacher --config=configs/demo.py \
+      --command="<the command that made runs/teacher>"
+
+Copies <workdir>/annotate/annotations.jsonl (gzipped, keys sorted, only what the student needs:
+ids, query, teacher_label, reasoning, confidence, gold label) to
+`data/assets/esci_us_srw150/teacher_annotations.jsonl.gz` and writes `teacher_annotations.json`
+next to it: the commit, the command, the config and every teacher stage's summary figures, so a
+reader can tell which teacher wrote the demo's reasoning. Refuses a run whose annotate stage is
+not complete (no summary.json) or whose annotations are not of the bundled data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from rd_jax import metrics as metrics_lib
+from rd_jax.data import readers
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline workdir with a complete annotate/ stage.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The config the run used (recorded).")
+_COMMAND = flags.DEFINE_string("command", "", "The command that produced the workdir (recorded).")
+KEEP = ("query_id", "product_id", "query", "teacher_label", "reasoning", "confidence", "label",
+        "fold")
+STAGES = ("cpt", "sft", "reward", "dpo", "annotate")
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(__file__), check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def bundle(workdir: str, command: str = "", config: dict | None = None,
+           out_dir: str = readers.BUNDLED_DIR) -> dict:
+  annotate = os.path.join(workdir, "annotate")
+  if not os.path.exists(os.path.join(annotate, "summary.json")):
+    raise FileNotFoundError(f"{annotate}/summary.json missing: the annotate stage is not complete")
+  summaries = {}
+  for stage in STAGES:
+    path = os.path.join(workdir, stage, "summary.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        summaries[stage] = json.load(f)
+  if summaries["annotate"].get("data", {}).get("path", readers.bundled_pairs_path()) != \
+      readers.bundled_pairs_path():
+    raise ValueError(f"{annotate} annotated {summaries['annotate']['data']['path']}, "
+                     "not the bundled data")
+  records = []
+  with open(os.path.join(annotate, "annotations.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      records.append({k: row[k] for k in KEEP if k in row})
+  data_path = os.path.join(out_dir, "teacher_annotations.jsonl.gz")
+  tmp = data_path + ".tmp"
+  with gzip.open(tmp, "wt", encoding="utf-8") as f:   # mtime 0: the same run, the same bytes
+    for row in records:
+      f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+  os.replace(tmp, data_path)
+  provenance = {
+      "what": "SmolLM2-135M-Instruct teacher (cpt -> sft -> reward -> dpo) annotations of the "
+              "bundled ESCI train folds: teacher_label, reasoning, confidence per pair",
+      "annotations": len(records), "commit": _commit(), "command": command,
+      "config": config,
+      "stages": summaries,
+  }
+  metrics_lib.write_json_atomic(provenance, os.path.join(out_dir, "teacher_annotations.json"))
+  return provenance
+
+
+def main(argv):
+  del argv
+  config = json.loads(_CONFIG.value.to_json()) if _CONFIG.value is not None else None
+  provenance = bundle(_WORKDIR.value, _COMMAND.value, config)
+  print(f"bundled {provenance['annotations']} annotations (commit {provenance['commit']})")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

@@ -1,0 +1,52 @@
+"""Config files and value checks: every shipped config validates; a bad value names its key."""
+
+import importlib.util
+
+import pytest
+
+from conftest import REPO
+from rd_jax import config_check
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo", "pod"])
+def test_shipped_configs_validate(name):
+  config_check.validate(_load(name))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("reward.loss", "hinge", "reward.loss"),
+    ("annotate.split", "dev", "annotate.split"),
+    ("dpo.loss", "kto", "dpo.loss"),
+    ("sft.num_steps", 0, "sft.num_steps"),
+    ("dpo.beta", -0.1, "dpo.beta"),
+    ("annotate.max_retries", -1, "annotate.max_retries"),
+    ("dpo.samples_per_prompt", 1, "dpo.samples_per_prompt"),
+    ("reward.dimensions", ("correctness", "fluency"), "fluency"),
+    ("reward.weights", (0.5, 0.5), "reward.weights"),
+    ("data.valid_folds", (1,), "share folds"),
+])
+def test_bad_value_names_its_key(tiny_config, key, value, message):
+  cfg = tiny_config()
+  section, name = key.split(".")
+  cfg[section][name] = value
+  with pytest.raises(config_check.ConfigError, match=message):
+    config_check.validate(cfg)
+
+
+def test_sequences_are_tuples_so_the_command_line_can_override_them(tiny_config):
+  """absl's config flags override tuples ("--config.all.stages=('crsd','eval')"), not lists."""
+  cfg = tiny_config()
+  for key in ("labels", "data.train_folds", "data.valid_folds", "data.test_folds",
+              "student.length_buckets", "cpt.corpus_paths", "reward.dimensions",
+              "reward.weights", "all.stages"):
+    node = cfg
+    for part in key.split("."):
+      node = node[part]
+    assert isinstance(node, tuple), key
