@@ -44,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.reasoning_path = ""     # annotations JSONL; "" = <workdir>/annotate/annotations.jsonl;
                                  #   "bundled" = our teacher's, shipped for the bundled train folds
   c.data.reasoning_source = "annotations"  # annotations | rules (ours: see data/rationale.py)
+  # A train pair the teacher could not annotate (its failures.jsonl): error names the first one;
+  # skip drops those pairs from CRSD training and reports the count in summary.json.
+  c.data.on_missing_reasoning = "error"
 
   # ------------------------------------------------------------- student
   c.student = ml_collections.ConfigDict()

@@ -16,6 +16,7 @@ class ConfigError(ValueError):
 _CHOICES = {
     "data.format": ("auto", "jsonl", "csv", "parquet"),
     "data.on_bad_row": ("error", "skip"),
+    "data.on_missing_reasoning": ("error", "skip"),
     "data.reasoning_source": ("annotations", "rules"),
     "student.dtype": ("float32", "bfloat16"),
     "teacher.dtype": ("float32", "bfloat16"),

@@ -157,6 +157,30 @@ def test_bundled_data_matches_its_stats():
   assert collections.Counter(p.fold for p in pairs) == {1: 1255, 2: 928, 3: 1856, 4: 1137}
 
 
+
+def test_bundled_teacher_annotations_cover_the_train_folds_with_provenance():
+  """The demo's reasoning: our DPO teacher's annotations of folds 1 and 3, every train pair either
+  annotated (label in the label set, non-empty reasoning) or counted as a teacher failure."""
+  cfg = default_config()
+  path = readers.bundled_annotations_path()
+  with open(path.replace(".jsonl.gz", ".json")) as f:
+    provenance = json.load(f)
+  assert provenance["commit"] and provenance["command"]
+  assert {"cpt", "sft", "reward", "dpo", "annotate"} <= set(provenance["stages"])
+  annotate = provenance["stages"]["annotate"]
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == provenance["annotations"] == annotate["annotated"]
+  assert all(r["reasoning"].strip() and r["teacher_label"] in LABELS for r in rows)
+  pairs, _ = readers.load_pairs("", cfg)
+  train = readers.train_valid_test(pairs, cfg)["train"]
+  assert annotate["pairs"] == len(train) == annotate["annotated"] + annotate["failures"]
+  train_keys = {(p.query_id, p.product_id) for p in train}
+  assert {(r["query_id"], r["product_id"]) for r in rows} <= train_keys
+  attached, report = readers.attach_reasoning(train, path, cfg)
+  assert report["attached"] == len(rows) and report["missing"] == annotate["failures"]
+
+
 def test_fold_split_is_query_disjoint_and_complete():
   cfg = default_config()
   pairs, _ = readers.load_pairs("", cfg)
@@ -182,6 +206,27 @@ def test_attach_reasoning_by_id_then_query(tmp_path):
   assert [p.teacher_label_id for p in out] == [0, None, None]
   assert report["attached"] == 2 and report["missing"] == 1 and report["unknown_teacher_label"] == 1
   assert report["missing_examples"][0]["product_id"] == "p3"
+
+
+
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_pairs_the_teacher_failed_on_error_or_are_dropped_and_counted(tmp_path, mode):
+  from rd_jax.stages import student_common
+  cfg = default_config()
+  cfg.data.on_missing_reasoning = mode
+  pairs = [_validate(_row()), _validate(_row(product_id="p3"))]
+  ann = _write_jsonl(tmp_path / "ann.jsonl", [
+      {"query_id": "q1", "product_id": "p1", "reasoning": "Title matches.", "teacher_label": "e"}])
+  cfg.data.reasoning_path = ann
+  report = {}
+  if mode == "error":
+    with pytest.raises(ValueError, match="1 train pairs have no reasoning.*product_id=p3"):
+      student_common._with_reasoning(pairs, cfg, report, "train", str(tmp_path))
+    return
+  out = student_common._with_reasoning(pairs, cfg, report, "train", str(tmp_path))
+  assert [p.product_id for p in out] == ["p1"]
+  assert report["train_dropped_without_reasoning"] == 1
+  assert report["train_reasoning"]["missing"] == 1
 
 
 # ------------------------------------------------------------------ rationale

@@ -132,7 +132,7 @@ def test_choose_buckets_trades_padding_against_compiles():
 
 
 def test_chosen_buckets_cut_the_shapes_of_a_real_run(bundled_train):
-  """200 steps of batch 32 on the bundled train folds (rule rationales), as configs/demo.py."""
+  """200 steps of batch 32 on the bundled train folds with rule rationales (the earlier demo)."""
   batch_size, shapes, rows = 32, {}, {}
   for compile_tokens in (0, 50000):
     cfg = default_config()

@@ -54,10 +54,10 @@ def _with_reasoning(pairs, cfg, report: dict, split: str, workdir: str):
   report[f"{split}_reasoning"] = ann_report
   missing = [p for p in pairs if not p.reasoning]
   if missing:
-    if cfg.data.on_bad_row == "error":
+    if cfg.data.on_missing_reasoning == "error":
       raise ValueError(f"{len(missing)} {split} pairs have no reasoning in "
                        f"{path} (e.g. query_id={missing[0].query_id} "
-                       f"product_id={missing[0].product_id}); set data.on_bad_row=skip to drop them")
+                       f"product_id={missing[0].product_id}); set data.on_missing_reasoning=skip to drop them")
     pairs = [p for p in pairs if p.reasoning]
     report[f"{split}_dropped_without_reasoning"] = len(missing)
   return pairs
