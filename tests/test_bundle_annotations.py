@@ -41,6 +41,12 @@ def test_bundle_keeps_what_the_student_needs_and_records_provenance(tmp_path):
   assert saved == prov and prov["annotations"] == 2 and prov["command"] == "python -m rd_jax.main ..."
   assert set(prov["stages"]) == {"cpt", "sft", "dpo", "annotate"} and prov["config"] == {"seed": 0}
   assert not list(out.glob("*.tmp"))
+  # no machine paths in what ships: absolute paths under the repo become repo-relative
+  assert prov["stages"]["annotate"]["data"]["path"] == "rd_jax/data/assets/esci_us_srw150/pairs.jsonl.gz"
+  assert bundle_annotations.REPO_ROOT not in (out / "teacher_annotations.json").read_text()
+  first = (out / "teacher_annotations.jsonl.gz").read_bytes()
+  bundle_annotations.bundle(str(_workdir(tmp_path / "again")), out_dir=str(out))
+  assert (out / "teacher_annotations.jsonl.gz").read_bytes() == first  # same run, same bytes
 
 
 def test_bundle_refuses_incomplete_or_foreign_runs(tmp_path):

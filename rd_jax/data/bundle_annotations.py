@@ -14,6 +14,7 @@ not complete (no summary.json) or whose annotations are not of the bundled data.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -40,6 +41,21 @@ def _commit() -> str:
     return "unknown"
 
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _relative_paths(value, root: str = REPO_ROOT):
+  """`value` with every string that is an absolute path under `root` made relative to it: the
+  provenance ships with the package and must not carry this machine's folders."""
+  if isinstance(value, dict):
+    return {k: _relative_paths(v, root) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_relative_paths(v, root) for v in value]
+  if isinstance(value, str) and os.path.isabs(value) and value.startswith(root + os.sep):
+    return os.path.relpath(value, root)
+  return value
+
+
 def bundle(workdir: str, command: str = "", config: dict | None = None,
            out_dir: str = readers.BUNDLED_DIR) -> dict:
   annotate = os.path.join(workdir, "annotate")
@@ -62,7 +78,9 @@ def bundle(workdir: str, command: str = "", config: dict | None = None,
       records.append({k: row[k] for k in KEEP if k in row})
   data_path = os.path.join(out_dir, "teacher_annotations.jsonl.gz")
   tmp = data_path + ".tmp"
-  with gzip.open(tmp, "wt", encoding="utf-8") as f:   # mtime 0: the same run, the same bytes
+  # mtime 0 in the gzip header: the same run gives the same bytes
+  with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+      io.TextIOWrapper(gz, encoding="utf-8") as f:
     for row in records:
       f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
   os.replace(tmp, data_path)
@@ -73,6 +91,7 @@ def bundle(workdir: str, command: str = "", config: dict | None = None,
       "config": config,
       "stages": summaries,
   }
+  provenance = _relative_paths(provenance)
   metrics_lib.write_json_atomic(provenance, os.path.join(out_dir, "teacher_annotations.json"))
   return provenance
 
