@@ -47,6 +47,10 @@ def default_config() -> ml_collections.ConfigDict:
   # A train pair the teacher could not annotate (its failures.jsonl): error names the first one;
   # skip drops those pairs from CRSD training and reports the count in summary.json.
   c.data.on_missing_reasoning = "error"
+  # >0: train crsd and baseline on a seeded sample of this many train-fold pairs (readers.
+  # seeded_subset, the draw annotate.max_pairs makes with annotate.split=train and the same seed),
+  # so a pipeline that annotates only a sample trains both students on exactly those pairs.
+  c.data.max_train_pairs = 0
 
   # ------------------------------------------------------------- student
   c.student = ml_collections.ConfigDict()

@@ -46,7 +46,7 @@ _NON_NEGATIVE = ("crsd.lambda_infonce", "crsd.weight_aug_ce", "crsd.kl_weight",
                  "sft.bootstrap_temperature", "reward.valid_prompts", "reward.temperature",
                  "dpo.simpo_gamma", "dpo.min_margin", "dpo.eval_prompts", "dpo.temperature",
                  "annotate.temperature", "annotate.max_retries", "annotate.max_pairs",
-                 "cpt.heldout_rows")
+                 "data.max_train_pairs", "cpt.heldout_rows")
 
 
 def _get(cfg, dotted: str):

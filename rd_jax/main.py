@@ -81,9 +81,13 @@ def _record_config(cfg, stage: str, workdir: str) -> None:
 
 def _headline(summary: dict) -> dict:
   """The few numbers worth a line on stdout (the full summary is in summary.json)."""
-  keys = ("macro_f1", "accuracy", "valid_macro_f1", "test_macro_f1", "seconds", "output")
-  return {k: summary[k] for k in keys if k in (summary or {})}
-
+  summary = summary or {}
+  keys = ("macro_f1", "accuracy", "baseline_macro_f1", "valid_macro_f1", "test_macro_f1", "seconds",
+          "output", "seconds_per_stage", "interrupted_in")
+  out = {k: summary[k] for k in keys if k in summary}
+  evaluated = summary.get("results", {}).get("eval", {})   # --stage=all: the final comparison
+  out.update({f"test_{k}": evaluated[k] for k in ("macro_f1", "baseline_macro_f1") if k in evaluated})
+  return out
 
 if __name__ == "__main__":
   app.run(main)

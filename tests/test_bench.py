@@ -79,6 +79,11 @@ def test_crsd_overhead(tmp_path):
   for part in ("crsd", "std_branch", "aug_branch", "update", "loss_only"):
     check_timing(r["measurements"][part])
   assert r["summary"]["ratio_crsd_over_branches"]["value"] > 0
+  # XLA's cost analysis: the fused step does the work of its two branches (one optimizer update
+  # fewer), not more; its live buffers are reported too
+  xla = r["summary"]["xla_crsd_over_branches"]
+  assert 0.6 < xla["flops"] <= 1.05, xla
+  assert r["xla"]["crsd"]["temp_bytes"] > 0
 
 
 def test_student_infer(tmp_path):

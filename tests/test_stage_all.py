@@ -68,6 +68,10 @@ def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monk
   cfg.data.reasoning_source = "annotations"
   cfg.annotate.split = "train"
   cfg.annotate.shard_size = 1024
+  # a pipeline that annotates a sample trains both students on exactly that sample: with
+  # on_missing_reasoning="error", any train pair outside the annotated draw would stop crsd
+  cfg.annotate.max_pairs = cfg.data.max_train_pairs = 24
+  cfg.data.on_missing_reasoning = "error"
   cfg.teacher.max_prompt_len = 320  # room for the rationalisation hint
   cfg.train.num_steps = 2
   summary = all_stage.run(cfg, str(tmp_path))
@@ -83,4 +87,13 @@ def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monk
   assert annotate["teacher_ckpt"].endswith(os.path.join("dpo", "final"))
   crsd = json.load(open(tmp_path / "crsd" / "summary.json"))
   assert crsd["data"]["train_reasoning_file"] == str(tmp_path / "annotate" / "annotations.jsonl")
-  assert 0.0 <= summary["results"]["eval"]["macro_f1"] <= 1.0
+  baseline = json.load(open(tmp_path / "baseline" / "summary.json"))
+  assert annotate["pairs"] == crsd["data"]["train_pairs"] == baseline["data"]["train_pairs"] == 24
+  assert crsd["data"]["train_pairs_sampled"]["from"] > 24
+  # eval ends the pipeline with both students on the same test pairs
+  evaluated = summary["results"]["eval"]
+  assert 0.0 <= evaluated["macro_f1"] <= 1.0 and 0.0 <= evaluated["baseline_macro_f1"] <= 1.0
+  both = [json.load(open(tmp_path / "eval" / f)) for f in ("metrics.json", "baseline_metrics.json")]
+  assert both[0]["num_examples"] == both[1]["num_examples"] > 0
+  assert both[0]["checkpoint"].startswith(str(tmp_path / "crsd"))
+  assert both[1]["checkpoint"].startswith(str(tmp_path / "baseline"))

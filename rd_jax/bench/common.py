@@ -328,6 +328,24 @@ def jax_train_step(model_cfg, params, *, use_reasoning: bool, batch_size: int, m
   return state, step, mesh
 
 
+def xla_costs(step, state, batch) -> dict:
+  """What XLA says of the compiled step: flops, bytes accessed, and its buffer sizes.
+
+  `step.lower(...).compile()` is a separate compile of the same program (the jit cache is not
+  used), so call it outside the timed region. Keys absent from this backend's analysis are None.
+  """
+  compiled = step.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):   # older jax: one dict per computation
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  memory = compiled.memory_analysis()
+  get = lambda name: getattr(memory, name, None) if memory is not None else None
+  return {"flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed"),
+          "temp_bytes": get("temp_size_in_bytes"), "argument_bytes": get("argument_size_in_bytes"),
+          "output_bytes": get("output_size_in_bytes")}
+
+
 def stepper(state, step, batch) -> Callable[[], Any]:
   """A no-argument fn running one training step on `batch` (state carried across calls)."""
   box = [state]

@@ -11,6 +11,11 @@ Measured, each the stage's jitted step (stages/crsd.py) on the same batch:
 
 ratio = crsd / (std_branch + aug_branch - update): the branches each pay one optimizer update
 and the CRSD step pays one, so one is taken back out (target <= 1.05).
+
+`xla` in the JSON (and the second table) is XLA's own account of each compiled program (cost and
+memory analysis): flops, bytes accessed and temporary buffer bytes. The fused step against the sum
+of its branches on these says whether an overhead is extra work (flops, bytes) or the same work
+run slower (e.g. a larger live working set: temp bytes).
 """
 
 from __future__ import annotations
@@ -80,12 +85,14 @@ def run(args) -> dict:
   std_len, aug_len = student_train.lengths(args)
   b = args.batch_size
   batch = common.synthetic_batch(b, std_len, aug_len, vocab_size=model_cfg.vocab_size, seed=args.seed)
-  fns = {}
+  fns, xla = {}, {}
   for name, use_reasoning, data in (("crsd", True, batch), ("std_branch", False, batch),
                                     ("aug_branch", False, _aug_as_std(batch))):
     state, step, mesh = common.jax_train_step(model_cfg, params, use_reasoning=use_reasoning,
                                               batch_size=b)
-    fns[name] = common.stepper(state, step, mesh_lib.put_batch(data, mesh))
+    data = mesh_lib.put_batch(data, mesh)
+    xla[name] = common.xla_costs(step, state, data)
+    fns[name] = common.stepper(state, step, data)
   fns["update"] = _update_fn(params)
   fns["loss_only"] = _loss_only_fn(model_cfg, b, args.seed)
   timings = common.measure(fns, repeats=args.repeats, calls=args.steps, warmup=args.warmup)
@@ -99,7 +106,12 @@ def run(args) -> dict:
   med = {k: t.median for k, t in timings.items()}
   branches = med["std_branch"] + med["aug_branch"] - med["update"]
   ratio = med["crsd"] / branches
+  def fused_over_branches(key):
+    parts = [xla[n][key] for n in ("crsd", "std_branch", "aug_branch")]
+    return None if None in parts else parts[0] / (parts[1] + parts[2])
   summary = {"ratio_crsd_over_branches": common.target(ratio, 1.05, at_most=True),
+             "xla_crsd_over_branches": {k: fused_over_branches(k)
+                                        for k in ("flops", "bytes_accessed", "temp_bytes")},
              "loss_only_fraction_of_crsd_step": med["loss_only"] / med["crsd"],
              "update_fraction_of_crsd_step": med["update"] / med["crsd"]}
   table = [{"part": k, "ms": 1e3 * t.median, "iqr_ms": 1e3 * t.to_dict()["iqr"],
@@ -107,4 +119,14 @@ def run(args) -> dict:
            for k, t in timings.items()]
   config = {**common.base_config(args, model_cfg), "batch_size": b, "std_len": std_len,
             "aug_len": aug_len}
-  return common.envelope("crsd_overhead", config, timings, summary, table, notes=[])
+  for name, costs in xla.items():
+    table.append({"part": f"xla:{name}", "gflops": _scaled(costs["flops"], 1e-9),
+                  "gbytes_accessed": _scaled(costs["bytes_accessed"], 1e-9),
+                  "temp_mib": _scaled(costs["temp_bytes"], 2 ** -20)})
+  result = common.envelope("crsd_overhead", config, timings, summary, table, notes=[])
+  result["xla"] = xla
+  return result
+
+
+def _scaled(value, factor):
+  return None if value is None else value * factor

@@ -28,6 +28,8 @@ import logging
 import os
 from typing import Any, Iterator
 
+import numpy as np
+
 from rd_jax.data.schema import DataError, Limits, Pair, match_label, truncate_text, validate_row
 
 BUNDLED_DIR = os.path.join(os.path.dirname(__file__), "assets", "esci_us_srw150")
@@ -181,6 +183,16 @@ def split(pairs: list[Pair], folds) -> list[Pair]:
   """The pairs whose fold is in `folds`, in input order."""
   wanted = set(int(f) for f in folds)
   return [p for p in pairs if p.fold in wanted]
+
+
+def seeded_subset(pairs: list, n: int, seed: int) -> list:
+  """`n` of `pairs` drawn without replacement by `seed`, kept in input order; all if n is 0 or
+  >= len(pairs). annotate (annotate.max_pairs) and the student stages (data.max_train_pairs) share
+  it, so the same n and seed over the same train split pick the same pairs in both."""
+  if not n or n >= len(pairs):
+    return list(pairs)
+  pick = np.sort(np.random.default_rng(seed).permutation(len(pairs))[:n])
+  return [pairs[i] for i in pick]
 
 
 def train_valid_test(pairs: list[Pair], cfg) -> dict[str, list[Pair]]:

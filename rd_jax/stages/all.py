@@ -43,6 +43,7 @@ def run(cfg, workdir: str) -> dict:
     logging.info("all: annotate is in this run, so crsd reads <workdir>/annotate/annotations.jsonl"
                  " instead of the bundled teacher annotations (data.reasoning_path='bundled')")
   timings, results = {}, {}
+  started = time.perf_counter()
   for stage in [s for s in ORDER if s in wanted]:
     if is_complete(workdir, stage):
       logging.info("all: %s already complete, skipped", stage)
@@ -55,7 +56,8 @@ def run(cfg, workdir: str) -> dict:
       return {"stage": "all", "interrupted_in": stage, "seconds_per_stage": timings}
     timings[stage] = round(time.perf_counter() - t0, 1)
     results[stage] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-  summary = {"stage": "all", "seconds_per_stage": timings, "results": results}
+  summary = {"stage": "all", "seconds": round(time.perf_counter() - started, 1),
+             "seconds_per_stage": timings, "results": results}
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(summary, os.path.join(workdir, "all_summary.json"))
   logging.info("all: %s", json.dumps(timings))

@@ -59,9 +59,7 @@ def select_pairs(cfg) -> tuple[list, dict]:
   pairs, report = readers.load_pairs(cfg.data.path, cfg, require_label=False)
   if split != "all":
     pairs = readers.train_valid_test(pairs, cfg)[split]
-  if cfg.annotate.max_pairs and cfg.annotate.max_pairs < len(pairs):
-    pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(pairs))[:cfg.annotate.max_pairs])
-    pairs = [pairs[i] for i in pick]
+  pairs = readers.seeded_subset(pairs, cfg.annotate.max_pairs, cfg.seed)
   if not pairs:
     raise ValueError(f"no pairs to annotate in split {split!r} of {report['path']}")
   return pairs, report

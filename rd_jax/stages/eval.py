@@ -3,7 +3,9 @@
   checkpoint: cfg.eval.checkpoint, or <workdir>/crsd/final (a stage folder or its final/)
   data:       cfg.eval.path (any labelled pairs file), or the cfg.eval.split folds of data.path
 Writes <workdir>/eval/metrics.json (accuracy, macro_f1, per_class, confusion, ...) and
-<workdir>/eval/confusion.png. Only the standard (query, item) view is used: no reasoning needed.
+<workdir>/eval/confusion.png; with eval.checkpoint "" and a finished <workdir>/baseline/, the
+baseline too (baseline_metrics.json, baseline_confusion.png), so a pipeline run ends with both.
+Only the standard (query, item) view is used: no reasoning needed.
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.stages import student_common
 
 
-def run(cfg, workdir: str) -> dict:
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  ckpt = cfg.eval.checkpoint or os.path.join(workdir, "crsd")
+def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str) -> dict:
+  """metrics of the student in `ckpt`, written to <out_dir>/<prefix>metrics.json (+ confusion)."""
   meta = checkpoint.read_meta(ckpt)
   if meta.get("model") != "bert":
     raise checkpoint.CheckpointError(f"{ckpt!r} holds a {meta.get('model')!r} model; eval needs "
@@ -48,13 +48,27 @@ def run(cfg, workdir: str) -> dict:
   result.update(checkpoint=os.path.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
-    metrics_lib.write_json_atomic(result, os.path.join(out_dir, "metrics.json"))
-    metrics_lib.save_confusion_png(result, os.path.join(out_dir, "confusion.png"),
+    metrics_lib.write_json_atomic(result, os.path.join(out_dir, f"{prefix}metrics.json"))
+    metrics_lib.save_confusion_png(result, os.path.join(out_dir, f"{prefix}confusion.png"),
                                    title=f"{source}: macro-F1 {result['macro_f1']:.4f}")
-  logging.info("eval on %s: macro-F1 %.4f accuracy %.4f (%d pairs)", source, result["macro_f1"],
-               result["accuracy"], result["num_examples"])
+  logging.info("eval of %s on %s: macro-F1 %.4f accuracy %.4f (%d pairs)", ckpt, source,
+               result["macro_f1"], result["accuracy"], result["num_examples"])
+  return result
+
+
+def run(cfg, workdir: str) -> dict:
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  ckpt = cfg.eval.checkpoint or os.path.join(workdir, "crsd")
+  result = _evaluate(cfg, ckpt, out_dir, "")
   summary = {"stage": "eval", "macro_f1": result["macro_f1"], "accuracy": result["accuracy"],
-             "data": source, "output": os.path.join(out_dir, "metrics.json")}
+             "data": result["data"], "output": os.path.join(out_dir, "metrics.json")}
+  baseline_dir = os.path.join(workdir, "baseline")
+  if not cfg.eval.checkpoint and os.path.exists(os.path.join(baseline_dir, "summary.json")):
+    # The pipeline's comparison on the same pairs: CRSD vs the student without reasoning.
+    base = _evaluate(cfg, baseline_dir, out_dir, "baseline_")
+    summary.update(baseline_macro_f1=base["macro_f1"], baseline_accuracy=base["accuracy"],
+                   baseline_output=os.path.join(out_dir, "baseline_metrics.json"))
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(summary, os.path.join(out_dir, "summary.json"))
   return summary

@@ -93,6 +93,10 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
   if not train:
     raise ValueError(f"no training pairs in folds data.train_folds={list(cfg.data.train_folds)} "
                      f"of {report['path']}")
+  if cfg.data.max_train_pairs and cfg.data.max_train_pairs < len(train):
+    report["train_pairs_sampled"] = {"from": len(train), "max_train_pairs": cfg.data.max_train_pairs,
+                                     "seed": cfg.seed}
+    train = readers.seeded_subset(train, cfg.data.max_train_pairs, cfg.seed)
   workdir = os.path.dirname(os.path.abspath(stage_dir))
   if use_reasoning:
     train = _with_reasoning(train, cfg, report, "train", workdir)
