@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rd_jax import stages
+from rd_jax import cli_setup, stages
 
 __doc__ += "\n".join(f"  {name:9s} {doc}" for name, doc in stages.available().items())
 
@@ -24,35 +24,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["stage", "workdir", "config"])
 
 
-def _quiet_library_logs() -> None:
-  """Orbax logs every save at INFO through absl; keep ours, drop theirs below WARNING."""
-  import logging as py_logging
-
-  class _DropOrbaxInfo(py_logging.Filter):
-    def filter(self, record):
-      return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
-
-  for handler in py_logging.getLogger().handlers + [logging.get_absl_handler()]:
-    handler.addFilter(_DropOrbaxInfo())
-
-
-def _compilation_cache() -> None:
-  """Persistent XLA cache: a rerun, a resumed run or the next stage skips recompiling.
-
-  $JAX_COMPILATION_CACHE_DIR wins; else ~/.cache/rd_jax/xla. Only compiles over 1 s are kept.
-  """
-  import jax
-  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-      os.path.expanduser("~"), ".cache", "rd_jax", "xla")
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  _quiet_library_logs()
-  _compilation_cache()
+  cli_setup.quiet_library_logs()
+  cli_setup.compilation_cache()
   cfg = _CONFIG.value
   from rd_jax import config_check
   config_check.validate(cfg)

@@ -9,6 +9,7 @@ made on valid, never on test. Each (variant, seed) run lives in <workdir>/<varia
 is skipped when complete, so an interrupted table resumes. Teacher rows evaluate, on the same
 test folds, the base model and each of cpt/sft/dpo final/ found in --teacher_workdir.
 retention = student test macro-F1 / teacher test macro-F1 (the last teacher step found).
+Teacher rows are kept in <workdir>/teacher_rows/ and reused while their checkpoint is unchanged.
 Writes table.md, table.json and table.png under <workdir>.
 """
 
@@ -82,8 +83,13 @@ def run_student(cfg, workdir: str, variant: str, seed: int) -> dict:
           "train_seconds": train.get("train_seconds")}
 
 
-def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int) -> dict:
-  """Test-fold metrics of the base teacher and each complete cpt/sft/dpo final/."""
+def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "") -> dict:
+  """Test-fold metrics of the base teacher and each complete cpt/sft/dpo final/.
+
+  With `workdir`, each row is kept in <workdir>/teacher_rows/<step>.json with what it was computed
+  from (checkpoint, its COMPLETE marker's time, pairs, folds); a rerun of the table reuses a row
+  whose inputs are unchanged instead of generating again (minutes per step on a CPU).
+  """
   from rd_jax import checkpoint
   from rd_jax.data import readers
   from rd_jax.stages import teacher_common as tc
@@ -92,18 +98,38 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int) -> dict:
   test = readers.train_valid_test(pairs, cfg)["test"]
   if max_pairs:
     test = [test[i] for i in np.random.default_rng(0).permutation(len(test))[:max_pairs]]
-  mesh = tc.mesh_for(cfg)
+  mesh = None
   rows = {}
   for step in TEACHER_STEPS:
     explicit = "" if step == "base" else os.path.join(teacher_workdir, step, "final")
     if step != "base" and not checkpoint.is_complete(explicit):
       continue
+    key = {"step": step, "checkpoint": os.path.abspath(explicit) if explicit else cfg.teacher.init,
+           "written": _complete_stamp(explicit), "pairs": len(test), "max_pairs": max_pairs,
+           "test_folds": list(cfg.data.test_folds), "data": cfg.data.path}
+    cache = os.path.join(workdir, "teacher_rows", f"{step}.json") if workdir else ""
+    if cache and os.path.exists(cache):
+      kept = json.load(open(cache))
+      if kept.get("key") == key:
+        rows[step] = kept["row"]
+        logging.info("teacher row %s reused from %s", step, cache)
+        continue
+    mesh = mesh or tc.mesh_for(cfg)
     teacher = tc.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
     result = teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
                                            test, cfg)
     rows[step] = {k: result[k] for k in ("macro_f1", "accuracy", "parse_rate") if k in result}
     rows[step]["per_class_f1"] = {k: v["f1"] for k, v in result.get("per_class", {}).items()}
+    if cache:
+      os.makedirs(os.path.dirname(cache), exist_ok=True)
+      metrics_lib.write_json_atomic({"key": key, "row": rows[step]}, cache)
   return rows
+
+
+def _complete_stamp(final_dir: str) -> int | None:
+  """mtime (ns) of final/COMPLETE: a retrained step invalidates its cached row."""
+  marker = os.path.join(final_dir, "COMPLETE") if final_dir else ""
+  return os.stat(marker).st_mtime_ns if marker and os.path.exists(marker) else None
 
 
 def summarise(student: dict, teacher: dict) -> dict:
@@ -157,13 +183,17 @@ def plot(rows: dict, path: str) -> None:
 
 def main(argv):
   del argv
+  from rd_jax import cli_setup
+  cli_setup.quiet_library_logs()
+  cli_setup.compilation_cache()   # every seed and variant reuses the compiled steps
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
-  teacher = run_teacher_rows(cfg, _TEACHER.value, _TEACHER_PAIRS.value) if _TEACHER.value else {}
+  teacher = (run_teacher_rows(cfg, _TEACHER.value, _TEACHER_PAIRS.value, workdir)
+             if _TEACHER.value else {})
   student = {}
   for variant in _VARIANTS.value:
     if VARIANTS[variant][1].get("crsd.label_source") == "teacher" and cfg.data.reasoning_source != "annotations":
