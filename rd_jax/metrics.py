@@ -14,6 +14,11 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
   predicted is excluded rather than counted as F1 = 0."""
   y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
   c = len(labels)
+  for name, ids in (("y_true", y_true), ("y_pred", y_pred)):
+    bad = (ids < 0) | (ids >= c)
+    if bad.any():   # e.g. -1 = "no label": it would silently land in the last row/column
+      raise ValueError(f"{name} has {int(bad.sum())} class ids outside [0, {c}) "
+                       f"(first: {int(ids[bad][0])}); every evaluated pair needs a label")
   confusion = np.zeros((c, c), int)                         # [true, pred]
   np.add.at(confusion, (y_true, y_pred), 1)
   tp = np.diag(confusion).astype(float)

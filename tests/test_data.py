@@ -229,6 +229,29 @@ def test_pairs_the_teacher_failed_on_error_or_are_dropped_and_counted(tmp_path, 
   assert report["train_reasoning"]["missing"] == 1
 
 
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_teacher_label_student_follows_the_missing_policy(tmp_path, mode):
+  """The "teacher labels only" student (baseline, crsd.label_source=teacher) drops or names the
+  pairs the teacher failed on, as CRSD does for their reasoning."""
+  from rd_jax.stages import student_common
+  cfg = default_config()
+  cfg.data.on_missing_reasoning = mode
+  cfg.crsd.label_source = "teacher"
+  pairs = [_validate(_row()), _validate(_row(product_id="p3"))]
+  cfg.data.reasoning_path = _write_jsonl(tmp_path / "ann.jsonl", [
+      {"query_id": "q1", "product_id": "p1", "reasoning": "Title matches.",
+       "teacher_label": "Irrelevant"}])
+  pairs, _ = readers.attach_reasoning(pairs, cfg.data.reasoning_path, cfg)
+  report = {}
+  if mode == "error":
+    with pytest.raises(ValueError, match="1 train pairs have no teacher label.*product_id=p3"):
+      student_common._label_source(pairs, cfg, report, str(tmp_path))
+    return
+  out = student_common._label_source(pairs, cfg, report, str(tmp_path))
+  assert [(p.product_id, p.label_id) for p in out] == [("p1", 3)]
+  assert report["train_dropped_without_teacher_label"] == 1 and report["labels"] == "teacher"
+
+
 # ------------------------------------------------------------------ rationale
 def test_rule_rationale_is_lexical_deterministic_and_label_blind():
   row = _row(query="silicone sealant not clear 10.1 oz", product_title="GE Silicone 10.1oz, Clear",

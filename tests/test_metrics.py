@@ -21,3 +21,11 @@ def test_metrics_match_hand_computation(tmp_path):
 def test_absent_class_not_counted_in_macro_f1():
   m = metrics.classification_metrics([0, 1], [0, 1], ["A", "B", "C"])
   assert m["macro_f1"] == 1.0
+
+
+def test_class_ids_outside_the_labels_are_an_error():
+  import pytest
+  with pytest.raises(ValueError, match="y_true has 1 class ids outside"):
+    metrics.classification_metrics([0, -1], [0, 0], ["a", "b"])   # -1 = "no label"
+  with pytest.raises(ValueError, match="y_pred"):
+    metrics.classification_metrics([0, 1], [0, 2], ["a", "b"])

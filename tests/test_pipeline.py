@@ -186,6 +186,18 @@ def test_process_slices_concatenate_to_the_global_batch(tokenizer):
     pipeline.train_batches(tokens, None, cfg, seed=1, batch_size=8, process_count=3)
 
 
+def test_eval_batches_score_on_gold_even_for_a_teacher_label_student(tokenizer):
+  """crsd.label_source=teacher changes what the student trains on, never what it is scored on:
+  held-out pairs have no teacher label (they were never annotated)."""
+  cfg = default_config()
+  cfg.crsd.label_source = "teacher"
+  pairs = _pairs(6, reasoning=False)
+  assert all(p.teacher_label_id is None for p in pairs)
+  labels = np.concatenate([b["labels"] for b in
+                           pipeline.eval_batches(pairs, tokenizer, cfg, batch_size=4)])[:6]
+  np.testing.assert_array_equal(labels, [p.label_id for p in pairs])
+
+
 def test_eval_batches_keep_order_and_pad_with_zero_weights(tokenizer):
   pairs = _pairs(11, reasoning=False)
   batches = pipeline.eval_batches(pairs, tokenizer, default_config(), batch_size=4)

@@ -40,15 +40,22 @@ VARIANTS = {
 }
 TEACHER_STEPS = ("base", "cpt", "sft", "dpo")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the table's runs and outputs go.")
-_TEACHER = flags.DEFINE_string("teacher_workdir", "", "Pipeline workdir holding cpt/sft/dpo "
-                               "final/ (teacher rows); '' = no teacher rows, no retention.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per variant.")
-_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "Variants to run (default: all).")
-_TEACHER_PAIRS = flags.DEFINE_integer("teacher_pairs", 0, "Cap on test pairs for teacher rows "
-                                      "(0 = all test pairs).")
+_FLAGS = {}
+
+
+def _define_flags() -> None:
+  """Flags only when run as a program: importing this module (tests) defines none."""
+  _FLAGS.update(
+      config=config_flags.DEFINE_config_file("config", None, "Pipeline config (configs/*.py).",
+                                             lock_config=True),
+      workdir=flags.DEFINE_string("workdir", None, "Where the table's runs and outputs go."),
+      teacher_workdir=flags.DEFINE_string(
+          "teacher_workdir", "", "Pipeline workdir holding cpt/sft/dpo final/ (teacher rows); "
+          "'' = no teacher rows, no retention."),
+      seeds=flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per variant."),
+      variants=flags.DEFINE_list("variants", list(VARIANTS), "Variants to run (default: all)."),
+      teacher_pairs=flags.DEFINE_integer("teacher_pairs", 0, "Cap on test pairs for teacher "
+                                         "rows (0 = all test pairs)."))
 
 
 def _override(cfg, overrides: dict, seed: int):
@@ -186,23 +193,25 @@ def main(argv):
   from rd_jax import cli_setup
   cli_setup.quiet_library_logs()
   cli_setup.compilation_cache()   # every seed and variant reuses the compiled steps
-  cfg, workdir = _CONFIG.value, _WORKDIR.value
-  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  cfg, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
+  seeds, variants = _FLAGS["seeds"].value, _FLAGS["variants"].value
+  teacher_workdir = _FLAGS["teacher_workdir"].value
+  unknown = [v for v in variants if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
-  teacher = (run_teacher_rows(cfg, _TEACHER.value, _TEACHER_PAIRS.value, workdir)
-             if _TEACHER.value else {})
+  teacher = (run_teacher_rows(cfg, teacher_workdir, _FLAGS["teacher_pairs"].value, workdir)
+             if teacher_workdir else {})
   student = {}
-  for variant in _VARIANTS.value:
+  for variant in variants:
     if VARIANTS[variant][1].get("crsd.label_source") == "teacher" and cfg.data.reasoning_source != "annotations":
       logging.warning("%s skipped: it needs teacher annotations (data.reasoning_source)", variant)
       continue
-    student[variant] = {int(s): run_student(cfg, workdir, variant, int(s)) for s in _SEEDS.value}
+    student[variant] = {int(s): run_student(cfg, workdir, variant, int(s)) for s in seeds}
   rows = summarise(student, teacher)
   result = {"teacher": teacher, "students": rows, "runs": student,
-            "config": {"seeds": _SEEDS.value, "reasoning_source": cfg.data.reasoning_source,
+            "config": {"seeds": seeds, "reasoning_source": cfg.data.reasoning_source,
                        "train_steps": cfg.train.num_steps, "batch_size": cfg.train.batch_size},
             "seconds": round(time.perf_counter() - t0, 1)}
   metrics_lib.write_json_atomic(result, os.path.join(workdir, "table.json"))
@@ -216,5 +225,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

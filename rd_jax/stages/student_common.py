@@ -77,10 +77,16 @@ def shuffle_reasoning(pairs, seed: int):
 def _label_source(pairs, cfg, report: dict, workdir: str):
   if cfg.crsd.label_source == "gold":
     return pairs
-  without = sum(p.teacher_label_id is None for p in pairs)
+  without = [p for p in pairs if p.teacher_label_id is None]
   if without:
-    raise ValueError(f"crsd.label_source=teacher but {without} train pairs have no teacher label "
-                     f"in {annotations_path(cfg, workdir)}")
+    # the same policy as a missing reasoning: the teacher failed on these pairs
+    if cfg.data.on_missing_reasoning == "error":
+      raise ValueError(f"crsd.label_source=teacher but {len(without)} train pairs have no teacher "
+                       f"label in {annotations_path(cfg, workdir)} (e.g. query_id="
+                       f"{without[0].query_id} product_id={without[0].product_id}); set "
+                       "data.on_missing_reasoning=skip to drop them")
+    pairs = [p for p in pairs if p.teacher_label_id is not None]
+    report["train_dropped_without_teacher_label"] = len(without)
   report["labels"] = "teacher"
   return [dataclasses.replace(p, label_id=p.teacher_label_id) for p in pairs]
 
