@@ -65,5 +65,6 @@ def _headline(summary: dict) -> dict:
   out.update({f"test_{k}": evaluated[k] for k in ("macro_f1", "baseline_macro_f1") if k in evaluated})
   return out
 
+
 if __name__ == "__main__":
   app.run(main)

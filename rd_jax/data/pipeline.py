@@ -78,11 +78,11 @@ def epoch_plan(std_lengths: np.ndarray, aug_lengths: np.ndarray, batch_size: int
   return batches[rng.permutation(num_batches)]
 
 
-def _tokens_for(pairs, tokenizer, cfg, label_source: str) -> TokenizedPairs:
+def _tokens_for(pairs, tokenizer, cfg) -> TokenizedPairs:
   if isinstance(pairs, TokenizedPairs):
     return pairs
   tokens = tokenize_pairs(pairs, tokenizer, max_len_std=cfg.student.max_len_std,
-                          max_len_aug=cfg.student.max_len_aug, label_source=label_source)
+                          max_len_aug=cfg.student.max_len_aug)
   logging.info("tokenised %d pairs: %s", len(tokens), tokens.stats)
   return tokens
 
@@ -182,12 +182,11 @@ def train_batches(pairs: list[Pair] | TokenizedPairs, tokenizer, cfg, *, seed: i
   """
   if batch_size % process_count:
     raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
-  tokens = _tokens_for(pairs, tokenizer, cfg, cfg.crsd.get("label_source", "gold"))
+  tokens = _tokens_for(pairs, tokenizer, cfg)
   if len(tokens) < batch_size:
     raise ValueError(f"{len(tokens)} training pairs are fewer than one batch of {batch_size}")
   if (tokens.labels < 0).any():
-    raise ValueError(f"{int((tokens.labels < 0).sum())} training pairs have no "
-                     f"{cfg.crsd.get('label_source', 'gold')} label")
+    raise ValueError(f"{int((tokens.labels < 0).sum())} training pairs have no label")
   builder = _BatchBuilder(tokens, cfg, seed, batch_size, process_index, process_count, with_aug)
   dataset = (grain.MapDataset.range(builder.batches_per_epoch).repeat()
              .map_with_index(builder))
@@ -201,8 +200,7 @@ def eval_batches(pairs: list[Pair] | TokenizedPairs, tokenizer, cfg,
   The last batch is filled up to `batch_size` by repeating its last row with weights 0, so
   `sum(weights)` over all batches == len(pairs) and metrics must be weighted.
   """
-  # Always the gold labels: a student trained on the teacher's labels is still scored on the truth.
-  tokens = _tokens_for(pairs, tokenizer, cfg, "gold")
+  tokens = _tokens_for(pairs, tokenizer, cfg)
   std_buckets, aug_buckets = _view_buckets(cfg)
   batches = []
   for start in range(0, len(tokens), batch_size):

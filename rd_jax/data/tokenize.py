@@ -133,16 +133,15 @@ def _fit(query: list[int], item: list[int], reasoning: list[int], max_len: int, 
   return query, item, reasoning
 
 
-def tokenize_pairs(pairs: list[Pair], tokenizer, *, max_len_std: int, max_len_aug: int,
-                   label_source: str = "gold") -> TokenizedPairs:
+def tokenize_pairs(pairs: list[Pair], tokenizer, *, max_len_std: int,
+                   max_len_aug: int) -> TokenizedPairs:
   """Both views of every pair, truncated to `max_len_std` / `max_len_aug` tokens (specials incl.).
 
-  `label_source`: "gold" (Pair.label_id) or "teacher" (Pair.teacher_label_id); missing -> -1.
+  labels: Pair.label_id, -1 where None. A student trained on the teacher's labels gets them by
+  its pairs' label_id (stages/student_common._label_source), so held-out pairs keep gold.
   stats: {"pairs", "std_item_cut", "std_query_cut", "aug_reasoning_cut", "aug_reasoning_dropped",
   "aug_item_cut", "aug_query_cut", "no_reasoning"}.
   """
-  if label_source not in ("gold", "teacher"):
-    raise ValueError(f"label_source={label_source!r}; expected gold or teacher")
   cap = max(max_len_std, max_len_aug)  # a segment longer than this is cut anyway
   queries = _encode_unique(tokenizer, [p.query for p in pairs], cap)
   items = _encode_unique(tokenizer, [p.item_text for p in pairs], cap)
@@ -161,8 +160,7 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, *, max_len_std: int, max_len_au
     aug_rows.append([cls, *q, sep, *i, sep, *r, sep] if r else [cls, *q, sep, *i, sep])
     aug_b.append(len(q) + 2)
 
-  label_of = (lambda p: p.label_id) if label_source == "gold" else (lambda p: p.teacher_label_id)
-  labels = np.asarray([-1 if label_of(p) is None else label_of(p) for p in pairs], np.int32)
+  labels = np.asarray([-1 if p.label_id is None else p.label_id for p in pairs], np.int32)
   stats = {"pairs": len(pairs), **counts, "no_reasoning": sum(1 for p in pairs if not p.reasoning)}
   return TokenizedPairs(
       std=RaggedTokens.from_lists(std_rows, std_b), aug=RaggedTokens.from_lists(aug_rows, aug_b),

@@ -121,7 +121,8 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
         rows[step] = kept["row"]
         logging.info("teacher row %s reused from %s", step, cache)
         continue
-    mesh = mesh or tc.mesh_for(cfg)
+    if mesh is None:
+      mesh = tc.mesh_for(cfg)
     teacher = tc.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
     result = teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
                                            test, cfg)
