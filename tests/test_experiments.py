@@ -10,7 +10,8 @@ from conftest import REPO
 def test_table_runs_and_reports_mean_and_std(tmp_path):
   cmd = [sys.executable, "-m", "rd_jax.experiments.table", "--config=configs/tiny.py",
          f"--workdir={tmp_path}", "--seeds=0,1", "--variants=baseline_gold,crsd_shuffled_reasoning",
-         "--config.train.num_steps=2"]
+         "--config.train.num_steps=2", f"--teacher_workdir={tmp_path / 'teacher'}",
+         "--teacher_pairs=4"]   # no cpt/sft/dpo there: the base (random tiny) teacher row only
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   table = json.load(open(tmp_path / "table.json"))
@@ -18,7 +19,11 @@ def test_table_runs_and_reports_mean_and_std(tmp_path):
   row = table["students"]["baseline_gold"]
   f1s = [run["test_macro_f1"] for run in table["runs"]["baseline_gold"].values()]
   assert row["seeds"] == 2 and abs(row["test_macro_f1_mean"] - sum(f1s) / 2) < 1e-9
-  assert "| baseline_gold | 2 |" in (tmp_path / "table.md").read_text()
+  text = (tmp_path / "table.md").read_text()
+  assert "| baseline_gold | 2 |" in text and "(train prior; reference)" in text
+  assert list(table["teacher"]) == ["base"] and table["config"]["teacher_pairs"] == 4
+  for run in table["runs"]["baseline_gold"].values():   # the student on the teacher's 4 pairs
+    assert 0.0 <= run["teacher_pairs_macro_f1"] <= 1.0
   assert (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"
   # resumable: a rerun reuses the complete runs (no summary is rewritten)
   summaries = sorted(tmp_path.glob("*/seed*/*/summary.json"))
@@ -63,3 +68,65 @@ def test_teacher_rows_are_kept_and_recomputed_when_the_checkpoint_changes(tmp_pa
   os.utime(marker, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # sft retrained
   table.run_teacher_rows(cfg, str(teacher_dir), 16, work)
   assert evaluated[4:] == [str(teacher_dir / "sft" / "final")]
+
+
+def test_majority_reference_and_per_class_columns(tiny_config):
+  from rd_jax.data import readers
+  from rd_jax.experiments import table
+  cfg = tiny_config()
+  ref = table.majority_reference(cfg)
+  # Independent count: constant prediction of the train majority. Its class has precision = its
+  # test share p and recall 1 -> F1 = 2p / (1 + p); every other class present in test has F1 0.
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
+  split = readers.train_valid_test(pairs, cfg)
+  train_labels = [cfg.labels[p.label_id] for p in split["train"]]
+  majority = max(set(train_labels), key=train_labels.count)
+  test_labels = [cfg.labels[p.label_id] for p in split["test"]]
+  share = test_labels.count(majority) / len(test_labels)
+  present = set(test_labels) | {majority}
+  assert ref["label"] == majority and ref["test_pairs"] == len(test_labels)
+  assert abs(ref["test_accuracy"] - share) < 1e-12
+  assert abs(ref["test_macro_f1"] - 2 * share / (1 + share) / len(present)) < 1e-12
+
+  teacher = {"sft": {"macro_f1": 0.4, "accuracy": 0.5, "parse_rate": 1.0,
+                     "per_class_f1": {c: 0.1 * i for i, c in enumerate(cfg.labels)}}}
+  runs = {s: {"test_macro_f1": 0.2 + s / 10, "test_accuracy": 0.5, "valid_macro_f1": 0.3,
+              "per_class_f1": {c: 0.2 + s / 10 for c in cfg.labels},
+              "teacher_pairs_macro_f1": 0.1 + s / 5} for s in (0, 1)}
+  rows = table.summarise({"crsd": runs}, teacher)
+  assert abs(rows["crsd"]["per_class_f1_mean"][cfg.labels[0]] - 0.25) < 1e-12
+  # retention on the teacher's pairs: 0.1 / 0.4 and 0.3 / 0.4
+  assert abs(rows["crsd"]["retention_mean"] - 0.5) < 1e-12
+  assert abs(rows["crsd"]["retention_std"] - (0.75 - 0.25) / 2 ** 0.5) < 1e-12
+  text = table.markdown(rows, teacher, ref, list(cfg.labels))
+  lines = text.splitlines()
+  assert lines[0].endswith("".join(f" {c} F1 |" for c in cfg.labels))
+  assert any(line.startswith(f"| always {majority} (train prior; reference) |") for line in lines)
+  crsd = next(line for line in lines if line.startswith("| crsd |"))
+  assert crsd.count("|") == 8 + len(cfg.labels) and "| 0.250 |" in crsd and "| 0.2000 |" in crsd
+
+
+def test_student_f1_on_the_teachers_pairs_reads_predictions_in_test_order(tmp_path, tiny_config):
+  import json
+
+  import pytest
+
+  from rd_jax.experiments import table
+  cfg = tiny_config()
+  test, positions = table.teacher_sample(cfg, 5)
+  assert len(positions) == 5 == len(set(positions.tolist()))
+  chosen = set(positions.tolist())
+  rows = []
+  for i, p in enumerate(test):   # right on the teacher's pairs, wrong everywhere else
+    gold = cfg.labels[p.label_id]
+    wrong = cfg.labels[(p.label_id + 1) % len(cfg.labels)]
+    rows.append({"query_id": p.query_id, "product_id": p.product_id, "label": gold,
+                 "prediction": gold if i in chosen else wrong})
+  path = tmp_path / "predictions.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert table._macro_f1_at(str(path), positions, cfg, test) == 1.0
+  everything = table.teacher_sample(cfg, 0)[1]
+  assert table._macro_f1_at(str(path), everything, cfg, test) < 1.0
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))
+  with pytest.raises(ValueError, match="not in the order"):
+    table._macro_f1_at(str(path), positions, cfg, test)

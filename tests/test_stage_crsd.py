@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rd_jax import checkpoint
-from rd_jax.stages import crsd, eval as eval_stage
+from rd_jax.stages import crsd, eval as eval_stage, student_common
 
 from conftest import REPO
 
@@ -72,6 +72,21 @@ def test_eval_writes_metrics_and_png(trained):
   assert out["macro_f1"] == m["macro_f1"]
   png = open(os.path.join(workdir, "eval", "confusion.png"), "rb").read(8)
   assert png == b"\x89PNG\r\n\x1a\n"
+  # per-pair predictions, input order, consistent with the confusion matrix they came from
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "eval", "predictions.jsonl"))]
+  assert len(rows) == m["num_examples"]
+  index = {c: i for i, c in enumerate(cfg.labels)}
+  confusion = np.zeros_like(np.asarray(m["confusion"]))
+  for r in rows:
+    confusion[index[r["label"]], index[r["prediction"]]] += 1
+  np.testing.assert_array_equal(confusion, m["confusion"])
+  pairs, _, _ = student_common.load_eval_pairs(cfg, os.path.join(workdir, "eval"))
+  assert [(r["query_id"], r["product_id"]) for r in rows] == [(p.query_id, p.product_id)
+                                                               for p in pairs]
+  valid = [json.loads(line) for line in open(os.path.join(workdir, "crsd",
+                                                           "valid_predictions.jsonl"))]
+  assert len(valid) == json.load(open(os.path.join(workdir, "crsd",
+                                                   "valid_metrics.json")))["num_examples"]
 
 
 def test_eval_on_mismatched_labels_names_them(trained):

@@ -8,7 +8,9 @@ then evaluated on the test folds; valid-fold macro-F1 is reported next to it bec
 made on valid, never on test. Each (variant, seed) run lives in <workdir>/<variant>/seed<k>/ and
 is skipped when complete, so an interrupted table resumes. Teacher rows evaluate, on the same
 test folds, the base model and each of cpt/sft/dpo final/ found in --teacher_workdir.
-retention = student test macro-F1 / teacher test macro-F1 (the last teacher step found).
+retention = student macro-F1 / teacher macro-F1 (the last teacher step found), both on the SAME
+test pairs: the teacher's (all test pairs, or the seeded --teacher_pairs sample, since generation
+is slow); the student's macro-F1 on those pairs comes from its eval/predictions.jsonl.
 Teacher rows are kept in <workdir>/teacher_rows/ and reused while their checkpoint is unchanged.
 Writes table.md, table.json and table.png under <workdir>.
 """
@@ -68,26 +70,64 @@ def _override(cfg, overrides: dict, seed: int):
   return cfg
 
 
-def run_student(cfg, workdir: str, variant: str, seed: int) -> dict:
-  """Trains + evaluates one (variant, seed); reuses a complete run."""
+def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) -> dict:
+  """Trains + evaluates one (variant, seed); reuses a complete run.
+
+  teacher_pairs: teacher_sample()'s (test pairs, positions of the teacher's pairs); the student's
+  macro-F1 on exactly those pairs is returned as teacher_pairs_macro_f1 (for retention).
+  """
   from rd_jax.stages import baseline, crsd, eval as eval_stage
   stage, overrides = VARIANTS[variant]
   run_dir = os.path.join(workdir, variant, f"seed{seed}")
   done = os.path.join(run_dir, "eval", "summary.json")
+  predictions = os.path.join(run_dir, "eval", "predictions.jsonl")
+  run_cfg = _override(cfg, dict(overrides, **{"eval.split": "test"}), seed)
+  with run_cfg.unlocked():
+    run_cfg.eval.checkpoint = os.path.join(run_dir, stage)
   if not os.path.exists(done):
-    run_cfg = _override(cfg, dict(overrides, **{"eval.split": "test"}), seed)
     t0 = time.perf_counter()
     (crsd if stage == "crsd" else baseline).run(run_cfg, run_dir)
-    with run_cfg.unlocked():
-      run_cfg.eval.checkpoint = os.path.join(run_dir, stage)
     eval_stage.run(run_cfg, run_dir)
     logging.info("%s seed %d: %.0f s", variant, seed, time.perf_counter() - t0)
+  elif not os.path.exists(predictions):   # a run from before eval wrote predictions
+    eval_stage.run(run_cfg, run_dir)
   test = json.load(open(os.path.join(run_dir, "eval", "metrics.json")))
   train = json.load(open(os.path.join(run_dir, stage, "summary.json")))
-  return {"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
-          "valid_macro_f1": train["valid_macro_f1"],
-          "per_class_f1": {k: v["f1"] for k, v in test["per_class"].items()},
-          "train_seconds": train.get("train_seconds")}
+  row = {"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
+         "valid_macro_f1": train["valid_macro_f1"],
+         "per_class_f1": {k: v["f1"] for k, v in test["per_class"].items()},
+         "train_seconds": train.get("train_seconds")}
+  if teacher_pairs is not None:
+    test_pairs, positions = teacher_pairs
+    row["teacher_pairs_macro_f1"] = _macro_f1_at(predictions, positions, cfg, test_pairs)
+  return row
+
+
+def teacher_sample(cfg, max_pairs: int):
+  """(test pairs, positions of the teacher's pairs in them): all, or a seeded max_pairs sample."""
+  from rd_jax.data import readers
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
+  test = readers.train_valid_test(pairs, cfg)["test"]
+  positions = np.arange(len(test))
+  if max_pairs:
+    positions = np.random.default_rng(0).permutation(len(test))[:max_pairs]
+  return test, positions
+
+
+def _macro_f1_at(predictions_path: str, positions, cfg, test=None) -> float:
+  """Student macro-F1 on the test pairs at `positions` (eval's predictions are in test order)."""
+  rows = [json.loads(line) for line in open(predictions_path, encoding="utf-8")]
+  if test is not None and [(r["query_id"], r["product_id"]) for r in rows] != [
+      (p.query_id, p.product_id) for p in test]:
+    raise ValueError(f"{predictions_path} is not in the order of this config's test split")
+  if len(rows) <= int(np.max(positions)):
+    raise ValueError(f"{predictions_path} has {len(rows)} rows; the teacher's pairs need "
+                     f"position {int(np.max(positions))}")
+  index = {c: i for i, c in enumerate(cfg.labels)}
+  picked = [rows[i] for i in positions]
+  return metrics_lib.classification_metrics([index[r["label"]] for r in picked],
+                                            [index[r["prediction"]] for r in picked],
+                                            list(cfg.labels))["macro_f1"]
 
 
 def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "") -> dict:
@@ -98,13 +138,10 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
   whose inputs are unchanged instead of generating again (minutes per step on a CPU).
   """
   from rd_jax import checkpoint
-  from rd_jax.data import readers
   from rd_jax.stages import teacher_common as tc
   from rd_jax.stages import teacher_eval
-  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
-  test = readers.train_valid_test(pairs, cfg)["test"]
-  if max_pairs:
-    test = [test[i] for i in np.random.default_rng(0).permutation(len(test))[:max_pairs]]
+  test, positions = teacher_sample(cfg, max_pairs)
+  test = [test[i] for i in positions]
   mesh = None
   rows = {}
   for step in TEACHER_STEPS:
@@ -134,6 +171,20 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
   return rows
 
 
+def majority_reference(cfg) -> dict:
+  """The label prior as a row: always predict the train split's most frequent gold label, scored
+  on the test split. A student whose macro-F1 equals this has learnt nothing beyond the prior."""
+  from rd_jax.data import readers
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
+  split = readers.train_valid_test(pairs, cfg)
+  majority = int(np.bincount([p.label_id for p in split["train"]], minlength=len(cfg.labels)).argmax())
+  gold = [p.label_id for p in split["test"]]
+  m = metrics_lib.classification_metrics(gold, [majority] * len(gold), list(cfg.labels))
+  return {"label": cfg.labels[majority], "test_macro_f1": m["macro_f1"],
+          "test_accuracy": m["accuracy"], "test_pairs": len(gold),
+          "per_class_f1": {k: v["f1"] for k, v in m["per_class"].items()}}
+
+
 def _complete_stamp(final_dir: str) -> int | None:
   """mtime (ns) of final/COMPLETE: a retrained step invalidates its cached row."""
   marker = os.path.join(final_dir, "COMPLETE") if final_dir else ""
@@ -149,31 +200,56 @@ def summarise(student: dict, teacher: dict) -> dict:
     row = {"seeds": len(f1), "test_macro_f1_mean": float(f1.mean()),
            "test_macro_f1_std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
            "valid_macro_f1_mean": float(valid.mean()),
-           "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in seeds.values()]))}
-    if final_teacher and final_teacher["macro_f1"] > 0:
-      ret = f1 / final_teacher["macro_f1"]
+           "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in seeds.values()])),
+           "per_class_f1_mean": {c: float(np.mean([r["per_class_f1"][c] for r in seeds.values()]))
+                                 for c in next(iter(seeds.values()))["per_class_f1"]}}
+    on_teacher_pairs = [r.get("teacher_pairs_macro_f1") for r in seeds.values()]
+    if all(v is not None for v in on_teacher_pairs):
+      row["teacher_pairs_macro_f1_mean"] = float(np.mean(on_teacher_pairs))
+    if final_teacher and final_teacher["macro_f1"] > 0 and "teacher_pairs_macro_f1_mean" in row:
+      ret = np.array(on_teacher_pairs) / final_teacher["macro_f1"]   # same pairs as the teacher
       row.update(retention_mean=float(ret.mean()),
                  retention_std=float(ret.std(ddof=1)) if len(ret) > 1 else 0.0)
     rows[variant] = row
   return rows
 
 
-def markdown(rows: dict, teacher: dict) -> str:
-  out = ["| teacher step | test macro-F1 | accuracy | parse rate |", "| --- | --- | --- | --- |"]
-  out += [f"| {s} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | {r.get('parse_rate', 1):.3f} |"
-          for s, r in teacher.items()] or ["| (no teacher rows) | | | |"]
+def _per_class(f1: dict, labels: list[str]) -> str:
+  return " | ".join(f"{f1.get(c, 0.0):.3f}" for c in labels)
+
+
+def markdown(rows: dict, teacher: dict, reference: dict | None = None,
+             labels: list[str] = (), caption: str = "") -> str:
+  """Teacher rows, then student rows (means over seeds), each with per-class test F1."""
+  labels = list(labels) or sorted(next(iter(teacher.values()), {}).get("per_class_f1", {}))
+  head = "".join(f" {c} F1 |" for c in labels)
+  rule = " --- |" * len(labels)
+  out = [caption, ""] if caption else []
+  out += [f"| teacher step | test macro-F1 | accuracy | parse rate |{head}",
+         f"| --- | --- | --- | --- |{rule}"]
+  out += [f"| {s} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | {r.get('parse_rate', 1):.3f} | "
+          f"{_per_class(r.get('per_class_f1', {}), labels)} |"
+          for s, r in teacher.items()] or ["| (no teacher rows) | | | |" + " |" * len(labels)]
   out += ["", "| student variant | seeds | test macro-F1 (mean ± std) | valid macro-F1 | "
-          "test accuracy | retention |", "| --- | --- | --- | --- | --- | --- |"]
+          "test accuracy | macro-F1 on the teacher's pairs | retention (same pairs) |" + head,
+          f"| --- | --- | --- | --- | --- | --- | --- |{rule}"]
+  if reference:
+    out.append(f"| always {reference['label']} (train prior; reference) | — | "
+               f"{reference['test_macro_f1']:.4f} | — | {reference['test_accuracy']:.4f} | — | — | "
+               f"{_per_class(reference['per_class_f1'], labels)} |")
   for v, r in rows.items():
     ret = (f"{r['retention_mean']:.3f} ± {r['retention_std']:.3f}" if "retention_mean" in r
            else "—")
+    on_teacher = (f"{r['teacher_pairs_macro_f1_mean']:.4f}" if "teacher_pairs_macro_f1_mean" in r
+                  else "—")
     out.append(f"| {v} | {r['seeds']} | {r['test_macro_f1_mean']:.4f} ± "
                f"{r['test_macro_f1_std']:.4f} | {r['valid_macro_f1_mean']:.4f} | "
-               f"{r['test_accuracy_mean']:.4f} | {ret} |")
+               f"{r['test_accuracy_mean']:.4f} | {on_teacher} | {ret} | "
+               f"{_per_class(r.get('per_class_f1_mean', {}), labels)} |")
   return "\n".join(out) + "\n"
 
 
-def plot(rows: dict, path: str) -> None:
+def plot(rows: dict, path: str, reference: dict | None = None) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -182,6 +258,10 @@ def plot(rows: dict, path: str) -> None:
   ax.bar(range(len(names)), [rows[n]["test_macro_f1_mean"] for n in names],
          yerr=[rows[n]["test_macro_f1_std"] for n in names], capsize=3)
   ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+  if reference:   # the label prior: bars at this line learnt nothing beyond it
+    ax.axhline(reference["test_macro_f1"], color="grey", linestyle="--", linewidth=1,
+               label=f"always {reference['label']} ({reference['test_macro_f1']:.3f})")
+    ax.legend(loc="lower right", fontsize=8)
   ax.set_ylabel("test macro-F1")
   fig.tight_layout()
   fig.savefig(path + ".tmp.png", dpi=110)
@@ -204,24 +284,32 @@ def main(argv):
   t0 = time.perf_counter()
   teacher = (run_teacher_rows(cfg, teacher_workdir, _FLAGS["teacher_pairs"].value, workdir)
              if teacher_workdir else {})
+  sample = teacher_sample(cfg, _FLAGS["teacher_pairs"].value) if teacher else None
   student = {}
   for variant in variants:
     if VARIANTS[variant][1].get("crsd.label_source") == "teacher" and cfg.data.reasoning_source != "annotations":
       logging.warning("%s skipped: it needs teacher annotations (data.reasoning_source)", variant)
       continue
-    student[variant] = {int(s): run_student(cfg, workdir, variant, int(s)) for s in seeds}
+    student[variant] = {int(s): run_student(cfg, workdir, variant, int(s), sample)
+                        for s in seeds}
   rows = summarise(student, teacher)
-  result = {"teacher": teacher, "students": rows, "runs": student,
+  reference = majority_reference(cfg)
+  result = {"teacher": teacher, "students": rows, "runs": student, "reference": reference,
             "config": {"seeds": seeds, "reasoning_source": cfg.data.reasoning_source,
+                       "teacher_pairs": int(len(sample[1])) if sample else 0,
                        "train_steps": cfg.train.num_steps, "batch_size": cfg.train.batch_size},
             "seconds": round(time.perf_counter() - t0, 1)}
   metrics_lib.write_json_atomic(result, os.path.join(workdir, "table.json"))
-  text = markdown(rows, teacher)
+  caption = (f"Teacher rows: {len(sample[1])} of the {len(sample[0])} test pairs. Students: all "
+             f"{reference['test_pairs']} test pairs, {len(seeds)} seeds, "
+             f"{cfg.train.num_steps} steps; retention = the student's macro-F1 on the teacher's "
+             "pairs / the last teacher step's." if sample else "")
+  text = markdown(rows, teacher, reference, list(cfg.labels), caption)
   with open(os.path.join(workdir, "table.md.tmp"), "w") as f:
     f.write(text)
   os.replace(os.path.join(workdir, "table.md.tmp"), os.path.join(workdir, "table.md"))
   if rows:
-    plot(rows, os.path.join(workdir, "table.png"))
+    plot(rows, os.path.join(workdir, "table.png"), reference)
   print(text)
 
 

@@ -5,7 +5,7 @@ view (query, item, reasoning); the loss is CE on both + lambda * InfoNCE between
 vectors (losses/crsd.py). `--stage=baseline` runs the same code with the reasoning view off.
 
 Writes <workdir>/<stage>/: checkpoints/, final/ (params + meta.json), metrics.jsonl, tb/,
-valid_metrics.json, data_report.json, summary.json (last).
+valid_metrics.json, valid_predictions.jsonl, data_report.json, summary.json (last).
 """
 
 from __future__ import annotations
@@ -108,8 +108,11 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
 
   predict = student_common.make_predict_fn(model, mesh)
   valid = student_common.evaluate(predict, state["params"], data.valid, data.tokenizer, cfg)
+  predicted = valid.pop("predictions")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))
+    student_common.write_predictions(data.valid, {"predictions": predicted}, cfg.labels,
+                                     os.path.join(stage_dir, "valid_predictions.jsonl"))
   meta = student_common.student_meta(cfg, model_cfg, data.tokenizer_dir, stage=stage,
                                      step=int(state["step"]), valid=valid)
   checkpoint.save_final(os.path.join(stage_dir, "final"), state["params"], meta)

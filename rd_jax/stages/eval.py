@@ -2,9 +2,11 @@
 
   checkpoint: cfg.eval.checkpoint, or <workdir>/crsd/final (a stage folder or its final/)
   data:       cfg.eval.path (any labelled pairs file), or the cfg.eval.split folds of data.path
-Writes <workdir>/eval/metrics.json (accuracy, macro_f1, per_class, confusion, ...) and
-<workdir>/eval/confusion.png; with eval.checkpoint "" and a finished <workdir>/baseline/, the
-baseline too (baseline_metrics.json, baseline_confusion.png), so a pipeline run ends with both.
+Writes <workdir>/eval/metrics.json (accuracy, macro_f1, per_class, confusion, ...),
+<workdir>/eval/predictions.jsonl (query_id, product_id, label, prediction per pair, input order)
+and <workdir>/eval/confusion.png; with eval.checkpoint "" and a finished <workdir>/baseline/, the
+baseline too (baseline_metrics.json, baseline_predictions.jsonl, baseline_confusion.png), so a
+pipeline run ends with both.
 Only the standard (query, item) view is used: no reasoning needed.
 """
 
@@ -45,9 +47,12 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str) -> dict:
   predict = student_common.make_predict_fn(model, mesh)
   result = student_common.evaluate(predict, params, pairs, tokenizer, cfg,
                                    max_len_std=meta.get("max_len_std"))
+  predicted = result.pop("predictions")
   result.update(checkpoint=os.path.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
+    student_common.write_predictions(pairs, {"predictions": predicted}, cfg.labels,
+                                     os.path.join(out_dir, f"{prefix}predictions.jsonl"))
     metrics_lib.write_json_atomic(result, os.path.join(out_dir, f"{prefix}metrics.json"))
     metrics_lib.save_confusion_png(result, os.path.join(out_dir, f"{prefix}confusion.png"),
                                    title=f"{source}: macro-F1 {result['macro_f1']:.4f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable
 
@@ -189,8 +190,20 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
     keep = batch["weights"] > 0
     preds.append(np.argmax(logits, -1)[keep])
     labels.append(batch["labels"][keep])
-  return metrics_lib.classification_metrics(np.concatenate(labels), np.concatenate(preds),
-                                            list(cfg.labels))
+  result = metrics_lib.classification_metrics(np.concatenate(labels), np.concatenate(preds),
+                                              list(cfg.labels))
+  result["predictions"] = np.concatenate(preds).tolist()   # class ids, one per pair, input order
+  return result
+
+
+def write_predictions(pairs, result: dict, labels, path: str) -> None:
+  """<path>: one JSON line per evaluated pair (input order): ids, gold and predicted label."""
+  rows = [{"query_id": p.query_id, "product_id": p.product_id, "label": labels[p.label_id],
+           "prediction": labels[k]} for p, k in zip(pairs, result["predictions"], strict=True)]
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+  os.replace(tmp, path)
 
 
 def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):
