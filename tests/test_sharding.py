@@ -1,6 +1,7 @@
 """The sharded CRSD step (8 host devices: data=2, fsdp=2, tensor=2) equals the 1-device step."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,8 +12,11 @@ from conftest import REPO
 
 
 def run_check(mode):
+  # A script run by path puts tests/ (not the repo) on sys.path: point it at this checkout.
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
   r = subprocess.run([sys.executable, str(REPO / "tests" / "sharded_step_check.py"), mode],
-                     cwd=REPO, capture_output=True, text=True, timeout=600)
+                     cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   return json.loads(r.stdout.strip().splitlines()[-1])
 
