@@ -252,6 +252,27 @@ def test_teacher_label_student_follows_the_missing_policy(tmp_path, mode):
   assert report["train_dropped_without_teacher_label"] == 1 and report["labels"] == "teacher"
 
 
+def test_crsd_on_teacher_labels_trains_on_the_teachers_labels_and_reasoning(tmp_path):
+  """The paper's student (the table's crsd_teacher_labels): CRSD on the teacher's labels and
+  reasoning, read from the bundled annotations; valid keeps gold labels."""
+  from rd_jax.stages import student_common
+  cfg = default_config()
+  cfg.data.reasoning_path = "bundled"
+  cfg.data.on_missing_reasoning = "skip"
+  cfg.data.max_train_pairs = 200
+  cfg.crsd.label_source = "teacher"
+  stage_dir = tmp_path / "crsd"
+  stage_dir.mkdir()
+  data = student_common.load_student_data(cfg, str(stage_dir), use_reasoning=True)
+  assert data.report["labels"] == "teacher" and 0 < len(data.train) <= 200
+  assert all(p.reasoning and p.label_id == p.teacher_label_id for p in data.train)
+  gold = {(p.query_id, p.product_id): p.label_id
+          for p in readers.train_valid_test(readers.load_pairs(cfg.data.path, cfg)[0], cfg)["train"]}
+  changed = sum(gold[(p.query_id, p.product_id)] != p.label_id for p in data.train)
+  assert changed > 0                            # the teacher disagrees with gold on some pairs
+  assert all(p.teacher_label_id is None for p in data.valid)   # scored on gold
+
+
 # ------------------------------------------------------------------ rationale
 def test_rule_rationale_is_lexical_deterministic_and_label_blind():
   row = _row(query="silicone sealant not clear 10.1 oz", product_title="GE Silicone 10.1oz, Clear",

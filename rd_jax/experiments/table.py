@@ -28,10 +28,13 @@ from ml_collections import config_flags
 from rd_jax import metrics as metrics_lib
 
 # variant -> (stage, config overrides). Teacher-label variants need annotations with labels.
+# The paper trains its student on the teacher's labels + reasoning (crsd_teacher_labels); our data
+# also has gold labels, so `crsd` and its ablations use gold labels + the teacher's reasoning.
 VARIANTS = {
     "baseline_gold": ("baseline", {"crsd.label_source": "gold"}),
     "student_teacher_labels": ("baseline", {"crsd.label_source": "teacher"}),
-    "crsd": ("crsd", {}),
+    "crsd": ("crsd", {}),                                          # gold labels + reasoning
+    "crsd_teacher_labels": ("crsd", {"crsd.label_source": "teacher"}),   # the paper's setting
     "crsd_ce_only": ("crsd", {"crsd.lambda_infonce": 0.0}),
     "crsd_stop_grad": ("crsd", {"crsd.stop_grad_aug": True}),
     "crsd_tau_0.02": ("crsd", {"crsd.temperature": 0.02}),
