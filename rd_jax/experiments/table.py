@@ -117,15 +117,12 @@ def teacher_sample(cfg, max_pairs: int):
   return test, positions
 
 
-def _macro_f1_at(predictions_path: str, positions, cfg, test=None) -> float:
-  """Student macro-F1 on the test pairs at `positions` (eval's predictions are in test order)."""
+def _macro_f1_at(predictions_path: str, positions, cfg, test) -> float:
+  """Student macro-F1 on the `test` pairs at `positions`; eval wrote its predictions in test
+  order, checked here pair by pair (so every position is in range)."""
   rows = [json.loads(line) for line in open(predictions_path, encoding="utf-8")]
-  if test is not None and [(r["query_id"], r["product_id"]) for r in rows] != [
-      (p.query_id, p.product_id) for p in test]:
+  if [(r["query_id"], r["product_id"]) for r in rows] != [(p.query_id, p.product_id) for p in test]:
     raise ValueError(f"{predictions_path} is not in the order of this config's test split")
-  if len(rows) <= int(np.max(positions)):
-    raise ValueError(f"{predictions_path} has {len(rows)} rows; the teacher's pairs need "
-                     f"position {int(np.max(positions))}")
   index = {c: i for i, c in enumerate(cfg.labels)}
   picked = [rows[i] for i in positions]
   return metrics_lib.classification_metrics([index[r["label"]] for r in picked],
@@ -133,7 +130,8 @@ def _macro_f1_at(predictions_path: str, positions, cfg, test=None) -> float:
                                             list(cfg.labels))["macro_f1"]
 
 
-def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "") -> dict:
+def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "",
+                     sample=None) -> dict:
   """Test-fold metrics of the base teacher and each complete cpt/sft/dpo final/.
 
   With `workdir`, each row is kept in <workdir>/teacher_rows/<step>.json with what it was computed
@@ -143,7 +141,7 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
   from rd_jax import checkpoint
   from rd_jax.stages import teacher_common as tc
   from rd_jax.stages import teacher_eval
-  test, positions = teacher_sample(cfg, max_pairs)
+  test, positions = sample or teacher_sample(cfg, max_pairs)   # main passes the one it reuses
   test = [test[i] for i in positions]
   mesh = None
   rows = {}
@@ -285,9 +283,9 @@ def main(argv):
     raise app.UsageError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
-  teacher = (run_teacher_rows(cfg, teacher_workdir, _FLAGS["teacher_pairs"].value, workdir)
-             if teacher_workdir else {})
-  sample = teacher_sample(cfg, _FLAGS["teacher_pairs"].value) if teacher else None
+  max_pairs = _FLAGS["teacher_pairs"].value
+  sample = teacher_sample(cfg, max_pairs) if teacher_workdir else None
+  teacher = run_teacher_rows(cfg, teacher_workdir, max_pairs, workdir, sample) if sample else {}
   student = {}
   for variant in variants:
     if VARIANTS[variant][1].get("crsd.label_source") == "teacher" and cfg.data.reasoning_source != "annotations":

@@ -111,7 +111,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   predicted = valid.pop("predictions")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))
-    student_common.write_predictions(data.valid, {"predictions": predicted}, cfg.labels,
+    student_common.write_predictions(data.valid, predicted, cfg.labels,
                                      os.path.join(stage_dir, "valid_predictions.jsonl"))
   meta = student_common.student_meta(cfg, model_cfg, data.tokenizer_dir, stage=stage,
                                      step=int(state["step"]), valid=valid)

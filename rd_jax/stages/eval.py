@@ -51,7 +51,7 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str) -> dict:
   result.update(checkpoint=os.path.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
-    student_common.write_predictions(pairs, {"predictions": predicted}, cfg.labels,
+    student_common.write_predictions(pairs, predicted, cfg.labels,
                                      os.path.join(out_dir, f"{prefix}predictions.jsonl"))
     metrics_lib.write_json_atomic(result, os.path.join(out_dir, f"{prefix}metrics.json"))
     metrics_lib.save_confusion_png(result, os.path.join(out_dir, f"{prefix}confusion.png"),

@@ -196,10 +196,11 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
   return result
 
 
-def write_predictions(pairs, result: dict, labels, path: str) -> None:
-  """<path>: one JSON line per evaluated pair (input order): ids, gold and predicted label."""
+def write_predictions(pairs, predictions, labels, path: str) -> None:
+  """<path>: one JSON line per evaluated pair (input order): ids, gold and predicted label.
+  predictions: evaluate()'s "predictions" (class ids, one per pair)."""
   rows = [{"query_id": p.query_id, "product_id": p.product_id, "label": labels[p.label_id],
-           "prediction": labels[k]} for p, k in zip(pairs, result["predictions"], strict=True)]
+           "prediction": labels[k]} for p, k in zip(pairs, predictions, strict=True)]
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
