@@ -2,6 +2,8 @@
 
   python -m rd_jax.main --stage=crsd --config=configs/demo.py --workdir=runs/demo
   python -m rd_jax.main --stage=eval --config=configs/demo.py --workdir=runs/demo --config.eval.split=valid
+Rerunning a training stage in the same workdir resumes its checkpoint only with the config values
+it was trained with (<workdir>/<stage>/run_config.json); other values stop it naming the keys.
 Stages (each writes under <workdir>/<stage>/):
 """
 

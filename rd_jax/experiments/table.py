@@ -6,8 +6,10 @@
 Every student variant is trained on the same query-disjoint split (config folds) with each seed,
 then evaluated on the test folds; valid-fold macro-F1 is reported next to it because choices are
 made on valid, never on test. Each (variant, seed) run lives in <workdir>/<variant>/seed<k>/ and
-is skipped when complete, so an interrupted table resumes. Teacher rows evaluate, on the same
-test folds, the base model and each of cpt/sft/dpo final/ found in --teacher_workdir.
+is skipped when complete, so an interrupted table resumes; a complete run is only reused with the
+config it was trained with (its run_config.json): other values stop the table naming the keys.
+Teacher rows evaluate, on the same test folds, the base model and each of cpt/sft/dpo final/
+found in --teacher_workdir.
 retention = student macro-F1 / teacher macro-F1 (the last teacher step found), both on the SAME
 test pairs: the teacher's (all test pairs, or the seeded --teacher_pairs sample, since generation
 is slow); the student's macro-F1 on those pairs comes from its eval/predictions.jsonl.
@@ -26,6 +28,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rd_jax import metrics as metrics_lib
+from rd_jax.train import run_config
 
 # variant -> (stage, config overrides). Teacher-label variants need annotations with labels.
 # The paper trains its student on the teacher's labels + reasoning (crsd_teacher_labels); our data
@@ -87,6 +90,10 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   run_cfg = _override(cfg, dict(overrides, **{"eval.split": "test"}), seed)
   with run_cfg.unlocked():
     run_cfg.eval.checkpoint = os.path.join(run_dir, stage)
+  if os.path.exists(done) and not run_config.check(
+      os.path.join(run_dir, stage), run_config.for_stage(run_cfg, stage), what="reuse",
+      folder=run_dir):
+    logging.warning("%s predates run_config.json: reused unchecked", run_dir)
   if not os.path.exists(done):
     t0 = time.perf_counter()
     (crsd if stage == "crsd" else baseline).run(run_cfg, run_dir)

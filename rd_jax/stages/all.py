@@ -4,9 +4,11 @@
 
 A stage is complete when `<workdir>/<stage>/summary.json` exists (written last, after final/),
 so a rerun after a failure or a kill continues with the first incomplete stage, and a stage
-interrupted mid-training resumes from its own checkpoint. Each stage reads its predecessor's
-output from the workdir: the teacher stages restore the newest upstream final/, crsd reads
-`<workdir>/annotate/annotations.jsonl` when `data.reasoning_source = "annotations"` and
+interrupted mid-training resumes from its own checkpoint. A complete or interrupted training
+stage is only reused with the config it was trained with (its run_config.json,
+rd_jax/train/run_config.py): a changed key stops the run naming it. Each stage reads its
+predecessor's output from the workdir: the teacher stages restore the newest upstream final/,
+crsd reads `<workdir>/annotate/annotations.jsonl` when `data.reasoning_source = "annotations"` and
 `data.reasoning_path` is empty or "bundled" (a run that annotates uses its own annotations, not
 the ones shipped with the package). `all.stages` in the config chooses a subset (e.g. the student
 only: ["crsd", "baseline", "eval", "export"]).
@@ -23,6 +25,7 @@ from absl import logging
 
 from rd_jax import metrics as metrics_lib
 from rd_jax import stages as registry
+from rd_jax.train import run_config
 
 ORDER = ("cpt", "sft", "reward", "dpo", "annotate", "crsd", "baseline", "eval", "export")
 
@@ -46,6 +49,9 @@ def run(cfg, workdir: str) -> dict:
   started = time.perf_counter()
   for stage in [s for s in ORDER if s in wanted]:
     if is_complete(workdir, stage):
+      if stage in run_config.STAGE_KEYS and not run_config.check(
+          os.path.join(workdir, stage), run_config.for_stage(cfg, stage), what="reuse"):
+        logging.warning("all: %s is complete but predates run_config.json: reused unchecked", stage)
       logging.info("all: %s already complete, skipped", stage)
       timings[stage] = "skipped (complete)"
       continue

@@ -26,7 +26,7 @@ from rd_jax.data.schema import render_item
 from rd_jax.models import decoder
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.stages import teacher_common as tc
-from rd_jax.train import loop, optim, state as state_lib
+from rd_jax.train import loop, optim, run_config, state as state_lib
 
 CORPUS_TEMPLATE = ("{product_title}\nBrand: {product_brand}\nColor: {product_color}\n"
                    "Category: {category}\n{product_bullet_point}\n{product_description}")
@@ -114,7 +114,8 @@ def run(cfg, workdir: str) -> dict:
   state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
                           batches=batches, mesh=mesh, num_steps=cfg.cpt.num_steps,
                           log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step)
+                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step,
+                          run_config=("cpt", run_config.for_stage(cfg, "cpt")))
   if stats["interrupted"]:
     return {"stage": "cpt", "interrupted_at": cfg.train.stop_after_step}
   after = heldout_loss(model, state["params"], held, mesh, cfg.cpt.batch_size)

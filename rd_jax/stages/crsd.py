@@ -23,7 +23,7 @@ from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
 from rd_jax.stages import student_common
-from rd_jax.train import loop, optim
+from rd_jax.train import loop, optim, run_config
 from rd_jax.train import state as state_lib
 
 
@@ -102,7 +102,8 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
                           log_every=cfg.train.log_every,
                           checkpoint_every=cfg.train.checkpoint_every,
                           keep=cfg.train.keep_checkpoints,
-                          stop_after_step=cfg.train.stop_after_step)
+                          stop_after_step=cfg.train.stop_after_step,
+                          run_config=(stage, run_config.for_stage(cfg, stage)))
   if stats["interrupted"]:
     return {"stage": stage, "interrupted_at": cfg.train.stop_after_step}
 

@@ -49,7 +49,7 @@ from rd_jax.losses import lm, preference, reward as reward_losses
 from rd_jax.models import decoder
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.stages import reward as reward_stage, teacher_common as tc, teacher_eval as te
-from rd_jax.train import loop, optim, state as state_lib
+from rd_jax.train import loop, optim, run_config, state as state_lib
 
 SIDES = ("chosen", "rejected")
 
@@ -276,7 +276,8 @@ def run(cfg, workdir: str) -> dict:
   state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
                           batches=batches, mesh=mesh, num_steps=d.num_steps,
                           log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step)
+                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step,
+                          run_config=("dpo", run_config.for_stage(cfg, "dpo")))
   if stats["interrupted"]:
     return {"stage": "dpo", "interrupted_at": cfg.train.stop_after_step}
   after = teacher_quality(state["params"], policy, valid, _reward_model(workdir, mesh, cfg, policy),

@@ -50,7 +50,7 @@ from rd_jax.models import decoder
 from rd_jax.models.reward_heads import RewardHeads
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.stages import teacher_common as tc, teacher_eval as te
-from rd_jax.train import loop, optim, state as state_lib
+from rd_jax.train import loop, optim, run_config, state as state_lib
 
 LOSSES = ("bradley_terry", "regression")
 TIE_TOL = 1e-6
@@ -358,7 +358,8 @@ def run(cfg, workdir: str) -> dict:
   state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
                           batches=batches, mesh=mesh, num_steps=r.num_steps,
                           log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step)
+                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step,
+                          run_config=("reward", run_config.for_stage(cfg, "reward")))
   if stats["interrupted"]:
     return {"stage": "reward", "interrupted_at": cfg.train.stop_after_step}
   after = evaluate(state["params"], config, teacher.tokenizer, valid, cfg)

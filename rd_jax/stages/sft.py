@@ -53,7 +53,7 @@ from rd_jax.data.schema import DataError, match_label
 from rd_jax.models import decoder
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.stages import teacher_common as tc, teacher_eval as te
-from rd_jax.train import loop, optim, state as state_lib
+from rd_jax.train import loop, optim, run_config, state as state_lib
 
 
 # ------------------------------------------------------------------------------------ chains
@@ -302,7 +302,8 @@ def run(cfg, workdir: str) -> dict:
   state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
                           batches=batches, mesh=mesh, num_steps=cfg.sft.num_steps,
                           log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step)
+                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step,
+                          run_config=("sft", run_config.for_stage(cfg, "sft")))
   if stats["interrupted"]:
     return {"stage": "sft", "interrupted_at": cfg.train.stop_after_step}
   after = evaluate(state["params"])

@@ -5,7 +5,9 @@
 What the loop adds around it:
 - resume: the latest Orbax checkpoint in `<stage>/checkpoints` restores the state (into the
   caller's shardings) AND the data iterator's state, so a restarted run reaches bit-identical
-  parameters to one that never stopped (dropout keys derive from the step number);
+  parameters to one that never stopped (dropout keys derive from the step number); a fresh start
+  records `<stage>/run_config.json` and a resume with other values refuses, naming the keys
+  (train/run_config.py; only the step count may grow: "train longer");
 - checkpoints every `checkpoint_every` steps and at the end, written by all processes (Orbax);
 - a NaN/Inf guard: a non-finite loss stops the stage naming the step, writes the offending batch
   to `nan_batch_step<N>.npz`, and leaves the last good checkpoint as the latest;
@@ -28,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from rd_jax.parallel import mesh as mesh_lib
+from rd_jax.train import run_config as run_config_lib
 from rd_jax.train.state import abstract_with_shardings
 
 
@@ -143,24 +146,33 @@ def restore_latest(mngr, state, shardings, batches) -> tuple[Any, int]:
 
 def run(*, stage_dir: str, state: Any, shardings: Any, step_fn: Callable, batches: Iterator,
         mesh, num_steps: int, log_every: int, checkpoint_every: int, keep: int = 2,
-        stop_after_step: int = 0,
+        stop_after_step: int = 0, run_config: tuple[str, dict] | None = None,
         extra_scalars: Callable[[int], dict] | None = None) -> tuple[Any, dict]:
   """Trains to `num_steps`; returns (state, stats). `batches` needs get_state/set_state.
 
   stop_after_step > 0 stops once that step is checkpointed, as a preemption would (a drill for
   resume; stats["interrupted"] is True and the caller must not treat the stage as done).
+  run_config: (stage, run_config.for_stage(cfg, stage)); checked against the folder's record on
+  resume, where only the stage's step count (run_config.STEPS_KEY) may differ.
   """
   os.makedirs(stage_dir, exist_ok=True)
   with StageLock(stage_dir):
     return _run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step_fn,
                 batches=batches, mesh=mesh, num_steps=num_steps, log_every=log_every,
                 checkpoint_every=checkpoint_every, keep=keep, stop_after_step=stop_after_step,
-                extra_scalars=extra_scalars)
+                run_config=run_config, extra_scalars=extra_scalars)
 
 
 def _run(*, stage_dir, state, shardings, step_fn, batches, mesh, num_steps, log_every,
-         checkpoint_every, keep, stop_after_step, extra_scalars):
+         checkpoint_every, keep, stop_after_step, run_config, extra_scalars):
   mngr = checkpoint_manager(stage_dir, keep)
+  if run_config is not None:
+    try:
+      _check_or_record(stage_dir, *run_config, latest_step=mngr.latest_step(),
+                       num_steps=num_steps)
+    except run_config_lib.RunConfigMismatch:
+      mngr.close()
+      raise
   state, start = restore_latest(mngr, state, shardings, batches)
   writer = MetricsWriter(stage_dir, start)
   window_t, window_n, last = time.perf_counter(), 0, {}
@@ -199,6 +211,31 @@ def _run(*, stage_dir, state, shardings, step_fn, batches, mesh, num_steps, log_
            "interrupted": interrupted,
            "train_seconds": time.perf_counter() - t_begin}
   return state, stats
+
+
+def _check_or_record(stage_dir: str, stage: str, values: dict, latest_step: int | None,
+                     num_steps: int) -> None:
+  """Resume only a run made with these values (raises naming the keys; the step count may grow,
+  never shrink below the checkpoint); record the values this run continues with."""
+  steps_key = run_config_lib.STEPS_KEY[stage]
+  if latest_step is not None:
+    if latest_step > num_steps:
+      raise run_config_lib.RunConfigMismatch(
+          f"cannot resume {stage_dir}: its checkpoint is at step {latest_step}, past {steps_key} = "
+          f"{num_steps}; use a new --workdir for a shorter run")
+    recorded = run_config_lib.read(stage_dir)
+    if recorded is None:   # checkpoints from before run_config.json existed
+      logging.warning("%s has checkpoints but no %s: resuming unchecked and recording this run's "
+                      "config", stage_dir, run_config_lib.FILENAME)
+    else:
+      run_config_lib.check(stage_dir, values, may_differ=frozenset({steps_key}))
+      if recorded.get(steps_key) != values.get(steps_key):
+        logging.warning("%s: %s %s -> %s: continuing from step %d; the learning-rate schedule is "
+                        "rebuilt for the new total, so this is not the run a fresh %s-step run "
+                        "would make", stage_dir, steps_key, recorded.get(steps_key),
+                        values.get(steps_key), latest_step, num_steps)
+  if jax.process_index() == 0:
+    run_config_lib.write(stage_dir, values)
 
 
 def _stop_on_nan(stage_dir, step, metrics, host_batch, mngr):

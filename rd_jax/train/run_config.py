@@ -1,0 +1,115 @@
+"""What a trained stage was trained with, and the check that a resume or a reuse matches it.
+
+A stage folder resumes from its latest checkpoint, and `--stage=all` / the experiment table reuse
+a complete one. Without a check, changing a config value (say `crsd.lambda_infonce`) and rerunning
+in the same workdir would continue, or keep, a model trained with the old value under the new
+config's name. So the training loop records `<stage>/run_config.json` (the keys this stage's
+training depends on, flattened to dotted names) when it starts fresh, and refuses to resume — or
+reuse a complete stage — when any of them differs, naming each key with its old and new value.
+
+Never recorded (free to change at any time): the logging/checkpoint cadence and the preemption
+drill (`train.log_every`, `train.checkpoint_every`, `train.keep_checkpoints`,
+`train.stop_after_step`) and the whole `mesh` section (a checkpoint restores onto another mesh).
+The stage's step count (`STEPS_KEY`) may grow on a resume — "train longer" continues from the
+checkpoint, with a warning, since the learning-rate schedule is rebuilt for the new total — but a
+complete run is only reused with the step count it was trained for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from rd_jax import metrics as metrics_lib
+
+FILENAME = "run_config.json"
+
+# The config sections (or single dotted keys) each training stage reads.
+_TEACHER = ("seed", "labels", "data", "optim", "teacher")
+STAGE_KEYS = {
+    "cpt": _TEACHER + ("cpt",),
+    "sft": _TEACHER + ("sft",),
+    "reward": _TEACHER + ("reward",),
+    "dpo": _TEACHER + ("reward", "dpo"),
+    "crsd": ("seed", "labels", "data", "student", "optim", "train", "crsd"),
+    # The plain student never sees reasoning: of the crsd section only its label source counts.
+    "baseline": ("seed", "labels", "data", "student", "optim", "train", "crsd.label_source"),
+}
+STEPS_KEY = {"cpt": "cpt.num_steps", "sft": "sft.num_steps", "reward": "reward.num_steps",
+             "dpo": "dpo.num_steps", "crsd": "train.num_steps", "baseline": "train.num_steps"}
+FREE_KEYS = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                       "train.stop_after_step"})
+# data keys only the students read (which reasoning, how many train pairs): not a teacher's.
+_STUDENT_DATA_KEYS = frozenset({"data.reasoning_path", "data.reasoning_source",
+                                "data.on_missing_reasoning", "data.max_reasoning_chars",
+                                "data.max_train_pairs"})
+
+
+class RunConfigMismatch(ValueError):
+  """A stage folder holds a run made with a different config; the message names the keys."""
+
+
+def _flatten(value, prefix: str) -> dict:
+  if isinstance(value, dict):
+    out = {}
+    for key, sub in value.items():
+      out.update(_flatten(sub, f"{prefix}.{key}" if prefix else key))
+    return out
+  return {prefix: value}
+
+
+def for_stage(cfg, stage: str) -> dict:
+  """{dotted key: JSON value} of what `stage`'s training depends on, in `cfg`."""
+  if stage not in STAGE_KEYS:
+    raise ValueError(f"no run-config keys for stage {stage!r}; known: {sorted(STAGE_KEYS)}")
+  whole = _flatten(json.loads(cfg.to_json()), "")
+  wanted = {}
+  for key in STAGE_KEYS[stage]:
+    wanted.update({k: v for k, v in whole.items() if k == key or k.startswith(key + ".")})
+  drop = FREE_KEYS | (_STUDENT_DATA_KEYS if stage in ("cpt", "sft", "reward", "dpo") else set())
+  return {k: v for k, v in sorted(wanted.items()) if k not in drop}
+
+
+def read(stage_dir: str) -> dict | None:
+  path = os.path.join(stage_dir, FILENAME)
+  return json.load(open(path, encoding="utf-8")) if os.path.exists(path) else None
+
+
+def write(stage_dir: str, run_config: dict) -> None:
+  metrics_lib.write_json_atomic(run_config, os.path.join(stage_dir, FILENAME))
+
+
+def differences(recorded: dict, wanted: dict) -> list[str]:
+  """'key: recorded -> wanted' for every key whose value differs or that only one side has."""
+  missing = object()
+  lines = []
+  for key in sorted(set(recorded) | set(wanted)):
+    old, new = recorded.get(key, missing), wanted.get(key, missing)
+    if old != new:
+      show = lambda v: "(absent)" if v is missing else json.dumps(v)
+      lines.append(f"{key}: {show(old)} -> {show(new)}")
+  return lines
+
+
+def check(stage_dir: str, wanted: dict, what: str = "resume", folder: str = "",
+          may_differ: frozenset = frozenset()) -> bool:
+  """Raises RunConfigMismatch if `stage_dir` records a run made with other values than `wanted`.
+
+  folder: what to delete to retrain from scratch, named in the message (default: stage_dir).
+  may_differ: keys allowed to differ (the loop's step count on a resume).
+
+  Returns False when the folder has no record (a run from before run_config.json existed): the
+  caller decides what to do with it (the loop records `wanted`; reuse logs that it is unchecked).
+  """
+  recorded = read(stage_dir)
+  if recorded is None:
+    return False
+  diff = differences({k: v for k, v in recorded.items() if k not in may_differ},
+                     {k: v for k, v in wanted.items() if k not in may_differ})
+  if diff:
+    raise RunConfigMismatch(
+        f"cannot {what} {stage_dir}: it was trained with a different config "
+        f"({os.path.join(stage_dir, FILENAME)}):\n  " + "\n  ".join(diff) +
+        f"\nUse a new --workdir for the new values or set the keys back (or delete "
+        f"{folder or stage_dir} to retrain it from scratch).")
+  return True
