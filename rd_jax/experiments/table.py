@@ -90,17 +90,17 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   run_cfg = _override(cfg, dict(overrides, **{"eval.split": "test"}), seed)
   with run_cfg.unlocked():
     run_cfg.eval.checkpoint = os.path.join(run_dir, stage)
-  if os.path.exists(done) and not run_config.check(
-      os.path.join(run_dir, stage), run_config.for_stage(run_cfg, stage), what="reuse",
-      folder=run_dir):
-    logging.warning("%s predates run_config.json: reused unchecked", run_dir)
-  if not os.path.exists(done):
+  if os.path.exists(done):   # reused only if trained with this config (raises naming the keys)
+    if not run_config.check(os.path.join(run_dir, stage), run_config.for_stage(run_cfg, stage),
+                            what="reuse", folder=run_dir):
+      logging.warning("%s predates run_config.json: reused unchecked", run_dir)
+    if not os.path.exists(predictions):   # a run from before eval wrote predictions
+      eval_stage.run(run_cfg, run_dir)
+  else:
     t0 = time.perf_counter()
     (crsd if stage == "crsd" else baseline).run(run_cfg, run_dir)
     eval_stage.run(run_cfg, run_dir)
     logging.info("%s seed %d: %.0f s", variant, seed, time.perf_counter() - t0)
-  elif not os.path.exists(predictions):   # a run from before eval wrote predictions
-    eval_stage.run(run_cfg, run_dir)
   test = json.load(open(os.path.join(run_dir, "eval", "metrics.json")))
   train = json.load(open(os.path.join(run_dir, stage, "summary.json")))
   row = {"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
