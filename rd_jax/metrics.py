@@ -69,3 +69,14 @@ def write_json_atomic(obj, path: str) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def write_jsonl_atomic(rows, path: str) -> None:
+  """One JSON object per line, written to `path.tmp`, flushed to disk, then renamed into place."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)

@@ -12,10 +12,10 @@ import re
 
 import pytest
 
-from rd_jax import generate
+from rd_jax import generate, metrics as metrics_lib
 from rd_jax.convert import hf_decoder
 from rd_jax.data import readers
-from rd_jax.stages import annotate, teacher_eval as te
+from rd_jax.stages import annotate
 
 _QUERY = re.compile(r"Query: (.*)\n")
 
@@ -156,7 +156,7 @@ def test_interrupted_write_leaves_no_complete_looking_file(tmp_path):
     raise RuntimeError("killed mid-write")
   path = str(tmp_path / "shard-00000.jsonl")
   with pytest.raises(RuntimeError):
-    te.write_jsonl_atomic(rows(), path)
+    metrics_lib.write_jsonl_atomic(rows(), path)
   assert not os.path.exists(path)
 
 

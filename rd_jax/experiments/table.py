@@ -91,8 +91,8 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   with run_cfg.unlocked():
     run_cfg.eval.checkpoint = os.path.join(run_dir, stage)
   if os.path.exists(done):   # reused only if trained with this config (raises naming the keys)
-    if not run_config.check(os.path.join(run_dir, stage), run_config.for_stage(run_cfg, stage),
-                            what="reuse", folder=run_dir):
+    if run_config.check(os.path.join(run_dir, stage), run_config.for_stage(run_cfg, stage),
+                        what="reuse", folder=run_dir) is None:
       logging.warning("%s predates run_config.json: reused unchecked", run_dir)
     if not os.path.exists(predictions):   # a run from before eval wrote predictions
       eval_stage.run(run_cfg, run_dir)

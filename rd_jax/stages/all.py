@@ -49,8 +49,8 @@ def run(cfg, workdir: str) -> dict:
   started = time.perf_counter()
   for stage in [s for s in ORDER if s in wanted]:
     if is_complete(workdir, stage):
-      if stage in run_config.STAGE_KEYS and not run_config.check(
-          os.path.join(workdir, stage), run_config.for_stage(cfg, stage), what="reuse"):
+      if stage in run_config.STAGE_KEYS and run_config.check(
+          os.path.join(workdir, stage), run_config.for_stage(cfg, stage), what="reuse") is None:
         logging.warning("all: %s is complete but predates run_config.json: reused unchecked", stage)
       logging.info("all: %s already complete, skipped", stage)
       timings[stage] = "skipped (complete)"

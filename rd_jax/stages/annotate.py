@@ -186,8 +186,8 @@ def run(cfg, workdir: str) -> dict:
                                                cfg, seed=(cfg.seed * 100_003 + i) % 2**31)
     counts["seconds"] = time.perf_counter() - t_shard
     if jax.process_index() == 0:
-      te.write_jsonl_atomic(records, name(i, ".jsonl"))
-      te.write_jsonl_atomic(failures, name(i, ".failures.jsonl"))
+      metrics_lib.write_jsonl_atomic(records, name(i, ".jsonl"))
+      metrics_lib.write_jsonl_atomic(failures, name(i, ".failures.jsonl"))
       metrics_lib.write_json_atomic(counts, name(i, ".done"))   # last: the shard is complete
     newly += 1
     logging.info("shard %d/%d: %d of %d annotated (%.1fs)", i + 1, n_shards, counts["annotated"],
@@ -228,8 +228,8 @@ def _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t
              "teacher_vs_gold": gold_vs_teacher, "data": data_report,
              "seconds": round(time.perf_counter() - t0, 1)}
   if jax.process_index() == 0:
-    te.write_jsonl_atomic(records, os.path.join(stage_dir, "annotations.jsonl"))
-    te.write_jsonl_atomic(failures, os.path.join(stage_dir, "failures.jsonl"))
+    metrics_lib.write_jsonl_atomic(records, os.path.join(stage_dir, "annotations.jsonl"))
+    metrics_lib.write_jsonl_atomic(failures, os.path.join(stage_dir, "failures.jsonl"))
     metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
   logging.info("annotate done: %d/%d pairs annotated, failures %s, teacher macro-F1 %s",
                totals["annotated"], len(pairs), dict(by_reason), summary["teacher_macro_f1"])

@@ -247,7 +247,7 @@ def run(cfg, workdir: str) -> dict:
     pairs = make_pairs(policy, rm, train, cfg, weights)
     prep = {"key": key, "before": teacher_quality(policy.params, policy, valid, rm, cfg)}
     if jax.process_index() == 0:
-      te.write_jsonl_atomic(pairs, pairs_path)
+      metrics_lib.write_jsonl_atomic(pairs, pairs_path)
       metrics_lib.write_json_atomic(prep, prep_path)
   before = prep["before"]
   decided = rm.meta.get("decided_pairs", {})

@@ -311,7 +311,7 @@ def prepare_samples(cfg, teacher, path: str) -> tuple[list[dict], dict]:
       records += [dict(x, responses=rs) for x, rs in zip(part, responses)]
   records = [score_record(x, cfg) for x in records]  # scorers are cheap: rescored on reuse too
   if jax.process_index() == 0:
-    te.write_jsonl_atomic(records, path)
+    metrics_lib.write_jsonl_atomic(records, path)
   for split in ("train", "valid"):
     resp = [x for rec in records if rec["split"] == split for x in rec["responses"]]
     info[split].update(responses=len(resp), parsed=sum(x["parse_error"] is None for x in resp),

@@ -251,7 +251,7 @@ def load_or_bootstrap(cfg, teacher, pairs, train, stage_dir) -> tuple[list, dict
       report["settings"] = settings
       if jax.process_index() == 0:
         metrics_lib.write_json_atomic(report, report_path)
-        te.write_jsonl_atomic(bootstrapped, path)
+        metrics_lib.write_jsonl_atomic(bootstrapped, path)
       chains = list(enumerate(bootstrapped, start=1))
   matched, counts = match_chains(chains, path, pairs, cfg)
   return matched, {**report, **counts}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Callable
 
@@ -199,12 +198,9 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
 def write_predictions(pairs, predictions, labels, path: str) -> None:
   """<path>: one JSON line per evaluated pair (input order): ids, gold and predicted label.
   predictions: evaluate()'s "predictions" (class ids, one per pair)."""
-  rows = [{"query_id": p.query_id, "product_id": p.product_id, "label": labels[p.label_id],
-           "prediction": labels[k]} for p, k in zip(pairs, predictions, strict=True)]
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-  os.replace(tmp, path)
+  metrics_lib.write_jsonl_atomic(
+      [{"query_id": p.query_id, "product_id": p.product_id, "label": labels[p.label_id],
+        "prediction": labels[k]} for p, k in zip(pairs, predictions, strict=True)], path)
 
 
 def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):

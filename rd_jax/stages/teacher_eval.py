@@ -17,8 +17,6 @@
 from __future__ import annotations
 
 import collections
-import json
-import os
 import time
 from typing import Callable, Sequence
 
@@ -172,13 +170,3 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
         f"parse rate {result['parse_rate']:.3f}, failures {dict(failures)}")
   return result
 
-
-def write_jsonl_atomic(rows, path: str) -> None:
-  """One JSON object per line, written to `path.tmp`, flushed to disk, then renamed into place."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)

@@ -223,17 +223,15 @@ def _check_or_record(stage_dir: str, stage: str, values: dict, latest_step: int 
       raise run_config_lib.RunConfigMismatch(
           f"cannot resume {stage_dir}: its checkpoint is at step {latest_step}, past {steps_key} = "
           f"{num_steps}; use a new --workdir for a shorter run")
-    recorded = run_config_lib.read(stage_dir)
+    recorded = run_config_lib.check(stage_dir, values, may_differ=frozenset({steps_key}))
     if recorded is None:   # checkpoints from before run_config.json existed
       logging.warning("%s has checkpoints but no %s: resuming unchecked and recording this run's "
                       "config", stage_dir, run_config_lib.FILENAME)
-    else:
-      run_config_lib.check(stage_dir, values, may_differ=frozenset({steps_key}))
-      if recorded.get(steps_key) != values.get(steps_key):
-        logging.warning("%s: %s %s -> %s: continuing from step %d; the learning-rate schedule is "
-                        "rebuilt for the new total, so this is not the run a fresh %s-step run "
-                        "would make", stage_dir, steps_key, recorded.get(steps_key),
-                        values.get(steps_key), latest_step, num_steps)
+    elif recorded.get(steps_key) != values.get(steps_key):
+      logging.warning("%s: %s %s -> %s: continuing from step %d; the learning-rate schedule is "
+                      "rebuilt for the new total, so this is not the run a fresh %s-step run "
+                      "would make", stage_dir, steps_key, recorded.get(steps_key),
+                      values.get(steps_key), latest_step, num_steps)
   if jax.process_index() == 0:
     run_config_lib.write(stage_dir, values)
 

@@ -92,18 +92,17 @@ def differences(recorded: dict, wanted: dict) -> list[str]:
 
 
 def check(stage_dir: str, wanted: dict, what: str = "resume", folder: str = "",
-          may_differ: frozenset = frozenset()) -> bool:
-  """Raises RunConfigMismatch if `stage_dir` records a run made with other values than `wanted`.
+          may_differ: frozenset = frozenset()) -> dict | None:
+  """The values `stage_dir` records, after checking them against `wanted`: raises
+  RunConfigMismatch naming each key that differs, or None when the folder has no record (a run
+  from before run_config.json existed; the caller decides what to do with it).
 
   folder: what to delete to retrain from scratch, named in the message (default: stage_dir).
   may_differ: keys allowed to differ (the loop's step count on a resume).
-
-  Returns False when the folder has no record (a run from before run_config.json existed): the
-  caller decides what to do with it (the loop records `wanted`; reuse logs that it is unchecked).
   """
   recorded = read(stage_dir)
   if recorded is None:
-    return False
+    return None
   diff = differences({k: v for k, v in recorded.items() if k not in may_differ},
                      {k: v for k, v in wanted.items() if k not in may_differ})
   if diff:
@@ -112,4 +111,4 @@ def check(stage_dir: str, wanted: dict, what: str = "resume", folder: str = "",
         f"({os.path.join(stage_dir, FILENAME)}):\n  " + "\n  ".join(diff) +
         f"\nUse a new --workdir for the new values or set the keys back (or delete "
         f"{folder or stage_dir} to retrain it from scratch).")
-  return True
+  return recorded
