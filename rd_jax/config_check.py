@@ -21,6 +21,8 @@ _CHOICES = {
     "student.dtype": ("float32", "bfloat16"),
     "teacher.dtype": ("float32", "bfloat16"),
     "crsd.label_source": ("gold", "teacher"),
+    "crsd.lambda_scale": ("absolute", "gradient_ratio"),
+    "student.class_weighting": ("none", "balanced", "given"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "mesh.multihost": ("auto", "off", "explicit"),
     "eval.split": ("test", "valid", "train"),

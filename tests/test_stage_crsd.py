@@ -44,6 +44,10 @@ def test_crsd_writes_the_contract(trained):
   meta = checkpoint.read_meta(stage)
   assert meta["model"] == "bert" and meta["labels"] == list(cfg.labels)
   assert 0.0 <= summary["valid_macro_f1"] <= 1.0
+  # the decision rule fitted on valid travels with the checkpoint (eval and export apply it)
+  assert len(meta["decision_offsets"]) == len(cfg.labels) and meta["decision_offsets"][0] == 0.0
+  assert sum(meta["train_label_counts"]) == summary["data"]["train_pairs"]
+  assert summary["valid_macro_f1"] >= summary["valid_macro_f1_argmax"]   # fitted to be no worse
 
 
 def test_resume_reaches_the_same_params(trained, tmp_path, tiny_config):

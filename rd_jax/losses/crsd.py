@@ -7,6 +7,10 @@ cls_s, cls_t [B, D] (or their projections). The objective is
     L = CE(logits_s, y) + w_aug * CE(logits_t, y) + lambda * InfoNCE(cls_s, cls_t)
         [+ kl_weight * KL(p_t || p_s)   -- optional, not in Figure 3]
 
+Both CEs take the same class weights and logit adjustment (losses/classification.py), so the two
+views are trained toward the same decision rule. `lambda_multiplier` (a traced scalar) scales
+lambda per step: the stage's warm-up of lambda and its gradient-ratio calibration (stages/crsd.py).
+
 The baseline (`aug_outputs=None`) is CE on the standard view alone. Inference uses the standard
 view only, so nothing at serving time needs reasoning.
 """
@@ -18,13 +22,17 @@ import jax.numpy as jnp
 from rd_jax.losses import classification, infonce
 
 
-def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg, *, local_block: int = 0):
-  """std_out/aug_out: model outputs ({"logits", "cls", optional "proj"}); cfg: the crsd section.
+def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg, *, local_block: int = 0,
+              class_weights=None, logit_adjustment=None, lambda_multiplier=1.0):
+  """std_out/aug_out: model outputs ({"logits", "cls", optional "proj"}); cfg: the crsd section;
+  class_weights, logit_adjustment: [C] or None (classification.weighted_cross_entropy).
 
   Returns (loss, metrics) with metrics as (sum, count)-normalised scalars.
   """
   labels, w = batch["labels"], batch["weights"].astype(jnp.float32)
-  ce_s, n = classification.weighted_cross_entropy(std_out["logits"], labels, w)
+  ce = lambda logits: classification.weighted_cross_entropy(logits, labels, w, class_weights,
+                                                            logit_adjustment)
+  ce_s, n = ce(std_out["logits"])
   acc_s, _ = classification.weighted_accuracy(std_out["logits"], labels, w)
   n = jnp.maximum(n, 1.0)
   loss = ce_s / n
@@ -33,7 +41,7 @@ def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg, *, local_bl
     metrics["loss"] = loss
     return loss, metrics
 
-  ce_t, _ = classification.weighted_cross_entropy(aug_out["logits"], labels, w)
+  ce_t, _ = ce(aug_out["logits"])
   acc_t, _ = classification.weighted_accuracy(aug_out["logits"], labels, w)
   key = "proj" if "proj" in std_out else "cls"
   nce, _, nce_m = infonce.info_nce(
@@ -42,8 +50,9 @@ def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg, *, local_bl
       item_key=batch.get("item_key") if cfg.mask_duplicates else None,
       reasoning_key=batch.get("reasoning_key") if cfg.mask_duplicates else None,
       local_block=0 if cfg.gather_negatives else local_block)
-  loss = loss + cfg.weight_aug_ce * ce_t / n + cfg.lambda_infonce * nce / n
-  metrics.update(ce_aug=ce_t / n, acc_aug=acc_t / n, infonce=nce / n,
+  lam = cfg.lambda_infonce * lambda_multiplier
+  loss = loss + cfg.weight_aug_ce * ce_t / n + lam * nce / n
+  metrics.update(lambda_infonce=jnp.asarray(lam, jnp.float32), ce_aug=ce_t / n, acc_aug=acc_t / n, infonce=nce / n,
                  infonce_top1=nce_m["infonce_top1_sum"] / n,
                  positive_cos=nce_m["positive_cos_sum"] / n)
   if cfg.kl_weight:

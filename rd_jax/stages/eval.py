@@ -45,8 +45,11 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str) -> dict:
   pairs, source, report = student_common.load_eval_pairs(cfg, out_dir, meta.get("item_template"))
   tokenizer = student_common.load_tokenizer(meta["tokenizer"])
   predict = student_common.make_predict_fn(model, mesh)
+  offsets = meta.get("decision_offsets")   # the decision rule fitted on valid (rd_jax/decision.py)
   result = student_common.evaluate(predict, params, pairs, tokenizer, cfg,
-                                   max_len_std=meta.get("max_len_std"))
+                                   max_len_std=meta.get("max_len_std"), logit_offsets=offsets)
+  result.pop("logits")
+  result["decision_offsets"] = offsets
   predicted = result.pop("predictions")
   result.update(checkpoint=os.path.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)

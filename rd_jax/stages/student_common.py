@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rd_jax import metrics as metrics_lib
+from rd_jax import decision, metrics as metrics_lib
 from rd_jax.data import pipeline, rationale, readers
 from rd_jax.parallel import mesh as mesh_lib
 
@@ -173,8 +173,12 @@ def make_predict_fn(model, mesh) -> Callable:
   return predict
 
 
-def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=None) -> dict:
-  """Metrics of the standard-view predictions on labelled `pairs` (input order)."""
+def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=None,
+             logit_offsets=None) -> dict:
+  """Metrics of the standard-view predictions on labelled `pairs` (input order).
+
+  Predictions are argmax(logits + logit_offsets) (rd_jax/decision.py; None = plain argmax). The
+  result also holds "predictions" (class ids) and "logits" [N, C] (raw): pop them before writing."""
   if not pairs:
     raise ValueError("no pairs to evaluate")
   eval_cfg = cfg
@@ -183,15 +187,16 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
     with eval_cfg.unlocked():
       eval_cfg.student.max_len_std = int(max_len_std)
   batch_size = cfg.eval.batch_size + (-cfg.eval.batch_size) % jax.device_count()  # divisible
-  preds, labels = [], []
+  logits, labels = [], []
   for batch in pipeline.eval_batches(pairs, tokenizer, eval_cfg, batch_size=batch_size):
-    logits = predict(params, batch)
     keep = batch["weights"] > 0
-    preds.append(np.argmax(logits, -1)[keep])
+    logits.append(np.asarray(predict(params, batch))[keep])
     labels.append(batch["labels"][keep])
-  result = metrics_lib.classification_metrics(np.concatenate(labels), np.concatenate(preds),
-                                              list(cfg.labels))
-  result["predictions"] = np.concatenate(preds).tolist()   # class ids, one per pair, input order
+  logits, labels = np.concatenate(logits), np.concatenate(labels)             # [N, C], [N]
+  preds = decision.predict(logits, logit_offsets)
+  result = metrics_lib.classification_metrics(labels, preds, list(cfg.labels))
+  result["predictions"] = preds.tolist()   # class ids, one per pair, input order
+  result["logits"] = logits
   return result
 
 

@@ -1,0 +1,119 @@
+"""Learning curves of a student: valid macro-F1 (argmax and fitted offsets), log-loss, per epoch.
+
+  python -m rd_jax.experiments.curves --config=configs/demo.py --workdir=runs/curves/base \
+      --stage=baseline --epochs=4
+
+Trains the student exactly as `--stage=crsd|baseline` does (same data, step, optimiser; the
+schedule spans `--epochs` epochs) and after every epoch scores the valid split: macro-F1 of the
+argmax, macro-F1 with decision offsets fitted on valid (optimistic: fitted and scored on the same
+pairs; it says how much signal the argmax throws away), log-loss beside the train prior's. The
+test split's logits are written per epoch to `<workdir>/test_logits_e<k>.npy` and never scored
+here: recipes are chosen on valid (`curves.jsonl`), test is read once, by `--stage=eval`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rd_jax import decision
+from rd_jax.data import readers
+from rd_jax.models import bert
+from rd_jax.parallel import mesh as mesh_lib
+from rd_jax.parallel import sharding
+from rd_jax.stages import crsd, student_common
+from rd_jax.train import optim
+from rd_jax.train import state as state_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
+_STAGE = flags.DEFINE_enum("stage", "baseline", ["baseline", "crsd"], "Which student.")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs to train (the LR schedule spans them).")
+
+
+def logits_of(predict, params, pairs, tokenizer, cfg) -> np.ndarray:
+  from rd_jax.data import pipeline
+  out = []
+  for batch in pipeline.eval_batches(pairs, tokenizer, cfg, batch_size=cfg.eval.batch_size):
+    out.append(predict(params, batch)[batch["weights"] > 0])
+  return np.concatenate(out)
+
+
+def log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+  z = logits - logits.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  stage, workdir = _STAGE.value, _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  use_reasoning = stage == "crsd"
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  data = student_common.load_student_data(cfg, workdir, use_reasoning=use_reasoning)
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
+  test = readers.train_valid_test(pairs, cfg)["test"]
+  c = len(cfg.labels)
+  counts = np.bincount([p.label_id for p in data.train], minlength=c)
+  steps_per_epoch = len(data.train) // cfg.train.batch_size
+  num_steps = steps_per_epoch * _EPOCHS.value
+  with cfg.unlocked():
+    cfg.train.num_steps = num_steps
+  model_cfg, params, _ = crsd.initial_student(cfg, jax.random.PRNGKey(cfg.seed))
+  model = bert.BertClassifier(model_cfg)
+  tx, schedule = optim.make_optimizer(cfg.optim, num_steps)
+  state, shardings = state_lib.init_state(params, tx, sharding.BERT_RULES, mesh)
+  from rd_jax.losses import classification
+  step_fn = crsd.make_train_step(
+      model, tx, schedule, cfg.crsd, use_reasoning=use_reasoning, local_block=cfg.train.batch_size,
+      seed=cfg.seed,
+      class_weights=classification.class_weights_for(counts, cfg.student.class_weighting,
+                                                     cfg.student.class_weights),
+      logit_adjustment=classification.log_prior(counts, cfg.student.logit_adjustment))
+  step_fn = jax.jit(step_fn, donate_argnums=(0,))
+  batches = student_common.train_batches(data.train, data.tokenizer, cfg,
+                                         use_reasoning=use_reasoning)
+  predict = student_common.make_predict_fn(model, mesh)
+  valid_y = np.array([p.label_id for p in data.valid])
+  prior = counts / counts.sum()
+  prior_ll = float(-np.log(prior[valid_y]).mean())
+  rows, t0, sums = [], time.perf_counter(), {}
+  for step in range(1, num_steps + 1):
+    state, m = step_fn(state, mesh_lib.put_batch(next(batches), mesh))
+    for k, v in m.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+    if step % steps_per_epoch:
+      continue
+    epoch = step // steps_per_epoch
+    z = logits_of(predict, state["params"], data.valid, data.tokenizer, cfg)
+    offsets = decision.fit_offsets(z, valid_y)
+    row = {"epoch": epoch, "step": step, "seconds": round(time.perf_counter() - t0, 1),
+           "train": {k: round(v / steps_per_epoch, 4) for k, v in sums.items()},
+           "valid_macro_f1_argmax": decision.macro_f1(valid_y, decision.predict(z), c),
+           "valid_macro_f1_prior_corrected": decision.macro_f1(
+               valid_y, decision.predict(z, -np.log(prior)), c),
+           "valid_macro_f1_fitted_offsets": decision.macro_f1(valid_y, decision.predict(z, offsets), c),
+           "offsets": offsets.round(2).tolist(),
+           "valid_log_loss": round(log_loss(z, valid_y), 4), "valid_prior_log_loss": round(prior_ll, 4),
+           "valid_pred_share": np.bincount(decision.predict(z), minlength=c).round(0).tolist()}
+    sums = {}
+    np.save(os.path.join(workdir, f"test_logits_e{epoch}.npy"),
+            logits_of(predict, state["params"], test, data.tokenizer, cfg))
+    np.save(os.path.join(workdir, f"valid_logits_e{epoch}.npy"), z)
+    rows.append(row)
+    logging.info("epoch %d: %s", epoch, json.dumps(row))
+    with open(os.path.join(workdir, "curves.jsonl"), "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
