@@ -118,6 +118,10 @@ def test_dropout_projection_and_bf16():
   det = _apply(config, params, ids, mask, types)
   drop = _apply(config, params, ids, mask, types, deterministic=False, rngs={"dropout": rbg(1)})
   assert det["proj"].shape == (3, 8) and not np.allclose(det["logits"], drop["logits"])
+  # the heads as pure functions of [CLS] (CRSD's per-step gradient ratio) match the module
+  from rd_jax.models.bert import head_logits, head_projection
+  np.testing.assert_allclose(head_logits(params, det["cls"]), det["logits"], atol=1e-5)
+  np.testing.assert_allclose(head_projection(params, det["cls"]), det["proj"], atol=1e-5)
   bf16 = _apply(dataclasses.replace(config, dtype="bfloat16"), params, ids, mask, types)
   assert bf16["logits"].dtype == jnp.float32
   np.testing.assert_allclose(bf16["logits"], det["logits"], atol=5e-2)

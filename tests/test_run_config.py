@@ -79,7 +79,7 @@ def test_all_reuses_a_complete_stage_only_with_its_config(tmp_path, tiny_config,
   _fake_complete_stage(str(tmp_path / "crsd"), run_config.for_stage(cfg, "crsd"))
   assert all_stage.run(cfg, str(tmp_path))["seconds_per_stage"] == {"crsd": "skipped (complete)"}
   cfg.crsd.temperature = 0.5
-  with pytest.raises(run_config.RunConfigMismatch, match="crsd.temperature: 0.2 -> 0.5"):
+  with pytest.raises(run_config.RunConfigMismatch, match="crsd.temperature: 0.05 -> 0.5"):
     all_stage.run(cfg, str(tmp_path))
   os.remove(tmp_path / "crsd" / run_config.FILENAME)     # a run from before the record existed
   assert all_stage.run(cfg, str(tmp_path))["seconds_per_stage"] == {"crsd": "skipped (complete)"}

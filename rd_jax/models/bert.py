@@ -206,6 +206,21 @@ class ProjectionHead(nn.Module):
     return _dense(c.projection_dim, dtype, "output")(jnp.tanh(_dense(c.hidden_size, dtype, "hidden")(cls)))
 
 
+def head_logits(params: dict, cls: jax.Array) -> jax.Array:
+  """The classification head as a pure function of [CLS] (no dropout): what BertClassifier does
+  after the encoder. cls [B, D] -> logits [B, C] (fp32). Used to measure, per step, how hard each
+  loss term pulls on the shared [CLS] vectors (stages/crsd.py, crsd.lambda_scale)."""
+  dense = lambda p, x: x @ p["kernel"].astype(jnp.float32) + p["bias"].astype(jnp.float32)
+  return dense(params["classifier"], jnp.tanh(dense(params["pooler"], cls.astype(jnp.float32))))
+
+
+def head_projection(params: dict, cls: jax.Array) -> jax.Array:
+  """The CRSD projection head as a pure function: cls [B, D] -> [B, P] (fp32)."""
+  p = params["crsd_projection"]
+  dense = lambda q, x: x @ q["kernel"].astype(jnp.float32) + q["bias"].astype(jnp.float32)
+  return dense(p["output"], jnp.tanh(dense(p["hidden"], cls.astype(jnp.float32))))
+
+
 def init_params(config: BertConfig, rng: jax.Array) -> dict:
   """Freshly initialised fp32 parameters (BERT init: N(0, 0.02) weights, zero biases, unit LN)."""
   ids = jnp.zeros((1, 8), jnp.int32)

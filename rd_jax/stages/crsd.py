@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from rd_jax import checkpoint, decision, metrics as metrics_lib
-from rd_jax.losses import classification, infonce
+from rd_jax.losses import classification
 from rd_jax.losses.crsd import crsd_loss
 from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib
@@ -30,14 +30,13 @@ from rd_jax.train import state as state_lib
 
 
 def make_train_step(model: bert.BertClassifier, tx, schedule, crsd_cfg, *, use_reasoning: bool,
-                    local_block: int, seed: int, class_weights=None, logit_adjustment=None,
-                    lambda_scale: float = 1.0):
+                    local_block: int, seed: int, class_weights=None, logit_adjustment=None):
   """Returns the pure step `(state, batch) -> (state, metrics)`.
 
   Both views run through the SAME params (one encoder, one classifier); each view gets its own
   dropout key, derived from (seed, step) so a resumed run reproduces the masks exactly.
-  lambda_infonce is multiplied by `lambda_scale` (the gradient-ratio calibration, a constant) and
-  ramped linearly from 0 over `crsd.lambda_warmup_steps` steps.
+  lambda_infonce is ramped linearly from 0 over `crsd.lambda_warmup_steps` steps and, with
+  crsd.lambda_scale=gradient_ratio, rescaled every step (cls_gradient_ratio below).
   """
   warmup = int(crsd_cfg.get("lambda_warmup_steps", 0))
   base_key = jax.random.PRNGKey(seed)
@@ -52,64 +51,36 @@ def make_train_step(model: bert.BertClassifier, tx, schedule, crsd_cfg, *, use_r
     std_out = forward(params, batch, "std", key_std)        # logits [B, C], cls [B, D]
     aug_out = forward(params, batch, "aug", key_aug) if use_reasoning else None
     ramp = jnp.minimum(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    multiplier = ramp
+    if use_reasoning and crsd_cfg.lambda_scale == "gradient_ratio":
+      multiplier = multiplier * cls_gradient_ratio(params, std_out["cls"], aug_out["cls"], batch)
     return crsd_loss(std_out, aug_out, batch, crsd_cfg, local_block=local_block,
                      class_weights=class_weights, logit_adjustment=logit_adjustment,
-                     lambda_multiplier=lambda_scale * ramp)
+                     lambda_multiplier=multiplier)
+
+  def cls_gradient_ratio(params, cls_s, cls_t, batch):
+    """crsd.lambda_scale=gradient_ratio: r = ||d CE / d cls|| / ||d InfoNCE / d cls||, taken
+    at the two views' [CLS] vectors [B, D] (where both terms enter the shared encoder), held
+    constant (stop-gradient). lambda * r * InfoNCE then pulls on the encoder with lambda times
+    the CE terms' strength at every step, whatever tau, head or encoder: lambda becomes a
+    ratio, comparable across models. Cost: head-sized gradients only ([B, D], no encoder pass)."""
+    cls = jax.lax.stop_gradient((cls_s, cls_t))
+
+    def terms(c):
+      outs = [{"logits": bert.head_logits(params, x), "cls": x} for x in c]
+      if "crsd_projection" in params:
+        for o, x in zip(outs, c):
+          o["proj"] = bert.head_projection(params, x)
+      _, m = crsd_loss(outs[0], outs[1], batch, crsd_cfg, local_block=local_block,
+                       class_weights=class_weights, logit_adjustment=logit_adjustment)
+      return m["ce_std"] + crsd_cfg.weight_aug_ce * m["ce_aug"], m["infonce"]
+
+    g_ce = jax.grad(lambda c: terms(c)[0])(cls)
+    g_nce = jax.grad(lambda c: terms(c)[1])(cls)
+    norm = lambda g: jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in g))
+    return jax.lax.stop_gradient(norm(g_ce) / jnp.maximum(norm(g_nce), 1e-12))
 
   return state_lib.gradient_step(loss_fn, tx, schedule, with_step=True)
-
-
-def calibrate_lambda(model, params, data, cfg, objective: dict, num_batches: int = 2):
-  """crsd.lambda_scale=gradient_ratio: the multiplier s that makes lambda_infonce mean "InfoNCE's
-  gradient on the shared encoder as a fraction of the CE terms' gradient" at initialisation:
-
-      s = mean_b ||grad_enc CE_b|| / mean_b ||grad_enc InfoNCE_b||     (first batches, no dropout)
-
-  Why: with tau = 0.05 the InfoNCE gradient on a pretrained MiniLM is ~15x the CE's at step 0
-  (measured, README "Choices"), so an absolute lambda of 0.1-0.5 lets alignment drown the task;
-  a ratio is comparable across tau, encoders and label sets. Returns (s, report)."""
-  batches = student_common.train_batches(data.train, data.tokenizer, cfg, use_reasoning=True)
-
-  def parts(p, batch):
-    outs = [model.apply({"params": p}, batch[f"{v}_input_ids"], batch[f"{v}_attention_mask"],
-                        batch[f"{v}_token_type_ids"], deterministic=True) for v in ("std", "aug")]
-    w = batch["weights"].astype(jnp.float32)
-    ce = lambda z: classification.weighted_cross_entropy(
-        z, batch["labels"], w, objective["class_weights"], objective["logit_adjustment"])[0]
-    key = "proj" if "proj" in outs[0] else "cls"
-    nce = infonce.info_nce(outs[0][key], outs[1][key], w, temperature=cfg.crsd.temperature,
-                           symmetric=cfg.crsd.symmetric, stop_grad_aug=cfg.crsd.stop_grad_aug,
-                           item_key=batch["item_key"] if cfg.crsd.mask_duplicates else None,
-                           reasoning_key=batch["reasoning_key"] if cfg.crsd.mask_duplicates else None)[0]
-    n = jnp.maximum(jnp.sum(w), 1.0)
-    return (ce(outs[0]["logits"]) + cfg.crsd.weight_aug_ce * ce(outs[1]["logits"])) / n, nce / n
-
-  @jax.jit
-  def norms(p, batch):
-    enc = lambda g: optax_global_norm(g["encoder"])
-    g_ce = jax.grad(lambda q: parts(q, batch)[0])(p)
-    g_nce = jax.grad(lambda q: parts(q, batch)[1])(p)
-    return enc(g_ce), enc(g_nce)
-
-  ce_norms, nce_norms = [], []
-  for _ in range(num_batches):
-    batch = {k: jnp.asarray(v) for k, v in next(batches).items()}
-    a, b = norms(params, batch)
-    ce_norms.append(float(a))
-    nce_norms.append(float(b))
-  # Capped at 1: the calibration only ever lowers lambda (a random tiny encoder's InfoNCE gradient
-  # is ~50x smaller than CE's; amplifying it would hand the run to the alignment term).
-  scale = float(min(1.0, np.mean(ce_norms) / max(np.mean(nce_norms), 1e-12)))
-  report = {"encoder_grad_norm_ce": round(float(np.mean(ce_norms)), 5),
-            "encoder_grad_norm_infonce": round(float(np.mean(nce_norms)), 5),
-            "scale": round(scale, 5), "lambda_effective": round(scale * cfg.crsd.lambda_infonce, 5),
-            "batches": num_batches}
-  logging.info("lambda calibration (gradient ratio): %s", report)
-  return scale, report
-
-
-def optax_global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
@@ -159,14 +130,10 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
       "class_weights": classification.class_weights_for(counts, cfg.student.class_weighting,
                                                         cfg.student.class_weights),
       "logit_adjustment": classification.log_prior(counts, cfg.student.logit_adjustment)}
-  lambda_scale = 1.0
-  if use_reasoning and cfg.crsd.lambda_scale == "gradient_ratio":
-    lambda_scale, objective["lambda_calibration"] = calibrate_lambda(
-        model, state["params"], data, cfg, objective)
   step = make_train_step(model, tx, schedule, cfg.crsd, use_reasoning=use_reasoning,
                          local_block=cfg.train.batch_size // dp, seed=cfg.seed,
                          class_weights=objective["class_weights"],
-                         logit_adjustment=objective["logit_adjustment"], lambda_scale=lambda_scale)
+                         logit_adjustment=objective["logit_adjustment"])
   step = jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
   batches = student_common.train_batches(data.train, data.tokenizer, cfg,
