@@ -28,8 +28,8 @@ def get_config():
   c.train.num_steps = 150        # ~1.5 epochs: what fits the 15-minute budget on 2 cores
   c.train.log_every = 10
   c.train.checkpoint_every = 50
-  c.optim.learning_rate = 1e-4   # chosen on the valid fold (rules, 200 steps): 1e-4 -> 0.2014, 5e-5 -> 0.1771
-  c.optim.warmup_steps = 15
+  c.student.optim.learning_rate = 1e-4   # chosen on the valid fold (rules, 200 steps): 1e-4 -> 0.2014, 5e-5 -> 0.1771
+  c.student.optim.warmup_steps = 15
   # Chosen on the valid fold (fold 2), 150 steps, seeds 0/1/2: lambda 0.1 -> 0.1790/0.1820/0.1853
   # (mean 0.1821), the default 0.5 -> 0.1763/0.1815/0.1829 (0.1802); the test fold was not read.
   c.crsd.lambda_infonce = 0.1
@@ -40,22 +40,26 @@ def get_config():
   c.cpt.batch_size = 4
   c.cpt.num_steps = 30
   c.cpt.heldout_rows = 16
-  c.cpt.learning_rate = 5e-5
+  c.cpt.optim.learning_rate = 5e-5
+  c.cpt.optim.warmup_steps = 3    # each teacher stage warms up over ~10% of its steps
   c.sft.bootstrap_pairs = 96
   c.sft.eval_pairs = 64
   c.sft.batch_size = 4
   c.sft.num_steps = 48
-  c.sft.learning_rate = 5e-5
+  c.sft.optim.learning_rate = 5e-5
+  c.sft.optim.warmup_steps = 5
   c.reward.prompts = 32
   c.reward.valid_prompts = 16
   c.reward.batch_size = 4
   c.reward.num_steps = 24
-  c.reward.learning_rate = 3e-5
+  c.reward.optim.learning_rate = 3e-5
+  c.reward.optim.warmup_steps = 2
   c.dpo.prompts = 32
   c.dpo.eval_prompts = 32
   c.dpo.batch_size = 4
   c.dpo.num_steps = 16
-  c.dpo.learning_rate = 2e-6     # 5e-7 (7B-scale default) does not move a 135M model in 16 steps
+  c.dpo.optim.learning_rate = 2e-6     # 5e-7 (7B-scale default) does not move a 135M model in 16 steps
+  c.dpo.optim.warmup_steps = 2
   c.annotate.split = "train"     # CRSD reads reasoning for its train pairs only
   c.annotate.batch_size = 32     # decode is memory-bound on this CPU: more rows per step are cheap
   return c

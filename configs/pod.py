@@ -39,8 +39,11 @@ def get_config():
   c.cpt.seq_len = 1024
   c.cpt.batch_size = 64
   c.cpt.num_steps = 20000
+  c.cpt.optim.warmup_steps = 2000   # each teacher stage: ~10% of its steps (reward, dpo:
+                                    #   the defaults, 10 of 100)
   c.sft.batch_size = 64
   c.sft.num_steps = 5000
+  c.sft.optim.warmup_steps = 500
   c.reward.batch_size = 64
   c.dpo.batch_size = 64
   c.annotate.batch_size = 256
@@ -51,6 +54,6 @@ def get_config():
   c.train.num_steps = 20000
   c.train.checkpoint_every = 1000
   c.train.log_every = 50
-  c.optim.learning_rate = 1e-4
-  c.optim.warmup_steps = 1000
+  c.student.optim.learning_rate = 1e-4
+  c.student.optim.warmup_steps = 1000
   return c

@@ -104,17 +104,20 @@ def test_cli_rejects_unknown_stage_and_key(tmp_path):
   r = subprocess.run(base + ["--stage=crsd", "--config.crsd.tau=1"], cwd=REPO,
                      capture_output=True, text=True)
   assert r.returncode != 0 and "tau" in r.stderr
-  r = subprocess.run(base + ["--stage=crsd", "--config.optim.schedule=zigzag"], cwd=REPO,
+  r = subprocess.run(base + ["--stage=crsd", "--config.student.optim.schedule=zigzag"], cwd=REPO,
                      capture_output=True, text=True)
-  assert r.returncode != 0 and "optim.schedule" in r.stderr
+  assert r.returncode != 0 and "student.optim.schedule" in r.stderr
+  r = subprocess.run(base + ["--stage=crsd", "--config.optim.learning_rate=1e-4"], cwd=REPO,
+                     capture_output=True, text=True)   # the old shared section is gone
+  assert r.returncode != 0 and "optim" in r.stderr
 
 
 def test_nan_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path, tiny_config):
   """lr=1e30 blows the params up after step 1, so step 2's loss is non-finite."""
   cfg = small_data(tiny_config())
-  cfg.optim.learning_rate = 1e30
-  cfg.optim.warmup_steps = 0
-  cfg.optim.grad_clip = 0.0
+  cfg.student.optim.learning_rate = 1e30
+  cfg.student.optim.warmup_steps = 0
+  cfg.student.optim.grad_clip = 0.0
   cfg.train.checkpoint_every = 1
   with pytest.raises(FloatingPointError, match="at step 2") as err:
     crsd.run(cfg, str(tmp_path))
@@ -172,12 +175,12 @@ def test_eval_accepts_a_relative_checkpoint_path(trained, monkeypatch):
 
 
 def test_baseline_trains_without_the_reasoning_view(tmp_path, tiny_config):
-  from rd_jax.stages import baseline, student_common
+  from rd_jax.stages import student_common
   cfg = small_data(tiny_config())
   cfg.train.num_steps = 2
   data = student_common.load_student_data(cfg, str(tmp_path), use_reasoning=False)
   batch = next(student_common.train_batches(data.train, data.tokenizer, cfg, use_reasoning=False))
   assert not any(k.startswith("aug_") for k in batch) and "std_input_ids" in batch
-  summary = baseline.run(cfg, str(tmp_path))
+  summary = crsd.run_baseline(cfg, str(tmp_path))
   logged = [json.loads(l) for l in open(tmp_path / "baseline" / "metrics.jsonl")]
   assert "ce_aug" not in logged[-1] and summary["stage"] == "baseline"

@@ -127,7 +127,7 @@ def tiny_dpo(tmp_path_factory, tiny_config):
   try:
     reward.run(tiny_config(), workdir)
     cfg = tiny_config()
-    cfg.dpo.learning_rate = 1e-3  # tiny and few steps: let the policy move
+    cfg.dpo.optim.learning_rate = 1e-3  # tiny and few steps: let the policy move
     yield cfg, workdir, dpo.run(cfg, workdir)
   finally:
     mp.undo()

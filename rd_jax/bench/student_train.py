@@ -71,7 +71,7 @@ def torch_optimizer(model, num_steps: int = 1000):
   import torch
   import transformers
   from rd_jax.config import default_config
-  o = default_config().optim
+  o = default_config().student.optim
   groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": o.weight_decay},
             {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
   opt = torch.optim.AdamW(groups, lr=o.learning_rate, betas=(o.b1, o.b2), eps=1e-8)

@@ -82,7 +82,8 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   teacher_pairs: teacher_sample()'s (test pairs, positions of the teacher's pairs); the student's
   macro-F1 on exactly those pairs is returned as teacher_pairs_macro_f1 (for retention).
   """
-  from rd_jax.stages import baseline, crsd, eval as eval_stage
+  from rd_jax import stages as registry
+  from rd_jax.stages import eval as eval_stage
   stage, overrides = VARIANTS[variant]
   run_dir = os.path.join(workdir, variant, f"seed{seed}")
   done = os.path.join(run_dir, "eval", "summary.json")
@@ -98,7 +99,7 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
       eval_stage.run(run_cfg, run_dir)
   else:
     t0 = time.perf_counter()
-    (crsd if stage == "crsd" else baseline).run(run_cfg, run_dir)
+    registry.run(stage, run_cfg, run_dir)
     eval_stage.run(run_cfg, run_dir)
     logging.info("%s seed %d: %.0f s", variant, seed, time.perf_counter() - t0)
   test = json.load(open(os.path.join(run_dir, "eval", "metrics.json")))

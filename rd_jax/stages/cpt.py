@@ -101,8 +101,7 @@ def run(cfg, workdir: str) -> dict:
   held, train = rows[order[:n_held]], rows[order[n_held:]]
 
   model = decoder.Decoder(teacher.config)
-  tx, schedule = optim.make_optimizer(cfg.optim, cfg.cpt.num_steps,
-                                      learning_rate=cfg.cpt.learning_rate)
+  tx, schedule = optim.make_optimizer(cfg.cpt.optim, cfg.cpt.num_steps, "cpt.optim")
   before = heldout_loss(model, teacher.params, held, mesh, cfg.cpt.batch_size)
   state, shardings = state_lib.init_state(teacher.params, tx, tc.TEACHER_RULES, mesh)
   step = jax.jit(tc.make_lm_step(model, tx, schedule),

@@ -266,7 +266,7 @@ def run(cfg, workdir: str) -> dict:
   rows.update({k: np.asarray([p[k] for p in pairs], np.float32)
                for k in pairs[0] if k.startswith("ref_")})
   beta = d.simpo_beta if d.loss == "simpo" else d.beta
-  tx, schedule = optim.make_optimizer(cfg.optim, d.num_steps, learning_rate=d.learning_rate)
+  tx, schedule = optim.make_optimizer(d.optim, d.num_steps, "dpo.optim")
   state, shardings = state_lib.init_state(policy.params, tx, tc.TEACHER_RULES, mesh)
   step = jax.jit(make_dpo_step(policy.config, tx, schedule, loss=d.loss, beta=beta,
                                gamma=d.simpo_gamma),

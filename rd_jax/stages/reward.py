@@ -348,7 +348,7 @@ def run(cfg, workdir: str) -> dict:
   config = teacher.config
   params = {"backbone": teacher.params, "heads": init_heads(config, len(dims), cfg.seed)}
   before = evaluate(params, config, teacher.tokenizer, valid, cfg)
-  tx, schedule = optim.make_optimizer(cfg.optim, r.num_steps, learning_rate=r.learning_rate)
+  tx, schedule = optim.make_optimizer(r.optim, r.num_steps, "reward.optim")
   state, shardings = state_lib.init_state(params, tx, tc.TEACHER_RULES, mesh)
   step = jax.jit(make_reward_step(config, dims, tx, schedule, r.loss),
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),

@@ -292,7 +292,7 @@ def run(cfg, workdir: str) -> dict:
       metrics_lib.write_json_atomic(before, before_path)
 
   model = decoder.Decoder(teacher.config)
-  tx, schedule = optim.make_optimizer(cfg.optim, cfg.sft.num_steps, learning_rate=cfg.sft.learning_rate)
+  tx, schedule = optim.make_optimizer(cfg.sft.optim, cfg.sft.num_steps, "sft.optim")
   state, shardings = state_lib.init_state(teacher.params, tx, tc.TEACHER_RULES, mesh)
   step = jax.jit(tc.make_lm_step(model, tx, schedule),
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),

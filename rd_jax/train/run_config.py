@@ -25,15 +25,15 @@ from rd_jax import metrics as metrics_lib
 FILENAME = "run_config.json"
 
 # The config sections (or single dotted keys) each training stage reads.
-_TEACHER = ("seed", "labels", "data", "optim", "teacher")
+_TEACHER = ("seed", "labels", "data", "teacher")
 STAGE_KEYS = {
     "cpt": _TEACHER + ("cpt",),
     "sft": _TEACHER + ("sft",),
     "reward": _TEACHER + ("reward",),
     "dpo": _TEACHER + ("reward", "dpo"),
-    "crsd": ("seed", "labels", "data", "student", "optim", "train", "crsd"),
+    "crsd": ("seed", "labels", "data", "student", "train", "crsd"),
     # The plain student never sees reasoning: of the crsd section only its label source counts.
-    "baseline": ("seed", "labels", "data", "student", "optim", "train", "crsd.label_source"),
+    "baseline": ("seed", "labels", "data", "student", "train", "crsd.label_source"),
 }
 STEPS_KEY = {"cpt": "cpt.num_steps", "sft": "sft.num_steps", "reward": "reward.num_steps",
              "dpo": "dpo.num_steps", "crsd": "train.num_steps", "baseline": "train.num_steps"}
