@@ -22,12 +22,14 @@ ITEM_TEMPLATE = (
 )
 
 
-# The training stages that own an optimiser section `<section>.optim` (crsd and baseline share
-# `student.optim`, so the two students train alike), and the keys every such section has.
-OPTIM_SECTIONS = ("cpt", "sft", "reward", "dpo", "student")
-# The step count each optimiser section's schedule spans (its warm-up must be shorter).
-OPTIM_STEPS = {"cpt": "cpt.num_steps", "sft": "sft.num_steps", "reward": "reward.num_steps",
-               "dpo": "dpo.num_steps", "student": "train.num_steps"}
+# Each training stage -> (the section whose `optim` it trains with, its step-count key). crsd and
+# baseline share `student.optim`, so the two students train alike; a warm-up must be shorter
+# than the step count.
+TRAINING = {"cpt": ("cpt", "cpt.num_steps"), "sft": ("sft", "sft.num_steps"),
+            "reward": ("reward", "reward.num_steps"), "dpo": ("dpo", "dpo.num_steps"),
+            "crsd": ("student", "train.num_steps"), "baseline": ("student", "train.num_steps")}
+OPTIM_SECTIONS = tuple(dict.fromkeys(section for section, _ in TRAINING.values()))
+# The keys of every optimiser section.
 OPTIM_KEYS = ("learning_rate", "warmup_steps", "schedule", "weight_decay", "grad_clip", "b1", "b2")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from rd_jax.config import OPTIM_SECTIONS, OPTIM_STEPS
+from rd_jax.config import OPTIM_SECTIONS, TRAINING
 
 
 class ConfigError(ValueError):
@@ -74,7 +74,7 @@ def validate(cfg) -> None:
     value = _get(cfg, key)
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
       raise ConfigError(f"config key {key} = {value!r}; must be >= 0")
-  for section, steps_key in OPTIM_STEPS.items():
+  for section, steps_key in dict(TRAINING.values()).items():
     warmup, steps = _get(cfg, f"{section}.optim.warmup_steps"), _get(cfg, steps_key)
     if warmup >= steps:
       raise ConfigError(f"config key {section}.optim.warmup_steps = {warmup} must be below "

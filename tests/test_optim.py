@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rd_jax.config import OPTIM_KEYS, OPTIM_SECTIONS, OPTIM_STEPS, default_config
+from rd_jax.config import OPTIM_KEYS, OPTIM_SECTIONS, TRAINING, default_config
 from rd_jax import config_check
 from rd_jax.train import optim
 
@@ -49,7 +49,7 @@ def test_config_check_refuses_a_warmup_as_long_as_the_run(tiny_config):
 
 def test_shipped_teacher_warmups_are_a_fraction_of_their_runs(demo_like_configs):
   for name, cfg in demo_like_configs.items():
-    for section, steps_key in OPTIM_STEPS.items():
+    for section, steps_key in TRAINING.values():
       steps = cfg[steps_key.split(".")[0]][steps_key.split(".")[1]]
       assert cfg[section].optim.warmup_steps <= 0.25 * steps, (name, section)
       first = float(optim.make_optimizer(cfg[section].optim, steps, f"{section}.optim")[1](0))

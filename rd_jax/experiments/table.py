@@ -147,8 +147,8 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
   whose inputs are unchanged instead of generating again (minutes per step on a CPU).
   """
   from rd_jax import checkpoint
-  from rd_jax.stages import teacher_common as tc
-  from rd_jax.stages import teacher_eval
+  from rd_jax.teacher import eval as teacher_eval, model as teacher_model
+  from rd_jax.train.fit import make_mesh
   test, positions = sample or teacher_sample(cfg, max_pairs)   # main passes the one it reuses
   test = [test[i] for i in positions]
   mesh = None
@@ -168,8 +168,8 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
         logging.info("teacher row %s reused from %s", step, cache)
         continue
     if mesh is None:
-      mesh = tc.mesh_for(cfg)
-    teacher = tc.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
+      mesh = make_mesh(cfg)
+    teacher = teacher_model.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
     result = teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
                                            test, cfg)
     rows[step] = {k: result[k] for k in ("macro_f1", "accuracy", "parse_rate") if k in result}

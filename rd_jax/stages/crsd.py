@@ -21,7 +21,8 @@ from rd_jax.losses.crsd import CrsdLossConfig, crsd_loss
 from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
-from rd_jax.stages import student_common
+from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
+from rd_jax.student.model import initial_student, student_meta
 from rd_jax.train import fit
 
 
@@ -48,28 +49,6 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
   return loss_fn
 
 
-def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
-  """(model config, params, info) from cfg.student.init: "minilm", "random" or a HF folder."""
-  num_labels = len(cfg.labels)
-  projection_dim = int(cfg.crsd.projection_dim)
-  if cfg.student.init == "random":
-    model_cfg = bert.BertConfig(
-        vocab_size=cfg.student.vocab_size, hidden_size=cfg.student.hidden_size,
-        num_layers=cfg.student.num_layers, num_heads=cfg.student.num_heads,
-        intermediate_size=cfg.student.intermediate_size, max_position=cfg.student.max_position,
-        dropout=cfg.student.dropout, num_labels=num_labels, dtype=cfg.student.dtype,
-        projection_dim=projection_dim)
-    return model_cfg, bert.init_params(model_cfg, rng), {"init": "random"}
-  from rd_jax.convert import hf_bert
-  # The classifier (and the projection head, ours) are not in the HF weights: freshly
-  # initialised and listed in info["initialised"]; everything else is imported.
-  model_cfg, params, info = hf_bert.load_hf_bert(cfg.student.init, num_labels, rng,
-                                                 dropout=cfg.student.dropout,
-                                                 dtype=cfg.student.dtype,
-                                                 projection_dim=projection_dim)
-  return model_cfg, params, dict(info, init=cfg.student.init)
-
-
 def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   use_reasoning = stage == "crsd"
   stage_dir = os.path.join(workdir, stage)
@@ -81,27 +60,27 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
     raise ValueError(f"config key train.batch_size = {cfg.train.batch_size} is not divisible by "
                      f"the {dp} data-parallel devices of the mesh")
 
-  data = student_common.load_student_data(cfg, stage_dir, use_reasoning=use_reasoning)
+  data = data_lib.load_student_data(cfg, stage_dir, use_reasoning=use_reasoning)
   model_cfg, params, init_info = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
   model = bert.BertClassifier(model_cfg)
   loss_fn = make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd), use_reasoning=use_reasoning,
                          local_block=cfg.train.batch_size // dp, seed=cfg.seed)
-  batches = student_common.train_batches(data.train, data.tokenizer, cfg,
+  batches = batches_lib.train_batches(data.train, data.tokenizer, cfg,
                                          use_reasoning=use_reasoning)
   trained = fit.fit(cfg, stage, workdir, params=params, loss_fn=loss_fn, batches=batches,
                     mesh=mesh, rules=sharding.BERT_RULES, with_step=True)
   if trained.interrupted:
     return fit.interrupted(cfg, stage)
 
-  predict = student_common.make_predict_fn(model, mesh)
-  valid = student_common.evaluate(predict, trained.params, data.valid, data.tokenizer, cfg)
+  predict = predict_lib.make_predict_fn(model, mesh)
+  valid = predict_lib.evaluate(predict, trained.params, data.valid, data.tokenizer, cfg)
   predicted = valid.pop("predictions")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))
-    student_common.write_predictions(data.valid, predicted, cfg.labels,
-                                     os.path.join(stage_dir, "valid_predictions.jsonl"))
-  meta = student_common.student_meta(cfg, model_cfg, data.tokenizer_dir, stage=stage,
-                                     step=trained.step, valid=valid)
+    predict_lib.write_predictions(data.valid, predicted, cfg.labels,
+                                  os.path.join(stage_dir, "valid_predictions.jsonl"))
+  meta = student_meta(cfg, model_cfg, data.tokenizer_dir, stage=stage, step=trained.step,
+                      valid=valid)
   stats = trained.stats
   summary = {
       "stage": stage, "steps": stats["steps"], "resumed_from": stats["resumed_from"],

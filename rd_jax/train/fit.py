@@ -25,14 +25,9 @@ from typing import Any, Callable, Iterator
 import jax
 
 from rd_jax import checkpoint, metrics as metrics_lib
-from rd_jax.config import OPTIM_STEPS
+from rd_jax.config import TRAINING
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.train import loop, optim, run_config, state as state_lib
-
-# Training stage -> its optimiser section (the two students share one, so they train alike).
-OPTIM_SECTION = {"cpt": "cpt", "sft": "sft", "reward": "reward", "dpo": "dpo",
-                 "crsd": "student", "baseline": "student"}
-
 
 def make_mesh(cfg):
   """The mesh of `cfg.mesh` (initialising multi-host JAX first when the config asks for it)."""
@@ -41,8 +36,8 @@ def make_mesh(cfg):
 
 
 def steps_of(cfg, stage: str) -> int:
-  """The stage's number of updates (the key its optimiser section's schedule spans)."""
-  section, key = OPTIM_STEPS[OPTIM_SECTION[stage]].split(".")
+  """The stage's number of updates (`config.TRAINING`: the span of its optimiser's schedule)."""
+  section, key = TRAINING[stage][1].split(".")
   return int(cfg[section][key])
 
 
@@ -82,7 +77,7 @@ class Fitted:
 def fit(cfg, stage: str, workdir: str, *, params: Any, loss_fn: Callable, batches: Iterator,
         mesh, rules, with_step: bool = False) -> Fitted:
   """Trains `params` on `batches` for the stage's step count; resumes `<workdir>/<stage>`."""
-  section = OPTIM_SECTION[stage]
+  section = TRAINING[stage][0]
   num_steps = steps_of(cfg, stage)
   state, shardings, step = compile_step(loss_fn, params, cfg[section].optim, num_steps,
                                         rules=rules, mesh=mesh, optim_key=f"{section}.optim",
