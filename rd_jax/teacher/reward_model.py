@@ -75,7 +75,7 @@ class RewardModel:
 
 
 def load_reward_model(path: str, mesh, known_tokenizers: dict | None = None) -> RewardModel:
-  """A `final/` folder written by this stage (CheckpointError names the path if absent).
+  """A `final/` folder written by the reward stage (CheckpointError names the path if absent).
 
   known_tokenizers: {spec: tokenizer} already loaded (the policy's), to skip a second load."""
   from rd_jax.convert import hf_decoder
