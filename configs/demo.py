@@ -28,8 +28,8 @@ def get_config():
   c.train.num_steps = 192        # 2 epochs of the 3,100 annotated train pairs (README "Results")
   c.train.log_every = 10
   c.train.checkpoint_every = 64
-  c.optim.learning_rate = 1e-4   # chosen on valid (README "Choices": 1e-4 vs 2e-4, balanced CE)
-  c.optim.warmup_steps = 15
+  c.student.optim.learning_rate = 1e-4   # chosen on valid (README "Choices": 1e-4 vs 2e-4, balanced CE)
+  c.student.optim.warmup_steps = 15
   # The objective serves macro-F1 (README "Choices"): class-balanced CE, then per-class logit
   # offsets fitted on valid (student.fit_offsets, the library default) folded into the export.
   c.student.class_weighting = "balanced"
@@ -42,22 +42,26 @@ def get_config():
   c.cpt.batch_size = 4
   c.cpt.num_steps = 30
   c.cpt.heldout_rows = 16
-  c.cpt.learning_rate = 5e-5
+  c.cpt.optim.learning_rate = 5e-5
+  c.cpt.optim.warmup_steps = 3    # each teacher stage warms up over ~10% of its steps
   c.sft.bootstrap_pairs = 96
   c.sft.eval_pairs = 64
   c.sft.batch_size = 4
   c.sft.num_steps = 48
-  c.sft.learning_rate = 5e-5
+  c.sft.optim.learning_rate = 5e-5
+  c.sft.optim.warmup_steps = 5
   c.reward.prompts = 32
   c.reward.valid_prompts = 16
   c.reward.batch_size = 4
   c.reward.num_steps = 24
-  c.reward.learning_rate = 3e-5
+  c.reward.optim.learning_rate = 3e-5
+  c.reward.optim.warmup_steps = 2
   c.dpo.prompts = 32
   c.dpo.eval_prompts = 32
   c.dpo.batch_size = 4
   c.dpo.num_steps = 16
-  c.dpo.learning_rate = 2e-6     # 5e-7 (7B-scale default) does not move a 135M model in 16 steps
+  c.dpo.optim.learning_rate = 2e-6     # 5e-7 (7B-scale default) does not move a 135M model in 16 steps
+  c.dpo.optim.warmup_steps = 2
   c.annotate.split = "train"     # CRSD reads reasoning for its train pairs only
   c.annotate.batch_size = 32     # decode is memory-bound on this CPU: more rows per step are cheap
   return c

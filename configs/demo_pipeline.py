@@ -38,16 +38,19 @@ def get_config():
   c.annotate.max_pairs = 512     # the same seeded draw as data.max_train_pairs (readers.seeded_subset)
   c.train.num_steps = 64         # 4 epochs of 512 pairs at batch 32
   c.train.checkpoint_every = 32
-  c.optim.warmup_steps = 6
+  c.student.optim.warmup_steps = 6
 
-  c.cpt.num_steps = 20
+  c.cpt.num_steps = 20           # warm-ups: ~10% of each teacher stage's steps
+  c.cpt.optim.warmup_steps = 2
   c.sft.bootstrap_pairs = 64
   c.sft.eval_pairs = 32
   c.sft.num_steps = 32
+  c.sft.optim.warmup_steps = 3
   c.reward.prompts = 24
   c.reward.valid_prompts = 12
   c.reward.num_steps = 16
   c.dpo.prompts = 24
   c.dpo.eval_prompts = 16
   c.dpo.num_steps = 12
+  c.dpo.optim.warmup_steps = 1
   return c

@@ -7,8 +7,10 @@
 Mesh (teacher stages): fsdp=8 x tensor=4 on 32 chips (e.g. TPU v5e-32 or 4 nodes x 8 H100).
 Estimated (arithmetic, not measured) memory per device, 7B teacher (hidden 4096, 32 layers, vocab 32000), fp32 master weights + Adam:
   params 6.7e9 x 4 B = 27 GB, Adam moments 54 GB, grads 27 GB  -> 108 GB / 32 devices = 3.4 GB,
-  plus bf16 activations for batch 64 x 1024 tokens with per-layer remat ~ 6-8 GB per device:
-  ~11 GB per device, which fits a v5e (16 GB HBM) or an H100 (80 GB) with room for a larger batch.
+  plus bf16 activations for batch 64 x 1024 tokens. Those were estimated at 6-8 GB per device
+  assuming per-layer remat, which models/decoder.py does not have: without it every layer keeps
+  its activations for the backward pass, several times that (not measured). An H100 has room;
+  on a v5e (16 GB HBM) lower cpt.batch_size / sft.batch_size until it fits.
 Student stages use mesh data=-1 (all chips), batch 1024: 22.7M params are replicated (<0.4 GB
 with Adam); 6 layers x 1024 x 192 tokens of bf16 activations ~ 2 GB per device.
 """
@@ -39,8 +41,11 @@ def get_config():
   c.cpt.seq_len = 1024
   c.cpt.batch_size = 64
   c.cpt.num_steps = 20000
+  c.cpt.optim.warmup_steps = 2000   # each teacher stage: ~10% of its steps (reward, dpo:
+                                    #   the defaults, 10 of 100)
   c.sft.batch_size = 64
   c.sft.num_steps = 5000
+  c.sft.optim.warmup_steps = 500
   c.reward.batch_size = 64
   c.dpo.batch_size = 64
   c.annotate.batch_size = 256
@@ -51,6 +56,6 @@ def get_config():
   c.train.num_steps = 20000
   c.train.checkpoint_every = 1000
   c.train.log_every = 50
-  c.optim.learning_rate = 1e-4
-  c.optim.warmup_steps = 1000
+  c.student.optim.learning_rate = 1e-4
+  c.student.optim.warmup_steps = 1000
   return c

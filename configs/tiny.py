@@ -23,8 +23,8 @@ def get_config():
   c.student.max_len_aug = 64
   c.student.length_buckets = (16, 32, 64)
   c.crsd.projection_dim = 0
-  c.optim.learning_rate = 3e-3    # the tiny random BERT learns the cue task at 3e-3, not at 1e-3
-  c.optim.warmup_steps = 2
+  c.student.optim.learning_rate = 3e-3  # the tiny random BERT learns the cue task at 3e-3, not 1e-3
+  c.student.optim.warmup_steps = 1
   c.train.batch_size = 8
   c.train.num_steps = 6
   c.train.log_every = 2
@@ -44,6 +44,7 @@ def get_config():
   for section in (c.cpt, c.sft, c.reward, c.dpo):
     section.num_steps = 2
     section.batch_size = 2
+    section.optim.warmup_steps = 0
   c.cpt.seq_len = 64
   c.reward.prompts = 4
   c.reward.valid_prompts = 2

@@ -22,6 +22,29 @@ ITEM_TEMPLATE = (
 )
 
 
+# Each training stage -> (the section whose `optim` it trains with, its step-count key). crsd and
+# baseline share `student.optim`, so the two students train alike; a warm-up must be shorter
+# than the step count.
+TRAINING = {"cpt": ("cpt", "cpt.num_steps"), "sft": ("sft", "sft.num_steps"),
+            "reward": ("reward", "reward.num_steps"), "dpo": ("dpo", "dpo.num_steps"),
+            "crsd": ("student", "train.num_steps"), "baseline": ("student", "train.num_steps")}
+OPTIM_SECTIONS = tuple(dict.fromkeys(section for section, _ in TRAINING.values()))
+# The keys of every optimiser section.
+OPTIM_KEYS = ("learning_rate", "warmup_steps", "schedule", "weight_decay", "grad_clip", "b1", "b2")
+
+
+def optim_section(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
+  """AdamW (train/optim.py): linear warm-up, then the schedule's decay to the run's last step."""
+  return ml_collections.ConfigDict(dict(
+      learning_rate=learning_rate,
+      warmup_steps=warmup_steps,  # must be below the stage's step count (an error otherwise)
+      schedule="cosine",          # cosine | linear | constant (after warm-up)
+      weight_decay=0.01,          # matrices only (biases and LayerNorm/RMSNorm scales: none)
+      grad_clip=1.0,              # global norm; 0 = off
+      b1=0.9,
+      b2=0.999))
+
+
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -75,6 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
   # compile of the MiniLM CRSD step (~25 s here) costs as much as ~50k padded training tokens
   # (4.2 s per 32 x (96 + 160)-token step). 0 = every bucket.
   c.student.bucket_compile_tokens = 50000
+  c.student.optim = optim_section(5e-5, 20)   # crsd and baseline (train.num_steps updates)
   # ours: the objective and decision rule serve macro-F1 (every class counts alike), not accuracy.
   c.student.class_weighting = "none"  # none | balanced (n / (C n_c)) | given (class_weights)
   c.student.class_weights = ()   # [C] with class_weighting=given
@@ -101,16 +125,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.crsd.kl_weight = 0.0         # optional KL(pred_t || pred_s) (not in Figure 3; off by default)
   c.crsd.label_source = "gold"   # gold | teacher (train on the teacher's labels)
   c.crsd.shuffle_reasoning = False  # control: permute reasoning across train pairs (content test)
-
-  # --------------------------------------------------------------- optim
-  c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 5e-5
-  c.optim.warmup_steps = 20
-  c.optim.weight_decay = 0.01
-  c.optim.grad_clip = 1.0
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.schedule = "cosine"    # cosine | linear | constant (after warm-up)
 
   # --------------------------------------------------------------- train
   c.train = ml_collections.ConfigDict()
@@ -162,7 +176,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.cpt.seq_len = 256
   c.cpt.batch_size = 8
   c.cpt.num_steps = 100
-  c.cpt.learning_rate = 2e-5
+  c.cpt.optim = optim_section(2e-5, 10)   # cpt.num_steps updates
 
   c.sft = ml_collections.ConfigDict()
   c.sft.chains_path = ""         # user chain-of-thought JSONL; "" = bootstrap (STaR) from teacher
@@ -175,7 +189,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.sft.eval_pairs = 128         # valid pairs scored (greedy) before and after SFT; 0 = none
   c.sft.batch_size = 8
   c.sft.num_steps = 100
-  c.sft.learning_rate = 2e-5
+  c.sft.optim = optim_section(2e-5, 10)   # sft.num_steps updates
 
   c.reward = ml_collections.ConfigDict()
   c.reward.dimensions = ("correctness", "consistency", "grounding", "form")
@@ -188,7 +202,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.reward.loss = "bradley_terry"  # ours: bradley_terry (within-prompt order) | regression (MSE)
   c.reward.batch_size = 8        # response pairs per step (2x rows through the backbone)
   c.reward.num_steps = 100
-  c.reward.learning_rate = 1e-5
+  c.reward.optim = optim_section(1e-5, 10)   # reward.num_steps updates
 
   c.dpo = ml_collections.ConfigDict()
   c.dpo.loss = "dpo"             # dpo | ipo | simpo
@@ -203,7 +217,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.dpo.generate_batch_size = 8
   c.dpo.batch_size = 4
   c.dpo.num_steps = 100
-  c.dpo.learning_rate = 5e-7
+  c.dpo.optim = optim_section(5e-7, 10)   # dpo.num_steps updates
 
   c.annotate = ml_collections.ConfigDict()
   c.annotate.teacher = ""        # "" = the latest of dpo/sft/cpt final in the workdir

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from rd_jax.config import OPTIM_SECTIONS, TRAINING
+
 
 class ConfigError(ValueError):
   pass
@@ -23,7 +25,6 @@ _CHOICES = {
     "crsd.label_source": ("gold", "teacher"),
     "crsd.lambda_scale": ("absolute", "gradient_ratio"),
     "student.class_weighting": ("none", "balanced", "given"),
-    "optim.schedule": ("cosine", "linear", "constant"),
     "mesh.multihost": ("auto", "off", "explicit"),
     "eval.split": ("test", "valid", "train"),
     "dpo.loss": ("dpo", "ipo", "simpo"),
@@ -32,23 +33,27 @@ _CHOICES = {
 }
 _POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.checkpoint_every",
              "train.keep_checkpoints", "student.max_len_std", "student.max_len_aug",
-             "crsd.temperature", "optim.learning_rate", "eval.batch_size", "data.num_folds",
+             "crsd.temperature", "eval.batch_size", "data.num_folds",
              "teacher.max_prompt_len", "teacher.max_response_len",
-             "cpt.seq_len", "cpt.batch_size", "cpt.num_steps", "cpt.learning_rate",
+             "cpt.seq_len", "cpt.batch_size", "cpt.num_steps",
              "sft.bootstrap_samples", "sft.gen_batch_size", "sft.batch_size", "sft.num_steps",
-             "sft.learning_rate",
              "reward.samples_per_prompt", "reward.prompts", "reward.generate_batch_size",
-             "reward.batch_size", "reward.num_steps", "reward.learning_rate",
+             "reward.batch_size", "reward.num_steps",
              "dpo.beta", "dpo.simpo_beta", "dpo.samples_per_prompt", "dpo.prompts",
-             "dpo.generate_batch_size", "dpo.batch_size", "dpo.num_steps", "dpo.learning_rate",
+             "dpo.generate_batch_size", "dpo.batch_size", "dpo.num_steps",
              "annotate.num_samples", "annotate.batch_size", "annotate.shard_size")
 _NON_NEGATIVE = ("crsd.lambda_infonce", "crsd.weight_aug_ce", "crsd.kl_weight",
-                 "crsd.projection_dim", "optim.warmup_steps", "optim.weight_decay",
-                 "optim.grad_clip", "sft.bootstrap_pairs", "sft.eval_pairs",
+                 "crsd.projection_dim", "sft.bootstrap_pairs", "sft.eval_pairs",
                  "sft.bootstrap_temperature", "reward.valid_prompts", "reward.temperature",
                  "dpo.simpo_gamma", "dpo.min_margin", "dpo.eval_prompts", "dpo.temperature",
                  "annotate.temperature", "annotate.max_retries", "annotate.max_pairs",
                  "data.max_train_pairs", "cpt.heldout_rows")
+
+# Every stage's optimiser section (config.optim_section): the same checks under each name.
+_CHOICES.update({f"{s}.optim.schedule": ("cosine", "linear", "constant") for s in OPTIM_SECTIONS})
+_POSITIVE += tuple(f"{s}.optim.learning_rate" for s in OPTIM_SECTIONS)
+_NON_NEGATIVE += tuple(f"{s}.optim.{k}" for s in OPTIM_SECTIONS
+                       for k in ("warmup_steps", "weight_decay", "grad_clip"))
 
 
 def _get(cfg, dotted: str):
@@ -71,6 +76,12 @@ def validate(cfg) -> None:
     value = _get(cfg, key)
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
       raise ConfigError(f"config key {key} = {value!r}; must be >= 0")
+  for section, steps_key in dict(TRAINING.values()).items():
+    warmup, steps = _get(cfg, f"{section}.optim.warmup_steps"), _get(cfg, steps_key)
+    if warmup >= steps:
+      raise ConfigError(f"config key {section}.optim.warmup_steps = {warmup} must be below "
+                        f"{steps_key} = {steps}: a warm-up as long as the run never reaches "
+                        "its learning rate")
   labels = list(cfg.labels)
   if len(labels) < 2 or len(set(labels)) != len(labels) or not all(
       isinstance(l, str) and l.strip() for l in labels):

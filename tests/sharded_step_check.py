@@ -18,8 +18,9 @@ import numpy as np  # noqa: E402
 from rd_jax.config import default_config  # noqa: E402
 from rd_jax.models import bert  # noqa: E402
 from rd_jax.parallel import mesh as mesh_lib, sharding  # noqa: E402
-from rd_jax.stages.crsd import make_train_step  # noqa: E402
-from rd_jax.train import optim, state as state_lib  # noqa: E402
+from rd_jax.losses.crsd import CrsdLossConfig  # noqa: E402
+from rd_jax.stages.crsd import make_loss_fn  # noqa: E402
+from rd_jax.train import fit  # noqa: E402
 
 
 def batch(rng, b, ls, la, vocab, classes):
@@ -50,15 +51,14 @@ def run(mesh_shape, gather):
                                             tensor=mesh_shape[2]))
   n = int(np.prod(mesh_shape))
   mesh = mesh_lib.make_mesh(mesh_cfg, jax.devices()[:n])
-  tx, schedule = optim.make_optimizer(cfg.optim, 10, learning_rate=1e-3)
+  cfg.student.optim.learning_rate, cfg.student.optim.warmup_steps = 1e-3, 2
   params = bert.init_params(model_cfg, jax.random.PRNGKey(0))
-  state, shardings = state_lib.init_state(params, tx, sharding.BERT_RULES, mesh)
   b = 16
   local_block = b // mesh_lib.data_parallel_size(mesh)
-  step = jax.jit(make_train_step(model, tx, schedule, cfg.crsd, use_reasoning=True,
-                                 local_block=local_block, seed=0),
-                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)))
+  loss_fn = make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd), use_reasoning=True,
+                         local_block=local_block, seed=0)
+  state, shardings, step = fit.compile_step(loss_fn, params, cfg.student.optim, 10,
+                                            rules=sharding.BERT_RULES, mesh=mesh, with_step=True)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(2):

@@ -211,7 +211,7 @@ def test_attach_reasoning_by_id_then_query(tmp_path):
 
 @pytest.mark.parametrize("mode", ["error", "skip"])
 def test_pairs_the_teacher_failed_on_error_or_are_dropped_and_counted(tmp_path, mode):
-  from rd_jax.stages import student_common
+  from rd_jax.student import data as data_lib
   cfg = default_config()
   cfg.data.on_missing_reasoning = mode
   pairs = [_validate(_row()), _validate(_row(product_id="p3"))]
@@ -221,9 +221,9 @@ def test_pairs_the_teacher_failed_on_error_or_are_dropped_and_counted(tmp_path, 
   report = {}
   if mode == "error":
     with pytest.raises(ValueError, match="1 train pairs have no reasoning.*product_id=p3"):
-      student_common._with_reasoning(pairs, cfg, report, "train", str(tmp_path))
+      data_lib._with_reasoning(pairs, cfg, report, "train", str(tmp_path))
     return
-  out = student_common._with_reasoning(pairs, cfg, report, "train", str(tmp_path))
+  out = data_lib._with_reasoning(pairs, cfg, report, "train", str(tmp_path))
   assert [p.product_id for p in out] == ["p1"]
   assert report["train_dropped_without_reasoning"] == 1
   assert report["train_reasoning"]["missing"] == 1
@@ -233,7 +233,7 @@ def test_pairs_the_teacher_failed_on_error_or_are_dropped_and_counted(tmp_path, 
 def test_teacher_label_student_follows_the_missing_policy(tmp_path, mode):
   """The "teacher labels only" student (baseline, crsd.label_source=teacher) drops or names the
   pairs the teacher failed on, as CRSD does for their reasoning."""
-  from rd_jax.stages import student_common
+  from rd_jax.student import data as data_lib
   cfg = default_config()
   cfg.data.on_missing_reasoning = mode
   cfg.crsd.label_source = "teacher"
@@ -245,9 +245,9 @@ def test_teacher_label_student_follows_the_missing_policy(tmp_path, mode):
   report = {}
   if mode == "error":
     with pytest.raises(ValueError, match="1 train pairs have no teacher label.*product_id=p3"):
-      student_common._label_source(pairs, cfg, report, str(tmp_path))
+      data_lib._label_source(pairs, cfg, report, str(tmp_path))
     return
-  out = student_common._label_source(pairs, cfg, report, str(tmp_path))
+  out = data_lib._label_source(pairs, cfg, report, str(tmp_path))
   assert [(p.product_id, p.label_id) for p in out] == [("p1", 3)]
   assert report["train_dropped_without_teacher_label"] == 1 and report["labels"] == "teacher"
 
@@ -255,7 +255,7 @@ def test_teacher_label_student_follows_the_missing_policy(tmp_path, mode):
 def test_crsd_on_teacher_labels_trains_on_the_teachers_labels_and_reasoning(tmp_path):
   """The paper's student (the table's crsd_teacher_labels): CRSD on the teacher's labels and
   reasoning, read from the bundled annotations; valid keeps gold labels."""
-  from rd_jax.stages import student_common
+  from rd_jax.student import data as data_lib
   cfg = default_config()
   cfg.data.reasoning_path = "bundled"
   cfg.data.on_missing_reasoning = "skip"
@@ -263,7 +263,7 @@ def test_crsd_on_teacher_labels_trains_on_the_teachers_labels_and_reasoning(tmp_
   cfg.crsd.label_source = "teacher"
   stage_dir = tmp_path / "crsd"
   stage_dir.mkdir()
-  data = student_common.load_student_data(cfg, str(stage_dir), use_reasoning=True)
+  data = data_lib.load_student_data(cfg, str(stage_dir), use_reasoning=True)
   assert data.report["labels"] == "teacher" and 0 < len(data.train) <= 200
   assert all(p.reasoning and p.label_id == p.teacher_label_id for p in data.train)
   gold = {(p.query_id, p.product_id): p.label_id

@@ -12,8 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from rd_jax import generate as gen
 from rd_jax.convert import hf_decoder
+from rd_jax.losses import lm
 from rd_jax.models.decoder import (Decoder, DecoderConfig, flops_per_token, init_cache, init_params,
-                                   positions_from_mask, token_logprobs)
+                                   positions_from_mask)
 
 TINY = DecoderConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                      intermediate_size=48, rope_theta=1000.0, rms_norm_eps=1e-6, max_position=64)
@@ -179,7 +180,7 @@ def test_sampling_shapes_and_determinism(tiny):
 
 def test_token_logprobs_and_flops():
   logits = jnp.array([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])
-  got = token_logprobs(logits, jnp.array([[2, 1]]))
+  got = lm.token_log_probs(logits, jnp.array([[2, 1]]))
   want = np.log([np.exp(3) / np.exp([1, 2, 3]).sum(), 1 / 3])
   np.testing.assert_allclose(got[0], want, rtol=1e-6)
   n = sum(x.size for x in jax.tree_util.tree_leaves(jax.eval_shape(lambda: init_params(TINY, jax.random.PRNGKey(0)))))
@@ -212,7 +213,7 @@ def test_smollm2_gguf_parity_and_sanity():
     delta = np.abs(got - want).max()
     print(f"SmolLM2 max|dlogit| over {ids.shape[1]} tokens: {delta:.2e}")
     assert delta <= 1e-3
-  nll = -float(token_logprobs(jnp.asarray(got[:, :-1]), jnp.asarray(ids[:, 1:])).mean())
+  nll = -float(lm.token_log_probs(jnp.asarray(got[:, :-1]), jnp.asarray(ids[:, 1:])).mean())
   print(f"SmolLM2 English NLL {nll:.3f} nats/token")
   assert nll < 4.0
   # GGUF keeps q/k rows in llama.cpp's order; transformers must undo it. Check the result where
@@ -229,7 +230,7 @@ def test_smollm2_gguf_parity_and_sanity():
   copy_nll = {}
   for name, p in (("loaded", params), ("gguf_order", gguf_order)):
     logits = _forward(p, ids, np.arange(80)[None], None, config=config)
-    copy_nll[name] = -float(token_logprobs(logits[:, 40:-1], jnp.asarray(ids[:, 41:])).mean())
+    copy_nll[name] = -float(lm.token_log_probs(logits[:, 40:-1], jnp.asarray(ids[:, 41:])).mean())
   print(f"SmolLM2 NLL of the repeated half: {copy_nll}")
   assert copy_nll["loaded"] < 5.0 and copy_nll["gguf_order"] > 10.0
   # greedy generation agrees with transformers' generate on the chat prompt

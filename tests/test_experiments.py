@@ -39,15 +39,16 @@ def test_teacher_rows_are_kept_and_recomputed_when_the_checkpoint_changes(tmp_pa
   import types
 
   from rd_jax.experiments import table
-  from rd_jax.stages import teacher_common, teacher_eval
+  from rd_jax.teacher import eval as teacher_eval, model as teacher_model
+  from rd_jax.train import fit
   cfg = tiny_config()
   teacher_dir = tmp_path / "teacher"
   (teacher_dir / "sft" / "final").mkdir(parents=True)
   marker = teacher_dir / "sft" / "final" / "COMPLETE"
   marker.write_text("")
   evaluated = []
-  monkeypatch.setattr(teacher_common, "mesh_for", lambda cfg: None)
-  monkeypatch.setattr(teacher_common, "load_teacher",
+  monkeypatch.setattr(fit, "make_mesh", lambda cfg: None)
+  monkeypatch.setattr(teacher_model, "load_teacher",
                       lambda cfg, wd, mesh, upstream, explicit: types.SimpleNamespace(
                           config=None, params=explicit, tokenizer=None))
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from rd_jax.losses import classification, crsd, infonce
 
@@ -108,11 +107,16 @@ def test_infonce_stop_gradient_on_aug():
 
 
 def crsd_cfg(**kw):
-  c = ml_collections.ConfigDict(dict(lambda_infonce=0.3, weight_aug_ce=0.7, temperature=0.1,
-                                     symmetric=True, stop_grad_aug=False, mask_duplicates=False,
-                                     gather_negatives=True, kl_weight=0.0))
-  c.update(kw)
-  return c
+  return crsd.CrsdLossConfig(**dict(dict(lambda_infonce=0.3, weight_aug_ce=0.7, temperature=0.1,
+                                         mask_duplicates=False), **kw))
+
+
+def test_loss_config_reads_its_keys_from_the_crsd_section():
+  from rd_jax.config import default_config
+  section = default_config().crsd
+  section.lambda_infonce = 0.25
+  settings = crsd.CrsdLossConfig.from_config(section)
+  assert settings.lambda_infonce == 0.25 and settings == crsd.CrsdLossConfig(lambda_infonce=0.25)
 
 
 def test_crsd_total_is_weighted_sum():

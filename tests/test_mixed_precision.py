@@ -9,8 +9,9 @@ import numpy as np
 from rd_jax.config import default_config
 from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib, sharding
-from rd_jax.stages.crsd import make_train_step
-from rd_jax.train import optim, state as state_lib
+from rd_jax.losses.crsd import CrsdLossConfig
+from rd_jax.stages.crsd import make_loss_fn
+from rd_jax.train import fit
 
 import ml_collections
 
@@ -21,9 +22,12 @@ def one_step(dtype):
                               intermediate_size=64, num_labels=4, dropout=0.0, dtype=dtype)
   mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
                             jax.devices()[:1])
-  tx, schedule = optim.make_optimizer(cfg.optim, 10, learning_rate=1e-3)
+  cfg.student.optim.learning_rate = 1e-3
   params = bert.init_params(dataclasses.replace(model_cfg, dtype="float32"), jax.random.PRNGKey(0))
-  state, _ = state_lib.init_state(params, tx, sharding.BERT_RULES, mesh)
+  loss_fn = make_loss_fn(bert.BertClassifier(model_cfg), CrsdLossConfig.from_config(cfg.crsd),
+                         use_reasoning=True, local_block=8, seed=0)
+  state, _, step = fit.compile_step(loss_fn, params, cfg.student.optim, 100,
+                                    rules=sharding.BERT_RULES, mesh=mesh, with_step=True)
   rng = np.random.default_rng(0)
   batch = {}
   for view, length in (("std", 12), ("aug", 20)):
@@ -32,8 +36,6 @@ def one_step(dtype):
     batch[f"{view}_token_type_ids"] = np.zeros((8, length), np.int32)
   batch.update(labels=rng.integers(0, 4, 8).astype(np.int32), weights=np.ones(8, np.float32),
                item_key=np.arange(8, dtype=np.int32), reasoning_key=np.arange(8, dtype=np.int32))
-  step = jax.jit(make_train_step(bert.BertClassifier(model_cfg), tx, schedule, cfg.crsd,
-                                 use_reasoning=True, local_block=8, seed=0))
   new_state, metrics = step(state, jax.tree.map(jnp.asarray, batch))
   return new_state, metrics
 

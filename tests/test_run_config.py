@@ -104,3 +104,25 @@ def test_table_reuses_a_run_only_with_its_config(tmp_path, tiny_config):
   with pytest.raises(run_config.RunConfigMismatch) as error:
     table.run_student(cfg, str(tmp_path), "crsd", seed=0)
   assert "train.num_steps" in str(error.value) and "lambda" not in str(error.value)
+
+
+def test_a_new_student_learning_rate_reuses_the_finished_teacher_chain(tmp_path, tiny_config,
+                                                                       monkeypatch):
+  """Each stage records its own optimiser section: student.optim is no teacher's business."""
+  calls = []
+  monkeypatch.setattr(all_stage.registry, "run", lambda stage, *a: calls.append(stage) or {})
+  cfg = tiny_config()
+  teachers = ("cpt", "sft", "reward", "dpo")
+  cfg.all.stages = teachers + ("crsd",)
+  for stage in cfg.all.stages:
+    _fake_complete_stage(str(tmp_path / stage), run_config.for_stage(cfg, stage))
+    assert "cpt.optim.learning_rate" not in run_config.for_stage(cfg, stage) or stage == "cpt"
+  assert run_config.for_stage(cfg, "cpt")["cpt.optim.learning_rate"] == cfg.cpt.optim.learning_rate
+  cfg.student.optim.learning_rate *= 2
+  with pytest.raises(run_config.RunConfigMismatch, match="student.optim.learning_rate") as error:
+    all_stage.run(cfg, str(tmp_path))                    # the teachers pass, the student does not
+  assert str(tmp_path / "crsd") in str(error.value)
+  cfg.all.stages = teachers
+  assert all_stage.run(cfg, str(tmp_path))["seconds_per_stage"] == {
+      s: "skipped (complete)" for s in teachers}
+  assert calls == []

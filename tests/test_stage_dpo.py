@@ -7,13 +7,13 @@ import shutil
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from rd_jax import checkpoint
 from rd_jax.losses import preference
 from rd_jax.models import decoder
 from rd_jax.stages import dpo, reward
+from rd_jax.teacher import sampling
 
 from test_stage_reward import TOY, scripted
 
@@ -94,10 +94,7 @@ def test_step_zero_golden_values(loss):
   rows = _rows(rng)
   rows.update(dpo.reference_log_probs(params, TOY, rows, batch_size=3))
   beta, gamma = (2.0, 0.5) if loss == "simpo" else (0.1, 0.0)
-  tx = optax.sgd(0.0)
-  step = jax.jit(dpo.make_dpo_step(TOY, tx, optax.constant_schedule(0.0), loss=loss, beta=beta,
-                                   gamma=gamma))
-  _, m = step({"params": params, "opt_state": tx.init(params), "step": np.int32(0)}, rows)
+  _, m = jax.jit(dpo.dpo_loss(TOY, loss=loss, beta=beta, gamma=gamma))(params, rows)
   if loss == "dpo":
     want = math.log(2.0)
   elif loss == "ipo":
@@ -122,12 +119,12 @@ def test_missing_reward_model_names_the_path(tiny_config, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_dpo(tmp_path_factory, tiny_config):
   mp = pytest.MonkeyPatch()
-  mp.setattr(reward, "sample_responses", scripted)
+  mp.setattr(sampling, "sample_responses", scripted)
   workdir = str(tmp_path_factory.mktemp("dpo"))
   try:
     reward.run(tiny_config(), workdir)
     cfg = tiny_config()
-    cfg.dpo.learning_rate = 1e-3  # tiny and few steps: let the policy move
+    cfg.dpo.optim.learning_rate = 1e-3  # tiny and few steps: let the policy move
     yield cfg, workdir, dpo.run(cfg, workdir)
   finally:
     mp.undo()
@@ -162,7 +159,7 @@ def test_simpo_runs_on_the_pairs_already_built(tiny_dpo, monkeypatch):
   """A fresh dpo/ holding only pairs.jsonl + prep.json reuses them (no sampling at T > 0)."""
   cfg, workdir, first = tiny_dpo
   calls = []
-  monkeypatch.setattr(reward, "sample_responses",
+  monkeypatch.setattr(sampling, "sample_responses",
                       lambda *a, **k: calls.append(k["temperature"]) or scripted(*a, **k))
   cfg = cfg.copy_and_resolve_references()
   cfg.dpo.loss = "simpo"

@@ -15,6 +15,8 @@ import pytest
 from rd_jax import checkpoint, reward_scorers
 from rd_jax.models import decoder
 from rd_jax.stages import reward
+from rd_jax.teacher import reward_model, sampling
+from rd_jax.train import fit, state as state_lib
 
 LABELS = ["Exact", "Substitute", "Complement", "Irrelevant"]
 DIMS = list(reward_scorers.DIMENSIONS)
@@ -25,7 +27,7 @@ SCRIPT = ["The product matches the query exactly.\nLabel: Exact",
 
 
 def scripted(config, params, tokenizer, prompts, *, num_samples, temperature, **_):
-  """Stands in for `reward.sample_responses`: SCRIPT in rotation, every response finished."""
+  """Stands in for `sampling.sample_responses`: SCRIPT in rotation, every response finished."""
   return [[{"text": SCRIPT[(i + j) % len(SCRIPT)], "finished": True, "num_tokens": 10}
            for j in range(num_samples)] for i in range(len(prompts))]
 
@@ -36,7 +38,7 @@ def test_pairs_from_scripted_responses(tiny_config):
   record = {"query": "red shoes", "item_text": "Nike running shoe\nColor: red",
             "gold_label": "Exact",
             "responses": [{"text": t, "finished": True, "num_tokens": 10} for t in texts]}
-  reward.score_record(record, cfg)
+  sampling.score_record(record, cfg.labels, cfg.reward.dimensions, cfg.teacher.max_response_len)
   scores = [r["scores"] for r in record["responses"]]
   assert [s["correctness"] for s in scores] == pytest.approx([1.0, 0.0, 2 / 3, 1.0])
   assert [r["parsed_label"] for r in record["responses"]] == ["Exact", "Irrelevant",
@@ -75,10 +77,10 @@ def _toy_rows(rng, n):
 def test_bradley_terry_learns_a_separable_toy():
   rng = np.random.default_rng(0)
   params = {"backbone": jax.jit(lambda k: decoder.init_params(TOY, k))(jax.random.PRNGKey(0)),
-            "heads": reward.init_heads(TOY, 2, 0)}
+            "heads": reward_model.init_heads(TOY, 2, 0)}
   tx = optax.adam(3e-3)
-  step = jax.jit(reward.make_reward_step(TOY, ["good", "bad"], tx, optax.constant_schedule(3e-3),
-                                         "bradley_terry"))
+  step = jax.jit(state_lib.gradient_step(reward.reward_loss(TOY, ["good", "bad"], "bradley_terry"),
+                                         tx, optax.constant_schedule(3e-3)))
   state = {"params": params, "opt_state": tx.init(params), "step": np.int32(0)}
   held = _toy_rows(rng, 64)
   _, first = step(state, held)
@@ -102,7 +104,7 @@ def test_pairwise_accuracy_counts_decided_pairs_only():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_config):
   mp = pytest.MonkeyPatch()
-  mp.setattr(reward, "sample_responses", scripted)
+  mp.setattr(sampling, "sample_responses", scripted)
   workdir = str(tmp_path_factory.mktemp("reward"))
   cfg = tiny_config()
   try:
@@ -136,19 +138,18 @@ def test_stage_writes_final_samples_and_accuracy(tiny_run):
 
 def test_score_responses_from_final_and_rerun_reuses_samples(tiny_run, monkeypatch):
   cfg, workdir, _ = tiny_run
-  from rd_jax.stages import teacher_common as tc
-  rm = reward.load_reward_model(os.path.join(workdir, "reward"), tc.mesh_for(cfg))
+  rm = reward_model.load_reward_model(os.path.join(workdir, "reward"), fit.make_mesh(cfg))
   records = [json.loads(l) for l in open(os.path.join(workdir, "reward", "samples.jsonl"))]
   prompts = [records[0]["prompt"]] * 3
-  scores = reward.score_responses(rm.params, rm.config, rm.tokenizer, prompts, SCRIPT[:3],
-                                  batch_size=2)
+  scores = reward_model.score_responses(rm.params, rm.config, rm.tokenizer, prompts, SCRIPT[:3],
+                                        batch_size=2)
   assert scores.shape == (3, len(DIMS)) and np.isfinite(scores).all()
-  one = reward.score_responses(rm.params, rm.config, rm.tokenizer, prompts[:1], SCRIPT[1:2])
+  one = reward_model.score_responses(rm.params, rm.config, rm.tokenizer, prompts[:1], SCRIPT[1:2])
   np.testing.assert_allclose(one[0], scores[1], atol=1e-5)  # padding does not change a score
 
   def no_sampling(*a, **k):
     raise AssertionError("samples.jsonl should have been reused")
-  monkeypatch.setattr(reward, "sample_responses", no_sampling)
+  monkeypatch.setattr(sampling, "sample_responses", no_sampling)
   cfg2 = cfg.copy_and_resolve_references()
   cfg2.reward.num_steps = 3  # one more step: resumes from the step-2 checkpoint
   summary = reward.run(cfg2, workdir)

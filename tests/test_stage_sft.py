@@ -13,7 +13,6 @@ import re
 
 import jax
 import numpy as np
-import optax
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -23,7 +22,8 @@ from rd_jax.convert import hf_decoder
 from rd_jax.data import prompts, readers
 from rd_jax.data.schema import DataError
 from rd_jax.models.decoder import Decoder, DecoderConfig
-from rd_jax.stages import sft, teacher_common as tc
+from rd_jax.stages import sft
+from rd_jax.teacher import model as teacher_model, rows as rows_lib
 
 _PROMPT = re.compile(r"Query: (.*?)\n\nProduct:\n(.*?)\n\nGrade the product", re.S)
 _HINT = re.compile(r"Hint: the correct label is (\w+)")
@@ -100,7 +100,7 @@ def test_long_reasoning_is_cut_but_keeps_the_label_line(tokenizer):
 
 
 def test_masked_sft_loss_equals_pytorch():
-  """make_lm_step's loss == transformers' CE with labels=-100 off the response (right-padded)."""
+  """teacher_model.lm_loss == transformers' CE with labels=-100 off the response (right-padded)."""
   config = DecoderConfig(vocab_size=61, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2,
                          intermediate_size=24, max_position=32)
   torch.manual_seed(0)
@@ -112,10 +112,8 @@ def test_masked_sft_loss_equals_pytorch():
   rng = np.random.RandomState(0)
   seqs = [rng.randint(3, 61, 9).tolist(), rng.randint(3, 61, 6).tolist()]
   masks = [[0] * 5 + [1] * 4, [0] * 2 + [1] * 4]           # prompt 5 / 2 tokens, response 4 / 4
-  batch = tc.right_pad(seqs, masks, 11, pad_id=0)
-  tx = optax.sgd(0.0)
-  step = tc.make_lm_step(Decoder(config), tx, optax.constant_schedule(0.0))
-  _, metrics = step({"params": params, "opt_state": tx.init(params), "step": 0}, batch)
+  batch = rows_lib.right_pad(seqs, masks, 11, pad_id=0)
+  _, metrics = teacher_model.lm_loss(Decoder(config))(params, batch)
   labels = np.where(batch["loss_mask"] == 1, batch["tokens"], -100)
   with torch.no_grad():
     want = model(torch.tensor(batch["tokens"], dtype=torch.long), attention_mask=torch.tensor(batch["attention_mask"]),
@@ -145,7 +143,7 @@ def test_bootstrap_keeps_sampled_and_rationalised_chains_and_counts_drops(
 
   script = Script(answer)
   monkeypatch.setattr(generate, "generate_texts", script)
-  teacher = tc.Teacher(None, None, tokenizer, "smollm2", "test")
+  teacher = teacher_model.Teacher(None, None, tokenizer, "smollm2", "test")
   chains, report = sft.bootstrap_chains(teacher, train, cfg)
   assert [c["reasoning"] for c in chains] == ["sampled 0", "rationalised 1"]
   assert [c["source"] for c in chains] == ["sample", "rationalized"]
@@ -173,7 +171,7 @@ def test_answer_extraction_rescues_reasoning_without_a_label_line(tiny_config, t
     return "It fits." if hint is None else "Still no label."
 
   monkeypatch.setattr(generate, "generate_texts", Script(answer))
-  teacher = tc.Teacher(None, None, tokenizer, "smollm2", "test")
+  teacher = teacher_model.Teacher(None, None, tokenizer, "smollm2", "test")
   chains, report = sft.bootstrap_chains(teacher, train, cfg)
   assert [(c["reasoning"], c["label"], c["source"]) for c in chains] == [
       ("It fits.", gold(0), "sample+extracted")]

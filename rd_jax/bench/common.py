@@ -302,29 +302,28 @@ def synthetic_batch(batch_size: int, std_len: int, aug_len: int, *, vocab_size: 
 
 def jax_train_step(model_cfg, params, *, use_reasoning: bool, batch_size: int, mesh=None,
                    num_steps: int = 1000, crsd_overrides: dict | None = None):
-  """(state, jitted step, mesh): exactly the crsd/baseline stage's step (stages/crsd.py).
-
-  Default config's optimizer (AdamW 5e-5, warm-up 20 + cosine over `num_steps`, clip 1.0, decay
-  0.01 on matrices) and crsd section; jitted with the stage's shardings and state donation.
+  """(state, jitted step, mesh): exactly the crsd/baseline stage's step (stages/crsd.py), built
+  by the same `fit.compile_step` with the default config's student.optim (AdamW 5e-5, warm-up 20
+  + cosine over `num_steps`, clip 1.0, decay 0.01 on matrices) and crsd section.
   """
   import jax
   from rd_jax.config import default_config
+  from rd_jax.losses.crsd import CrsdLossConfig
   from rd_jax.models import bert
   from rd_jax.parallel import mesh as mesh_lib, sharding
-  from rd_jax.stages.crsd import make_train_step
-  from rd_jax.train import optim, state as state_lib
+  from rd_jax.stages.crsd import make_loss_fn
+  from rd_jax.train import fit
   cfg = default_config()
   for key, value in (crsd_overrides or {}).items():
     cfg.crsd[key] = value
   if mesh is None:
     mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1])
-  tx, schedule = optim.make_optimizer(cfg.optim, num_steps)
-  state, shardings = state_lib.init_state(params, tx, sharding.BERT_RULES, mesh)
-  step = make_train_step(bert.BertClassifier(model_cfg), tx, schedule, cfg.crsd,
+  loss_fn = make_loss_fn(bert.BertClassifier(model_cfg), CrsdLossConfig.from_config(cfg.crsd),
                          use_reasoning=use_reasoning,
                          local_block=batch_size // mesh_lib.data_parallel_size(mesh), seed=0)
-  step = jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+  state, _, step = fit.compile_step(loss_fn, params, cfg.student.optim, num_steps,
+                                    rules=sharding.BERT_RULES, mesh=mesh,
+                                    optim_key="student.optim", with_step=True)
   return state, step, mesh
 
 

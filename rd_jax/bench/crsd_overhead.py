@@ -42,7 +42,7 @@ def _update_fn(params):
   import optax
   from rd_jax.config import default_config
   from rd_jax.train import optim
-  tx, _ = optim.make_optimizer(default_config().optim, 1000)
+  tx, _ = optim.make_optimizer(default_config().student.optim, 1000, "student.optim")
   opt_state = tx.init(params)
   grads = jax.tree.map(lambda p: p * 1e-3, params)
 
@@ -65,8 +65,8 @@ def _loss_only_fn(model_cfg, batch_size: int, seed: int):
   import jax.numpy as jnp
   import numpy as np
   from rd_jax.config import default_config
-  from rd_jax.losses.crsd import crsd_loss
-  crsd = default_config().crsd
+  from rd_jax.losses.crsd import CrsdLossConfig, crsd_loss
+  crsd = CrsdLossConfig.from_config(default_config().crsd)
   rng = np.random.default_rng(seed)
   d, c = model_cfg.hidden_size, model_cfg.num_labels
   outs = [{"logits": jnp.asarray(rng.normal(size=(batch_size, c)), jnp.float32),

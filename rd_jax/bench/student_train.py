@@ -67,11 +67,12 @@ def torch_model(model_cfg, params, *, train: bool, device=None):
 
 
 def torch_optimizer(model, num_steps: int = 1000):
-  """AdamW + warm-up/cosine as optim.make_optimizer (default config); clip is in the step."""
+  """AdamW + warm-up/cosine as optim.make_optimizer with the default student.optim, except that
+  transformers' warm-up starts at lr 0 (ours at lr / (warm-up + 1)); clip is in the step."""
   import torch
   import transformers
   from rd_jax.config import default_config
-  o = default_config().optim
+  o = default_config().student.optim
   groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": o.weight_decay},
             {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
   opt = torch.optim.AdamW(groups, lr=o.learning_rate, betas=(o.b1, o.b2), eps=1e-8)

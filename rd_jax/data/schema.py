@@ -1,7 +1,7 @@
 """The pair schema: one validated (query, item) judgement, the item-text template, the fold rule.
 
-No JAX (nor TensorFlow, nor torch) here: the PyTorch-only scorer (`rd_jax/score.py`) imports this
-module to render item text exactly as training did.
+No JAX (nor TensorFlow, nor torch) here. The PyTorch-only scorer (`rd_jax/score.py`) does not
+import it: it repeats `render_item`'s rule so that it stays a single self-contained file.
 
 A row is a mapping (a JSON object, a CSV record, a Parquet row). `validate_row` turns it into a
 `Pair` or raises `DataError("{path}:{lineno}: {reason}")`. Rules, in order:

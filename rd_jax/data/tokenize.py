@@ -138,7 +138,7 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, *, max_len_std: int,
   """Both views of every pair, truncated to `max_len_std` / `max_len_aug` tokens (specials incl.).
 
   labels: Pair.label_id, -1 where None. A student trained on the teacher's labels gets them by
-  its pairs' label_id (stages/student_common._label_source), so held-out pairs keep gold.
+  its pairs' label_id (student/data._label_source), so held-out pairs keep gold.
   stats: {"pairs", "std_item_cut", "std_query_cut", "aug_reasoning_cut", "aug_reasoning_dropped",
   "aug_item_cut", "aug_query_cut", "no_reasoning"}.
   """

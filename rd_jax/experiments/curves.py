@@ -24,12 +24,14 @@ from ml_collections import config_flags
 
 from rd_jax import decision
 from rd_jax.data import readers
+from rd_jax.losses.crsd import CrsdLossConfig
 from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
-from rd_jax.stages import crsd, student_common
-from rd_jax.train import optim
-from rd_jax.train import state as state_lib
+from rd_jax.stages import crsd
+from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
+from rd_jax.student.model import initial_student
+from rd_jax.train import fit
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
@@ -57,31 +59,29 @@ def main(argv):
   stage, workdir = _STAGE.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   use_reasoning = stage == "crsd"
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  data = student_common.load_student_data(cfg, workdir, use_reasoning=use_reasoning)
+  mesh = fit.make_mesh(cfg)
+  data = data_lib.load_student_data(cfg, workdir, use_reasoning=use_reasoning)
   pairs, _ = readers.load_pairs(cfg.data.path, cfg)
   test = readers.train_valid_test(pairs, cfg)["test"]
   c = len(cfg.labels)
-  counts = np.bincount([p.label_id for p in data.train], minlength=c)
+  objective = crsd.objective_of(cfg, data.train)
+  counts = np.array(objective["train_label_counts"])
   steps_per_epoch = len(data.train) // cfg.train.batch_size
   num_steps = steps_per_epoch * _EPOCHS.value
   with cfg.unlocked():
     cfg.train.num_steps = num_steps
-  model_cfg, params, _ = crsd.initial_student(cfg, jax.random.PRNGKey(cfg.seed))
+  model_cfg, params, _ = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
   model = bert.BertClassifier(model_cfg)
-  tx, schedule = optim.make_optimizer(cfg.optim, num_steps)
-  state, shardings = state_lib.init_state(params, tx, sharding.BERT_RULES, mesh)
-  from rd_jax.losses import classification
-  step_fn = crsd.make_train_step(
-      model, tx, schedule, cfg.crsd, use_reasoning=use_reasoning, local_block=cfg.train.batch_size,
-      seed=cfg.seed,
-      class_weights=classification.class_weights_for(counts, cfg.student.class_weighting,
-                                                     cfg.student.class_weights),
-      logit_adjustment=classification.log_prior(counts, cfg.student.logit_adjustment))
-  step_fn = jax.jit(step_fn, donate_argnums=(0,))
-  batches = student_common.train_batches(data.train, data.tokenizer, cfg,
-                                         use_reasoning=use_reasoning)
-  predict = student_common.make_predict_fn(model, mesh)
+  loss_fn = crsd.make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd),
+                              use_reasoning=use_reasoning, local_block=cfg.train.batch_size,
+                              seed=cfg.seed, class_weights=objective["class_weights"],
+                              logit_adjustment=objective["logit_adjustment"])
+  state, _, step_fn = fit.compile_step(loss_fn, params, cfg.student.optim, num_steps,
+                                       rules=sharding.BERT_RULES, mesh=mesh,
+                                       optim_key="student.optim", with_step=True)
+  batches = batches_lib.train_batches(data.train, data.tokenizer, cfg,
+                                      use_reasoning=use_reasoning)
+  predict = predict_lib.make_predict_fn(model, mesh)
   valid_y = np.array([p.label_id for p in data.valid])
   prior = counts / counts.sum()
   prior_ll = float(-np.log(prior[valid_y]).mean())

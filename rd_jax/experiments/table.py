@@ -82,7 +82,8 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   teacher_pairs: teacher_sample()'s (test pairs, positions of the teacher's pairs); the student's
   macro-F1 on exactly those pairs is returned as teacher_pairs_macro_f1 (for retention).
   """
-  from rd_jax.stages import baseline, crsd, eval as eval_stage
+  from rd_jax import stages as registry
+  from rd_jax.stages import eval as eval_stage
   stage, overrides = VARIANTS[variant]
   run_dir = os.path.join(workdir, variant, f"seed{seed}")
   done = os.path.join(run_dir, "eval", "summary.json")
@@ -98,7 +99,7 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
       eval_stage.run(run_cfg, run_dir)
   else:
     t0 = time.perf_counter()
-    (crsd if stage == "crsd" else baseline).run(run_cfg, run_dir)
+    registry.run(stage, run_cfg, run_dir)
     eval_stage.run(run_cfg, run_dir)
     logging.info("%s seed %d: %.0f s", variant, seed, time.perf_counter() - t0)
   test = json.load(open(os.path.join(run_dir, "eval", "metrics.json")))
@@ -146,8 +147,8 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
   whose inputs are unchanged instead of generating again (minutes per step on a CPU).
   """
   from rd_jax import checkpoint
-  from rd_jax.stages import teacher_common as tc
-  from rd_jax.stages import teacher_eval
+  from rd_jax.teacher import eval as teacher_eval, model as teacher_model
+  from rd_jax.train.fit import make_mesh
   test, positions = sample or teacher_sample(cfg, max_pairs)   # main passes the one it reuses
   test = [test[i] for i in positions]
   mesh = None
@@ -167,8 +168,8 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
         logging.info("teacher row %s reused from %s", step, cache)
         continue
     if mesh is None:
-      mesh = tc.mesh_for(cfg)
-    teacher = tc.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
+      mesh = make_mesh(cfg)
+    teacher = teacher_model.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
     result = teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
                                            test, cfg)
     rows[step] = {k: result[k] for k in ("macro_f1", "accuracy", "parse_rate") if k in result}

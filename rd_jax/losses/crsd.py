@@ -17,14 +17,37 @@ view only, so nothing at serving time needs reasoning.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from rd_jax.losses import classification, infonce
 
 
-def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg, *, local_block: int = 0,
-              class_weights=None, logit_adjustment=None, lambda_multiplier=1.0):
-  """std_out/aug_out: model outputs ({"logits", "cls", optional "proj"}); cfg: the crsd section;
+@dataclasses.dataclass(frozen=True)
+class CrsdLossConfig:
+  """What the CRSD objective reads (config section `crsd`, documented in rd_jax/config.py)."""
+  lambda_infonce: float = 0.5      # lambda
+  lambda_scale: str = "gradient_ratio"  # absolute | gradient_ratio (stages/crsd.py: per step)
+  lambda_warmup_steps: int = 0     # lambda ramps linearly from 0 over this many steps
+  weight_aug_ce: float = 1.0       # w_aug
+  temperature: float = 0.05        # InfoNCE tau
+  symmetric: bool = True           # InfoNCE std->aug and aug->std, averaged
+  stop_grad_aug: bool = False      # the augmented vector is a fixed target in InfoNCE
+  mask_duplicates: bool = True     # negatives sharing the item or the reasoning are masked
+  gather_negatives: bool = True    # negatives from the global batch, else the local block
+  kl_weight: float = 0.0           # optional KL(p_t || p_s)
+
+  @classmethod
+  def from_config(cls, section) -> "CrsdLossConfig":
+    """From the `crsd` config section (its other keys — data and model choices — are ignored)."""
+    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
+
+
+def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg: CrsdLossConfig, *,
+              local_block: int = 0, class_weights=None, logit_adjustment=None,
+              lambda_multiplier=1.0):
+  """std_out/aug_out: model outputs ({"logits", "cls", optional "proj"}); cfg: the loss settings;
   class_weights, logit_adjustment: [C] or None (classification.weighted_cross_entropy).
 
   Returns (loss, metrics) with metrics as (sum, count)-normalised scalars.

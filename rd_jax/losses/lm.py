@@ -70,6 +70,5 @@ def sequence_mean_log_prob(logits: jax.Array, targets: jax.Array, mask: jax.Arra
   Used by SimPO and (our choice) IPO so that long responses are not favoured or penalised by
   length alone. A row with no masked token gives 0 (its count is clamped to 1).
   """
-  m = mask.astype(jnp.float32)
-  total = jnp.sum(token_log_probs(logits, targets) * m, axis=-1)
-  return total / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+  count = jnp.sum(mask.astype(jnp.float32), axis=-1)
+  return sequence_log_prob(logits, targets, mask) / jnp.maximum(count, 1.0)

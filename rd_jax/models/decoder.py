@@ -110,17 +110,6 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """log p(targets) [B, L] fp32 from logits [B, L, V] as logit[t] - logsumexp(logits).
-
-  fp32 because DPO/PPO take differences of sums of these: bf16 keeps ~3 digits, and a
-  logsumexp over 49k entries in bf16 is off by more than the differences we train on.
-  """
-  logits = logits.astype(jnp.float32)
-  picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return picked - jax.nn.logsumexp(logits, axis=-1)
-
-
 def flops_per_token(config: DecoderConfig, context_len: int = 0, training: bool = False) -> float:
   """Matmul FLOPs per token: forward = 2 N + 4 layers * context_len * H * hd.
 

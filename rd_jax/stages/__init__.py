@@ -1,4 +1,8 @@
-"""Stage registry: `--stage=<name>` runs `STAGES[name].run(cfg, workdir)`.
+"""Stage registry: `--stage=<name>` runs `run(cfg, workdir)` of the module `STAGES[name]` names.
+
+A stage module never imports another stage: what two stages share lives in a library
+(`rd_jax/teacher/`, `rd_jax/student/`, `rd_jax/train/`). A module that serves two stages names
+its function after a colon: baseline is `crsd.run_baseline` (the same student, reasoning off).
 
 Modules are imported lazily so `--help` and a typo'd stage answer instantly, and a stage's heavy
 dependencies (torch for export, the teacher for annotate) load only when it runs.
@@ -16,7 +20,7 @@ STAGES = {
     "dpo": ("rd_jax.stages.dpo", "teacher: preference optimisation (DPO / IPO / SimPO)"),
     "annotate": ("rd_jax.stages.annotate", "teacher: label + reason pairs with KV-cache generation"),
     "crsd": ("rd_jax.stages.crsd", "student: CRSD (CE on both views + InfoNCE)  [main job]"),
-    "baseline": ("rd_jax.stages.baseline", "student: CE on the standard view only (ablation)"),
+    "baseline": ("rd_jax.stages.crsd:run_baseline", "student: CE on the standard view only (ablation)"),
     "eval": ("rd_jax.stages.eval", "student: metrics.json + confusion.png on a labelled split"),
     "export": ("rd_jax.stages.export", "student: Hugging Face / PyTorch folder, verified"),
     "all": ("rd_jax.stages.all", "every stage above in order, skipping completed ones"),
@@ -25,17 +29,14 @@ STAGES = {
 
 def available() -> dict[str, str]:
   """Stages whose module exists in this installation."""
-  out = {}
-  for name, (module, doc) in STAGES.items():
-    if importlib.util.find_spec(module) is not None:
-      out[name] = doc
-  return out
+  return {name: doc for name, (target, doc) in STAGES.items()
+          if importlib.util.find_spec(target.split(":")[0]) is not None}
 
 
 def run(name: str, cfg, workdir: str) -> dict:
   if name not in STAGES:
     raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-  module_name = STAGES[name][0]
+  module_name, _, function = STAGES[name][0].partition(":")
   if importlib.util.find_spec(module_name) is None:
     raise ValueError(f"stage {name!r} is not implemented in this version ({module_name} missing)")
-  return importlib.import_module(module_name).run(cfg, workdir)
+  return getattr(importlib.import_module(module_name), function or "run")(cfg, workdir)

@@ -5,7 +5,7 @@ in the workdir, else the base model `teacher.init` (the choice is logged and rec
 `teacher_ckpt`). Pairs: `data.path` (labels optional), split `annotate.split` (all | train | valid |
 test folds), optionally a seeded sample of `annotate.max_pairs`.
 
-Generation (`teacher_eval.sample` -> `generate.generate_texts`): jitted, KV cache, batches of
+Generation (`teacher/eval.sample` -> `generate.generate_texts`): jitted, KV cache, batches of
 `annotate.batch_size` prompts padded to the smallest prompt bucket. num_samples == 1: greedy.
 k > 1: k samples at `annotate.temperature`; majority vote among the samples that parse (ties: the
 label voted first), confidence = winner's votes / k, reasoning and raw = the first sample that
@@ -47,7 +47,9 @@ from jax.experimental import multihost_utils
 
 from rd_jax import metrics as metrics_lib
 from rd_jax.data import prompts, readers
-from rd_jax.stages import teacher_common as tc, teacher_eval as te
+from rd_jax.teacher import eval as te, model as teacher_model
+from rd_jax.teacher.sampling import read_jsonl
+from rd_jax.train.fit import make_mesh
 
 SPLITS = ("all", "train", "valid", "test")
 
@@ -148,11 +150,6 @@ def _check_manifest(path: str, manifest: dict) -> None:
     metrics_lib.write_json_atomic(manifest, path)
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def run(cfg, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, "annotate")
   shard_dir = os.path.join(stage_dir, "shards")
@@ -164,8 +161,8 @@ def run(cfg, workdir: str) -> dict:
   if (a.num_samples > 1 or a.max_retries > 0) and a.temperature <= 0:
     raise ValueError("annotate.temperature must be > 0 when annotate.num_samples > 1 or "
                      "annotate.max_retries > 0 (retries and votes sample)")
-  mesh = tc.mesh_for(cfg)
-  teacher = tc.load_teacher(cfg, workdir, mesh, upstream=("dpo", "sft", "cpt"), explicit=a.teacher)
+  mesh = make_mesh(cfg)
+  teacher = teacher_model.load_teacher(cfg, workdir, mesh, upstream=("dpo", "sft", "cpt"), explicit=a.teacher)
   logging.info("annotate with teacher %s", teacher.source)
   pairs, data_report = select_pairs(cfg)
   _check_manifest(os.path.join(shard_dir, "manifest.json"), _manifest(cfg, teacher, pairs))
@@ -203,8 +200,8 @@ def _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t
   for i in range(n_shards):
     with open(name(i, ".done")) as f:
       counts = json.load(f)
-    records += _read_jsonl(name(i, ".jsonl"))
-    failures += _read_jsonl(name(i, ".failures.jsonl"))
+    records += read_jsonl(name(i, ".jsonl"))
+    failures += read_jsonl(name(i, ".failures.jsonl"))
     by_reason.update(counts["failures_by_reason"])
     outcomes.update(counts["samples_by_outcome"])
     totals.update({k: counts[k] for k in ("pairs", "annotated", "generated_tokens", "prompts_cut", "seconds")})

@@ -20,13 +20,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from rd_jax import checkpoint, metrics as metrics_lib
 from rd_jax.data import readers
 from rd_jax.data.schema import render_item
+from rd_jax.losses import lm
 from rd_jax.models import decoder
 from rd_jax.parallel import mesh as mesh_lib
-from rd_jax.stages import teacher_common as tc
-from rd_jax.train import loop, optim, run_config, state as state_lib
+from rd_jax.teacher import model as teacher_model, rows as rows_lib
+from rd_jax.train import fit
 
 CORPUS_TEMPLATE = ("{product_title}\nBrand: {product_brand}\nColor: {product_color}\n"
                    "Category: {category}\n{product_bullet_point}\n{product_description}")
@@ -73,7 +73,6 @@ def heldout_loss(model, params, rows: np.ndarray, mesh, batch_size: int) -> floa
     mask = jax.numpy.ones_like(tokens)
     logits, _ = model.apply({"params": params}, tokens, decoder.positions_from_mask(mask),
                             attention_mask=mask)
-    from rd_jax.losses import lm
     targets, tmask = lm.next_token_targets(tokens, mask)
     return lm.masked_lm_loss(logits, targets, tmask)
   total = count = 0.0
@@ -89,8 +88,8 @@ def run(cfg, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, "cpt")
   os.makedirs(stage_dir, exist_ok=True)
   t0 = time.perf_counter()
-  mesh = tc.mesh_for(cfg)
-  teacher = tc.load_teacher(cfg, workdir, mesh, upstream=())
+  mesh = fit.make_mesh(cfg)
+  teacher = teacher_model.load_teacher(cfg, workdir, mesh, upstream=())
   docs, corpus = build_corpus(cfg)
   rows, packing = pack(docs, teacher.tokenizer, cfg.cpt.seq_len)
   order = np.random.default_rng(cfg.seed).permutation(len(rows))
@@ -101,33 +100,23 @@ def run(cfg, workdir: str) -> dict:
   held, train = rows[order[:n_held]], rows[order[n_held:]]
 
   model = decoder.Decoder(teacher.config)
-  tx, schedule = optim.make_optimizer(cfg.optim, cfg.cpt.num_steps,
-                                      learning_rate=cfg.cpt.learning_rate)
   before = heldout_loss(model, teacher.params, held, mesh, cfg.cpt.batch_size)
-  state, shardings = state_lib.init_state(teacher.params, tx, tc.TEACHER_RULES, mesh)
-  step = jax.jit(tc.make_lm_step(model, tx, schedule),
-                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
   ones = np.ones_like(train)
-  batches = tc.row_batches({"tokens": train, "attention_mask": ones, "loss_mask": ones},
-                           batch_size=cfg.cpt.batch_size, seed=cfg.seed)
-  state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
-                          batches=batches, mesh=mesh, num_steps=cfg.cpt.num_steps,
-                          log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step,
-                          run_config=("cpt", run_config.for_stage(cfg, "cpt")))
-  if stats["interrupted"]:
-    return {"stage": "cpt", "interrupted_at": cfg.train.stop_after_step}
-  after = heldout_loss(model, state["params"], held, mesh, cfg.cpt.batch_size)
-  checkpoint.save_final(os.path.join(stage_dir, "final"), state["params"],
-                        tc.teacher_meta(cfg, teacher, stage="cpt", step=int(state["step"])))
+  batches = rows_lib.row_batches({"tokens": train, "attention_mask": ones, "loss_mask": ones},
+                                 batch_size=cfg.cpt.batch_size, seed=cfg.seed)
+  trained = fit.fit(cfg, "cpt", workdir, params=teacher.params,
+                    loss_fn=teacher_model.lm_loss(model), batches=batches, mesh=mesh,
+                    rules=teacher_model.TEACHER_RULES)
+  if trained.interrupted:
+    return fit.interrupted(cfg, "cpt")
+  after = heldout_loss(model, trained.params, held, mesh, cfg.cpt.batch_size)
   summary = {"stage": "cpt", "corpus": corpus, "packing": packing, "heldout_rows": int(n_held),
              "heldout_loss_before": before, "heldout_loss_after": after,
              "heldout_perplexity_before": math.exp(min(before, 50)),
              "heldout_perplexity_after": math.exp(min(after, 50)),
-             "steps": stats["steps"], "resumed_from": stats["resumed_from"],
+             "steps": trained.stats["steps"], "resumed_from": trained.stats["resumed_from"],
              "started_from": teacher.source, "seconds": round(time.perf_counter() - t0, 1)}
-  if jax.process_index() == 0:
-    metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
+  fit.finish(stage_dir, trained.params,
+             teacher_model.teacher_meta(cfg, teacher, stage="cpt", step=trained.step), summary)
   logging.info("cpt done: held-out loss %.4f -> %.4f", before, after)
   return summary

@@ -2,7 +2,7 @@
 
 One shared encoder + classifier see the standard view (query, item) and the reasoning-augmented
 view (query, item, reasoning); the loss is CE on both + lambda * InfoNCE between the two [CLS]
-vectors (losses/crsd.py). `--stage=baseline` runs the same code with the reasoning view off.
+vectors (losses/crsd.py). `--stage=baseline` (`run_baseline`) runs the same code with the reasoning view off.
 
 Writes <workdir>/<stage>/: checkpoints/, final/ (params + meta.json), metrics.jsonl, tb/,
 valid_metrics.json, valid_predictions.jsonl, data_report.json, summary.json (last).
@@ -18,27 +18,30 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rd_jax import checkpoint, decision, metrics as metrics_lib
+from rd_jax import decision, metrics as metrics_lib
 from rd_jax.losses import classification
-from rd_jax.losses.crsd import crsd_loss
+from rd_jax.losses.crsd import CrsdLossConfig, crsd_loss
 from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
-from rd_jax.stages import student_common
-from rd_jax.train import loop, optim, run_config
-from rd_jax.train import state as state_lib
+from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
+from rd_jax.student.model import initial_student, student_meta
+from rd_jax.train import fit
 
 
-def make_train_step(model: bert.BertClassifier, tx, schedule, crsd_cfg, *, use_reasoning: bool,
-                    local_block: int, seed: int, class_weights=None, logit_adjustment=None):
-  """Returns the pure step `(state, batch) -> (state, metrics)`.
+def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_reasoning: bool,
+                 local_block: int, seed: int, class_weights=None, logit_adjustment=None):
+  """Returns `loss_fn(params, batch, step) -> (loss, metrics)`, the objective the step descends.
 
   Both views run through the SAME params (one encoder, one classifier); each view gets its own
   dropout key, derived from (seed, step) so a resumed run reproduces the masks exactly.
-  lambda_infonce is ramped linearly from 0 over `crsd.lambda_warmup_steps` steps and, with
-  crsd.lambda_scale=gradient_ratio, rescaled every step (cls_gradient_ratio below).
+  class_weights / logit_adjustment [C]: the CE terms' (losses/classification.py). lambda is
+  ramped linearly from 0 over `settings.lambda_warmup_steps` and, with
+  lambda_scale=gradient_ratio, rescaled every step (cls_gradient_ratio below).
   """
-  warmup = int(crsd_cfg.get("lambda_warmup_steps", 0))
+  warmup = settings.lambda_warmup_steps
+  ce_kw = dict(local_block=local_block, class_weights=class_weights,
+               logit_adjustment=logit_adjustment)
   base_key = jax.random.PRNGKey(seed)
 
   def forward(params, batch, prefix, key):
@@ -50,20 +53,17 @@ def make_train_step(model: bert.BertClassifier, tx, schedule, crsd_cfg, *, use_r
     key_std, key_aug = jax.random.split(jax.random.fold_in(base_key, step))
     std_out = forward(params, batch, "std", key_std)        # logits [B, C], cls [B, D]
     aug_out = forward(params, batch, "aug", key_aug) if use_reasoning else None
-    ramp = jnp.minimum(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    multiplier = ramp
-    if use_reasoning and crsd_cfg.lambda_scale == "gradient_ratio":
+    multiplier = jnp.minimum(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if use_reasoning and settings.lambda_scale == "gradient_ratio":
       multiplier = multiplier * cls_gradient_ratio(params, std_out["cls"], aug_out["cls"], batch)
-    return crsd_loss(std_out, aug_out, batch, crsd_cfg, local_block=local_block,
-                     class_weights=class_weights, logit_adjustment=logit_adjustment,
-                     lambda_multiplier=multiplier)
+    return crsd_loss(std_out, aug_out, batch, settings, lambda_multiplier=multiplier, **ce_kw)
 
   def cls_gradient_ratio(params, cls_s, cls_t, batch):
-    """crsd.lambda_scale=gradient_ratio: r = ||d CE / d cls|| / ||d InfoNCE / d cls||, taken
-    at the two views' [CLS] vectors [B, D] (where both terms enter the shared encoder), held
-    constant (stop-gradient). lambda * r * InfoNCE then pulls on the encoder with lambda times
-    the CE terms' strength at every step, whatever tau, head or encoder: lambda becomes a
-    ratio, comparable across models. Cost: head-sized gradients only ([B, D], no encoder pass)."""
+    """lambda_scale=gradient_ratio: r = ||d CE / d cls|| / ||d InfoNCE / d cls||, taken at the
+    two views' [CLS] vectors [B, D] (where both terms enter the shared encoder), held constant
+    (stop-gradient). lambda * r * InfoNCE then pulls on the encoder with lambda times the CE
+    terms' strength at every step, whatever tau, head or encoder: lambda becomes a ratio,
+    comparable across models. Cost: head-sized gradients only ([B, D], no encoder pass)."""
     cls = jax.lax.stop_gradient((cls_s, cls_t))
 
     def terms(c):
@@ -71,38 +71,42 @@ def make_train_step(model: bert.BertClassifier, tx, schedule, crsd_cfg, *, use_r
       if "crsd_projection" in params:
         for o, x in zip(outs, c):
           o["proj"] = bert.head_projection(params, x)
-      _, m = crsd_loss(outs[0], outs[1], batch, crsd_cfg, local_block=local_block,
-                       class_weights=class_weights, logit_adjustment=logit_adjustment)
-      return m["ce_std"] + crsd_cfg.weight_aug_ce * m["ce_aug"], m["infonce"]
+      _, m = crsd_loss(outs[0], outs[1], batch, settings, **ce_kw)
+      return m["ce_std"] + settings.weight_aug_ce * m["ce_aug"], m["infonce"]
 
     g_ce = jax.grad(lambda c: terms(c)[0])(cls)
     g_nce = jax.grad(lambda c: terms(c)[1])(cls)
     norm = lambda g: jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in g))
     return jax.lax.stop_gradient(norm(g_ce) / jnp.maximum(norm(g_nce), 1e-12))
 
-  return state_lib.gradient_step(loss_fn, tx, schedule, with_step=True)
+  return loss_fn
 
 
-def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
-  """(model config, params, info) from cfg.student.init: "minilm", "random" or a HF folder."""
-  num_labels = len(cfg.labels)
-  projection_dim = int(cfg.crsd.projection_dim)
-  if cfg.student.init == "random":
-    model_cfg = bert.BertConfig(
-        vocab_size=cfg.student.vocab_size, hidden_size=cfg.student.hidden_size,
-        num_layers=cfg.student.num_layers, num_heads=cfg.student.num_heads,
-        intermediate_size=cfg.student.intermediate_size, max_position=cfg.student.max_position,
-        dropout=cfg.student.dropout, num_labels=num_labels, dtype=cfg.student.dtype,
-        projection_dim=projection_dim)
-    return model_cfg, bert.init_params(model_cfg, rng), {"init": "random"}
-  from rd_jax.convert import hf_bert
-  # The classifier (and the projection head, ours) are not in the HF weights: freshly
-  # initialised and listed in info["initialised"]; everything else is imported.
-  model_cfg, params, info = hf_bert.load_hf_bert(cfg.student.init, num_labels, rng,
-                                                 dropout=cfg.student.dropout,
-                                                 dtype=cfg.student.dtype,
-                                                 projection_dim=projection_dim)
-  return model_cfg, params, dict(info, init=cfg.student.init)
+def objective_of(cfg, train_pairs) -> dict:
+  """The CE terms' class weights and logit adjustment from the train split's label counts."""
+  counts = np.bincount([p.label_id for p in train_pairs], minlength=len(cfg.labels))   # [C]
+  return {"train_label_counts": counts.tolist(),
+          "class_weights": classification.class_weights_for(counts, cfg.student.class_weighting,
+                                                            cfg.student.class_weights),
+          "logit_adjustment": classification.log_prior(counts, cfg.student.logit_adjustment)}
+
+
+def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
+  """Valid metrics under the decision rule, and the rule: per-class logit offsets fitted on valid
+  macro-F1 (rd_jax/decision.py) when student.fit_offsets, else zeros. The plain argmax's figure
+  stays as macro_f1_argmax."""
+  valid = predict_lib.evaluate(predict, params, data.valid, data.tokenizer, cfg)
+  logits = valid.pop("logits")
+  offsets = [0.0] * len(cfg.labels)
+  if cfg.student.fit_offsets:
+    offsets = decision.fit_offsets(logits, [p.label_id for p in data.valid]).tolist()
+    argmax_f1 = valid["macro_f1"]
+    valid = predict_lib.evaluate(predict, params, data.valid, data.tokenizer, cfg,
+                                 logit_offsets=offsets)
+    valid.pop("logits")
+    valid["macro_f1_argmax"] = argmax_f1
+  valid["decision_offsets"] = offsets
+  return valid, offsets
 
 
 def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
@@ -110,67 +114,38 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   stage_dir = os.path.join(workdir, stage)
   os.makedirs(stage_dir, exist_ok=True)
   t0 = time.perf_counter()
-  mesh_lib.maybe_initialize_distributed(cfg.mesh)
-  mesh = mesh_lib.make_mesh(cfg.mesh)
+  mesh = fit.make_mesh(cfg)
   dp = mesh_lib.data_parallel_size(mesh)
   if cfg.train.batch_size % dp:
     raise ValueError(f"config key train.batch_size = {cfg.train.batch_size} is not divisible by "
                      f"the {dp} data-parallel devices of the mesh")
 
-  data = student_common.load_student_data(cfg, stage_dir, use_reasoning=use_reasoning)
+  data = data_lib.load_student_data(cfg, stage_dir, use_reasoning=use_reasoning)
   model_cfg, params, init_info = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
   model = bert.BertClassifier(model_cfg)
-  tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
-  state, shardings = state_lib.init_state(params, tx, sharding.BERT_RULES, mesh)
-  del params
-
-  counts = np.bincount([p.label_id for p in data.train], minlength=len(cfg.labels))   # [C]
-  objective = {
-      "train_label_counts": counts.tolist(),
-      "class_weights": classification.class_weights_for(counts, cfg.student.class_weighting,
-                                                        cfg.student.class_weights),
-      "logit_adjustment": classification.log_prior(counts, cfg.student.logit_adjustment)}
-  step = make_train_step(model, tx, schedule, cfg.crsd, use_reasoning=use_reasoning,
+  objective = objective_of(cfg, data.train)
+  loss_fn = make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd), use_reasoning=use_reasoning,
                          local_block=cfg.train.batch_size // dp, seed=cfg.seed,
                          class_weights=objective["class_weights"],
                          logit_adjustment=objective["logit_adjustment"])
-  step = jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-  batches = student_common.train_batches(data.train, data.tokenizer, cfg,
+  batches = batches_lib.train_batches(data.train, data.tokenizer, cfg,
                                          use_reasoning=use_reasoning)
-  state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
-                          batches=batches, mesh=mesh, num_steps=cfg.train.num_steps,
-                          log_every=cfg.train.log_every,
-                          checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints,
-                          stop_after_step=cfg.train.stop_after_step,
-                          run_config=(stage, run_config.for_stage(cfg, stage)))
-  if stats["interrupted"]:
-    return {"stage": stage, "interrupted_at": cfg.train.stop_after_step}
+  trained = fit.fit(cfg, stage, workdir, params=params, loss_fn=loss_fn, batches=batches,
+                    mesh=mesh, rules=sharding.BERT_RULES, with_step=True)
+  if trained.interrupted:
+    return fit.interrupted(cfg, stage)
 
-  predict = student_common.make_predict_fn(model, mesh)
-  valid = student_common.evaluate(predict, state["params"], data.valid, data.tokenizer, cfg)
-  valid_logits = valid.pop("logits")
-  offsets = [0.0] * len(cfg.labels)
-  if cfg.student.fit_offsets:
-    # The decision rule: per-class offsets fitted on valid macro-F1 (rd_jax/decision.py). The
-    # plain argmax's figure stays in summary.json as valid_macro_f1_argmax.
-    offsets = decision.fit_offsets(valid_logits, [p.label_id for p in data.valid]).tolist()
-    argmax_f1 = valid["macro_f1"]
-    valid = student_common.evaluate(predict, state["params"], data.valid, data.tokenizer, cfg,
-                                    logit_offsets=offsets)
-    valid.pop("logits")
-    valid["macro_f1_argmax"] = argmax_f1
-  valid["decision_offsets"] = offsets
+  predict = predict_lib.make_predict_fn(model, mesh)
+  valid, offsets = fit_decision_rule(cfg, predict, trained.params, data)
   predicted = valid.pop("predictions")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))
-    student_common.write_predictions(data.valid, predicted, cfg.labels,
-                                     os.path.join(stage_dir, "valid_predictions.jsonl"))
-  meta = student_common.student_meta(cfg, model_cfg, data.tokenizer_dir, stage=stage,
-                                     step=int(state["step"]), valid=valid)
+    predict_lib.write_predictions(data.valid, predicted, cfg.labels,
+                                  os.path.join(stage_dir, "valid_predictions.jsonl"))
+  meta = student_meta(cfg, model_cfg, data.tokenizer_dir, stage=stage, step=trained.step,
+                      valid=valid)
   meta.update(decision_offsets=offsets, train_label_counts=objective["train_label_counts"])
-  checkpoint.save_final(os.path.join(stage_dir, "final"), state["params"], meta)
+  stats = trained.stats
   summary = {
       "stage": stage, "steps": stats["steps"], "resumed_from": stats["resumed_from"],
       "train_seconds": round(stats["train_seconds"], 1),
@@ -181,8 +156,13 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
       "last_train_metrics": stats["last_metrics"], "init": init_info,
       "data": data.report, "mesh": dict(mesh.shape), "devices": jax.device_count(),
   }
-  if jax.process_index() == 0:
-    metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
+  fit.finish(stage_dir, trained.params, meta, summary)
   logging.info("%s done: valid macro-F1 %.4f (%d steps, %.0f s)", stage, valid["macro_f1"],
                stats["steps"], summary["seconds"])
   return summary
+
+
+def run_baseline(cfg, workdir: str) -> dict:
+  """`--stage=baseline`: the same student and data, cross-entropy on the standard view only —
+  the ablation the paper reports (no reasoning, no InfoNCE). Writes <workdir>/baseline/."""
+  return run(cfg, workdir, stage="baseline")

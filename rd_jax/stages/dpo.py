@@ -24,7 +24,7 @@ responses were sampled from the reference, so this estimates KL(ref || pi) (a dr
 biased by the best/worst selection; it is 0 at step 0).
 
 Evaluation, before and after training, on `dpo.eval_prompts` VALID-fold prompts: the teacher's
-greedy responses -> macro-F1 of the parsed labels against gold (`teacher_eval.score`: an unparsed
+greedy responses -> macro-F1 of the parsed labels against gold (`teacher/eval.score`: an unparsed
 response is wrong for its gold class, never mapped to a label) and parse rate, the reward model's
 mean score per dimension and combined, and the scorers' mean values against gold.
 final/ holds the policy (model "decoder"), which annotate picks up first. Sampling, scoring and
@@ -47,9 +47,9 @@ from rd_jax import checkpoint, metrics as metrics_lib
 from rd_jax.data import readers
 from rd_jax.losses import lm, preference, reward as reward_losses
 from rd_jax.models import decoder
-from rd_jax.parallel import mesh as mesh_lib
-from rd_jax.stages import reward as reward_stage, teacher_common as tc, teacher_eval as te
-from rd_jax.train import loop, optim, run_config, state as state_lib
+from rd_jax.teacher import eval as te, model as teacher_model, rows as rows_lib, sampling
+from rd_jax.teacher import reward_model
+from rd_jax.train import fit
 
 SIDES = ("chosen", "rejected")
 
@@ -89,27 +89,27 @@ def keep_pairs(pairs, min_margin: float) -> tuple[list[dict], dict]:
 
 def encode_pairs(pairs, tokenizer) -> dict[str, np.ndarray]:
   """{side}_tokens / _mask / _loss_mask [N, L] (loss mask: response tokens, EOS included)."""
-  enc = {side: [reward_stage.encode(tokenizer, p["prompt"], p[side], p[f"{side}_finished"])
+  enc = {side: [reward_model.encode(tokenizer, p["prompt"], p[side], p[f"{side}_finished"])
                 for p in pairs] for side in SIDES}
-  length = reward_stage.round_up(max(len(ids) for side in SIDES for ids, _ in enc[side]))
+  length = reward_model.round_up(max(len(ids) for side in SIDES for ids, _ in enc[side]))
   rows = {}
   for side in SIDES:
     seqs = [ids for ids, _ in enc[side]]
     masks = [[0] * n + [1] * (len(ids) - n) for ids, n in enc[side]]
-    for k, v in tc.right_pad(seqs, masks, length, tokenizer.pad_token_id or 0).items():
+    for k, v in rows_lib.right_pad(seqs, masks, length, tokenizer.pad_token_id or 0).items():
       rows[f"{side}_{k}"] = v
   return rows
 
 
 def sequence_log_probs(params, config, tokens, mask, loss_mask):
-  """[B, L] rows -> (sum, mean) of the response tokens' log-probs, each [B] fp32."""
+  """[B, L] rows -> (sum, mean) of the response tokens' log-probs, each [B] fp32
+  (`lm.sequence_log_prob` / `lm.sequence_mean_log_prob`)."""
   logits, _ = decoder.Decoder(config).apply({"params": params}, tokens,
                                             decoder.positions_from_mask(mask),
                                             attention_mask=mask)                     # [B, L, V]
   targets, tmask = lm.next_token_targets(tokens, loss_mask)
-  tmask = tmask.astype(jnp.float32)
-  total = jnp.sum(lm.token_log_probs(logits, targets) * tmask, axis=-1)             # [B]
-  return total, total / jnp.maximum(jnp.sum(tmask, axis=-1), 1.0)
+  return (lm.sequence_log_prob(logits, targets, tmask),                              # [B]
+          lm.sequence_mean_log_prob(logits, targets, tmask))
 
 
 _seq_logps = jax.jit(sequence_log_probs, static_argnames="config")
@@ -130,8 +130,8 @@ def reference_log_probs(params, config, rows, batch_size: int) -> dict[str, np.n
   return out
 
 
-def make_dpo_step(config, tx, schedule, *, loss: str, beta: float, gamma: float):
-  """Pure `(state, batch) -> (state, metrics)`; the batch carries the reference log-probs."""
+def dpo_loss(config, *, loss: str, beta: float, gamma: float):
+  """`loss_fn(params, batch) -> (loss, metrics)`; the batch carries the reference log-probs."""
   kind = "mean" if preference.LENGTH_NORMALISED[loss] else "sum"
 
   def loss_fn(params, batch):
@@ -148,23 +148,24 @@ def make_dpo_step(config, tx, schedule, *, loss: str, beta: float, gamma: float)
                    **{k: m[k] for k in ("reward_accuracy", "reward_margin", "logp_chosen",
                                         "logp_rejected")}}
 
-  return state_lib.gradient_step(loss_fn, tx, schedule)
+  return loss_fn
 
 
 def teacher_quality(params, teacher, records, rm, cfg) -> dict:
   """Greedy responses on `records` -> macro-F1, parse rate, mean reward-model and scorer scores."""
-  responses = [rs[0] for rs in reward_stage.sample_responses(
+  responses = [rs[0] for rs in sampling.sample_responses(
       teacher.config, params, teacher.tokenizer, [r["prompt"] for r in records], num_samples=1,
       temperature=0.0, seed=cfg.seed, batch_size=cfg.dpo.generate_batch_size,
       max_new_tokens=cfg.teacher.max_response_len, max_prompt_len=cfg.teacher.max_prompt_len)]
-  scored = [reward_stage.score_record(dict(r, responses=[x]), cfg)["responses"][0]
-            for r, x in zip(records, responses)]
   labels = list(cfg.labels)
+  scored = [sampling.score_record(dict(r, responses=[x]), labels, cfg.reward.dimensions,
+                                  cfg.teacher.max_response_len)["responses"][0]
+            for r, x in zip(records, responses)]
   m = te.score([labels.index(r["gold_label"]) for r in records],
                [x["parsed_label"] for x in scored], labels)
   quality = {k: m[k] for k in ("macro_f1", "macro_f1_parsed", "accuracy")}
   quality["parse_rate"] = float(np.mean([x["parse_error"] is None for x in scored]))
-  rm_scores = reward_stage.score_responses(
+  rm_scores = reward_model.score_responses(
       rm.params, rm.config, rm.tokenizer, [r["prompt"] for r in records],
       [x["text"] for x in scored], finished=[x["finished"] for x in scored],
       batch_size=2 * cfg.dpo.batch_size)                                             # [N, K]
@@ -180,14 +181,14 @@ def teacher_quality(params, teacher, records, rm, cfg) -> dict:
 def make_pairs(policy, rm, train, cfg, weights) -> list[dict]:
   """Sample, score, pick best/worst, then the reference pass with the (still initial) policy."""
   d = cfg.dpo
-  responses = reward_stage.sample_responses(
+  responses = sampling.sample_responses(
       policy.config, policy.params, policy.tokenizer, [r["prompt"] for r in train],
       num_samples=d.samples_per_prompt, temperature=d.temperature, seed=cfg.seed + 3,
       batch_size=d.generate_batch_size, max_new_tokens=cfg.teacher.max_response_len,
       max_prompt_len=cfg.teacher.max_prompt_len)
   flat = [(r["prompt"], x["text"], x["finished"]) for r, rs in zip(train, responses) for x in rs]
   prompts, texts, finished = zip(*flat)
-  scores = reward_stage.score_responses(rm.params, rm.config, rm.tokenizer, prompts, texts,
+  scores = reward_model.score_responses(rm.params, rm.config, rm.tokenizer, prompts, texts,
                                         finished=finished, batch_size=2 * d.batch_size)  # [N, K]
   scores = np.split(scores, np.cumsum([len(rs) for rs in responses])[:-1])
   records = [dict(r, responses=rs) for r, rs in zip(train, responses)]
@@ -207,9 +208,9 @@ def _reward_model_path(workdir: str) -> str:
   return path
 
 
-def _reward_model(workdir: str, mesh, cfg, policy) -> reward_stage.RewardModel:
+def _reward_model(workdir: str, mesh, cfg, policy) -> reward_model.RewardModel:
   path = _reward_model_path(workdir)
-  rm = reward_stage.load_reward_model(path, mesh, {policy.tokenizer_spec: policy.tokenizer})
+  rm = reward_model.load_reward_model(path, mesh, {policy.tokenizer_spec: policy.tokenizer})
   if rm.dimensions != list(cfg.reward.dimensions):
     raise ValueError(f"the reward model at {path} has dimensions {rm.dimensions} but config key "
                      f"reward.dimensions = {list(cfg.reward.dimensions)}")
@@ -224,15 +225,16 @@ def run(cfg, workdir: str) -> dict:
   weights = reward_losses.validate_reward_weights(cfg.reward.weights, len(dims))
   if d.loss not in preference.LOSSES:
     raise ValueError(f"config key dpo.loss = {d.loss!r}; allowed: {', '.join(preference.LOSSES)}")
-  mesh = tc.mesh_for(cfg)
+  mesh = fit.make_mesh(cfg)
   _reward_model_path(workdir)  # fails before any loading or sampling when it is missing
-  policy = tc.load_teacher(cfg, workdir, mesh, upstream=("sft", "cpt"))
+  policy = teacher_model.load_teacher(cfg, workdir, mesh, upstream=("sft", "cpt"))
   rm = _reward_model(workdir, mesh, cfg, policy)
   splits = readers.train_valid_test(readers.load_pairs(cfg.data.path, cfg)[0], cfg)
-  train, info = reward_stage.select_prompts(splits["train"], policy.tokenizer, cfg, d.prompts,
-                                            [cfg.seed, 3])
-  valid, _ = reward_stage.select_prompts(splits["valid"], policy.tokenizer, cfg, d.eval_prompts,
-                                         [cfg.seed, 4])
+  select = lambda split, limit, seed: sampling.select_prompts(
+      splits[split], policy.tokenizer, cfg.labels, cfg.teacher.max_prompt_len, limit,
+      [cfg.seed, seed])
+  train, info = select("train", d.prompts, 3)
+  valid, _ = select("valid", d.eval_prompts, 4)
 
   # pairs.jsonl + before-training evaluation, reused by a rerun with the same prompts/settings
   pairs_path, prep_path = (os.path.join(stage_dir, n) for n in ("pairs.jsonl", "prep.json"))
@@ -242,7 +244,7 @@ def run(cfg, workdir: str) -> dict:
          **{k: d[k] for k in ("samples_per_prompt", "temperature")}}
   prep = json.load(open(prep_path)) if os.path.exists(prep_path) else {}
   if prep.get("key") == key and os.path.exists(pairs_path):
-    pairs = reward_stage.read_jsonl(pairs_path)
+    pairs = sampling.read_jsonl(pairs_path)
   else:
     pairs = make_pairs(policy, rm, train, cfg, weights)
     prep = {"key": key, "before": teacher_quality(policy.params, policy, valid, rm, cfg)}
@@ -266,33 +268,23 @@ def run(cfg, workdir: str) -> dict:
   rows.update({k: np.asarray([p[k] for p in pairs], np.float32)
                for k in pairs[0] if k.startswith("ref_")})
   beta = d.simpo_beta if d.loss == "simpo" else d.beta
-  tx, schedule = optim.make_optimizer(cfg.optim, d.num_steps, learning_rate=d.learning_rate)
-  state, shardings = state_lib.init_state(policy.params, tx, tc.TEACHER_RULES, mesh)
-  step = jax.jit(make_dpo_step(policy.config, tx, schedule, loss=d.loss, beta=beta,
-                               gamma=d.simpo_gamma),
-                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-  batches = tc.row_batches(rows, batch_size=d.batch_size, seed=cfg.seed)
-  state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
-                          batches=batches, mesh=mesh, num_steps=d.num_steps,
-                          log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step,
-                          run_config=("dpo", run_config.for_stage(cfg, "dpo")))
-  if stats["interrupted"]:
-    return {"stage": "dpo", "interrupted_at": cfg.train.stop_after_step}
-  after = teacher_quality(state["params"], policy, valid, _reward_model(workdir, mesh, cfg, policy),
+  batches = rows_lib.row_batches(rows, batch_size=d.batch_size, seed=cfg.seed)
+  trained = fit.fit(cfg, "dpo", workdir, params=policy.params,
+                    loss_fn=dpo_loss(policy.config, loss=d.loss, beta=beta, gamma=d.simpo_gamma),
+                    batches=batches, mesh=mesh, rules=teacher_model.TEACHER_RULES)
+  if trained.interrupted:
+    return fit.interrupted(cfg, "dpo")
+  after = teacher_quality(trained.params, policy, valid, _reward_model(workdir, mesh, cfg, policy),
                           cfg)
-  checkpoint.save_final(os.path.join(stage_dir, "final"), state["params"],
-                        tc.teacher_meta(cfg, policy, stage="dpo", step=int(state["step"]),
-                                        loss=d.loss, beta=beta, valid=after))
   summary = {"stage": "dpo", "loss": d.loss, "beta": beta, "pairs": len(pairs),
              "prompts": info, "dropped_prompts": dropped, "before": before, "after": after,
              "untrained_reward_dimensions": untrained,
-             "steps": stats["steps"], "resumed_from": stats["resumed_from"],
-             "last_metrics": stats["last_metrics"], "started_from": policy.source,
+             "steps": trained.stats["steps"], "resumed_from": trained.stats["resumed_from"],
+             "last_metrics": trained.stats["last_metrics"], "started_from": policy.source,
              "seconds": round(time.perf_counter() - t0, 1)}
-  if jax.process_index() == 0:
-    metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
+  fit.finish(stage_dir, trained.params,
+             teacher_model.teacher_meta(cfg, policy, stage="dpo", step=trained.step, loss=d.loss,
+                                        beta=beta, valid=after), summary)
   logging.info("dpo done: valid macro-F1 %.4f -> %.4f, combined reward %.4f -> %.4f",
                before["macro_f1"], after["macro_f1"], before["reward_model_mean"]["combined"],
                after["reward_model_mean"]["combined"])

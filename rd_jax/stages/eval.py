@@ -20,7 +20,7 @@ from absl import logging
 from rd_jax import checkpoint, metrics as metrics_lib
 from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib
-from rd_jax.stages import student_common
+from rd_jax.student import data as data_lib, predict as predict_lib
 
 
 def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str) -> dict:
@@ -42,20 +42,20 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str) -> dict:
       abstract)
   params, _ = checkpoint.load_final(ckpt, abstract, expect_model="bert")
 
-  pairs, source, report = student_common.load_eval_pairs(cfg, out_dir, meta.get("item_template"))
-  tokenizer = student_common.load_tokenizer(meta["tokenizer"])
-  predict = student_common.make_predict_fn(model, mesh)
+  pairs, source, report = data_lib.load_eval_pairs(cfg, out_dir, meta.get("item_template"))
+  tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
+  predict = predict_lib.make_predict_fn(model, mesh)
   offsets = meta.get("decision_offsets")   # the decision rule fitted on valid (rd_jax/decision.py)
-  result = student_common.evaluate(predict, params, pairs, tokenizer, cfg,
-                                   max_len_std=meta.get("max_len_std"), logit_offsets=offsets)
+  result = predict_lib.evaluate(predict, params, pairs, tokenizer, cfg,
+                                max_len_std=meta.get("max_len_std"), logit_offsets=offsets)
   result.pop("logits")
   result["decision_offsets"] = offsets
   predicted = result.pop("predictions")
   result.update(checkpoint=os.path.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
-    student_common.write_predictions(pairs, predicted, cfg.labels,
-                                     os.path.join(out_dir, f"{prefix}predictions.jsonl"))
+    predict_lib.write_predictions(pairs, predicted, cfg.labels,
+                                  os.path.join(out_dir, f"{prefix}predictions.jsonl"))
     metrics_lib.write_json_atomic(result, os.path.join(out_dir, f"{prefix}metrics.json"))
     metrics_lib.save_confusion_png(result, os.path.join(out_dir, f"{prefix}confusion.png"),
                                    title=f"{source}: macro-F1 {result['macro_f1']:.4f}")

@@ -33,8 +33,6 @@ Single-process sampling and scoring (as `generate.generate_texts`).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 
@@ -43,66 +41,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rd_jax import checkpoint, generate, metrics as metrics_lib, reward_scorers
-from rd_jax.data import prompts as prompts_lib, readers
+from rd_jax import metrics as metrics_lib, reward_scorers
+from rd_jax.data import readers
 from rd_jax.losses import reward as reward_losses
-from rd_jax.models import decoder
-from rd_jax.models.reward_heads import RewardHeads
-from rd_jax.parallel import mesh as mesh_lib
-from rd_jax.stages import teacher_common as tc, teacher_eval as te
-from rd_jax.train import loop, optim, run_config, state as state_lib
+from rd_jax.teacher import model as teacher_model, rows as rows_lib, sampling
+from rd_jax.teacher.reward_model import encode, init_heads, reward_scores, round_up, score_responses
+from rd_jax.train import fit
 
 LOSSES = ("bradley_terry", "regression")
 TIE_TOL = 1e-6
 
 
-# ------------------------------------------------------------------------------ prompts + samples
-def select_prompts(pairs, tokenizer, cfg, limit: int, seed) -> tuple[list[dict], dict]:
-  """Up to `limit` labelled pairs in seeded order whose prompt fits `teacher.max_prompt_len`."""
-  out, too_long = [], 0
-  for i in np.random.default_rng(seed).permutation(len(pairs)):
-    p = pairs[int(i)]
-    prompt = prompts_lib.build_prompt(tokenizer, p.query, p.item_text, cfg.labels)
-    if len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) > cfg.teacher.max_prompt_len:
-      too_long += 1
-      continue
-    out.append({"query": p.query, "query_id": p.query_id, "product_id": p.product_id,
-                "item_text": p.item_text, "gold_label": cfg.labels[p.label_id], "prompt": prompt})
-    if len(out) == limit:
-      break
-  if not out:
-    raise ValueError(f"no prompt fits teacher.max_prompt_len={cfg.teacher.max_prompt_len} tokens")
-  return out, {"prompts": len(out), "skipped_prompt_too_long": too_long}
-
-
-def sample_responses(config, params, tokenizer, prompts, *, num_samples: int, temperature: float,
-                     seed: int, batch_size: int, max_new_tokens: int,
-                     max_prompt_len: int) -> list[list[dict]]:
-  """Per prompt, `num_samples` responses {"text", "finished", "num_tokens"} (temperature 0 =
-  greedy). Tests replace this function to script the responses."""
-  buckets = sorted({b for b in generate.DEFAULT_BUCKETS if b < max_prompt_len} | {max_prompt_len})
-  samples = generate.generate_texts(config, params, tokenizer, prompts,
-                                    max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                    temperature=temperature, num_samples=num_samples, seed=seed,
-                                    buckets=buckets)
-  out = [[] for _ in prompts]
-  for s in samples:
-    out[s.prompt_index].append({"text": s.text, "finished": s.finished,
-                                "num_tokens": len(s.token_ids)})
-  return out
-
-
-def score_record(record: dict, cfg) -> dict:
-  """Parses each response of `record` and adds its scorer values {dimension: [0, 1]}."""
-  for r in record["responses"]:
-    parsed = prompts_lib.parse_response(r["text"], cfg.labels, r["finished"])
-    r.update(parsed_label=parsed.label, parse_error=parsed.error, scores=reward_scorers.score_all(
-        r["text"], parsed, query=record["query"], item_text=record["item_text"],
-        gold_label=record["gold_label"], labels=cfg.labels, dimensions=tuple(cfg.reward.dimensions),
-        max_tokens=cfg.teacher.max_response_len, num_tokens=r["num_tokens"]))
-  return record
-
-
+# ------------------------------------------------------------------------------ pairs
 def build_pairs(records: list[dict], dimensions) -> tuple[list[dict], int]:
   """All i < j response pairs per record -> ([{"record", "a", "b", "prefer" [K], "mask" [K]}],
   number dropped because every dimension ties)."""
@@ -120,17 +70,12 @@ def build_pairs(records: list[dict], dimensions) -> tuple[list[dict], int]:
   return pairs, all_tie
 
 
-def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(l) for l in f if l.strip()]
-
-
 def reusable(path: str, selected: list[dict], num_samples: int) -> list[dict] | None:
   """The records in `path` when they are exactly `selected` (same prompts in order, same teacher
   and temperature, `num_samples` responses each), else None (with a log line)."""
   if not os.path.exists(path):
     return None
-  old = read_jsonl(path)
+  old = sampling.read_jsonl(path)
   key = lambda r: [r.get(k) for k in ("split", "query_id", "product_id", "query", "sampled_by",
                                   "temperature")]
   if [key(r) for r in old] == [key(r) for r in selected] and all(
@@ -140,52 +85,7 @@ def reusable(path: str, selected: list[dict], num_samples: int) -> list[dict] | 
   return None
 
 
-# ------------------------------------------------------------------------------ model
-def encode(tokenizer, prompt: str, text: str, finished: bool) -> tuple[list[int], int]:
-  """prompt + response token ids (EOS appended to a finished response), number of prompt ids."""
-  p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-  r = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-  return p + r + ([tokenizer.eos_token_id] if finished else []), len(p)
-
-
-def round_up(n: int, m: int = 32) -> int:
-  return -(-max(n, 1) // m) * m
-
-
-def reward_scores(params, config: decoder.DecoderConfig, tokens, mask):
-  """{"backbone", "heads"} params, right-padded rows [B, L] -> scores [B, K] fp32."""
-  h, _ = decoder.Decoder(config).apply({"params": params["backbone"]}, tokens,
-                                       decoder.positions_from_mask(mask), attention_mask=mask,
-                                       method=decoder.Decoder.hidden_states)        # [B, L, D]
-  k = params["heads"]["heads"]["kernel"].shape[-1]
-  return RewardHeads(k).apply({"params": params["heads"]}, h, mask)                # [B, K]
-
-
-_scores_jit = jax.jit(reward_scores, static_argnames="config")
-
-
-def init_heads(config: decoder.DecoderConfig, num_dimensions: int, seed: int) -> dict:
-  return RewardHeads(num_dimensions).init(jax.random.PRNGKey(seed),
-                                          jnp.zeros((1, 1, config.hidden_size)),
-                                          jnp.ones((1, 1), jnp.int32))["params"]
-
-
-def score_responses(reward_params, config, tokenizer, prompts, responses, *, finished=None,
-                    batch_size: int = 8) -> np.ndarray:
-  """Reward-model scores [N, K] of N (prompt, response) strings (finished: [N] bools, default
-  all True: EOS appended). Batches are padded to `batch_size` rows and a multiple of 64 tokens."""
-  finished = [True] * len(prompts) if finished is None else list(finished)
-  ids = [encode(tokenizer, p, r, f)[0] for p, r, f in zip(prompts, responses, finished)]
-  out = []
-  for start in range(0, len(ids), batch_size):
-    chunk = ids[start:start + batch_size]
-    rows = tc.right_pad(chunk + [chunk[0]] * (batch_size - len(chunk)), [[0]] * batch_size,
-                        round_up(max(map(len, chunk)), 64), tokenizer.pad_token_id or 0)
-    out.append(np.asarray(_scores_jit(reward_params, config, rows["tokens"],
-                                      rows["attention_mask"]))[:len(chunk)])
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
+# ------------------------------------------------------------------------------ rows + loss
 def pair_rows(records, pairs, tokenizer, dimensions) -> dict[str, np.ndarray]:
   """Training rows: tokens/mask of both responses [N, L], prefer/pair_mask/targets [N, K]."""
   enc = {}
@@ -199,7 +99,7 @@ def pair_rows(records, pairs, tokenizer, dimensions) -> dict[str, np.ndarray]:
   out = {}
   for side in ("a", "b"):
     seqs = [enc[(p["record"], p[side])] for p in pairs]
-    padded = tc.right_pad(seqs, [[0]] * len(seqs), length, pad)
+    padded = rows_lib.right_pad(seqs, [[0]] * len(seqs), length, pad)
     out[f"tokens_{side}"], out[f"mask_{side}"] = padded["tokens"], padded["attention_mask"]
     out[f"target_{side}"] = np.asarray(
         [[records[p["record"]]["responses"][p[side]]["scores"][d] for d in dimensions]
@@ -210,8 +110,8 @@ def pair_rows(records, pairs, tokenizer, dimensions) -> dict[str, np.ndarray]:
   return out
 
 
-def make_reward_step(config, dimensions, tx, schedule, loss_name: str):
-  """Pure `(state, batch) -> (state, metrics)`; the batch's a and b rows share one forward."""
+def reward_loss(config, dimensions, loss_name: str):
+  """`loss_fn(params, batch) -> (loss, metrics)`; the batch's a and b rows share one forward."""
   if loss_name not in LOSSES:
     raise ValueError(f"reward.loss must be one of {LOSSES}, got {loss_name!r}")
 
@@ -230,7 +130,7 @@ def make_reward_step(config, dimensions, tx, schedule, loss_name: str):
                                 for k, d in enumerate(dimensions)}}
     return loss, metrics
 
-  return state_lib.gradient_step(loss_fn, tx, schedule)
+  return loss_fn
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -260,41 +160,14 @@ def evaluate(params, config, tokenizer, records, cfg) -> dict:
                            cfg.reward.weights)
 
 
-# ------------------------------------------------------------------------------ hand-off
-@dataclasses.dataclass
-class RewardModel:
-  params: dict             # {"backbone", "heads"}
-  config: decoder.DecoderConfig
-  tokenizer: object
-  dimensions: list
-  meta: dict
-
-
-def load_reward_model(path: str, mesh, known_tokenizers: dict | None = None) -> RewardModel:
-  """A `final/` folder written by this stage (CheckpointError names the path if absent).
-
-  known_tokenizers: {spec: tokenizer} already loaded (the policy's), to skip a second load."""
-  from rd_jax.convert import hf_decoder
-  meta = checkpoint.read_meta(path)
-  config = decoder.DecoderConfig.from_dict(meta["model_config"])
-  heads = jax.eval_shape(lambda: init_heads(config, len(meta["dimensions"]), 0))
-  heads = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                      sharding=mesh_lib.replicated(mesh)), heads)
-  params, meta = checkpoint.load_final(path, {"backbone": tc.abstract_params(config, mesh),
-                                              "heads": heads}, expect_model="reward")
-  tokenizer = (known_tokenizers or {}).get(meta["tokenizer"])
-  if tokenizer is None:
-    tokenizer = hf_decoder.resolve_teacher_tokenizer(meta["tokenizer"])
-  return RewardModel(params, config, tokenizer, list(meta["dimensions"]), meta)
-
-
+# ------------------------------------------------------------------------------ stage
 def prepare_samples(cfg, teacher, path: str) -> tuple[list[dict], dict]:
   """Selects, samples (or reuses `path`), scores and writes the train + valid records."""
   r, chosen, info = cfg.reward, [], {}
   splits = readers.train_valid_test(readers.load_pairs(cfg.data.path, cfg)[0], cfg)
   for split, limit, seed in (("train", r.prompts, 1), ("valid", r.valid_prompts, 2)):
-    part, info[split] = select_prompts(splits[split], teacher.tokenizer, cfg, limit,
-                                       [cfg.seed, seed])
+    part, info[split] = sampling.select_prompts(splits[split], teacher.tokenizer, cfg.labels,
+                                                cfg.teacher.max_prompt_len, limit, [cfg.seed, seed])
     chosen += [dict(x, split=split, sampled_by=teacher.source, temperature=r.temperature)
                for x in part]
   records = reusable(path, chosen, r.samples_per_prompt)
@@ -303,13 +176,14 @@ def prepare_samples(cfg, teacher, path: str) -> tuple[list[dict], dict]:
     records = []
     for split, seed in (("train", 1), ("valid", 2)):
       part = [x for x in chosen if x["split"] == split]
-      responses = sample_responses(
+      responses = sampling.sample_responses(
           teacher.config, teacher.params, teacher.tokenizer, [x["prompt"] for x in part],
           num_samples=r.samples_per_prompt, temperature=r.temperature, seed=cfg.seed + seed,
           batch_size=r.generate_batch_size, max_new_tokens=cfg.teacher.max_response_len,
           max_prompt_len=cfg.teacher.max_prompt_len)
       records += [dict(x, responses=rs) for x, rs in zip(part, responses)]
-  records = [score_record(x, cfg) for x in records]  # scorers are cheap: rescored on reuse too
+  records = [sampling.score_record(x, cfg.labels, r.dimensions, cfg.teacher.max_response_len)
+             for x in records]  # scorers are cheap: rescored on reuse too
   if jax.process_index() == 0:
     metrics_lib.write_jsonl_atomic(records, path)
   for split in ("train", "valid"):
@@ -328,8 +202,8 @@ def run(cfg, workdir: str) -> dict:
   weights = reward_losses.validate_reward_weights(r.weights, len(dims))
   if r.loss not in LOSSES:
     raise ValueError(f"config key reward.loss = {r.loss!r}; allowed: {', '.join(LOSSES)}")
-  mesh = tc.mesh_for(cfg)
-  teacher = tc.load_teacher(cfg, workdir, mesh, upstream=("sft", "cpt"))
+  mesh = fit.make_mesh(cfg)
+  teacher = teacher_model.load_teacher(cfg, workdir, mesh, upstream=("sft", "cpt"))
   records, info = prepare_samples(cfg, teacher, os.path.join(stage_dir, "samples.jsonl"))
   train = [x for x in records if x["split"] == "train"]
   valid = [x for x in records if x["split"] == "valid"]
@@ -348,33 +222,24 @@ def run(cfg, workdir: str) -> dict:
   config = teacher.config
   params = {"backbone": teacher.params, "heads": init_heads(config, len(dims), cfg.seed)}
   before = evaluate(params, config, teacher.tokenizer, valid, cfg)
-  tx, schedule = optim.make_optimizer(cfg.optim, r.num_steps, learning_rate=r.learning_rate)
-  state, shardings = state_lib.init_state(params, tx, tc.TEACHER_RULES, mesh)
-  step = jax.jit(make_reward_step(config, dims, tx, schedule, r.loss),
-                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-  batches = tc.row_batches(pair_rows(train, pairs, teacher.tokenizer, dims), batch_size=r.batch_size,
-                           seed=cfg.seed)
-  state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
-                          batches=batches, mesh=mesh, num_steps=r.num_steps,
-                          log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step,
-                          run_config=("reward", run_config.for_stage(cfg, "reward")))
-  if stats["interrupted"]:
-    return {"stage": "reward", "interrupted_at": cfg.train.stop_after_step}
-  after = evaluate(state["params"], config, teacher.tokenizer, valid, cfg)
+  batches = rows_lib.row_batches(pair_rows(train, pairs, teacher.tokenizer, dims),
+                                 batch_size=r.batch_size, seed=cfg.seed)
+  trained = fit.fit(cfg, "reward", workdir, params=params, loss_fn=reward_loss(config, dims, r.loss),
+                    batches=batches, mesh=mesh, rules=teacher_model.TEACHER_RULES)
+  if trained.interrupted:
+    return fit.interrupted(cfg, "reward")
+  after = evaluate(trained.params, config, teacher.tokenizer, valid, cfg)
   meta = {"model": "reward", "model_config": config.to_dict(), "dimensions": dims,
           "weights": weights.tolist(), "loss": r.loss, "tokenizer": teacher.tokenizer_spec,
-          "labels": list(cfg.labels), "stage": "reward", "step": int(state["step"]),
+          "labels": list(cfg.labels), "stage": "reward", "step": trained.step,
           "started_from": teacher.source, "metrics": after, "decided_pairs": decided}
-  checkpoint.save_final(os.path.join(stage_dir, "final"), state["params"], meta)
   summary = {"stage": "reward", "loss": r.loss, "dimensions": dims, "weights": weights.tolist(),
              "data": info, "valid_accuracy_before": before,
-             "valid_accuracy": after, "steps": stats["steps"],
-             "resumed_from": stats["resumed_from"], "last_metrics": stats["last_metrics"],
+             "valid_accuracy": after, "steps": trained.stats["steps"],
+             "resumed_from": trained.stats["resumed_from"],
+             "last_metrics": trained.stats["last_metrics"],
              "started_from": teacher.source, "seconds": round(time.perf_counter() - t0, 1)}
-  if jax.process_index() == 0:
-    metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
+  fit.finish(stage_dir, trained.params, meta, summary)
   logging.info("reward done: valid pairwise accuracy %s",
                {d: v["accuracy"] for d, v in after.items()})
   return summary

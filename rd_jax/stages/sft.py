@@ -47,13 +47,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from rd_jax import checkpoint, metrics as metrics_lib
+from rd_jax import metrics as metrics_lib
 from rd_jax.data import prompts, readers
 from rd_jax.data.schema import DataError, match_label
 from rd_jax.models import decoder
-from rd_jax.parallel import mesh as mesh_lib
-from rd_jax.stages import teacher_common as tc, teacher_eval as te
-from rd_jax.train import loop, optim, run_config, state as state_lib
+from rd_jax.teacher import eval as te, model as teacher_model, rows as rows_lib
+from rd_jax.train import fit
 
 
 # ------------------------------------------------------------------------------------ chains
@@ -147,7 +146,7 @@ def _generate_and_keep(teacher, cfg, pairs, index, ids, seed, chosen, source, re
   return sum(1 for v in extracted.values() if v)
 
 
-def bootstrap_chains(teacher: tc.Teacher, train_pairs, cfg) -> tuple[list[dict], dict]:
+def bootstrap_chains(teacher: teacher_model.Teacher, train_pairs, cfg) -> tuple[list[dict], dict]:
   """STaR on up to sft.bootstrap_pairs train pairs (module docstring); (chains, counts)."""
   n = min(int(cfg.sft.bootstrap_pairs), len(train_pairs))
   order = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_pairs))[:n])
@@ -217,7 +216,7 @@ def sft_rows(matched: list, tokenizer, cfg) -> tuple[dict, dict]:
     masks.append([0] * len(p_ids) + [1] * len(t_ids))
     cut_prompts, cut_targets = cut_prompts + p_cut, cut_targets + t_cut
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-  rows = tc.right_pad(seqs, masks, row_length(cfg), pad)
+  rows = rows_lib.right_pad(seqs, masks, row_length(cfg), pad)
   return rows, {"rows": len(seqs), "tokens": int(rows["attention_mask"].sum()),
                 "response_tokens": int(rows["loss_mask"].sum()), "prompts_cut": cut_prompts,
                 "targets_cut": cut_targets}
@@ -261,8 +260,8 @@ def run(cfg, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, "sft")
   os.makedirs(stage_dir, exist_ok=True)
   t0 = time.perf_counter()
-  mesh = tc.mesh_for(cfg)
-  teacher = tc.load_teacher(cfg, workdir, mesh, upstream=("cpt",))
+  mesh = fit.make_mesh(cfg)
+  teacher = teacher_model.load_teacher(cfg, workdir, mesh, upstream=("cpt",))
   logging.info("sft starts from %s", teacher.source)
   pairs, data_report = readers.load_pairs(cfg.data.path, cfg)
   splits = readers.train_valid_test(pairs, cfg)
@@ -292,39 +291,30 @@ def run(cfg, workdir: str) -> dict:
       metrics_lib.write_json_atomic(before, before_path)
 
   model = decoder.Decoder(teacher.config)
-  tx, schedule = optim.make_optimizer(cfg.optim, cfg.sft.num_steps, learning_rate=cfg.sft.learning_rate)
-  state, shardings = state_lib.init_state(teacher.params, tx, tc.TEACHER_RULES, mesh)
-  step = jax.jit(tc.make_lm_step(model, tx, schedule),
-                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-  batches = tc.row_batches(rows, batch_size=cfg.sft.batch_size, seed=cfg.seed,
-                           length_buckets=length_buckets(cfg))
-  state, stats = loop.run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step,
-                          batches=batches, mesh=mesh, num_steps=cfg.sft.num_steps,
-                          log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
-                          keep=cfg.train.keep_checkpoints, stop_after_step=cfg.train.stop_after_step,
-                          run_config=("sft", run_config.for_stage(cfg, "sft")))
-  if stats["interrupted"]:
-    return {"stage": "sft", "interrupted_at": cfg.train.stop_after_step}
-  after = evaluate(state["params"])
+  batches = rows_lib.row_batches(rows, batch_size=cfg.sft.batch_size, seed=cfg.seed,
+                                 length_buckets=length_buckets(cfg))
+  trained = fit.fit(cfg, "sft", workdir, params=teacher.params,
+                    loss_fn=teacher_model.lm_loss(model), batches=batches, mesh=mesh,
+                    rules=teacher_model.TEACHER_RULES)
+  if trained.interrupted:
+    return fit.interrupted(cfg, "sft")
+  after = evaluate(trained.params)
   short = lambda m: m and {k: m[k] for k in ("macro_f1", "accuracy", "macro_f1_parsed", "parse_rate",
                                               "failures_by_reason", "num_pairs")}
-  checkpoint.save_final(os.path.join(stage_dir, "final"), state["params"],
-                        tc.teacher_meta(cfg, teacher, stage="sft", step=int(state["step"]),
-                                        metrics=short(after)))
   summary = {"stage": "sft", "chains": chains, "rows": row_report,
              "valid_before": short(before), "valid_after": short(after),
              "valid_macro_f1_before": before and before["macro_f1"],
              "valid_macro_f1_after": after and after["macro_f1"],
              "parse_rate_before": before and before["parse_rate"],
              "parse_rate_after": after and after["parse_rate"],
-             "steps": stats["steps"], "resumed_from": stats["resumed_from"],
-             "last_metrics": stats["last_metrics"], "data": data_report,
+             "steps": trained.stats["steps"], "resumed_from": trained.stats["resumed_from"],
+             "last_metrics": trained.stats["last_metrics"], "data": data_report,
              "started_from": teacher.source, "seconds": round(time.perf_counter() - t0, 1)}
-  if jax.process_index() == 0:
-    if after:
-      metrics_lib.write_json_atomic(after, os.path.join(stage_dir, "eval_after.json"))
-    metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
+  if after and jax.process_index() == 0:
+    metrics_lib.write_json_atomic(after, os.path.join(stage_dir, "eval_after.json"))
+  fit.finish(stage_dir, trained.params,
+             teacher_model.teacher_meta(cfg, teacher, stage="sft", step=trained.step,
+                                        metrics=short(after)), summary)
   logging.info("sft done: valid macro-F1 %s -> %s", summary["valid_macro_f1_before"],
                summary["valid_macro_f1_after"])
   return summary

@@ -1,6 +1,6 @@
 """The one training loop every stage uses: a pure step, batches, checkpoints, metrics, progress.
 
-    state, metrics = step_fn(state, batch)      # jitted by the caller with explicit shardings
+    state, metrics = step_fn(state, batch)      # jitted with explicit shardings (train/fit.py)
 
 What the loop adds around it:
 - resume: the latest Orbax checkpoint in `<stage>/checkpoints` restores the state (into the

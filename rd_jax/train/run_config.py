@@ -21,22 +21,22 @@ import json
 import os
 
 from rd_jax import metrics as metrics_lib
+from rd_jax.config import TRAINING
 
 FILENAME = "run_config.json"
 
 # The config sections (or single dotted keys) each training stage reads.
-_TEACHER = ("seed", "labels", "data", "optim", "teacher")
+_TEACHER = ("seed", "labels", "data", "teacher")
 STAGE_KEYS = {
     "cpt": _TEACHER + ("cpt",),
     "sft": _TEACHER + ("sft",),
     "reward": _TEACHER + ("reward",),
     "dpo": _TEACHER + ("reward", "dpo"),
-    "crsd": ("seed", "labels", "data", "student", "optim", "train", "crsd"),
+    "crsd": ("seed", "labels", "data", "student", "train", "crsd"),
     # The plain student never sees reasoning: of the crsd section only its label source counts.
-    "baseline": ("seed", "labels", "data", "student", "optim", "train", "crsd.label_source"),
+    "baseline": ("seed", "labels", "data", "student", "train", "crsd.label_source"),
 }
-STEPS_KEY = {"cpt": "cpt.num_steps", "sft": "sft.num_steps", "reward": "reward.num_steps",
-             "dpo": "dpo.num_steps", "crsd": "train.num_steps", "baseline": "train.num_steps"}
+STEPS_KEY = {stage: steps for stage, (_, steps) in TRAINING.items()}
 FREE_KEYS = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                        "train.stop_after_step"})
 # data keys only the students read (which reasoning, how many train pairs): not a teacher's.

@@ -21,7 +21,8 @@ def create_state(params: Any, tx) -> dict:
 
 
 def gradient_step(loss_fn: Callable, tx, schedule, *, with_step: bool = False) -> Callable:
-  """The pure train step every stage shares: `(state, batch) -> (state, metrics)`.
+  """The pure train step of every training stage: `(state, batch) -> (state, metrics)`
+  (`train/fit.py` builds and jits it).
 
   loss_fn(params, batch) -> (loss, metrics), or loss_fn(params, batch, step) with `with_step`
   (CRSD derives its dropout keys from the step). Adds grad_norm and the learning rate to metrics.

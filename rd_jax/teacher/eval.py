@@ -1,4 +1,5 @@
-"""Teacher prompts, batched generation and scoring, shared by sft, dpo and annotate.
+"""Teacher prompts, batched generation from token ids and scoring (sft and annotate; dpo scores with
+`score`).
 
 - `prompt_ids`: pairs -> chat-prompt token ids (`data/prompts.py` template) of at most
   `teacher.max_prompt_len` tokens. A prompt that is too long has its ITEM text cut (token-wise, at
@@ -6,8 +7,9 @@
   Cut prompts are counted.
 - `sample`: `generate.generate_texts` with the config's lengths (`teacher.max_response_len` new
   tokens) and prompt buckets (64, 128, ... up to `teacher.max_prompt_len`), so a run compiles a
-  handful of shapes. Every stage generates through it (tests monkeypatch
-  `rd_jax.generate.generate_texts` to script the outputs).
+  handful of shapes. sft and annotate generate through it; reward and dpo sample from prompt
+  strings with `teacher/sampling.sample_responses`; both end in `generate.generate_texts`, which
+  tests monkeypatch to script the outputs.
 - `score`: accuracy and macro-F1 where an output that does not parse counts as WRONG for its gold
   class (a false negative) and is never mapped to a label: the confusion matrix gets an extra
   "<unparsed>" column, and macro-F1 averages the real classes only.
@@ -69,8 +71,9 @@ def prompt_ids(tokenizer, pairs: Sequence[Pair], cfg,
   return out, cut
 
 
-def buckets(cfg) -> tuple[int, ...]:
-  limit = int(cfg.teacher.max_prompt_len)
+def buckets(max_prompt_len: int) -> tuple[int, ...]:
+  """Prompt lengths generation pads to: the default buckets below `teacher.max_prompt_len`, and it."""
+  limit = int(max_prompt_len)
   return tuple(sorted({b for b in gen.DEFAULT_BUCKETS if b < limit} | {limit}))
 
 
@@ -83,7 +86,8 @@ def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg,
   return gen.generate_texts(teacher_config, params, tokenizer, ids,
                             max_new_tokens=int(cfg.teacher.max_response_len),
                             batch_size=int(batch_size), temperature=float(temperature),
-                            num_samples=int(num_samples), seed=int(seed), buckets=buckets(cfg))
+                            num_samples=int(num_samples), seed=int(seed),
+                            buckets=buckets(cfg.teacher.max_prompt_len))
 
 
 ANSWER_CUE = "\nLabel:"

@@ -1,19 +1,16 @@
-"""What the student stages (crsd, baseline, eval) share: data, batches, prediction, meta."""
+"""The students' data: labelled pairs per the data section, with reasoning (rules or the teacher's
+annotations) and labels (gold or the teacher's); the BERT tokenizer; the pairs eval scores."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
-from rd_jax import decision, metrics as metrics_lib
-from rd_jax.data import pipeline, rationale, readers
-from rd_jax.parallel import mesh as mesh_lib
+from rd_jax import metrics as metrics_lib
+from rd_jax.data import rationale, readers
 
 
 @dataclasses.dataclass
@@ -124,90 +121,6 @@ def _tokenizer_dir(spec: str) -> str:
   return os.path.abspath(hf_bert.resolve_bert_folder(spec))
 
 
-class _WithoutAugView:
-  """The baseline's batches: the aug_* arrays removed, so its jitted step neither copies them nor
-  recompiles for each new augmented length. Delegates the checkpointable iterator state."""
-
-  def __init__(self, iterator):
-    self._it = iterator
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    return {k: v for k, v in next(self._it).items() if not k.startswith("aug_")}
-
-  def get_state(self):
-    return self._it.get_state()
-
-  def set_state(self, state):
-    self._it.set_state(state)
-
-
-def train_batches(pairs, tokenizer, cfg, *, use_reasoning: bool = True):
-  it = pipeline.train_batches(pairs, tokenizer, cfg, seed=cfg.seed,
-                              batch_size=cfg.train.batch_size,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count(), with_aug=use_reasoning)
-  return it if use_reasoning else _WithoutAugView(it)
-
-
-def make_predict_fn(model, mesh) -> Callable:
-  """jit(params, batch) -> logits [B, C] on the standard view (the serving path: no reasoning)."""
-  batch_sharding = mesh_lib.batch_sharding(mesh)
-
-  @jax.jit
-  def logits_fn(params, batch):
-    out = model.apply({"params": params}, batch["std_input_ids"], batch["std_attention_mask"],
-                      batch["std_token_type_ids"], deterministic=True)
-    return jax.lax.with_sharding_constraint(out["logits"], batch_sharding)
-
-  def predict(params, host_batch: dict) -> np.ndarray:
-    p, n = jax.process_index(), jax.process_count()
-    rows = len(host_batch["weights"]) // n
-    local = {k: v[p * rows:(p + 1) * rows] for k, v in host_batch.items()
-             if k.startswith("std_") or k == "weights"}
-    logits = logits_fn(params, mesh_lib.put_batch(local, mesh))
-    return np.asarray(multihost_utils.process_allgather(logits, tiled=True))
-
-  return predict
-
-
-def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=None,
-             logit_offsets=None) -> dict:
-  """Metrics of the standard-view predictions on labelled `pairs` (input order).
-
-  Predictions are argmax(logits + logit_offsets) (rd_jax/decision.py; None = plain argmax). The
-  result also holds "predictions" (class ids) and "logits" [N, C] (raw): pop them before writing."""
-  if not pairs:
-    raise ValueError("no pairs to evaluate")
-  eval_cfg = cfg
-  if max_len_std and max_len_std != cfg.student.max_len_std:
-    eval_cfg = cfg.copy_and_resolve_references()
-    with eval_cfg.unlocked():
-      eval_cfg.student.max_len_std = int(max_len_std)
-  batch_size = cfg.eval.batch_size + (-cfg.eval.batch_size) % jax.device_count()  # divisible
-  logits, labels = [], []
-  for batch in pipeline.eval_batches(pairs, tokenizer, eval_cfg, batch_size=batch_size):
-    keep = batch["weights"] > 0
-    logits.append(np.asarray(predict(params, batch))[keep])
-    labels.append(batch["labels"][keep])
-  logits, labels = np.concatenate(logits), np.concatenate(labels)             # [N, C], [N]
-  preds = decision.predict(logits, logit_offsets)
-  result = metrics_lib.classification_metrics(labels, preds, list(cfg.labels))
-  result["predictions"] = preds.tolist()   # class ids, one per pair, input order
-  result["logits"] = logits
-  return result
-
-
-def write_predictions(pairs, predictions, labels, path: str) -> None:
-  """<path>: one JSON line per evaluated pair (input order): ids, gold and predicted label.
-  predictions: evaluate()'s "predictions" (class ids, one per pair)."""
-  metrics_lib.write_jsonl_atomic(
-      [{"query_id": p.query_id, "product_id": p.product_id, "label": labels[p.label_id],
-        "prediction": labels[k]} for p, k in zip(pairs, predictions, strict=True)], path)
-
-
 def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):
   """(pairs, description, report) for eval: cfg.eval.path or the cfg.eval.split folds."""
   eval_cfg = cfg
@@ -225,10 +138,3 @@ def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):
   return split, f"{report['path']} {cfg.eval.split} folds {folds}", report
 
 
-def student_meta(cfg, model_cfg, tokenizer_dir: str, *, stage: str, step: int, valid: dict) -> dict:
-  return {"model": "bert", "model_config": model_cfg.to_dict(), "labels": list(cfg.labels),
-          "tokenizer": tokenizer_dir, "item_template": cfg.data.item_template,
-          "max_len_std": int(cfg.student.max_len_std), "stage": stage, "step": step,
-          "init": cfg.student.init, "data": cfg.data.path or "bundled esci_us_srw150",
-          "train_folds": list(cfg.data.train_folds),
-          "metrics": {"valid_macro_f1": valid["macro_f1"], "valid_accuracy": valid["accuracy"]}}

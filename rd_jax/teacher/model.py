@@ -1,14 +1,12 @@
-"""What the teacher stages (cpt, sft, reward, dpo, annotate) share.
+"""The teacher decoder a stage trains or samples from, and the loss of CPT and SFT.
 
 - `load_teacher`: the decoder a stage starts from — an explicit final/ folder, else the newest
   complete upstream stage in the workdir (annotate: dpo > sft > cpt), else the base model
   `teacher.init` ("smollm2" GGUF, a HF folder, a .gguf, or "random" sized by the config).
   Params are restored from abstract shapes straight into this mesh's shardings.
-- `make_lm_step`: the pure `(state, batch) -> (state, metrics)` of CPT and SFT (masked next-token
-  CE; CPT masks nothing but padding, SFT everything but the response).
-- `RowBatches`: a checkpointable grain iterator over fixed rows (packed CPT rows, SFT rows),
-  reshuffled every epoch from (seed, epoch), each host taking its slice of the global batch.
-- `teacher_meta` / `save_teacher`: the final/ hand-off with the model config and tokenizer spec.
+- `lm_loss`: the masked next-token CE of CPT and SFT (CPT masks nothing but padding, SFT
+  everything but the response), a `loss_fn` for `train.fit`.
+- `teacher_meta`: the final/ meta.json with the model config and tokenizer spec.
 """
 
 from __future__ import annotations
@@ -17,17 +15,14 @@ import dataclasses
 import os
 from typing import Sequence
 
-import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 
 from rd_jax import checkpoint
 from rd_jax.losses import lm
 from rd_jax.models import decoder
-from rd_jax.train import state as state_lib
-from rd_jax.parallel import mesh as mesh_lib, sharding
+from rd_jax.parallel import sharding
 
 TEACHER_RULES = tuple(decoder.DECODER_SHARDING_RULES) + ((r".*", None),)
 
@@ -102,9 +97,10 @@ def teacher_meta(cfg, teacher: Teacher, *, stage: str, step: int, **extra) -> di
           "step": int(step), "started_from": teacher.source, **extra}
 
 
-# ------------------------------------------------------------------------------ LM train step
-def make_lm_step(model: decoder.Decoder, tx, schedule):
-  """Pure step on batch {"tokens", "attention_mask", "loss_mask"} [B, L] (right-padded rows).
+# ------------------------------------------------------------------------------ LM loss
+def lm_loss(model: decoder.Decoder):
+  """`loss_fn(params, batch) -> (loss, metrics)` on {"tokens", "attention_mask", "loss_mask"}
+  [B, L] (right-padded rows):
 
   loss = sum_t -log p(tokens[t+1] | tokens[:t+1]) * loss_mask[t+1] / sum loss_mask  (token mean
   over the global batch, so hosts and accumulation agree).
@@ -118,59 +114,4 @@ def make_lm_step(model: decoder.Decoder, tx, schedule):
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count, "perplexity": jnp.exp(loss)}
 
-  return state_lib.gradient_step(loss_fn, tx, schedule)
-
-
-# ------------------------------------------------------------------------------ row batches
-class _RowBatch:
-  """index -> this host's slice of global batch `index` (epoch-wise reshuffled rows)."""
-
-  def __init__(self, rows: dict[str, np.ndarray], batch_size: int, seed: int,
-               process_index: int, process_count: int, trim_to: Sequence[int] = ()):
-    self.rows, self.batch_size, self.seed = rows, batch_size, seed
-    self.n = len(next(iter(rows.values())))
-    self.per_epoch = self.n // batch_size
-    if self.per_epoch == 0:
-      raise ValueError(f"{self.n} rows are fewer than one batch of {batch_size}")
-    if batch_size % process_count:
-      raise ValueError(f"batch {batch_size} is not divisible by {process_count} processes")
-    local = batch_size // process_count
-    self.local = slice(process_index * local, (process_index + 1) * local)
-    self.trim_to = sorted(trim_to)
-
-  def __call__(self, index: int, _slot=None) -> dict[str, np.ndarray]:
-    epoch, slot = divmod(int(index), self.per_epoch)
-    order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-    rows = order[slot * self.batch_size:(slot + 1) * self.batch_size]
-    batch = {k: v[rows] for k, v in self.rows.items()}
-    if self.trim_to:  # cut right padding to the smallest bucket the GLOBAL batch fits
-      longest = int(batch["attention_mask"].sum(1).max())
-      length = next((b for b in self.trim_to if b >= longest), batch["tokens"].shape[1])
-      batch = {k: v[:, :length] if v.ndim == 2 else v for k, v in batch.items()}
-    return {k: v[self.local] for k, v in batch.items()}
-
-
-def row_batches(rows: dict[str, np.ndarray], *, batch_size: int, seed: int,
-                length_buckets: Sequence[int] = ()) -> grain.DatasetIterator:
-  """Endless checkpointable iterator (get_state/set_state) of host-local batches of `rows`."""
-  fn = _RowBatch(rows, batch_size, seed, jax.process_index(), jax.process_count(), length_buckets)
-  dataset = grain.MapDataset.range(fn.per_epoch).repeat().map_with_index(lambda i, _: fn(i))
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
-
-
-def right_pad(sequences: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], length: int,
-              pad_id: int) -> dict[str, np.ndarray]:
-  """Token lists + per-token loss masks -> {"tokens", "attention_mask", "loss_mask"} [N, length]."""
-  n = len(sequences)
-  tokens = np.full((n, length), pad_id, np.int32)
-  attention = np.zeros((n, length), np.int32)
-  loss = np.zeros((n, length), np.int32)
-  for i, (seq, m) in enumerate(zip(sequences, masks)):
-    seq, m = list(seq)[:length], list(m)[:length]
-    tokens[i, :len(seq)], attention[i, :len(seq)], loss[i, :len(seq)] = seq, 1, m
-  return {"tokens": tokens, "attention_mask": attention, "loss_mask": loss}
-
-
-def mesh_for(cfg):
-  mesh_lib.maybe_initialize_distributed(cfg.mesh)
-  return mesh_lib.make_mesh(cfg.mesh)
+  return loss_fn

@@ -1,0 +1,36 @@
+"""The student a run starts from (`student.init`) and the meta.json of its final/ hand-off."""
+
+from __future__ import annotations
+
+from rd_jax.models import bert
+
+
+def student_meta(cfg, model_cfg, tokenizer_dir: str, *, stage: str, step: int, valid: dict) -> dict:
+  return {"model": "bert", "model_config": model_cfg.to_dict(), "labels": list(cfg.labels),
+          "tokenizer": tokenizer_dir, "item_template": cfg.data.item_template,
+          "max_len_std": int(cfg.student.max_len_std), "stage": stage, "step": step,
+          "init": cfg.student.init, "data": cfg.data.path or "bundled esci_us_srw150",
+          "train_folds": list(cfg.data.train_folds),
+          "metrics": {"valid_macro_f1": valid["macro_f1"], "valid_accuracy": valid["accuracy"]}}
+
+
+def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
+  """(model config, params, info) from cfg.student.init: "minilm", "random" or a HF folder."""
+  num_labels = len(cfg.labels)
+  projection_dim = int(cfg.crsd.projection_dim)
+  if cfg.student.init == "random":
+    model_cfg = bert.BertConfig(
+        vocab_size=cfg.student.vocab_size, hidden_size=cfg.student.hidden_size,
+        num_layers=cfg.student.num_layers, num_heads=cfg.student.num_heads,
+        intermediate_size=cfg.student.intermediate_size, max_position=cfg.student.max_position,
+        dropout=cfg.student.dropout, num_labels=num_labels, dtype=cfg.student.dtype,
+        projection_dim=projection_dim)
+    return model_cfg, bert.init_params(model_cfg, rng), {"init": "random"}
+  from rd_jax.convert import hf_bert
+  # The classifier (and the projection head, ours) are not in the HF weights: freshly
+  # initialised and listed in info["initialised"]; everything else is imported.
+  model_cfg, params, info = hf_bert.load_hf_bert(cfg.student.init, num_labels, rng,
+                                                 dropout=cfg.student.dropout,
+                                                 dtype=cfg.student.dtype,
+                                                 projection_dim=projection_dim)
+  return model_cfg, params, dict(info, init=cfg.student.init)

@@ -1,0 +1,70 @@
+"""Standard-view predictions of a student (the serving path: no reasoning), their metrics, and
+predictions.jsonl."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from rd_jax import decision, metrics as metrics_lib
+from rd_jax.data import pipeline
+from rd_jax.parallel import mesh as mesh_lib
+
+
+def make_predict_fn(model, mesh) -> Callable:
+  """jit(params, batch) -> logits [B, C] on the standard view (the serving path: no reasoning)."""
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+
+  @jax.jit
+  def logits_fn(params, batch):
+    out = model.apply({"params": params}, batch["std_input_ids"], batch["std_attention_mask"],
+                      batch["std_token_type_ids"], deterministic=True)
+    return jax.lax.with_sharding_constraint(out["logits"], batch_sharding)
+
+  def predict(params, host_batch: dict) -> np.ndarray:
+    p, n = jax.process_index(), jax.process_count()
+    rows = len(host_batch["weights"]) // n
+    local = {k: v[p * rows:(p + 1) * rows] for k, v in host_batch.items()
+             if k.startswith("std_") or k == "weights"}
+    logits = logits_fn(params, mesh_lib.put_batch(local, mesh))
+    return np.asarray(multihost_utils.process_allgather(logits, tiled=True))
+
+  return predict
+
+
+def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=None,
+             logit_offsets=None) -> dict:
+  """Metrics of the standard-view predictions on labelled `pairs` (input order).
+
+  Predictions are argmax(logits + logit_offsets) (rd_jax/decision.py; None = plain argmax). The
+  result also holds "predictions" (class ids) and "logits" [N, C] (raw): pop them before writing."""
+  if not pairs:
+    raise ValueError("no pairs to evaluate")
+  eval_cfg = cfg
+  if max_len_std and max_len_std != cfg.student.max_len_std:
+    eval_cfg = cfg.copy_and_resolve_references()
+    with eval_cfg.unlocked():
+      eval_cfg.student.max_len_std = int(max_len_std)
+  batch_size = cfg.eval.batch_size + (-cfg.eval.batch_size) % jax.device_count()  # divisible
+  logits, labels = [], []
+  for batch in pipeline.eval_batches(pairs, tokenizer, eval_cfg, batch_size=batch_size):
+    keep = batch["weights"] > 0
+    logits.append(np.asarray(predict(params, batch))[keep])
+    labels.append(batch["labels"][keep])
+  logits, labels = np.concatenate(logits), np.concatenate(labels)             # [N, C], [N]
+  preds = decision.predict(logits, logit_offsets)
+  result = metrics_lib.classification_metrics(labels, preds, list(cfg.labels))
+  result["predictions"] = preds.tolist()   # class ids, one per pair, input order
+  result["logits"] = logits
+  return result
+
+
+def write_predictions(pairs, predictions, labels, path: str) -> None:
+  """<path>: one JSON line per evaluated pair (input order): ids, gold and predicted label.
+  predictions: evaluate()'s "predictions" (class ids, one per pair)."""
+  metrics_lib.write_jsonl_atomic(
+      [{"query_id": p.query_id, "product_id": p.product_id, "label": labels[p.label_id],
+        "prediction": labels[k]} for p, k in zip(pairs, predictions, strict=True)], path)

@@ -1,0 +1,62 @@
+"""The optimiser sections and their schedule: warm-up rules, first update, per-stage sections."""
+
+import numpy as np
+import pytest
+
+from rd_jax.config import OPTIM_KEYS, OPTIM_SECTIONS, TRAINING, default_config
+from rd_jax import config_check
+from rd_jax.train import optim
+
+
+def _lrs(warmup, total, kind="cosine", peak=1.0):
+  schedule = optim.learning_rate_schedule(peak, warmup, total, kind)
+  return np.asarray([float(schedule(s)) for s in range(total)])
+
+
+def test_first_update_is_not_zero_and_warmup_reaches_the_peak():
+  lrs = _lrs(warmup=3, total=10)
+  np.testing.assert_allclose(lrs[:4], [0.25, 0.5, 0.75, 1.0], rtol=1e-6)   # peak * (s+1)/(W+1)
+  assert np.all(np.diff(lrs[3:]) < 0) and lrs[-1] > 0                      # cosine to the end
+  np.testing.assert_allclose(_lrs(warmup=0, total=4, kind="constant"), [1.0] * 4)
+  linear = _lrs(warmup=0, total=4, kind="linear")
+  np.testing.assert_allclose(linear, [1.0, 0.75, 0.5, 0.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize("warmup,total", [(16, 16), (20, 16), (-1, 16)])
+def test_warmup_as_long_as_the_run_is_an_error_naming_the_key(warmup, total):
+  with pytest.raises(ValueError, match=r"dpo\.optim\.warmup_steps"):
+    optim.learning_rate_schedule(1e-3, warmup, total, "cosine", key="dpo.optim")
+
+
+def test_unknown_schedule_names_its_key():
+  with pytest.raises(ValueError, match=r"sft\.optim\.schedule"):
+    optim.learning_rate_schedule(1e-3, 0, 4, "zigzag", key="sft.optim")
+
+
+def test_each_training_stage_has_its_own_section_with_the_same_keys():
+  cfg = default_config()
+  assert "optim" not in cfg and "learning_rate" not in cfg.cpt
+  for section in OPTIM_SECTIONS:
+    assert tuple(sorted(cfg[section].optim)) == tuple(sorted(OPTIM_KEYS)), section
+
+
+def test_config_check_refuses_a_warmup_as_long_as_the_run(tiny_config):
+  cfg = tiny_config()
+  cfg.dpo.optim.warmup_steps = cfg.dpo.num_steps
+  with pytest.raises(config_check.ConfigError, match=r"dpo\.optim\.warmup_steps .* dpo\.num_steps"):
+    config_check.validate(cfg)
+
+
+def test_shipped_teacher_warmups_are_a_fraction_of_their_runs(demo_like_configs):
+  for name, cfg in demo_like_configs.items():
+    for section, steps_key in TRAINING.values():
+      steps = cfg[steps_key.split(".")[0]][steps_key.split(".")[1]]
+      assert cfg[section].optim.warmup_steps <= 0.25 * steps, (name, section)
+      first = float(optim.make_optimizer(cfg[section].optim, steps, f"{section}.optim")[1](0))
+      assert first > 0, (name, section)
+
+
+@pytest.fixture
+def demo_like_configs():
+  from test_config import _load
+  return {name: _load(name) for name in ("demo", "demo_pipeline", "pod")}
