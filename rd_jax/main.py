@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rd_jax import cli_setup, stages
+from rd_jax import cli_help, cli_setup, errors, stages
 
 __doc__ += "\n".join(f"  {name:9s} {doc}" for name, doc in stages.available().items())
 
@@ -23,6 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline work directory; stages
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Pipeline config file (configs/*.py); override keys with --config.a.b=value.",
     lock_config=True)
+flags.DEFINE_bool("debug", False, "Show the Python traceback of user errors too (see rd_jax/errors.py).")
 flags.mark_flags_as_required(["stage", "workdir", "config"])
 
 
@@ -34,6 +35,8 @@ def main(argv):
   cfg = _CONFIG.value
   from rd_jax import config_check
   config_check.validate(cfg)
+  if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+    raise errors.PathError(f"--workdir={_WORKDIR.value} is a file; give a folder (new or existing)")
   os.makedirs(_WORKDIR.value, exist_ok=True)
   logging.info("stage %s, workdir %s", _STAGE.value, _WORKDIR.value)
   _record_config(cfg, _STAGE.value, _WORKDIR.value)
@@ -69,4 +72,5 @@ def _headline(summary: dict) -> dict:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_help.maybe_print_help(__doc__, "rd_jax.main")
+  errors.run_cli(lambda: app.run(main), "rd_jax.main")

@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 
 from rd_jax import metrics as metrics_lib
 from rd_jax.data import pipeline, rationale, readers
+from rd_jax.data import split as split_lib
 from rd_jax.parallel import mesh as mesh_lib
 
 
@@ -96,9 +97,7 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
                                      rejects_path=os.path.join(stage_dir, "rejects.jsonl"))
   splits = readers.train_valid_test(pairs, cfg)
   train, valid = splits["train"], splits["valid"]
-  if not train:
-    raise ValueError(f"no training pairs in folds data.train_folds={list(cfg.data.train_folds)} "
-                     f"of {report['path']}")
+  split_lib.check_trainable(report["split"], cfg, report["path"])  # an empty train/valid: the fix
   if cfg.data.max_train_pairs and cfg.data.max_train_pairs < len(train):
     report["train_pairs_sampled"] = {"from": len(train), "max_train_pairs": cfg.data.max_train_pairs,
                                      "seed": cfg.seed}
@@ -212,11 +211,14 @@ def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):
       eval_cfg.data.item_template = item_template  # render items as the student saw them
   rejects = os.path.join(out_dir, "rejects.jsonl")
   if cfg.eval.path:
-    pairs, report = readers.load_pairs(cfg.eval.path, eval_cfg, rejects_path=rejects)
+    pairs, report = readers.load_pairs(cfg.eval.path, eval_cfg, rejects_path=rejects,
+                                       split_rows=False)  # the whole file is evaluated
     return pairs, cfg.eval.path, report
   pairs, report = readers.load_pairs(cfg.data.path, eval_cfg, rejects_path=rejects)
   split = readers.train_valid_test(pairs, eval_cfg)[cfg.eval.split]
   folds = list(cfg.data.get(f"{cfg.eval.split}_folds"))
+  if not split:
+    split_lib.check_trainable(report["split"], eval_cfg, report["path"], names=(cfg.eval.split,))
   return split, f"{report['path']} {cfg.eval.split} folds {folds}", report
 
 
