@@ -50,6 +50,11 @@ class ConflictError(UserError):
   kind = "conflict"
 
 
+class StageLockHeld(RuntimeError):
+  """Another live run holds `<stage>/LOCK` (train/loop.StageLock)."""
+  kind = "conflict"
+
+
 # Errors raised by code we do not own (or standard library calls on user-given paths) that are
 # the user's to fix: (class name, kind). Matched by name so this module imports nothing heavy.
 _FOREIGN = {"CheckpointError": "path", "RunConfigMismatch": "conflict", "BadRowError": "data",

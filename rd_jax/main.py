@@ -39,9 +39,36 @@ def main(argv):
     raise errors.PathError(f"--workdir={_WORKDIR.value} is a file; give a folder (new or existing)")
   os.makedirs(_WORKDIR.value, exist_ok=True)
   logging.info("stage %s, workdir %s", _STAGE.value, _WORKDIR.value)
-  _record_config(cfg, _STAGE.value, _WORKDIR.value)
-  summary = stages.run(_STAGE.value, cfg, _WORKDIR.value)
+  summary = _run_locked(cfg, _STAGE.value, _WORKDIR.value)
   print(json.dumps({"stage": _STAGE.value, **_headline(summary)}, sort_keys=True))
+
+
+def _run_locked(cfg, stage: str, workdir: str) -> dict:
+  """The stage under its lock (<stage>/LOCK, for the whole stage: data, training, validation,
+  final/, summary); config.json is written by the lock holder and put back as it was when the
+  run is refused (trained with other values), so it never describes a run that did not happen."""
+  if stage == "all":   # each stage takes its own lock (stages.run)
+    _record_config(cfg, stage, workdir)
+    return stages.run(stage, cfg, workdir)
+  from rd_jax.parallel import mesh as mesh_lib
+  from rd_jax.train.loop import StageLock
+  mesh_lib.maybe_initialize_distributed(cfg.mesh)  # before StageLock asks for the process index
+  stage_dir = os.path.join(workdir, stage)
+  os.makedirs(stage_dir, exist_ok=True)
+  path = os.path.join(stage_dir, "config.json")
+  with StageLock(stage_dir):
+    previous = open(path, "rb").read() if os.path.exists(path) else None
+    _record_config(cfg, stage, workdir)
+    try:
+      return stages.run(stage, cfg, workdir)
+    except Exception as e:
+      if errors.classify(e) == "conflict" and os.path.exists(path):
+        if previous is None:
+          os.remove(path)
+        else:
+          with open(path, "wb") as f:
+            f.write(previous)
+      raise
 
 
 def _record_config(cfg, stage: str, workdir: str) -> None:

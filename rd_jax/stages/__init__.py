@@ -38,4 +38,11 @@ def run(name: str, cfg, workdir: str) -> dict:
   module_name = STAGES[name][0]
   if importlib.util.find_spec(module_name) is None:
     raise ValueError(f"stage {name!r} is not implemented in this version ({module_name} missing)")
-  return importlib.import_module(module_name).run(cfg, workdir)
+  module = importlib.import_module(module_name)
+  if name == "all":
+    return module.run(cfg, workdir)
+  import os
+  from rd_jax.train.loop import StageLock  # the whole stage, annotate included (re-entrant)
+  os.makedirs(os.path.join(workdir, name), exist_ok=True)
+  with StageLock(os.path.join(workdir, name), reentrant=True):
+    return module.run(cfg, workdir)
