@@ -134,6 +134,9 @@ def _jsonl_rows(path: str) -> Iterator[tuple[int, str, Any]]:
           lineno == 1 and text.lstrip().startswith("[")) else ""
       row = DataError(path, lineno, f"invalid JSON: {e.msg} at column {e.colno}{hint}",
                       "invalid_json")
+    if lineno == 1 and isinstance(row, list) and row and isinstance(row[0], dict):
+      row = DataError(path, lineno, "the file is one JSON array; write one JSON object per line "
+                      "(JSONL)", "json_array")
     yield lineno, text, row
 
 

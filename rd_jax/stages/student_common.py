@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 
 from rd_jax import metrics as metrics_lib
 from rd_jax.data import pipeline, rationale, readers
+from rd_jax.data import degenerate
 from rd_jax.data import split as split_lib
 from rd_jax.parallel import mesh as mesh_lib
 
@@ -112,6 +113,9 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
     train, _ = readers.attach_reasoning(train, annotations_path(cfg, workdir), cfg)
   train = _label_source(train, cfg, report, workdir)
   report.update(train_pairs=len(train), valid_pairs=len(valid))
+  report["degenerate"] = degenerate.check({"train": train, "valid": valid}, cfg,
+                                          stage="crsd" if use_reasoning else "baseline")
+  degenerate.stop_if_untrainable(report["degenerate"], report["path"])
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(report, os.path.join(stage_dir, "data_report.json"))
   folder = _tokenizer_dir(cfg.student.tokenizer)
@@ -213,12 +217,14 @@ def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):
   if cfg.eval.path:
     pairs, report = readers.load_pairs(cfg.eval.path, eval_cfg, rejects_path=rejects,
                                        split_rows=False)  # the whole file is evaluated
+    report["degenerate"] = degenerate.check({"eval.path": pairs}, cfg)
     return pairs, cfg.eval.path, report
   pairs, report = readers.load_pairs(cfg.data.path, eval_cfg, rejects_path=rejects)
   split = readers.train_valid_test(pairs, eval_cfg)[cfg.eval.split]
   folds = list(cfg.data.get(f"{cfg.eval.split}_folds"))
   if not split:
     split_lib.check_trainable(report["split"], eval_cfg, report["path"], names=(cfg.eval.split,))
+  report["degenerate"] = degenerate.check({cfg.eval.split: split}, cfg)
   return split, f"{report['path']} {cfg.eval.split} folds {folds}", report
 
 
