@@ -46,7 +46,8 @@ def main(argv):
 def _run_locked(cfg, stage: str, workdir: str) -> dict:
   """The stage under its lock (<stage>/LOCK, for the whole stage: data, training, validation,
   final/, summary); config.json is written by the lock holder and put back as it was when the
-  run is refused (trained with other values), so it never describes a run that did not happen."""
+  run stops on a user error (e.g. trained with other values, bad data), so it never describes a
+  run that did not happen."""
   if stage == "all":   # each stage takes its own lock (stages.run)
     _record_config(cfg, stage, workdir)
     return stages.run(stage, cfg, workdir)
@@ -62,7 +63,7 @@ def _run_locked(cfg, stage: str, workdir: str) -> dict:
     try:
       return stages.run(stage, cfg, workdir)
     except Exception as e:
-      if errors.classify(e) == "conflict" and os.path.exists(path):
+      if errors.classify(e) is not None and os.path.exists(path):  # refused: nothing ran
         if previous is None:
           os.remove(path)
         else:
