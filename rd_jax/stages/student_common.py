@@ -9,6 +9,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from rd_jax import metrics as metrics_lib
@@ -180,6 +181,8 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
   """Metrics of the standard-view predictions on labelled `pairs` (input order)."""
   if not pairs:
     raise ValueError("no pairs to evaluate")
+  logging.info("validating/evaluating %d pairs (the first batch of each shape compiles) ...",
+               len(pairs))
   eval_cfg = cfg
   if max_len_std and max_len_std != cfg.student.max_len_std:
     eval_cfg = cfg.copy_and_resolve_references()
