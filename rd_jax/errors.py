@@ -58,7 +58,7 @@ class StageLockHeld(RuntimeError):
 # Errors raised by code we do not own (or standard library calls on user-given paths) that are
 # the user's to fix: (class name, kind). Matched by name so this module imports nothing heavy.
 _FOREIGN = {"CheckpointError": "path", "RunConfigMismatch": "conflict", "BadRowError": "data",
-            "ExportError": "data", "FileNotFoundError": "path", "FileExistsError": "path",
+            "FileNotFoundError": "path", "FileExistsError": "path",
             "NotADirectoryError": "path", "IsADirectoryError": "path",
             "PermissionError": "path", "StageLockHeld": "conflict"}
 

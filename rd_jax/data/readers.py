@@ -99,8 +99,8 @@ def _byte_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
   with opener() as f:
     try:
       for lineno, line in enumerate(f, start=1):
-        yield lineno, offset, line.rstrip(b"\r\n") if lineno > 1 else (
-            line[3:] if line.startswith(b"\xef\xbb\xbf") else line).rstrip(b"\r\n")
+        text = line[3:] if lineno == 1 and line.startswith(b"\xef\xbb\xbf") else line  # BOM
+        yield lineno, offset, text.rstrip(b"\r\n")
         offset += len(line)
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut stream: EOFError
       raise DataError(path, lineno + 1, f"cannot decompress ({type(e).__name__}: {e}); is it a "

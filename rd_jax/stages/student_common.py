@@ -12,6 +12,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from rd_jax import errors
 from rd_jax import metrics as metrics_lib
 from rd_jax.data import pipeline, rationale, readers
 from rd_jax.data import degenerate
@@ -56,11 +57,16 @@ def _with_reasoning(pairs, cfg, report: dict, split: str, workdir: str):
   report[f"{split}_reasoning_file"] = path
   report[f"{split}_reasoning"] = ann_report
   missing = [p for p in pairs if not p.reasoning]
+  if missing and len(missing) == len(pairs):
+    raise errors.DataError(f"none of the {len(pairs)} {split} pairs has an annotation in {path}: "
+                           "they annotate another file; use data.reasoning_source=rules, or "
+                           "annotate this file (--stage=annotate) and set data.reasoning_path")
   if missing:
     if cfg.data.on_missing_reasoning == "error":
-      raise ValueError(f"{len(missing)} {split} pairs have no reasoning in "
-                       f"{path} (e.g. query_id={missing[0].query_id} "
-                       f"product_id={missing[0].product_id}); set data.on_missing_reasoning=skip to drop them")
+      raise errors.DataError(f"{len(missing)} {split} pairs have no reasoning in "
+                             f"{path} (e.g. query_id={missing[0].query_id} "
+                             f"product_id={missing[0].product_id}); set "
+                             "data.on_missing_reasoning=skip to drop them")
     pairs = [p for p in pairs if p.reasoning]
     report[f"{split}_dropped_without_reasoning"] = len(missing)
   return pairs
@@ -84,10 +90,10 @@ def _label_source(pairs, cfg, report: dict, workdir: str):
   if without:
     # the same policy as a missing reasoning: the teacher failed on these pairs
     if cfg.data.on_missing_reasoning == "error":
-      raise ValueError(f"crsd.label_source=teacher but {len(without)} train pairs have no teacher "
-                       f"label in {annotations_path(cfg, workdir)} (e.g. query_id="
-                       f"{without[0].query_id} product_id={without[0].product_id}); set "
-                       "data.on_missing_reasoning=skip to drop them")
+      raise errors.DataError(
+          f"crsd.label_source=teacher but {len(without)} train pairs have no teacher label in "
+          f"{annotations_path(cfg, workdir)} (e.g. query_id={without[0].query_id} product_id="
+          f"{without[0].product_id}); set data.on_missing_reasoning=skip to drop them")
     pairs = [p for p in pairs if p.teacher_label_id is not None]
     report["train_dropped_without_teacher_label"] = len(without)
   report["labels"] = "teacher"
