@@ -95,3 +95,27 @@ def test_help_exits_0_and_names_the_common_overrides():
   assert r.returncode == 0, r.stderr[-2000:]
   assert "--config.data.path=" in r.stdout and "--config.labels=1,2,3,4" in r.stdout
   assert "Exit codes" in r.stdout
+
+
+def test_a_stage_is_locked_as_a_whole_annotate_included(tmp_path):
+  import json
+  import socket
+  from configs import tiny
+  from rd_jax import stages
+  lock = tmp_path / "annotate" / "LOCK"
+  lock.parent.mkdir()
+  lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))  # alive
+  with pytest.raises(errors.StageLockHeld, match="held by"):
+    stages.run("annotate", tiny.get_config(), str(tmp_path))
+  assert lock.exists() and not (tmp_path / "annotate" / "shards").exists()
+
+
+def test_convert_refuses_a_non_empty_output_without_overwrite(tmp_path):
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "keep.txt").write_text("mine")
+  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+  r = subprocess.run([sys.executable, "-m", "rd_jax.convert", f"--checkpoint={tmp_path}/none",
+                      f"--output={tmp_path}/out"], cwd=REPO, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 4 and "pass --overwrite" in r.stderr and "Traceback" not in r.stderr
+  assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
