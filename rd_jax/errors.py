@@ -119,11 +119,22 @@ def debug_requested(argv=None) -> bool:
       a in ("--debug", "--debug=true", "--debug=True", "--debug=1") for a in argv)
 
 
+def _from_flag_parsing(exc: BaseException) -> bool:
+  tb = exc.__traceback__
+  while tb is not None:
+    if tb.tb_frame.f_code.co_name in ("parse_flags_with_usage", "usage"):
+      return True
+    tb = tb.tb_next
+  return False
+
+
 def run_cli(entry: Callable[[], object], program: str) -> None:
   """Runs `entry` (which calls absl's app.run) and turns a user error into message + exit code."""
   try:
     entry()
-  except SystemExit:
+  except SystemExit as exit_:
+    if exit_.code == 1 and _from_flag_parsing(exit_):  # absl's flag errors and usage exit 1
+      sys.exit(EXIT_CODES["config"])
     raise
   except KeyboardInterrupt:
     print(f"{program}: interrupted", file=sys.stderr)
