@@ -57,13 +57,18 @@ def _run_locked(cfg, stage: str, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, stage)
   os.makedirs(stage_dir, exist_ok=True)
   path = os.path.join(stage_dir, "config.json")
+  import jax
   with StageLock(stage_dir):
-    previous = open(path, "rb").read() if os.path.exists(path) else None
+    previous = None
+    if os.path.exists(path):
+      with open(path, "rb") as f:
+        previous = f.read()
     _record_config(cfg, stage, workdir)
     try:
       return stages.run(stage, cfg, workdir)
     except Exception as e:
-      if errors.classify(e) is not None and os.path.exists(path):  # refused: nothing ran
+      refused = errors.classify(e) is not None  # a user error: nothing ran
+      if refused and jax.process_index() == 0 and os.path.exists(path):
         if previous is None:
           os.remove(path)
         else:
