@@ -2,6 +2,7 @@
 
     build(folder) -> {name: Case}      # used by tests/test_malformed.py (readers level)
     python tests/malformed_corpus.py --out=/tmp/corpus [--stages=crsd,eval] [--modes=error,skip]
+    python tests/malformed_corpus.py --out=/tmp/corpus --in_process   # minutes: data paths only
 
 The runner runs `python -m rd_jax.main --config=configs/tiny.py` on every file for each stage and
 `data.on_bad_row` mode, and counts: named errors (a one-line message naming the file, exit 2-4),
@@ -34,7 +35,8 @@ class Case:
 def good_rows(n: int = 24, labels=("Exact", "Irrelevant")) -> list[dict]:
   """n labelled rows over 8 queries in folds 1-4 (train 1+3, valid 2, test 4), both labels."""
   return [{"query": f"query number {i % 8}", "product_title": f"product {i} title",
-           "label": labels[i % len(labels)], "query_fold": 1 + (i % 8) % 4} for i in range(n)]
+           "label": labels[(i // 8) % len(labels)], "query_fold": 1 + (i % 8) % 4}
+          for i in range(n)]
 
 
 def _jsonl(rows) -> bytes:
@@ -127,15 +129,63 @@ def _run_main(repo: str, path: str, stage: str, mode: str, workdir: str) -> dict
           "message": tail[0] if tail else ""}
 
 
+def run_in_process(cases: dict, out: str) -> list[dict]:
+  """The same measure without a process per run (and without training): each file through the
+  data path of training (student_common.load_student_data, which crsd and baseline call first)
+  and of evaluation (student_common.load_eval_pairs), under both on_bad_row modes. An exception
+  that errors.classify does not call a user error is what would print a traceback."""
+  import traceback
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import tiny
+  from rd_jax import errors
+  from rd_jax.stages import student_common
+  results = []
+  for name, case in cases.items():
+    for stage in ("train", "eval"):
+      for mode in ("error", "skip"):
+        cfg = tiny.get_config()
+        cfg.data.path, cfg.data.on_bad_row = case.path, mode
+        cfg.data.reasoning_source = "rules"
+        folder = os.path.join(out, "inproc", f"{name}_{stage}_{mode}")
+        os.makedirs(folder, exist_ok=True)
+        r = {"file": name, "kind": case.kind, "stage": stage, "mode": mode, "traceback": False,
+             "named_error": False, "skipped": 0, "flagged": False, "message": ""}
+        try:
+          if stage == "train":
+            report = student_common.load_student_data(cfg, folder, use_reasoning=True).report
+          else:
+            report = student_common.load_eval_pairs(cfg, folder)[2]
+          r["skipped"] = report["rows_skipped"]
+          r["flagged"] = bool(report.get("degenerate") or report["split"]["unused_pairs"])
+        except Exception as e:  # noqa: BLE001 - measured, not handled
+          kind = errors.classify(e)
+          r["message"] = f"{type(e).__name__}: {e}"
+          if kind is None:
+            r["traceback"] = True
+            r["message"] += "\n" + traceback.format_exc()
+          else:
+            r["named_error"] = name in str(e) or "split" in str(e)
+        r["silent"] = not (r["traceback"] or r["named_error"] or r["skipped"] or r["flagged"])
+        results.append(r)
+        print(f"{name:26s} {stage:5s} {mode:5s} tb={int(r['traceback'])} "
+              f"named={int(r['named_error'])} skipped={r['skipped']} flagged={int(r['flagged'])} "
+              f"silent={int(r['silent'])}  {r['message'][:100]}", flush=True)
+  return results
+
+
 def main(argv=None) -> int:
   import argparse
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", required=True)
   ap.add_argument("--stages", default="crsd,eval")
   ap.add_argument("--modes", default="error,skip")
+  ap.add_argument("--in_process", action="store_true",
+                  help="no subprocess, no training: the data path of train and eval only")
   args = ap.parse_args(argv)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   cases = build(os.path.join(args.out, "files"))
+  if args.in_process:
+    return _report(run_in_process(cases, args.out), cases, args.out)
   # one tiny student to evaluate with (trained on the bundled data)
   student_root = os.path.join(args.out, "runs")
   student = os.path.join(student_root, "student")
@@ -156,14 +206,18 @@ def main(argv=None) -> int:
         print(f"{name:26s} {stage:5s} {mode:5s} rc={r['rc']} tb={int(r['traceback'])} "
               f"named={int(r['named_error'])} skipped={r['skipped']} flagged={int(r['flagged'])} "
               f"silent={int(r['silent'])}  {r['message'][:110]}", flush=True)
+  return _report(results, cases, args.out)
+
+
+def _report(results: list[dict], cases: dict, out: str) -> int:
   totals = {"runs": len(results), "files": len(cases),
             "tracebacks": sum(r["traceback"] for r in results),
             "named_errors": sum(r["named_error"] for r in results),
-            "counted_skips": sum(bool(r["skipped"]) and r["rc"] == 0 for r in results),
-            "flagged": sum(r["flagged"] and r["rc"] == 0 for r in results),
+            "counted_skips": sum(bool(r["skipped"]) and r.get("rc", 0) == 0 for r in results),
+            "flagged": sum(r["flagged"] and r.get("rc", 0) == 0 for r in results),
             "silent": sum(r["silent"] for r in results)}
   print(json.dumps(totals))
-  with open(os.path.join(args.out, "results.json"), "w") as f:
+  with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"totals": totals, "runs": results}, f, indent=1)
   return 0 if totals["tracebacks"] == 0 and totals["silent"] == 0 else 1
 
