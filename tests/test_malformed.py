@@ -14,8 +14,6 @@ from rd_jax.data import degenerate, readers, split as split_lib
 
 import malformed_corpus
 
-CORPUS = None
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
