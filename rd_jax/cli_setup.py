@@ -15,6 +15,19 @@ def quiet_library_logs() -> None:
 
   for handler in py_logging.getLogger().handlers + [logging.get_absl_handler()]:
     handler.addFilter(_DropOrbaxInfo())
+  _drop_backend_probe_noise()
+
+
+def _drop_backend_probe_noise() -> None:
+  """JAX logs "Unable to initialize backend 'tpu'" (and 'cuda', ...) at INFO on every machine
+  without one while it probes; it is not an error, so drop it (real failures still raise)."""
+  import logging as py_logging
+
+  class _DropProbe(py_logging.Filter):
+    def filter(self, record):
+      return not str(record.msg).startswith("Unable to initialize backend")
+
+  py_logging.getLogger("jax._src.xla_bridge").addFilter(_DropProbe())
 
 
 def compilation_cache() -> None:

@@ -61,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.train_folds = (1, 3)      # ours: query-disjoint split of the bundled folds 1-4
   c.data.valid_folds = (2,)           #   (hyper-parameters are chosen on valid, never on test)
   c.data.test_folds = (4,)
+  # ours: a file with no query_fold column gets a deterministic query-disjoint split of its pairs
+  # in these train/valid/test shares (data/split.py; sizes in summary.json data.split)
+  c.data.split = (0.8, 0.1, 0.1)
   c.data.max_query_chars = 256   # over-long text: truncated at this many characters, counted
   c.data.max_item_chars = 2048
   c.data.max_reasoning_chars = 2048

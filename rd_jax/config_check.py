@@ -7,11 +7,14 @@ fails naming `crsd.tau`. This checks the values.
 from __future__ import annotations
 
 import math
+import os
+
+from rd_jax import errors
 
 from rd_jax.config import OPTIM_SECTIONS, TRAINING
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.ConfigError):
   pass
 
 
@@ -64,6 +67,8 @@ def _get(cfg, dotted: str):
 
 
 def validate(cfg) -> None:
+  normalize_labels(cfg)
+  check_ranges(cfg)
   for key, allowed in _CHOICES.items():
     value = _get(cfg, key)
     if value not in allowed:
@@ -115,3 +120,110 @@ def validate(cfg) -> None:
                         "to form a pair")
   if cfg.train.batch_size < 2 and cfg.crsd.lambda_infonce > 0:
     raise ConfigError("config key train.batch_size must be >= 2 for in-batch InfoNCE negatives")
+
+
+# Ranges where other values are meaningless (checked when the key exists in this config):
+# key -> (low, high, low_inclusive, high_inclusive, what to write in the message).
+_RANGES = {
+    "data.max_query_chars": (1, None, True, True, "a positive number of characters"),
+    "data.max_item_chars": (1, None, True, True, "a positive number of characters"),
+    "data.max_reasoning_chars": (1, None, True, True, "a positive number of characters"),
+    "student.dropout": (0.0, 1.0, True, False, "a probability in [0, 1)"),
+    "student.logit_adjustment": (0.0, None, True, True, ">= 0 (0 = off)"),
+    "crsd.lambda_infonce": (0.0, None, True, True, ">= 0"),
+    "crsd.lambda_warmup_steps": (0, None, True, True, ">= 0 (0 = off)"),
+    "export.atol": (0.0, None, False, True, "> 0"),
+    "teacher.rms_norm_eps": (0.0, None, False, True, "> 0"),
+    "teacher.rope_theta": (0.0, None, False, True, "> 0"),
+    "student.bucket_compile_tokens": (0, None, True, True, ">= 0"),
+    "train.stop_after_step": (0, None, True, True, ">= 0 (0 = off)"),
+    "annotate.stop_after_shards": (0, None, True, True, ">= 0 (0 = off)"),
+    "mesh.num_processes": (1, None, True, True, ">= 1"),
+    "mesh.process_id": (0, None, True, True, ">= 0"),
+    "mesh.fsdp": (1, None, True, True, ">= 1"),
+    "mesh.tensor": (1, None, True, True, ">= 1"),
+    "seed": (0, None, True, True, ">= 0"),
+}
+for _section in ("student", "teacher"):
+  for _key in ("hidden_size", "intermediate_size", "max_position", "num_heads", "num_layers",
+               "vocab_size", "num_kv_heads"):
+    _RANGES[f"{_section}.{_key}"] = (1, None, True, True, "a positive integer")
+for _section in OPTIM_SECTIONS:   # every stage's optimiser section
+  for _key in ("b1", "b2"):
+    _RANGES[f"{_section}.optim.{_key}"] = (0.0, 1.0, True, False, "in [0, 1)")
+_MISSING = object()
+
+
+def _maybe_get(cfg, dotted: str):
+  node = cfg
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node.keys():
+      return _MISSING
+    node = node[part]
+  return node
+
+
+def check_ranges(cfg) -> None:
+  """Every numeric value where another value is meaningless: fails naming the key and range."""
+  for key, (low, high, low_in, high_in, what) in _RANGES.items():
+    value = _maybe_get(cfg, key)
+    if value is _MISSING:
+      continue
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or (value >= low if low_in else value > low))
+    ok = ok and (high is None or (value <= high if high_in else value < high))
+    if not ok:
+      raise ConfigError(f"config key {key} = {value!r}; must be {what}")
+  if "dropout" in cfg.get("teacher", {}):
+    if not 0 <= cfg.teacher.dropout < 1:
+      raise ConfigError(f"config key teacher.dropout = {cfg.teacher.dropout!r}; must be a "
+                        "probability in [0, 1)")
+  shares = _maybe_get(cfg, "data.split")
+  if shares is not _MISSING:
+    shares = list(shares)
+    if (len(shares) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                    and math.isfinite(x) and x >= 0 for x in shares)
+        or shares[0] <= 0 or sum(shares[1:]) <= 0):
+      raise ConfigError(f"config key data.split = {shares!r}; need three shares "
+                        "train,valid,test >= 0 with train > 0 and valid + test > 0, e.g. "
+                        "--config.data.split=0.8,0.1,0.1")
+
+
+def normalize_labels(cfg) -> None:
+  """`labels` as the user means them: `--config.labels=1,2,3,4` (numbers -> "1".."4"),
+  `--config.labels=a,b,c` (one comma-separated string) or `--config.labels=labels.txt` (a file,
+  one label per line) become a tuple of names."""
+  labels = cfg.labels
+  if isinstance(labels, str):
+    labels = (labels,)
+  labels = list(labels)
+  if len(labels) == 1 and isinstance(labels[0], str):
+    only = labels[0].strip()
+    if "," not in only and os.path.isfile(only):
+      with open(only, encoding="utf-8") as f:
+        labels = [line.strip() for line in f if line.strip()]
+      if not labels:
+        raise ConfigError(f"config key labels = {only!r}: the labels file is empty "
+                          "(write one label per line)")
+    elif "," in only:
+      labels = [part.strip() for part in only.split(",")]
+    elif only.endswith((".txt", ".labels")):
+      raise ConfigError(f"config key labels = {only!r}: no such labels file")
+  names = []
+  for label in labels:
+    if isinstance(label, bool) or not isinstance(label, (str, int, float)):
+      raise ConfigError(f"config key labels = {list(cfg.labels)!r}: labels are names or numbers, "
+                        "e.g. --config.labels=1,2,3,4 or --config.labels=good,bad")
+    names.append(label if isinstance(label, str) else
+                 str(int(label)) if float(label).is_integer() else str(label))
+  if tuple(names) != tuple(cfg.labels):
+    with cfg.unlocked() if hasattr(cfg, "unlocked") else _nullcontext():
+      cfg.labels = tuple(names)
+
+
+class _nullcontext:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False

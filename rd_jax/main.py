@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rd_jax import cli_setup, stages
+from rd_jax import cli_help, cli_setup, errors, stages
 
 __doc__ += "\n".join(f"  {name:9s} {doc}" for name, doc in stages.available().items())
 
@@ -23,6 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline work directory; stages
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Pipeline config file (configs/*.py); override keys with --config.a.b=value.",
     lock_config=True)
+flags.DEFINE_bool("debug", False, "Show the Python traceback of user errors too (see rd_jax/errors.py).")
 flags.mark_flags_as_required(["stage", "workdir", "config"])
 
 
@@ -34,11 +35,46 @@ def main(argv):
   cfg = _CONFIG.value
   from rd_jax import config_check
   config_check.validate(cfg)
+  if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+    raise errors.PathError(f"--workdir={_WORKDIR.value} is a file; give a folder (new or existing)")
   os.makedirs(_WORKDIR.value, exist_ok=True)
   logging.info("stage %s, workdir %s", _STAGE.value, _WORKDIR.value)
-  _record_config(cfg, _STAGE.value, _WORKDIR.value)
-  summary = stages.run(_STAGE.value, cfg, _WORKDIR.value)
+  summary = _run_locked(cfg, _STAGE.value, _WORKDIR.value)
   print(json.dumps({"stage": _STAGE.value, **_headline(summary)}, sort_keys=True))
+
+
+def _run_locked(cfg, stage: str, workdir: str) -> dict:
+  """The stage under its lock (<stage>/LOCK, for the whole stage: data, training, validation,
+  final/, summary); config.json is written by the lock holder and put back as it was when the
+  run stops on a user error (e.g. trained with other values, bad data), so it never describes a
+  run that did not happen."""
+  if stage == "all":   # each stage takes its own lock (stages.run)
+    _record_config(cfg, stage, workdir)
+    return stages.run(stage, cfg, workdir)
+  from rd_jax.parallel import mesh as mesh_lib
+  from rd_jax.train.loop import StageLock
+  mesh_lib.maybe_initialize_distributed(cfg.mesh)  # before StageLock asks for the process index
+  stage_dir = os.path.join(workdir, stage)
+  os.makedirs(stage_dir, exist_ok=True)
+  path = os.path.join(stage_dir, "config.json")
+  import jax
+  with StageLock(stage_dir):
+    previous = None
+    if os.path.exists(path):
+      with open(path, "rb") as f:
+        previous = f.read()
+    _record_config(cfg, stage, workdir)
+    try:
+      return stages.run(stage, cfg, workdir)
+    except Exception as e:
+      refused = errors.classify(e) is not None  # a user error: nothing ran
+      if refused and jax.process_index() == 0 and os.path.exists(path):
+        if previous is None:
+          os.remove(path)
+        else:
+          with open(path, "wb") as f:
+            f.write(previous)
+      raise
 
 
 def _record_config(cfg, stage: str, workdir: str) -> None:
@@ -69,4 +105,5 @@ def _headline(summary: dict) -> dict:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_help.maybe_print_help(__doc__, "rd_jax.main")
+  errors.run_cli(lambda: app.run(main), "rd_jax.main")

@@ -6,8 +6,9 @@
 Reads the export's `rd_jax.json` (labels, item_template, max_len) so pairs render and truncate
 exactly as in training (`tokenize_pairs`: the item is cut before the query). Each input line is a
 JSON object with `query` and the template's item fields (optional `query_id`, `product_id`). Each
-output line: the ids present, `label` (argmax class name), `scores` {label: softmax probability}
-and `logits`, in input order; rows are batched by similar length for speed.
+output line: the ids present, `label` (argmax class name), `relevance` (the expected gain
+sum_c p_c * gain_c — rank by it; gains: `label_gains`, or --gains), `scores` {label: softmax
+probability} and `logits`, in input order; rows are batched by similar length for speed.
 
 Item rendering rule (the same as `rd_jax.data.schema.render_item`, kept self-contained here so this
 file imports nothing that needs JAX): format the template with missing or null fields as "", then
@@ -150,7 +151,7 @@ def make_backend(model_dir: str, backend: str):
 
 
 def score_pairs(model_dir: str, rows: list[dict], batch_size: int = 64,
-                backend: str = "torch") -> list[dict]:
+                backend: str = "torch", gains: list[float] | None = None) -> list[dict]:
   """Scores rows ({"query", "item", ids...}) in length-sorted batches; results in input order."""
   from transformers import AutoTokenizer
   meta = load_export_meta(model_dir)
@@ -167,9 +168,28 @@ def score_pairs(model_dir: str, rows: list[dict], batch_size: int = 64,
   z = logits.astype(np.float64)
   probs = np.exp(z - z.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
+  relevance = probs @ np.asarray(gains if gains is not None else label_gains(labels), np.float64)
   return [{**{k: row[k] for k in ID_FIELDS if k in row}, "label": labels[int(np.argmax(lg))],
+           "relevance": float(rel),
            "scores": {name: float(p) for name, p in zip(labels, pr)}, "logits": [float(x) for x in lg]}
-          for row, lg, pr in zip(rows, logits, probs)]
+          for row, lg, pr, rel in zip(rows, logits, probs, relevance)]
+
+
+ESCI_GAINS = {"exact": 1.0, "substitute": 0.1, "complement": 0.01, "irrelevant": 0.0}
+
+
+def label_gains(labels: list[str]) -> list[float]:
+  """The gain of each class for ranking (relevance = sum_c p_c * gain_c, the expected gain):
+  ESCI labels: Exact 1, Substitute 0.1, Complement 0.01, Irrelevant 0 (the ESCI paper's gains);
+  numeric labels ("1".."4"): the number itself (expected grade); otherwise the class order, first
+  = most relevant: (C-1-c)/(C-1). Override with --gains."""
+  if all(l.lower() in ESCI_GAINS for l in labels):
+    return [ESCI_GAINS[l.lower()] for l in labels]
+  try:
+    return [float(l) for l in labels]
+  except ValueError:
+    n = len(labels)
+    return [(n - 1 - c) / max(n - 1, 1) for c in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,11 +199,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--output", required=True, help="JSONL of scores, one per input row")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--backend", choices=BACKENDS, default="torch")
+  parser.add_argument("--gains", default="", help="gain per class, comma-separated in label order, "
+                      "for `relevance` (the expected gain to rank by); default: see label_gains")
   args = parser.parse_args(argv)
   try:
     rows = read_pairs(args.input, load_export_meta(args.model)["item_template"])
-    results = score_pairs(args.model, rows, args.batch_size, args.backend)
-  except (BadRowError, FileNotFoundError) as e:
+    gains = [float(g) for g in args.gains.split(",")] if args.gains else None
+    if gains is not None and len(gains) != len(load_export_meta(args.model)["labels"]):
+      raise BadRowError(f"--gains has {len(gains)} values; the model has "
+                        f"{len(load_export_meta(args.model)['labels'])} labels")
+    results = score_pairs(args.model, rows, args.batch_size, args.backend, gains=gains)
+  except (BadRowError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   tmp = args.output + ".tmp"

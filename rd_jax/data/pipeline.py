@@ -32,6 +32,7 @@ import logging
 import grain
 import numpy as np
 
+from rd_jax import errors
 from rd_jax.data.schema import Pair
 from rd_jax.data.tokenize import TokenizedPairs, tokenize_pairs
 
@@ -184,7 +185,8 @@ def train_batches(pairs: list[Pair] | TokenizedPairs, tokenizer, cfg, *, seed: i
     raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
   tokens = _tokens_for(pairs, tokenizer, cfg)
   if len(tokens) < batch_size:
-    raise ValueError(f"{len(tokens)} training pairs are fewer than one batch of {batch_size}")
+    raise errors.DataError(f"{len(tokens)} training pairs are fewer than one batch of "
+                           f"{batch_size}: lower train.batch_size or add pairs")
   if (tokens.labels < 0).any():
     raise ValueError(f"{int((tokens.labels < 0).sum())} training pairs have no label")
   builder = _BatchBuilder(tokens, cfg, seed, batch_size, process_index, process_count, with_aug)

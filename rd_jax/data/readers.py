@@ -6,10 +6,12 @@
 
 Formats. JSONL is parsed here line by line (stdlib `json`, gzip opened transparently) so that a bad
 line is reported as `file:line` — `datasets`' JSON builder reports neither, and it rejects a column
-whose type varies between rows before we could name the row. CSV and Parquet go through
-`datasets.load_dataset("csv"|"parquet", data_files=path, split="train")`; CSV columns are read as
-strings (no NaN for empty cells) and errors name the CSV record's first physical line; Parquet
-errors name the 1-based row number.
+whose type varies between rows before we could name the row. CSV is parsed with the stdlib `csv`
+module (every cell a string, "" for an empty one; errors name the record's first physical line);
+Parquet goes through `datasets.load_dataset("parquet", ...)` and its errors name the 1-based row.
+Bytes are decoded per line: a line that is not UTF-8 is a bad row naming its byte offset; gzip
+bytes in a file not named .gz, a broken .gz, a UTF-16 file, a CSV header without `query` and an
+empty file stop with a DataError naming the file whatever `on_bad_row` says.
 
 Bad rows follow `cfg.data.on_bad_row`: "error" raises `DataError` ("path:line: reason") on the
 first; "skip" counts them per reason, writes each to `rejects_path` as a JSON line
@@ -30,6 +32,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from rd_jax import errors
+from rd_jax.data import split as split_lib
 from rd_jax.data.schema import DataError, Limits, Pair, match_label, truncate_text, validate_row
 
 BUNDLED_DIR = os.path.join(os.path.dirname(__file__), "assets", "esci_us_srw150")
@@ -68,69 +72,154 @@ def detect_format(path: str, fmt: str = "auto") -> str:
   stem = str(path)[:-3] if str(path).endswith(".gz") else str(path)
   suffix = os.path.splitext(stem)[1].lower()
   if suffix not in _FORMATS:
-    raise ValueError(f"{path}: cannot tell the format from suffix {suffix!r}; set data.format to "
+    raise errors.ConfigError(f"{path}: cannot tell the format from suffix {suffix!r}; set data.format to "
                      "jsonl, csv or parquet")
   return _FORMATS[suffix]
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _byte_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
+  """(lineno, byte offset of the line in the (decompressed) file, line bytes without its newline).
+
+  File-level problems raise DataError naming the file: gzip bytes under a name without .gz (or a
+  .gz that is not gzip, or is cut short), and a UTF-16 file (which no line could be read from).
+  """
+  with open(path, "rb") as probe:
+    head = probe.read(2)
+  gz = str(path).endswith(".gz")
+  if head == _GZIP_MAGIC and not gz:
+    raise DataError(path, None, "the file is gzip-compressed but its name does not end in .gz; "
+                    "rename it (e.g. pairs.jsonl.gz) or decompress it", "gzip_without_gz")
+  if head in (b"\xff\xfe", b"\xfe\xff"):
+    raise DataError(path, None, "the file is UTF-16 encoded; save it as UTF-8", "bad_encoding")
+  opener = (lambda: gzip.open(path, "rb")) if gz else (lambda: open(path, "rb"))
+  lineno, offset = 0, 0
+  with opener() as f:
+    try:
+      for lineno, line in enumerate(f, start=1):
+        text = line[3:] if lineno == 1 and line.startswith(b"\xef\xbb\xbf") else line  # BOM
+        yield lineno, offset, text.rstrip(b"\r\n")
+        offset += len(line)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut stream: EOFError
+      raise DataError(path, lineno + 1, f"cannot decompress ({type(e).__name__}: {e}); is it a "
+                      "complete gzip file?", "bad_gzip") from None
+
+
+def _decode(path: str, lineno: int, offset: int, line: bytes) -> str:
+  """`line` as UTF-8, or DataError naming file, line and byte offset."""
+  try:
+    return line.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(path, lineno, f"not UTF-8: byte 0x{line[e.start]:02x} at byte offset "
+                    f"{offset + e.start} of the file (column {e.start + 1} of the line); save the "
+                    "file as UTF-8 (e.g. iconv -f latin1 -t utf-8)", "bad_encoding") from None
+
+
 def _jsonl_rows(path: str) -> Iterator[tuple[int, str, Any]]:
   """(lineno, raw line, parsed object or DataError) per non-blank line."""
-  with open_text(path) as f:
-    for lineno, line in enumerate(f, start=1):
-      text = line.rstrip("\r\n")
-      if not text.strip():
-        continue
+  for lineno, offset, data in _byte_lines(path):
+    try:
+      text = _decode(path, lineno, offset, data)
+    except DataError as err:
+      yield lineno, data.decode("utf-8", "replace"), err
+      continue
+    if not text.strip():
+      continue
+    try:
+      row = json.loads(text)
+    except json.JSONDecodeError as e:
+      hint = " (the file looks like a JSON array; write one object per line)" if (
+          lineno == 1 and text.lstrip().startswith("[")) else ""
+      row = DataError(path, lineno, f"invalid JSON: {e.msg} at column {e.colno}{hint}",
+                      "invalid_json")
+    if lineno == 1 and isinstance(row, list) and row and isinstance(row[0], dict):
+      row = DataError(path, lineno, "the file is one JSON array; write one JSON object per line "
+                      "(JSONL)", "json_array")
+    yield lineno, text, row
+
+
+def _csv_rows(path: str) -> Iterator[tuple[int, str, Any]]:
+  """(first physical line, raw record, row dict or DataError) per non-blank CSV data record.
+
+  Parsed with the stdlib `csv` module (every cell a string; "" for an empty cell). A record that
+  is not UTF-8, or whose number of fields differs from the header's, is a bad row (named by its
+  first line; `on_bad_row=skip` skips it); a header without a `query` column stops the file.
+  """
+  bad_lines: dict[int, DataError] = {}
+
+  def text_lines():
+    for lineno, offset, data in _byte_lines(path):
       try:
-        row = json.loads(text)
-      except json.JSONDecodeError as e:
-        hint = " (the file looks like a JSON array; write one object per line)" if (
-            lineno == 1 and text.lstrip().startswith("[")) else ""
-        row = DataError(path, lineno, f"invalid JSON: {e.msg} at column {e.colno}{hint}",
-                        "invalid_json")
-      yield lineno, text, row
+        text = _decode(path, lineno, offset, data)
+      except DataError as err:
+        bad_lines[lineno] = err
+        text = data.decode("utf-8", "replace")
+      yield text + "\n"
 
-
-def _csv_record_lines(path: str) -> list[int]:
-  """The first physical line of each non-blank CSV data record (quoted fields may span lines)."""
-  starts = []
-  with open_text(path) as f:
-    reader = csv.reader(f)
-    next(reader, None)  # header
-    previous_end = reader.line_num
-    for record in reader:
-      if record:  # pandas (under datasets) skips blank lines too
-        starts.append(previous_end + 1)
-      previous_end = reader.line_num
-  return starts
+  reader = csv.reader(text_lines())
+  header = None
+  previous_end = 0
+  while True:
+    try:
+      record = next(reader)
+    except StopIteration:
+      break
+    except csv.Error as e:
+      start, previous_end = previous_end + 1, reader.line_num
+      yield start, "", DataError(path, start, f"CSV structure: {e}", "csv_structure")
+      continue
+    start, end, previous_end = previous_end + 1, reader.line_num, reader.line_num
+    if header is None:
+      if start in bad_lines:
+        raise bad_lines[start]
+      header = [h.strip() for h in record]
+      if "query" not in header:
+        raise DataError(path, start, f"the header has no 'query' column (columns: "
+                        f"{', '.join(header) or 'none'}); the first line must name the columns",
+                        "csv_header")
+      continue
+    if not record or (len(record) == 1 and not record[0].strip() and len(header) > 1):
+      continue  # blank line
+    raw = ",".join(record)
+    bad = next((bad_lines[n] for n in range(start, end + 1) if n in bad_lines), None)
+    if bad is not None:
+      yield start, raw, bad
+    elif len(record) != len(header):
+      yield start, raw, DataError(
+          path, start, f"CSV record has {len(record)} fields, the header has {len(header)} (an "
+          "unquoted comma or quote in a value? quote values that contain commas)", "csv_fields")
+    else:
+      yield start, raw, dict(zip(header, record))
+  if header is None:
+    raise DataError(path, None, "the file is empty (no header, no rows)", "empty_file")
 
 
 def _table_rows(path: str, fmt: str) -> Iterator[tuple[int, str, Any]]:
-  """(lineno, raw row as JSON, row dict) for CSV / Parquet read through `datasets`."""
-  import datasets  # heavy import, only for these formats
-
+  """(lineno, raw row, row dict or DataError): CSV via `_csv_rows`, Parquet via `datasets`."""
   if fmt == "csv":
-    with open_text(path) as f:
-      header = next(csv.reader(f), [])
-    features = datasets.Features({name: datasets.Value("string") for name in header})
-    table = datasets.load_dataset("csv", data_files=str(path), split="train", features=features,
-                                  keep_default_na=False)
-  else:
+    yield from _csv_rows(path)
+    return
+  import datasets  # heavy import, only for Parquet
+  try:
     table = datasets.load_dataset("parquet", data_files=str(path), split="train")
-  # The physical line of each record (quoted fields may span lines); Parquet has rows, not lines.
-  lines = _csv_record_lines(path) if fmt == "csv" else range(1, len(table) + 1)
-  if len(lines) != len(table):
-    raise ValueError(f"{path}: the csv module sees {len(lines)} records, datasets {len(table)}")
-  for lineno, row in zip(lines, table):
+  except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise many types for a bad file
+    raise DataError(path, None, f"cannot read as Parquet ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); is it a Parquet file?",
+                    "bad_parquet") from None
+  for lineno, row in enumerate(table, start=1):
     yield lineno, row, row
 
 
-def load_pairs(path: str, cfg, *, require_label: bool = True,
-               rejects_path: str | None = None) -> tuple[list[Pair], dict]:
+def load_pairs(path: str, cfg, *, require_label: bool = True, rejects_path: str | None = None,
+               split_rows: bool = True) -> tuple[list[Pair], dict]:
   """Validated pairs of `path` ("" = the bundled ESCI subset) and a report for summary.json.
 
   Returns (pairs in file order, report) where report = {path, format, rows_read, rows_kept,
   rows_skipped, skipped_by_reason: {reason_key: n}, truncated: {query|item|reasoning: n},
-  rejects_path}. Raises DataError ("path:line: reason") on the first bad row when
+  rejects_path, split}. `split_rows`: a file without folds gets data.split's query-disjoint split
+  (data/split.py; report["split"] records it and any rows in folds no split uses). Raises DataError ("path:line: reason") on the first bad row when
   `cfg.data.on_bad_row == "error"`.
   """
   path = str(path) if path else bundled_pairs_path()
@@ -138,7 +227,9 @@ def load_pairs(path: str, cfg, *, require_label: bool = True,
   if mode not in ("error", "skip"):
     raise ValueError(f"data.on_bad_row={mode!r}; expected 'error' or 'skip'")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"pairs file {path} does not exist (data.path)")
+    raise errors.PathError(f"pairs file {path} does not exist (data.path / eval.path)")
+  if os.path.isdir(path):
+    raise errors.PathError(f"pairs file {path} is a folder; give a JSONL, CSV or Parquet file")
   fmt = detect_format(path, cfg.data.get("format", "auto"))
   limits = Limits.from_config(cfg.data)
   rows = _jsonl_rows(path) if fmt == "jsonl" else _table_rows(path, fmt)
@@ -169,13 +260,21 @@ def load_pairs(path: str, cfg, *, require_label: bool = True,
   finally:
     if rejects:
       rejects.close()
+  if not pairs:
+    what = ("the file is empty (no rows)" if not rows_read else
+            f"all {rows_read} rows were rejected ({dict(skipped)}; see {rejects_path})")
+    raise DataError(path, None, f"no usable pairs: {what}", "empty_file")
   if skipped:
     logging.warning("%s: skipped %d of %d rows: %s (rejects: %s)", path, sum(skipped.values()),
                     rows_read, dict(skipped), rejects_path)
+  if split_rows:
+    pairs, split_record = split_lib.assign(pairs, cfg)
   report = {"path": path, "format": fmt, "rows_read": rows_read, "rows_kept": len(pairs),
             "rows_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
             "truncated": {k: truncated.get(k, 0) for k in ("query", "item", "reasoning")},
             "rejects_path": str(rejects_path) if rejects else None}
+  if split_rows:
+    report["split"] = split_record
   return pairs, report
 
 

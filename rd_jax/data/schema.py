@@ -26,16 +26,19 @@ import hashlib
 import string
 from typing import Any, Mapping
 
+from rd_jax import errors
+
 ESCI_LETTERS = {"E": "Exact", "S": "Substitute", "C": "Complement", "I": "Irrelevant"}
 TEXT_FIELDS = ("query", "label", "reasoning")
 ID_FIELDS = ("query_id", "product_id")
 
 
-class DataError(ValueError):
-  """A bad input row. `str(err)` is "{path}:{lineno}: {reason}"; `reason_key` groups skips."""
+class DataError(errors.DataError):
+  """A bad input row. `str(err)` is "{path}:{lineno}: {reason}" ("{path}: {reason}" for the whole
+  file: lineno None); `reason_key` groups skips."""
 
-  def __init__(self, path: str, lineno: int, reason: str, reason_key: str):
-    super().__init__(f"{path}:{lineno}: {reason}")
+  def __init__(self, path: str, lineno: int | None, reason: str, reason_key: str):
+    super().__init__(f"{path}:{lineno}: {reason}" if lineno is not None else f"{path}: {reason}")
     self.path, self.lineno, self.reason, self.reason_key = path, lineno, reason, reason_key
 
 
@@ -136,7 +139,8 @@ def validate_row(row: Mapping[str, Any], *, labels, template: str, path: str, li
     fail("not_an_object", f"expected a JSON object, got {type(row).__name__}")
   for key in (*TEXT_FIELDS, *template_fields(template)):
     value = row.get(key)
-    allowed = (str,) if key in TEXT_FIELDS else (str, int, float)  # template fields: numbers too
+    allowed = ((str, int) if key == "label" else  # graded labels may be JSON numbers: 4 -> "4"
+               (str,) if key in TEXT_FIELDS else (str, int, float))  # template fields: numbers too
     if value is not None and (isinstance(value, bool) or not isinstance(value, allowed)):
       fail("non_string_field",
            f"field {key!r} must be a string, got {type(value).__name__} {value!r:.60}")
@@ -156,13 +160,16 @@ def validate_row(row: Mapping[str, Any], *, labels, template: str, path: str, li
 
   label_id = None
   label = row.get("label")
+  label = str(label) if isinstance(label, int) else label
   if label is None or not label.strip():
     if require_label:
       fail("missing_label", "missing or empty 'label'")
   else:
     label_id = match_label(label, labels)
     if label_id is None:
-      fail("unknown_label", f"unknown label {label!r}; allowed: {', '.join(labels)}")
+      fail("unknown_label", f"unknown label {label!r}; allowed: {', '.join(labels)} (your file's label "
+                           "set goes in --config.labels, e.g. --config.labels=1,2,3,4, in "
+                           "class-id order)")
 
   reasoning = (row.get("reasoning") or "").strip() or None
   truncated = []

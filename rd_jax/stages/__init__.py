@@ -39,4 +39,12 @@ def run(name: str, cfg, workdir: str) -> dict:
   module_name, _, function = STAGES[name][0].partition(":")
   if importlib.util.find_spec(module_name) is None:
     raise ValueError(f"stage {name!r} is not implemented in this version ({module_name} missing)")
-  return getattr(importlib.import_module(module_name), function or "run")(cfg, workdir)
+  module = importlib.import_module(module_name)
+  run_stage = getattr(module, function or "run")
+  if name == "all":
+    return run_stage(cfg, workdir)
+  import os
+  from rd_jax.train.loop import StageLock  # the whole stage, annotate included (re-entrant)
+  os.makedirs(os.path.join(workdir, name), exist_ok=True)
+  with StageLock(os.path.join(workdir, name), reentrant=True):
+    return run_stage(cfg, workdir)

@@ -45,6 +45,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from rd_jax import errors
 from rd_jax import metrics as metrics_lib
 from rd_jax.data import prompts, readers
 from rd_jax.teacher import eval as te, model as teacher_model
@@ -63,7 +64,7 @@ def select_pairs(cfg) -> tuple[list, dict]:
     pairs = readers.train_valid_test(pairs, cfg)[split]
   pairs = readers.seeded_subset(pairs, cfg.annotate.max_pairs, cfg.seed)
   if not pairs:
-    raise ValueError(f"no pairs to annotate in split {split!r} of {report['path']}")
+    raise errors.DataError(f"no pairs to annotate in split {split!r} of {report['path']}")
   return pairs, report
 
 

@@ -70,7 +70,8 @@ def run(cfg, workdir: str) -> dict:
   ckpt = cfg.eval.checkpoint or os.path.join(workdir, "crsd")
   result = _evaluate(cfg, ckpt, out_dir, "")
   summary = {"stage": "eval", "macro_f1": result["macro_f1"], "accuracy": result["accuracy"],
-             "data": result["data"], "output": os.path.join(out_dir, "metrics.json")}
+             "data": result["data"], "output": os.path.join(out_dir, "metrics.json"),
+             "data_report": result["data_report"]}  # rows read/skipped, split, degenerate flags
   baseline_dir = os.path.join(workdir, "baseline")
   if not cfg.eval.checkpoint and os.path.exists(os.path.join(baseline_dir, "summary.json")):
     # The pipeline's comparison on the same pairs: CRSD vs the student without reasoning.

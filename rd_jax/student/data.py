@@ -9,8 +9,11 @@ import os
 import jax
 import numpy as np
 
+from rd_jax import errors
 from rd_jax import metrics as metrics_lib
 from rd_jax.data import rationale, readers
+from rd_jax.data import degenerate
+from rd_jax.data import split as split_lib
 
 
 @dataclasses.dataclass
@@ -50,11 +53,16 @@ def _with_reasoning(pairs, cfg, report: dict, split: str, workdir: str):
   report[f"{split}_reasoning_file"] = path
   report[f"{split}_reasoning"] = ann_report
   missing = [p for p in pairs if not p.reasoning]
+  if missing and len(missing) == len(pairs):
+    raise errors.DataError(f"none of the {len(pairs)} {split} pairs has an annotation in {path}: "
+                           "they annotate another file; use data.reasoning_source=rules, or "
+                           "annotate this file (--stage=annotate) and set data.reasoning_path")
   if missing:
     if cfg.data.on_missing_reasoning == "error":
-      raise ValueError(f"{len(missing)} {split} pairs have no reasoning in "
-                       f"{path} (e.g. query_id={missing[0].query_id} "
-                       f"product_id={missing[0].product_id}); set data.on_missing_reasoning=skip to drop them")
+      raise errors.DataError(f"{len(missing)} {split} pairs have no reasoning in "
+                             f"{path} (e.g. query_id={missing[0].query_id} "
+                             f"product_id={missing[0].product_id}); set "
+                             "data.on_missing_reasoning=skip to drop them")
     pairs = [p for p in pairs if p.reasoning]
     report[f"{split}_dropped_without_reasoning"] = len(missing)
   return pairs
@@ -78,10 +86,10 @@ def _label_source(pairs, cfg, report: dict, workdir: str):
   if without:
     # the same policy as a missing reasoning: the teacher failed on these pairs
     if cfg.data.on_missing_reasoning == "error":
-      raise ValueError(f"crsd.label_source=teacher but {len(without)} train pairs have no teacher "
-                       f"label in {annotations_path(cfg, workdir)} (e.g. query_id="
-                       f"{without[0].query_id} product_id={without[0].product_id}); set "
-                       "data.on_missing_reasoning=skip to drop them")
+      raise errors.DataError(
+          f"crsd.label_source=teacher but {len(without)} train pairs have no teacher label in "
+          f"{annotations_path(cfg, workdir)} (e.g. query_id={without[0].query_id} product_id="
+          f"{without[0].product_id}); set data.on_missing_reasoning=skip to drop them")
     pairs = [p for p in pairs if p.teacher_label_id is not None]
     report["train_dropped_without_teacher_label"] = len(without)
   report["labels"] = "teacher"
@@ -93,9 +101,7 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
                                      rejects_path=os.path.join(stage_dir, "rejects.jsonl"))
   splits = readers.train_valid_test(pairs, cfg)
   train, valid = splits["train"], splits["valid"]
-  if not train:
-    raise ValueError(f"no training pairs in folds data.train_folds={list(cfg.data.train_folds)} "
-                     f"of {report['path']}")
+  split_lib.check_trainable(report["split"], cfg, report["path"])  # an empty train/valid: the fix
   if cfg.data.max_train_pairs and cfg.data.max_train_pairs < len(train):
     report["train_pairs_sampled"] = {"from": len(train), "max_train_pairs": cfg.data.max_train_pairs,
                                      "seed": cfg.seed}
@@ -110,6 +116,9 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
     train, _ = readers.attach_reasoning(train, annotations_path(cfg, workdir), cfg)
   train = _label_source(train, cfg, report, workdir)
   report.update(train_pairs=len(train), valid_pairs=len(valid))
+  report["degenerate"] = degenerate.check({"train": train, "valid": valid}, cfg,
+                                          stage="crsd" if use_reasoning else "baseline")
+  degenerate.stop_if_untrainable(report["degenerate"], report["path"])
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(report, os.path.join(stage_dir, "data_report.json"))
   folder = _tokenizer_dir(cfg.student.tokenizer)
@@ -130,11 +139,16 @@ def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):
       eval_cfg.data.item_template = item_template  # render items as the student saw them
   rejects = os.path.join(out_dir, "rejects.jsonl")
   if cfg.eval.path:
-    pairs, report = readers.load_pairs(cfg.eval.path, eval_cfg, rejects_path=rejects)
+    pairs, report = readers.load_pairs(cfg.eval.path, eval_cfg, rejects_path=rejects,
+                                       split_rows=False)  # the whole file is evaluated
+    report["degenerate"] = degenerate.check({"eval.path": pairs}, cfg)
     return pairs, cfg.eval.path, report
   pairs, report = readers.load_pairs(cfg.data.path, eval_cfg, rejects_path=rejects)
   split = readers.train_valid_test(pairs, eval_cfg)[cfg.eval.split]
   folds = list(cfg.data.get(f"{cfg.eval.split}_folds"))
+  if not split:
+    split_lib.check_trainable(report["split"], eval_cfg, report["path"], names=(cfg.eval.split,))
+  report["degenerate"] = degenerate.check({cfg.eval.split: split}, cfg)
   return split, f"{report['path']} {cfg.eval.split} folds {folds}", report
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+from absl import logging
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -43,6 +44,8 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
   result also holds "predictions" (class ids) and "logits" [N, C] (raw): pop them before writing."""
   if not pairs:
     raise ValueError("no pairs to evaluate")
+  logging.info("validating/evaluating %d pairs (the first batch of each shape compiles) ...",
+               len(pairs))
   eval_cfg = cfg
   if max_len_std and max_len_std != cfg.student.max_len_std:
     eval_cfg = cfg.copy_and_resolve_references()

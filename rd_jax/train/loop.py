@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from rd_jax import errors
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.train import run_config as run_config_lib
 from rd_jax.train.state import abstract_with_shardings
@@ -51,7 +52,8 @@ class MetricsWriter:
       os.replace(self.path + ".tmp", self.path)
     try:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(stage_dir, "tb"))
+      # purge_step: TensorBoard drops the points of steps a resumed run redoes (past start_step)
+      self.tb = SummaryWriter(os.path.join(stage_dir, "tb"), purge_step=start_step + 1)
     except ImportError:  # pragma: no cover - tensorboardX is a dependency
       logging.warning("tensorboardX missing: no TensorBoard events")
 
@@ -71,7 +73,8 @@ class MetricsWriter:
 
 
 class StageLock:
-  """`<stage>/LOCK` (host, pid), held by process 0 while a stage trains.
+  """`<stage>/LOCK` (host, pid), held by process 0 for the whole stage (stages.run, rd_jax.main:
+  data, training, validation, final/, summary; loop.run takes it too, re-entrantly).
 
   A second run of the same stage on the same folder fails naming the holder, instead of two
   writers interleaving checkpoints and metrics. A lock left by a killed run (its pid is gone on
@@ -79,9 +82,10 @@ class StageLock:
   another host cannot be checked for liveness: delete the file if that job is known dead.
   """
 
-  def __init__(self, stage_dir: str):
+  def __init__(self, stage_dir: str, reentrant: bool = False):
     self.path = os.path.join(stage_dir, "LOCK")
     self.held = False
+    self.reentrant = reentrant  # True: a lock this process already holds is fine (not re-taken)
 
   def __enter__(self):
     if jax.process_index() != 0:
@@ -92,11 +96,14 @@ class StageLock:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
       except FileExistsError:
         holder = self._holder()
+        if self.reentrant and holder == me:  # rd_jax.main / stages.run hold the whole stage
+          return self
         if holder and holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1)):
           os.remove(self.path)  # stale: its process is gone
           continue
-        raise RuntimeError(f"{self.path} is held by {holder} (another run of this stage is "
-                           "writing this folder); wait for it, or delete the file if it is dead")
+        raise errors.StageLockHeld(f"{self.path} is held by {holder} (another run of this stage "
+                                   "is writing this folder); wait for it, or delete the file if "
+                                   "it is dead")
       with os.fdopen(fd, "w") as f:
         json.dump(me, f)
       self.held = True
@@ -156,7 +163,7 @@ def run(*, stage_dir: str, state: Any, shardings: Any, step_fn: Callable, batche
   resume, where only the stage's step count (run_config.STEPS_KEY) may differ.
   """
   os.makedirs(stage_dir, exist_ok=True)
-  with StageLock(stage_dir):
+  with StageLock(stage_dir, reentrant=True):
     return _run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step_fn,
                 batches=batches, mesh=mesh, num_steps=num_steps, log_every=log_every,
                 checkpoint_every=checkpoint_every, keep=keep, stop_after_step=stop_after_step,
@@ -181,6 +188,9 @@ def _run(*, stage_dir, state, shardings, step_fn, batches, mesh, num_steps, log_
   try:
     for step in range(start + 1, num_steps + 1):
       host_batch = next(batches)
+      if step == start + 1:
+        logging.info("step %d: compiling the train step (the first call of each batch shape "
+                     "compiles; can take minutes on CPU) ...", step)
       state, metrics = step_fn(state, mesh_lib.put_batch(host_batch, mesh))
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not math.isfinite(metrics["loss"]):
