@@ -163,3 +163,67 @@ def log_loss(probs: np.ndarray, gold: np.ndarray, eps: float = 1e-12) -> float:
   """Mean negative log-likelihood of the gold class (nats); probabilities clipped at eps."""
   picked = np.asarray(probs, np.float64)[np.arange(len(gold)), np.asarray(gold)]
   return float(-np.log(np.maximum(picked, eps)).mean())
+
+
+# ---------------------------------------------------------------- eval's use, from a config
+_FITTED: dict = {}   # in-process memo: eval scores crsd and baseline against the same fit
+
+
+def config_splits(cfg, item_template: str | None = None) -> dict:
+  """{"train", "valid", "test"} pairs of cfg.data.path, items rendered with `item_template` (the
+  student's); train sampled as the students sample it (data.max_train_pairs, seed)."""
+  from rd_jax.data import readers
+  if item_template and item_template != cfg.data.item_template:
+    cfg = cfg.copy_and_resolve_references()
+    with cfg.unlocked():
+      cfg.data.item_template = item_template
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg, require_label=True)
+  splits = readers.train_valid_test(pairs, cfg)
+  n = cfg.data.max_train_pairs
+  if n and n < len(splits["train"]):
+    splits["train"] = readers.seeded_subset(splits["train"], n, cfg.seed)
+  return splits
+
+
+def fit_for_config(cfg, item_template: str | None = None):
+  """(fit_references on the config's train/valid splits, those splits); memoised per process."""
+  key = (cfg.data.path, tuple(cfg.data.train_folds), tuple(cfg.data.valid_folds),
+         tuple(cfg.data.test_folds), cfg.data.num_folds, cfg.data.max_train_pairs, cfg.seed,
+         item_template or cfg.data.item_template, tuple(cfg.labels))
+  if key not in _FITTED:
+    splits = config_splits(cfg, item_template)
+    _FITTED.clear()
+    _FITTED[key] = (fit_references(splits["train"], splits["valid"], list(cfg.labels),
+                                   seed=cfg.seed), splits)
+  return _FITTED[key]
+
+
+def reference_metrics(cfg, eval_sets: dict, item_template: str | None = None) -> dict:
+  """{"majority" | "lexical": {"info": ..., <set name>: score(...)}} on each of `eval_sets`
+  ({name: labelled pairs}, e.g. {"valid": ..., "test": ...})."""
+  from rd_jax import ranking
+  refs, _ = fit_for_config(cfg, item_template)
+  gains = ranking.label_gains(cfg.labels, cfg.eval.get("gains"))
+  return {name: {"info": ref.info, **{s: score(ref, pairs, cfg.labels, gains)
+                                      for s, pairs in eval_sets.items()}}
+          for name, ref in refs.items()}
+
+
+HEADLINE = ("macro_f1", "ndcg@10")
+
+
+def deltas(student: dict, refs: dict) -> dict:
+  """{ref: {split: {metric: student - ref}}} for the splits and HEADLINE metrics both have."""
+  return {name: {split: {m: student[split][m] - ref[split][m] for m in HEADLINE}
+                 for split in student if split in ref}
+          for name, ref in refs.items()}
+
+
+def format_table(rows: dict, splits) -> str:
+  """rows: {model: {split: {macro_f1, ndcg@10}}} -> a Markdown table, one column per (split, metric)."""
+  head = " | ".join(f"{s} {label}" for s in splits for label in ("macro-F1", "nDCG@10"))
+  out = [f"| model | {head} |", "| --- |" + " --- |" * (2 * len(splits))]
+  for model, by_split in rows.items():
+    cells = [f"{by_split[s][m]:.4f}" if s in by_split else "—" for s in splits for m in HEADLINE]
+    out.append(f"| {model} | " + " | ".join(cells) + " |")
+  return "\n".join(out)

@@ -110,6 +110,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   predict = student_common.make_predict_fn(model, mesh)
   valid = student_common.evaluate(predict, state["params"], data.valid, data.tokenizer, cfg)
   predicted = valid.pop("predictions")
+  valid.pop("logits")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))
     student_common.write_predictions(data.valid, predicted, cfg.labels,

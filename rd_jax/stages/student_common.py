@@ -173,8 +173,18 @@ def make_predict_fn(model, mesh) -> Callable:
   return predict
 
 
-def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=None) -> dict:
-  """Metrics of the standard-view predictions on labelled `pairs` (input order)."""
+def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=None,
+             logit_offsets=None) -> dict:
+  """Metrics of the standard-view predictions on labelled `pairs` (input order).
+
+  logit_offsets: the decision rule, C floats added to the logits before the argmax (None = 0);
+  macro_f1 etc. are the offset predictions', macro_f1_argmax the raw argmax's. Also: log_loss
+  (mean NLL of softmax(raw logits)), log_loss_adjusted (of softmax(logits + offsets)), and
+  ndcg@10 (ranking.py) with each query's items ranked by the expected gain under
+  softmax(logits + offsets): what the export, whose bias holds the offsets, serves.
+  "predictions" (class ids) and "logits" (raw, [N, C] float32) are for the caller to pop.
+  """
+  from rd_jax import ranking, references
   if not pairs:
     raise ValueError("no pairs to evaluate")
   eval_cfg = cfg
@@ -183,15 +193,32 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
     with eval_cfg.unlocked():
       eval_cfg.student.max_len_std = int(max_len_std)
   batch_size = cfg.eval.batch_size + (-cfg.eval.batch_size) % jax.device_count()  # divisible
-  preds, labels = [], []
+  all_logits, labels = [], []
   for batch in pipeline.eval_batches(pairs, tokenizer, eval_cfg, batch_size=batch_size):
     logits = predict(params, batch)
     keep = batch["weights"] > 0
-    preds.append(np.argmax(logits, -1)[keep])
+    all_logits.append(np.asarray(logits, np.float32)[keep])
     labels.append(batch["labels"][keep])
-  result = metrics_lib.classification_metrics(np.concatenate(labels), np.concatenate(preds),
-                                              list(cfg.labels))
-  result["predictions"] = np.concatenate(preds).tolist()   # class ids, one per pair, input order
+  logits, gold = np.concatenate(all_logits), np.concatenate(labels)       # [N, C], [N]
+  offsets = np.zeros(logits.shape[1]) if logit_offsets is None else np.asarray(logit_offsets, float)
+  if offsets.shape != (logits.shape[1],):
+    raise ValueError(f"logit_offsets has shape {offsets.shape}; expected ({logits.shape[1]},)")
+  adjusted = logits + offsets
+  preds = np.argmax(adjusted, -1)
+  result = metrics_lib.classification_metrics(gold, preds, list(cfg.labels))
+  result["macro_f1_argmax"] = (result["macro_f1"] if logit_offsets is None else
+                               metrics_lib.classification_metrics(gold, np.argmax(logits, -1),
+                                                                  list(cfg.labels))["macro_f1"])
+  result["log_loss"] = references.log_loss(ranking.softmax(logits), gold)
+  if logit_offsets is not None:
+    result["log_loss_adjusted"] = references.log_loss(ranking.softmax(adjusted), gold)
+    result["decision_offsets"] = offsets.tolist()
+  gains = ranking.label_gains(cfg.labels, cfg.eval.get("gains"))
+  ndcg = ranking.pair_ndcg(pairs, ranking.softmax(adjusted), gains)
+  result.update({"ndcg@10": ndcg["ndcg"], "ndcg_queries": ndcg["queries"],
+                 "ndcg_queries_skipped": ndcg["queries_skipped"]})
+  result["predictions"] = preds.tolist()   # class ids, one per pair, input order
+  result["logits"] = logits                # raw [N, C]
   return result
 
 
