@@ -187,12 +187,15 @@ def config_splits(cfg, item_template: str | None = None) -> dict:
 
 def fit_for_config(cfg, item_template: str | None = None):
   """(fit_references on the config's train/valid splits, those splits); memoised per process."""
+  # the seed matters only through the train sample (lbfgs draws nothing): seeds share one fit
   key = (cfg.data.path, tuple(cfg.data.train_folds), tuple(cfg.data.valid_folds),
-         tuple(cfg.data.test_folds), cfg.data.num_folds, cfg.data.max_train_pairs, cfg.seed,
+         tuple(cfg.data.test_folds), cfg.data.num_folds, cfg.data.max_train_pairs,
+         cfg.seed if cfg.data.max_train_pairs else None, cfg.data.fold_key,
          item_template or cfg.data.item_template, tuple(cfg.labels))
   if key not in _FITTED:
     splits = config_splits(cfg, item_template)
-    _FITTED.clear()
+    if len(_FITTED) >= 4:
+      _FITTED.clear()
     _FITTED[key] = (fit_references(splits["train"], splits["valid"], list(cfg.labels),
                                    seed=cfg.seed), splits)
   return _FITTED[key]

@@ -55,19 +55,19 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
   pairs, source, report = student_common.load_eval_pairs(cfg, out_dir, meta.get("item_template"))
   tokenizer = student_common.load_tokenizer(meta["tokenizer"])
   predict = student_common.make_predict_fn(model, mesh)
-  run = lambda on: student_common.evaluate(predict, params, on, tokenizer, cfg,
-                                           max_len_std=meta.get("max_len_std"),
-                                           logit_offsets=meta.get("decision_offsets"))
+  def run(on):
+    out = student_common.evaluate(predict, params, on, tokenizer, cfg,
+                                  max_len_std=meta.get("max_len_std"),
+                                  logit_offsets=meta.get("decision_offsets"))
+    out.pop("logits")
+    out["prior_log_loss"] = _prior_log_loss(meta, refs, np.asarray([p.label_id for p in on]))
+    return out
+
   result = run(pairs)
   predicted = result.pop("predictions")
-  gold = np.asarray([p.label_id for p in pairs])
-  result["prior_log_loss"] = _prior_log_loss(meta, refs, gold)
-  result.pop("logits")
-  name = _split_name(cfg)
-  by_split = {name: _headline(result)}
+  by_split = {_split_name(cfg): _headline(result)}
   if not cfg.eval.path and cfg.eval.split != "valid":   # valid too: the table shows both
     valid = run(_pairs_of(cfg, "valid", out_dir, meta.get("item_template")))
-    valid.pop("predictions"), valid.pop("logits")
     by_split["valid"] = result["valid"] = _headline(valid)
   if refs:
     result["references"] = refs
@@ -116,8 +116,8 @@ def _prior_log_loss(meta: dict, refs: dict | None, gold) -> float | None:
 
 
 def _references(cfg, out_dir: str, ckpt: str) -> dict | None:
-  """The references on the pairs eval scores (and valid), or None (eval.references off, or an
-  eval.path file: the references fit on data.path, whose splits may not be the students')."""
+  """The references (fitted on data.path's train split, as the students were) scored on valid and
+  on the pairs eval scores (the eval split, or the eval.path file); None with eval.references off."""
   meta = checkpoint.read_meta(ckpt)
   if not cfg.eval.get("references", True) or list(meta.get("labels", ())) != list(cfg.labels):
     return None   # (a label mismatch is _evaluate's error to name)
