@@ -114,7 +114,8 @@ def fit_lexical(train_pairs, valid_pairs, labels: Sequence[str],
   from sklearn.preprocessing import StandardScaler
   from rd_jax import metrics as metrics_lib
   t0 = time.perf_counter()
-  vec = lambda: TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True,
+  min_df = 2 if len(train_pairs) >= 100 else 1   # a tiny train set keeps every term
+  vec = lambda: TfidfVectorizer(ngram_range=(1, 2), min_df=min_df, sublinear_tf=True,
                                 token_pattern=r"(?u)\b\w+\b", dtype=np.float64)
   ref = LexicalReference(vec(), vec(), StandardScaler(), None, item_text_fn, len(labels), {})
   x_train = _features(ref, train_pairs, fit=True)
@@ -141,9 +142,12 @@ def fit_lexical(train_pairs, valid_pairs, labels: Sequence[str],
 def fit_references(train_pairs, valid_pairs, labels: Sequence[str],
                    item_text_fn: Callable = lambda p: p.item_text, seed: int = 0) -> dict:
   """{"majority": MajorityReference, "lexical": LexicalReference}; each has .predict_proba(pairs)
-  -> [N, C] and .info (what it was fitted with)."""
-  return {"majority": fit_majority(train_pairs, labels),
-          "lexical": fit_lexical(train_pairs, valid_pairs, labels, item_text_fn, seed)}
+  -> [N, C] and .info (what it was fitted with). No lexical one when train has a single class
+  or valid is empty (nothing to fit, or to choose C on)."""
+  refs = {"majority": fit_majority(train_pairs, labels)}
+  if len({p.label_id for p in train_pairs}) > 1 and valid_pairs:
+    refs["lexical"] = fit_lexical(train_pairs, valid_pairs, labels, item_text_fn, seed)
+  return refs
 
 
 def score(ref, pairs, labels: Sequence[str], gains: np.ndarray) -> dict:

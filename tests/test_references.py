@@ -86,3 +86,10 @@ def test_overlap_features():
   assert f[0] == pytest.approx(4 / 6)          # usb, c, charger, 65w of 6 query tokens
   assert f[3] == 1.0 and f[4] == 1.0 and f[5] == 1.0 and f[6] == 0.0   # "65" matched; negation
   assert len(f) == 9
+
+
+def test_no_lexical_reference_without_two_classes_or_a_valid_split():
+  labels = ["Exact", "Substitute", "Complement", "Irrelevant"]
+  one_class = [p for p in _synthetic(60, 0) if p.label_id == 0]
+  assert set(references.fit_references(one_class, _synthetic(20, 1), labels)) == {"majority"}
+  assert set(references.fit_references(_synthetic(60, 0), [], labels)) == {"majority"}
