@@ -185,6 +185,8 @@ def test_baseline_trains_without_the_reasoning_view(tmp_path, tiny_config):
 
 def test_eval_reports_references_ndcg_and_log_loss(trained, capsys):
   cfg, workdir, _ = trained
+  cfg = cfg.copy_and_resolve_references()
+  cfg.eval.references = True
   out = eval_stage.run(cfg, workdir)
   m = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
   assert "logits" not in m and "predictions" not in m
