@@ -154,6 +154,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.path = ""               # labelled file; "" = the test folds of data.path
   c.eval.batch_size = 64
   c.eval.split = "test"          # test | valid (when eval.path is "")
+  c.eval.gains = ()              # nDCG gains per label, in cfg.labels order; () = ESCI gains
+                                 #   (1, 0.1, 0.01, 0) for the ESCI labels, else linear 1 -> 0
+  c.eval.references = True       # also fit + score the majority and lexical references
 
   # ---------------------------------------------------------------- teacher (stage 1)
   c.teacher = ml_collections.ConfigDict()

@@ -6,16 +6,19 @@
 Reads the export's `rd_jax.json` (labels, item_template, max_len) so pairs render and truncate
 exactly as in training (`tokenize_pairs`: the item is cut before the query). Each input line is a
 JSON object with `query` and the template's item fields (optional `query_id`, `product_id`). Each
-output line: the ids present, `label` (argmax class name), `relevance` (the expected gain
-sum_c p_c * gain_c — rank by it; gains: `label_gains`, or --gains), `scores` {label: softmax
-probability} and `logits`, in input order; rows are batched by similar length for speed.
+output line: the ids present, `label` (argmax class name), `scores` {label: softmax probability},
+`logits`, and `expected_gain` = sum_c p_c gain_c (rank a query's items by it: the score eval's
+nDCG@10 ranks by; gains from --gains, else rd_jax.json, e.g. ESCI 1 / 0.1 / 0.01 / 0), in input
+order; rows are batched by similar length for speed. The export's logits already include the
+student's decision offsets (folded into the classifier bias), so `label` is the class eval reports.
 
 Item rendering rule (the same as `rd_jax.data.schema.render_item`, kept self-contained here so this
 file imports nothing that needs JAX): format the template with missing or null fields as "", then
 drop every line whose value — the text after its first ": ", or the whole line if it has none — is
 empty after stripping whitespace; join the remaining lines with "\\n".
 
-Imports only the standard library, numpy, torch/transformers (backend=torch) and onnxruntime.
+Imports only the standard library, numpy, torch/transformers (backend=torch) and onnxruntime
+(and, for an export without `gains` in rd_jax.json, rd_jax.ranking: numpy only).
 """
 
 from __future__ import annotations
@@ -168,28 +171,16 @@ def score_pairs(model_dir: str, rows: list[dict], batch_size: int = 64,
   z = logits.astype(np.float64)
   probs = np.exp(z - z.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
-  relevance = probs @ np.asarray(gains if gains is not None else label_gains(labels), np.float64)
+  if gains is None:
+    gains = meta.get("gains")
+  if gains is None:   # an export from before rd_jax.json recorded them
+    from rd_jax.ranking import label_gains
+    gains = label_gains(labels)
+  expected = probs @ np.asarray(gains, np.float64)
   return [{**{k: row[k] for k in ID_FIELDS if k in row}, "label": labels[int(np.argmax(lg))],
-           "relevance": float(rel),
-           "scores": {name: float(p) for name, p in zip(labels, pr)}, "logits": [float(x) for x in lg]}
-          for row, lg, pr, rel in zip(rows, logits, probs, relevance)]
-
-
-ESCI_GAINS = {"exact": 1.0, "substitute": 0.1, "complement": 0.01, "irrelevant": 0.0}
-
-
-def label_gains(labels: list[str]) -> list[float]:
-  """The gain of each class for ranking (relevance = sum_c p_c * gain_c, the expected gain):
-  ESCI labels: Exact 1, Substitute 0.1, Complement 0.01, Irrelevant 0 (the ESCI paper's gains);
-  numeric labels ("1".."4"): the number itself (expected grade); otherwise the class order, first
-  = most relevant: (C-1-c)/(C-1). Override with --gains."""
-  if all(l.lower() in ESCI_GAINS for l in labels):
-    return [ESCI_GAINS[l.lower()] for l in labels]
-  try:
-    return [float(l) for l in labels]
-  except ValueError:
-    n = len(labels)
-    return [(n - 1 - c) / max(n - 1, 1) for c in range(n)]
+           "scores": {name: float(p) for name, p in zip(labels, pr)}, "logits": [float(x) for x in lg],
+           "expected_gain": float(g)}
+          for row, lg, pr, g in zip(rows, logits, probs, expected)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--backend", choices=BACKENDS, default="torch")
   parser.add_argument("--gains", default="", help="gain per class, comma-separated in label order, "
-                      "for `relevance` (the expected gain to rank by); default: see label_gains")
+                      "for `expected_gain` (the score to rank by); default: rd_jax.json, else rd_jax.ranking.label_gains")
   args = parser.parse_args(argv)
   try:
     rows = read_pairs(args.input, load_export_meta(args.model)["item_template"])

@@ -138,7 +138,7 @@ def run_in_process(cases: dict, out: str) -> list[dict]:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import tiny
   from rd_jax import errors
-  from rd_jax.stages import student_common
+  from rd_jax.student import data as student_common
   results = []
   for name, case in cases.items():
     for stage in ("train", "eval"):

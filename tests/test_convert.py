@@ -284,3 +284,34 @@ def test_score_tokenisation_matches_the_training_pipeline():
   np.testing.assert_array_equal(mine["input_ids"], ids[:, :width])
   np.testing.assert_array_equal(mine["attention_mask"], mask[:, :width])
   np.testing.assert_array_equal(mine["token_type_ids"], types[:, :width])
+
+
+def test_decision_offsets_are_folded_into_the_exported_bias(student, tmp_path):
+  """meta.json decision_offsets: the export's classifier.bias is shifted by them, and PyTorch /
+  ONNX / rd_jax.score predict argmax(Flax logits + offsets) on every pair, as eval does."""
+  final = tmp_path / "offset" / "final"
+  shutil.copytree(os.path.join(student["checkpoint"], "final"), final)
+  offsets = [0.0, 3.0, -1.0, 0.5]
+  meta = json.load(open(final / "meta.json"))
+  json.dump({**meta, "decision_offsets": offsets}, open(final / "meta.json", "w"))
+  out = str(tmp_path / "export")
+  report = export_student(str(final.parent), out, int8=False, pairs=student["pairs"])
+  assert report["prediction_agreement"] == 1.0 and report["onnx_prediction_agreement"] == 1.0
+  bias = load_file(os.path.join(out, "model.safetensors"))["classifier.bias"]
+  np.testing.assert_allclose(bias, np.asarray(student["params"]["classifier"]["bias"]) + offsets,
+                             atol=1e-6)
+  batch = tokenized_pairs(out, PAIRS, ITEM_TEMPLATE, 32)
+  flax_logits = np.asarray(jax.jit(BertClassifier(STUDENT).apply)(
+      {"params": student["params"]},
+      *(batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")))["logits"])
+  adjusted = flax_logits + offsets
+  assert (adjusted.argmax(-1) != flax_logits.argmax(-1)).any()   # the offsets matter here
+  rows = [{"query": p["query"], "item": score.render_item(p, ITEM_TEMPLATE)} for p in PAIRS]
+  for backend in ("torch", "onnx"):
+    got = score.score_pairs(out, rows, backend=backend)
+    assert [r["label"] for r in got] == [ESCI_LABELS[i] for i in adjusted.argmax(-1)]
+    np.testing.assert_allclose([r["logits"] for r in got], adjusted, atol=1e-4)
+  gains = json.load(open(os.path.join(out, "rd_jax.json")))["gains"]
+  assert gains == [1.0, 0.1, 0.01, 0.0]
+  np.testing.assert_allclose([r["expected_gain"] for r in got],
+                             [sum(r["scores"][c] * g for c, g in zip(ESCI_LABELS, gains)) for r in got])

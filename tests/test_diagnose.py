@@ -23,6 +23,9 @@ def test_probe_learns_a_separable_rule_and_balances_classes():
   assert diagnose.probe(texts, y, folds, names)["macro_f1"] == 1.0
   noise = [f"filler{rng.integers(50)} filler{rng.integers(50)}" for _ in y]
   assert diagnose.probe(noise, y, folds, names)["macro_f1"] < 0.5
+  permuted = [rng.permutation(y) for _ in range(3)]           # the null: labels cut from the text
+  out = diagnose.probe(texts, y, folds, names, permuted)
+  assert out["macro_f1"] == 1.0 and out["null"]["max"] < 0.5 and out["null"]["permutations"] == 3
 
 
 def test_diagnose_separates_informative_from_shuffled_reasoning(tmp_path, tiny_config):
@@ -45,4 +48,8 @@ def test_diagnose_separates_informative_from_shuffled_reasoning(tmp_path, tiny_c
   probes = {k: v["macro_f1"] for k, v in result["probes_macro_f1"].items()}
   assert probes["reasoning"] > 0.95 and probes["teacher_label"] > 0.95
   assert probes["reasoning_shuffled"] < probes["reasoning"] - 0.4
+  null = result["probes_macro_f1"]["reasoning"]["null"]     # gold permuted: no information left
+  assert null["permutations"] == 5 and null["min"] <= null["max"] < probes["reasoning"] - 0.4
+  assert "null" in result["probes_macro_f1"]["query_item"]
+  assert "null" not in result["probes_macro_f1"]["teacher_label"]
   assert 0 < result["always_majority_macro_f1"] < 0.3

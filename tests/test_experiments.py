@@ -1,8 +1,11 @@
 """The experiment table on the tiny config: two variants x two seeds, Markdown + JSON + PNG."""
 
 import json
+import os
 import subprocess
 import sys
+
+import numpy as np
 
 from conftest import REPO
 
@@ -21,6 +24,7 @@ def test_table_runs_and_reports_mean_and_std(tmp_path):
   assert row["seeds"] == 2 and abs(row["test_macro_f1_mean"] - sum(f1s) / 2) < 1e-9
   text = (tmp_path / "table.md").read_text()
   assert "| baseline_gold | 2 |" in text and "(train prior; reference)" in text
+  assert "lexical TF-IDF" in text and table["students"]["baseline_gold"]["test_ndcg@10_mean"] > 0
   assert list(table["teacher"]) == ["base"] and table["config"]["teacher_pairs"] == 4
   for run in table["runs"]["baseline_gold"].values():   # the student on the teacher's 4 pairs
     assert 0.0 <= run["teacher_pairs_macro_f1"] <= 1.0
@@ -71,11 +75,12 @@ def test_teacher_rows_are_kept_and_recomputed_when_the_checkpoint_changes(tmp_pa
   assert evaluated[4:] == [str(teacher_dir / "sft" / "final")]
 
 
-def test_majority_reference_and_per_class_columns(tiny_config):
+def test_reference_rows_and_per_class_columns(tiny_config):
   from rd_jax.data import readers
   from rd_jax.experiments import table
   cfg = tiny_config()
-  ref = table.majority_reference(cfg)
+  refs = table.reference_rows(cfg)
+  ref = refs["majority"]
   # Independent count: constant prediction of the train majority. Its class has precision = its
   # test share p and recall 1 -> F1 = 2p / (1 + p); every other class present in test has F1 0.
   pairs, _ = readers.load_pairs(cfg.data.path, cfg)
@@ -85,7 +90,8 @@ def test_majority_reference_and_per_class_columns(tiny_config):
   test_labels = [cfg.labels[p.label_id] for p in split["test"]]
   share = test_labels.count(majority) / len(test_labels)
   present = set(test_labels) | {majority}
-  assert ref["label"] == majority and ref["test_pairs"] == len(test_labels)
+  assert ref["label"] == f"always {majority} (train prior; reference)"
+  assert ref["test_pairs"] == len(test_labels)
   assert abs(ref["test_accuracy"] - share) < 1e-12
   assert abs(ref["test_macro_f1"] - 2 * share / (1 + share) / len(present)) < 1e-12
 
@@ -99,12 +105,15 @@ def test_majority_reference_and_per_class_columns(tiny_config):
   # retention on the teacher's pairs: 0.1 / 0.4 and 0.3 / 0.4
   assert abs(rows["crsd"]["retention_mean"] - 0.5) < 1e-12
   assert abs(rows["crsd"]["retention_std"] - (0.75 - 0.25) / 2 ** 0.5) < 1e-12
-  text = table.markdown(rows, teacher, ref, list(cfg.labels))
+  assert refs["lexical"]["test_macro_f1"] > ref["test_macro_f1"]
+  assert refs["lexical"]["info"]["C"] in refs["lexical"]["info"]["C_grid"]
+  text = table.markdown(rows, teacher, refs, list(cfg.labels))
   lines = text.splitlines()
   assert lines[0].endswith("".join(f" {c} F1 |" for c in cfg.labels))
   assert any(line.startswith(f"| always {majority} (train prior; reference) |") for line in lines)
+  assert any(line.startswith("| lexical TF-IDF + overlap LR, C=") for line in lines)
   crsd = next(line for line in lines if line.startswith("| crsd |"))
-  assert crsd.count("|") == 8 + len(cfg.labels) and "| 0.250 |" in crsd and "| 0.2000 |" in crsd
+  assert crsd.count("|") == 9 + len(cfg.labels) and "| 0.250 |" in crsd and "| 0.2000 |" in crsd
 
 
 def test_student_f1_on_the_teachers_pairs_reads_predictions_in_test_order(tmp_path, tiny_config):
@@ -131,3 +140,42 @@ def test_student_f1_on_the_teachers_pairs_reads_predictions_in_test_order(tmp_pa
   path.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))
   with pytest.raises(ValueError, match="not in the order"):
     table._macro_f1_at(str(path), positions, cfg, test)
+
+
+def test_table_refuses_a_teacher_that_did_not_write_the_annotations(tmp_path, tiny_config):
+  """Retention divides by the teacher the students distilled from: the bundled annotations name
+  their teacher's stage summaries; a workdir whose summaries differ (or lack them) is refused,
+  and so is a file whose rows name another teacher_ckpt."""
+  import pytest
+  from rd_jax.checkpoint import save_final
+  from rd_jax.data import readers
+  from rd_jax.experiments import provenance
+  cfg = tiny_config()
+  cfg.data.reasoning_source = "annotations"
+  cfg.data.reasoning_path = "bundled"
+  teacher = tmp_path / "teacher"
+  save_final(str(teacher / "dpo" / "final"), {"w": np.zeros(2)}, {"model": "decoder", "stage": "dpo"})
+  with pytest.raises(provenance.TeacherMismatchError, match="another teacher"):
+    provenance.check_teacher_wrote_annotations(cfg, str(teacher), "dpo")
+  # the same figures as the run that made them (copied from the provenance): accepted
+  stages = json.load(open(os.path.join(os.path.dirname(readers.bundled_annotations_path()),
+                                       "teacher_annotations.json")))["stages"]
+  for step in ("cpt", "sft", "dpo"):
+    (teacher / step).mkdir(exist_ok=True)
+    (teacher / step / "summary.json").write_text(json.dumps({**stages[step], "seconds": 1.0}))
+  assert provenance.check_teacher_wrote_annotations(cfg, str(teacher), "dpo")["matched_on"] == \
+      "stage summaries"
+  with pytest.raises(provenance.TeacherMismatchError):   # the base model wrote nothing
+    provenance.check_teacher_wrote_annotations(cfg, str(teacher), None)
+  # a plain annotations file: its rows' teacher_ckpt must be the table's teacher
+  ann = tmp_path / "ann.jsonl"
+  ann.write_text(json.dumps({"query_id": "1", "product_id": "p", "teacher_ckpt":
+                             str(tmp_path / "other" / "dpo" / "final")}) + "\n")
+  cfg.data.reasoning_path = str(ann)
+  with pytest.raises(provenance.TeacherMismatchError, match="teacher_ckpt="):
+    provenance.check_teacher_wrote_annotations(cfg, str(teacher), "dpo")
+  ann.write_text(json.dumps({"teacher_ckpt": str(teacher / "dpo" / "final")}) + "\n")
+  assert provenance.check_teacher_wrote_annotations(cfg, str(teacher), "dpo")["matched_on"] == \
+      "teacher_ckpt"
+  cfg.data.reasoning_source = "rules"
+  assert "rules" in provenance.check_teacher_wrote_annotations(cfg, str(teacher), "dpo")["students_read"]

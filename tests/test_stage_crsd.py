@@ -157,3 +157,49 @@ def test_baseline_trains_without_the_reasoning_view(tmp_path, tiny_config):
   summary = crsd.run_baseline(cfg, str(tmp_path))
   logged = [json.loads(l) for l in open(tmp_path / "baseline" / "metrics.jsonl")]
   assert "ce_aug" not in logged[-1] and summary["stage"] == "baseline"
+
+
+def test_eval_reports_references_ndcg_and_log_loss(trained, capsys):
+  cfg, workdir, _ = trained
+  cfg = cfg.copy_and_resolve_references()
+  cfg.eval.references = True
+  out = eval_stage.run(cfg, workdir)
+  m = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
+  assert "logits" not in m and "predictions" not in m
+  assert 0 <= m["ndcg@10"] <= 1 and m["ndcg_queries"] > 0
+  assert m["macro_f1_argmax"] == m["macro_f1"]          # no decision_offsets in this meta
+  assert m["log_loss"] > 0 and m["prior_log_loss"] > 0
+  assert set(m["valid"]) >= {"macro_f1", "ndcg@10", "log_loss"}
+  for name in ("majority", "lexical"):
+    ref = m["references"][name]
+    assert set(ref) >= {"info", "valid", "test"}
+    for split in ("valid", "test"):
+      assert m["delta_vs_references"][name][split]["macro_f1"] == pytest.approx(
+          (m if split == "test" else m["valid"])["macro_f1"] - ref[split]["macro_f1"])
+  assert m["references"]["lexical"]["info"]["C"] in m["references"]["lexical"]["info"]["C_grid"]
+  assert m["references"]["majority"]["test"]["log_loss"] == pytest.approx(m["prior_log_loss"])
+  printed = capsys.readouterr().out
+  assert "lexical reference" in printed and "valid nDCG@10" in printed
+  assert "lexical reference" in out["table"]
+
+
+def test_eval_applies_the_checkpoints_decision_offsets(trained, tmp_path):
+  """meta.json decision_offsets shift the argmax: a large offset on one class predicts it always;
+  the raw argmax (macro_f1_argmax) and the raw log-loss do not move."""
+  import shutil
+  cfg, workdir, _ = trained
+  plain = json.load(open(os.path.join(workdir, "eval", "metrics.json")))  # the test above ran eval
+  shutil.copytree(os.path.join(workdir, "crsd", "final"), tmp_path / "crsd" / "final")
+  meta_path = tmp_path / "crsd" / "final" / "meta.json"
+  meta = json.load(open(meta_path))
+  meta["decision_offsets"] = [0.0, 0.0, 100.0, 0.0]
+  json.dump(meta, open(meta_path, "w"))
+  run_cfg = cfg.copy_and_resolve_references()
+  run_cfg.eval.references = False
+  eval_stage.run(run_cfg, str(tmp_path))
+  m = json.load(open(tmp_path / "eval" / "metrics.json"))
+  assert np.asarray(m["confusion"])[:, 2].sum() == m["num_examples"]   # all predicted class 2
+  assert m["macro_f1_argmax"] == pytest.approx(plain["macro_f1_argmax"])
+  assert m["log_loss"] == pytest.approx(plain["log_loss"], rel=1e-5)
+  assert m["log_loss_adjusted"] > m["log_loss"] and m["decision_offsets"][2] == 100.0
+  assert "references" not in m

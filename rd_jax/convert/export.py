@@ -11,7 +11,15 @@ The export folder (written as `<dir>.tmp`, verified, then renamed to `<dir>`):
 Verification (any failure raises ExportError, leaving `<dir>.tmp` for inspection):
   1. every tensor of a PyTorch BertForSequenceClassification is in model.safetensors and loads
      with exactly the value written (nothing left at its fresh initialisation);
-  2. Flax and PyTorch logits agree on real (or synthetic) pairs: max |Δlogit| <= atol (fp32).
+  2. Flax and PyTorch logits agree on real pairs (`--pairs`, else a sample of the bundled data):
+     max |Δlogit| <= atol (fp32), and so do their predictions (argmax agreement 1.0; a pair whose
+     top two Flax logits are within 2 atol is a tie, counted in `prediction_ties`, not a failure).
+
+Decision rule: the student's meta.json `decision_offsets` (C floats, fitted on valid after
+training) are folded into the exported classifier: `classifier.bias += offsets`, so PyTorch,
+CrossEncoder, ONNX and int8 serving argmax the same logits + offsets that eval reports. The Flax
+side of check 2 adds the offsets to its logits; rd_jax.json records them (`folded_decision_offsets`)
+and the nDCG gains per label (`gains`) that `rd_jax.score` uses for the expected gain.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from rd_jax.checkpoint import CheckpointError, check_tree_matches, load_final
+from rd_jax import ranking
 from rd_jax.convert import hf_bert
 from rd_jax.models.bert import BertClassifier, BertConfig, init_params
 from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, pad_batch, read_pairs, render_item,
@@ -105,9 +114,34 @@ def tokenized_pairs(folder: str, rows: list[dict], template: str, max_len: int) 
   return pad_batch(encoded, tokenizer.pad_token_id)
 
 
+def fold_offsets(written: dict[str, np.ndarray], offsets) -> dict[str, np.ndarray]:
+  """The HF state dict with `classifier.bias += offsets` (a no-op for None): argmax of the
+  exported logits = argmax(Flax logits + offsets)."""
+  if offsets is None:
+    return written
+  bias = written["classifier.bias"]
+  offsets = np.asarray(offsets, np.float64)
+  if offsets.shape != bias.shape:
+    raise CheckpointError(f"decision_offsets has {offsets.size} values; the classifier has "
+                          f"{bias.size} classes")
+  return {**written, "classifier.bias": (bias.astype(np.float64) + offsets).astype(bias.dtype)}
+
+
+def prediction_agreement(reference_logits: np.ndarray, other_logits: np.ndarray,
+                         tie_margin: float) -> dict:
+  """Argmax agreement of two [N, C] logit arrays; a pair whose reference top-2 margin is below
+  `tie_margin` may flip within the logit tolerance: counted as a tie, not as a disagreement."""
+  top2 = np.sort(reference_logits, -1)[:, -2:]
+  tie = (top2[:, 1] - top2[:, 0]) < tie_margin
+  same = reference_logits.argmax(-1) == other_logits.argmax(-1)
+  return {"agreement": float(same.mean()), "ties": int(tie.sum()),
+          "disagreements_beyond_ties": int((~same & ~tie).sum())}
+
+
 def verify_export(folder: str, params: dict, config: BertConfig, batch: dict[str, np.ndarray],
-                  written: dict[str, np.ndarray], atol: float) -> float:
-  """Checks 1 and 2 of the module docstring; returns max |Δlogit| (Flax fp32 vs PyTorch)."""
+                  written: dict[str, np.ndarray], atol: float, offsets=None) -> dict:
+  """Checks 1 and 2 of the module docstring: {"max_abs_logit_diff" (Flax fp32 + offsets vs
+  PyTorch), "prediction_agreement", "prediction_ties"}."""
   import torch
   from transformers import AutoModelForSequenceClassification
   model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -117,17 +151,25 @@ def verify_export(folder: str, params: dict, config: BertConfig, batch: dict[str
   fp32 = dataclasses.replace(config, dtype="float32")
   ids, mask, types = (batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))
   flax_out = jax.jit(BertClassifier(fp32).apply)({"params": params}, ids, mask, types)
-  flax_logits = np.asarray(flax_out["logits"])
+  flax_logits = np.asarray(flax_out["logits"], np.float64)
+  if offsets is not None:
+    flax_logits = flax_logits + np.asarray(offsets, np.float64)   # what eval argmaxes
   with torch.inference_mode():
     torch_logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
   diff = float(np.abs(flax_logits - torch_logits).max())
   if not diff <= atol:
     raise ExportError(f"Flax vs PyTorch logits: max |Δ| = {diff:.3g} > atol {atol:g} on "
                       f"{len(torch_logits)} pairs ({folder})")
-  return diff
+  agree = prediction_agreement(flax_logits, torch_logits, 2 * atol)
+  if agree["disagreements_beyond_ties"]:
+    raise ExportError(f"Flax (+ decision offsets) and PyTorch predict different classes on "
+                      f"{agree['disagreements_beyond_ties']} of {len(torch_logits)} pairs ({folder})")
+  return {"max_abs_logit_diff": diff, "prediction_agreement": agree["agreement"],
+          "prediction_ties": agree["ties"]}
 
 
 def _model_card(meta: dict, report: dict) -> str:
+  offsets = meta.get("decision_offsets") or "none"
   labels = ", ".join(f"{i}: {name}" for i, name in enumerate(meta["labels"]))
   metrics = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
                       for k, v in sorted((meta.get("metrics") or {}).items())) or "| (none recorded) | |"
@@ -149,12 +191,24 @@ Distilled with CRSD (arXiv 2510.11056) by rd_jax, stage `{meta.get('stage')}`, s
 |---|---|
 {metrics}
 
-Export check: max |Δlogit| Flax vs PyTorch = {report['max_abs_logit_diff']:.2e} on {report['num_pairs']} pairs.
+Export check: max |Δlogit| Flax vs PyTorch = {report['max_abs_logit_diff']:.2e}, prediction
+agreement {report['prediction_agreement']:.3f}, on {report['num_pairs']} pairs ({report['pairs']}).
+Decision offsets folded into `classifier.bias` (argmax = the eval's predictions): {offsets}.
 
 ```
 python -m rd_jax.score --model=<this folder> --input=pairs.jsonl --output=scores.jsonl
 ```
 """
+
+
+def bundled_rows(n: int) -> list[dict]:
+  """n rows spread evenly over the bundled ESCI pairs (many queries, every label): real text for
+  the parity check."""
+  import gzip
+  from rd_jax.data import readers
+  with gzip.open(readers.bundled_pairs_path(), "rt", encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [rows[i] for i in np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int)]
 
 
 def load_student(checkpoint: str) -> tuple[dict, dict]:
@@ -185,7 +239,8 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
 
   from transformers import AutoTokenizer
   hf_config(config, labels).save_pretrained(tmp)
-  written = hf_bert.flax_to_hf(params, config)
+  offsets = meta.get("decision_offsets")
+  written = fold_offsets(hf_bert.flax_to_hf(params, config), offsets)
   save_file(written, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
   os.chmod(os.path.join(tmp, "model.safetensors"), 0o644)  # safetensors writes 0600
   tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(meta["tokenizer"]), trust_remote_code=False)
@@ -193,12 +248,19 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   export_meta = {"labels": labels, "item_template": meta["item_template"], "max_len": meta["max_len_std"],
                  "truncation": "item_first", "min_item_tokens": MIN_ITEM_TOKENS,
                  "pair": ["query", "item"], "id_fields": list(ID_FIELDS),
-                 "source": os.path.abspath(checkpoint), "step": meta.get("step")}
+                 "source": os.path.abspath(checkpoint), "step": meta.get("step"),
+                 "folded_decision_offsets": offsets,
+                 "gains": ranking.label_gains(labels, meta.get("gains")).tolist()}
 
-  rows = read_pairs(pairs, meta["item_template"])[:max_pairs] if pairs else list(SYNTHETIC_PAIRS)
+  if pairs == "synthetic":
+    rows = list(SYNTHETIC_PAIRS)
+  elif pairs:
+    rows = read_pairs(pairs, meta["item_template"])[:max_pairs]
+  else:
+    rows, pairs = bundled_rows(max_pairs), "bundled"
   batch = tokenized_pairs(tmp, rows, meta["item_template"], meta["max_len_std"])
-  report = {"output": output, "num_pairs": len(rows), "pairs": pairs or "synthetic",
-            "max_abs_logit_diff": verify_export(tmp, params, config, batch, written, atol)}
+  report = {"output": output, "num_pairs": len(rows), "pairs": pairs,
+            **verify_export(tmp, params, config, batch, written, atol, offsets)}
   if onnx:
     from rd_jax.convert.onnx import export_onnx
     report.update(export_onnx(tmp, batch, int8=int8, atol=atol, min_int8_agreement=min_int8_agreement))

@@ -5,7 +5,8 @@
   <folder>/onnx/model_int8.onnx  int8 weights (onnxruntime quantize_dynamic, QInt8), fp32 activations
 
 Checks: ONNX Runtime fp32 vs PyTorch, max |Δlogit| <= atol (1e-4) on the given batch and on a
-reshaped one (another batch size and length, so the dynamic axes are exercised). int8 is expected
+reshaped one (another batch size and length, so the dynamic axes are exercised), and the same
+argmax on every pair of the batch (near-ties within 2 atol excepted: export.prediction_agreement). int8 is expected
 to differ a little: we report max |Δ| and the argmax agreement rate and fail only if agreement <
 `min_int8_agreement`.
 """
@@ -97,6 +98,12 @@ def export_onnx(folder: str, batch: dict[str, np.ndarray], *, int8: bool = True,
   if not diff <= atol:
     raise OnnxCheckError(f"ONNX Runtime fp32 vs PyTorch: max |Δlogit| = {diff:.3g} > atol {atol:g} "
                          f"({fp32_path})")
+  from rd_jax.convert.export import prediction_agreement
+  agree = prediction_agreement(reference[0], _ort_logits(fp32_path, batch), 2 * atol)
+  report["onnx_prediction_agreement"] = agree["agreement"]
+  if agree["disagreements_beyond_ties"]:   # fp32 must predict what PyTorch (and eval) predicts
+    raise OnnxCheckError(f"ONNX fp32 and PyTorch predict different classes on "
+                         f"{agree['disagreements_beyond_ties']} pairs ({fp32_path})")
   if int8:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     int8_path = os.path.join(out_dir, "model_int8.onnx")

@@ -15,8 +15,13 @@ this measures, without training the student:
                    reasoning, (d) the reasoning shuffled across pairs (control), (e) the teacher's
                    label alone. Query-disjoint 2-fold: trained on one train fold, scored on the
                    other, macro-F1 averaged over both directions.
+  null             the same probe with the gold labels permuted across pairs (`--null_permutations`
+                   seeded permutations, for (a) and (b)): the macro-F1 range a probe reaches with
+                   NO label information. A probe score inside that range shows nothing.
 If (a) is no better than (d), and (c) no better than (b), the reasoning carries no label
-information a student could distil, whatever the loss.
+information a student could distil, whatever the loss; if (b) itself sits inside the null, the
+probe found no label information in query + item either, so it cannot tell a reasoning without
+signal from a probe too weak to see it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def _define_flags() -> None:
       "annotations", "bundled", "Annotations JSONL: 'bundled' = our teacher's shipped annotations "
       "of the train folds; or a file.")
   _FLAGS["out"] = flags.DEFINE_string("out", "diagnose.json", "JSON result (written atomically).")
+  _FLAGS["null_permutations"] = flags.DEFINE_integer(
+      "null_permutations", 5, "Gold-label permutations for the probe's null (0 = none).")
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -104,20 +111,30 @@ def fit_predict(x_fit, y_fit, x_apply, num_classes: int, *, l2: float = 1e-2, st
   return np.argmax(x_apply @ weights + bias, axis=1)
 
 
-def probe(texts: list[str], labels: np.ndarray, folds: np.ndarray, label_names: list[str]) -> dict:
-  """Macro-F1 of the probe trained on one fold and scored on the other, both ways."""
-  scores = {}
-  for fit_fold in np.unique(folds):
+def probe(texts: list[str], labels: np.ndarray, folds: np.ndarray, label_names: list[str],
+          null_labels: list[np.ndarray] = ()) -> dict:
+  """Macro-F1 of the probe trained on one fold and scored on the other, both ways; with
+  `null_labels` (permutations of `labels`), the same probe on each of them: `null` (min, max)."""
+  fold_ids = np.unique(folds)
+  scores, nulls = {}, np.zeros((len(null_labels), len(fold_ids)))   # [permutation, fit fold]
+  for f, fit_fold in enumerate(fold_ids):
     fit, apply = folds == fit_fold, folds != fit_fold
     x_fit, x_apply = featurise([t for t, m in zip(texts, fit) if m],
                                [t for t, m in zip(texts, apply) if m])
-    pred = fit_predict(x_fit, labels[fit], x_apply, len(label_names))
-    scores[int(fit_fold)] = metrics_lib.classification_metrics(labels[apply], pred,
-                                                               label_names)["macro_f1"]
-  return {"macro_f1": float(np.mean(list(scores.values()))), "by_fit_fold": scores}
+    f1 = lambda y: metrics_lib.classification_metrics(
+        y[apply], fit_predict(x_fit, y[fit], x_apply, len(label_names)), label_names)["macro_f1"]
+    scores[int(fit_fold)] = f1(labels)
+    for k, permuted in enumerate(null_labels):
+      nulls[k, f] = f1(permuted)
+  out = {"macro_f1": float(np.mean(list(scores.values()))), "by_fit_fold": scores}
+  if len(null_labels):
+    means = nulls.mean(1)                              # one macro-F1 per permutation
+    out["null"] = {"permutations": len(null_labels), "min": float(means.min()),
+                   "max": float(means.max()), "mean": float(means.mean())}
+  return out
 
 
-def diagnose(cfg, annotations: str) -> dict:
+def diagnose(cfg, annotations: str, null_permutations: int = 5) -> dict:
   from rd_jax.data import readers
   label_names = list(cfg.labels)
   path = readers.bundled_annotations_path() if annotations == "bundled" else annotations
@@ -146,6 +163,9 @@ def diagnose(cfg, annotations: str) -> dict:
       "reasoning_shuffled": shuffled,
       "teacher_label": [f"teacherlabel{label_names[t]}" for t in teacher],
   }
+  perm_rng = np.random.default_rng(cfg.seed + 1)
+  null = [gold[perm_rng.permutation(len(gold))] for _ in range(null_permutations)]
+  with_null = ("reasoning", "query_item")   # the null is the probe's, not the text's: two suffice
   result = {
       "annotations": path, "train_pairs": len(train), "annotated": len(done),
       "folds": sorted(int(f) for f in np.unique(folds)),
@@ -157,7 +177,9 @@ def diagnose(cfg, annotations: str) -> dict:
       "reasoning_chars": _quantiles(chars), "reasoning_words": _quantiles(n_words),
       "reasoning_new_word_share": _quantiles(new),
       "reasoning_names_its_label": float(mentions_label),
-      "probes_macro_f1": {name: probe(t, gold, folds, label_names) for name, t in texts.items()},
+      "probes_macro_f1": {name: probe(t, gold, folds, label_names,
+                                      null if name in with_null else ())
+                          for name, t in texts.items()},
       "annotation_report": report,
   }
   return result
@@ -176,16 +198,20 @@ def _quantiles(values: np.ndarray) -> dict:
 def main(argv):
   del argv
   out = _FLAGS["out"].value
-  result = diagnose(_FLAGS["config"].value, _FLAGS["annotations"].value)
+  result = diagnose(_FLAGS["config"].value, _FLAGS["annotations"].value,
+                    _FLAGS["null_permutations"].value)
   metrics_lib.write_json_atomic(result, out)
   probes = {k: round(v["macro_f1"], 4) for k, v in result["probes_macro_f1"].items()}
+  nulls = {k: [round(v["null"]["min"], 4), round(v["null"]["max"], 4)]
+           for k, v in result["probes_macro_f1"].items() if "null" in v}
   print(json.dumps({"annotated": result["annotated"],
                     "teacher_vs_gold_macro_f1": round(result["teacher_vs_gold"]["macro_f1"], 4),
                     "always_majority_macro_f1": round(result["always_majority_macro_f1"], 4),
                     "teacher_distribution": result["teacher_distribution"],
                     "reasoning_words_p50": result["reasoning_words"]["p50"],
                     "reasoning_new_word_share_p50": round(result["reasoning_new_word_share"]["p50"], 3),
-                    "probes_macro_f1": probes, "out": os.path.abspath(out)}, indent=1))
+                    "probes_macro_f1": probes, "probe_null_range_permuted_gold": nulls,
+                    "out": os.path.abspath(out)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ retention = student macro-F1 / teacher macro-F1 (the last teacher step found), b
 test pairs: the teacher's (all test pairs, or the seeded --teacher_pairs sample, since generation
 is slow); the student's macro-F1 on those pairs comes from its eval/predictions.jsonl.
 Teacher rows are kept in <workdir>/teacher_rows/ and reused while their checkpoint is unchanged.
-Writes table.md, table.json and table.png under <workdir>.
+The table refuses a --teacher_workdir whose teacher did not write the annotations the students
+read (experiments/provenance.py): retention divides by the teacher the students distilled from.
+Reference rows (rd_jax/references.py, fitted on the students' train split): the label prior and
+the lexical model, valid and test. Writes table.md, table.json and table.png under <workdir>.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rd_jax import metrics as metrics_lib
+from rd_jax.experiments import provenance
 from rd_jax.train import run_config
 
 # variant -> (stage, config overrides). Teacher-label variants need annotations with labels.
@@ -105,7 +109,7 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   test = json.load(open(os.path.join(run_dir, "eval", "metrics.json")))
   train = json.load(open(os.path.join(run_dir, stage, "summary.json")))
   row = {"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
-         "valid_macro_f1": train["valid_macro_f1"],
+         "valid_macro_f1": train["valid_macro_f1"], "test_ndcg@10": test.get("ndcg@10"),
          "per_class_f1": {k: v["f1"] for k, v in test["per_class"].items()},
          "train_seconds": train.get("train_seconds")}
   if teacher_pairs is not None:
@@ -180,18 +184,32 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
   return rows
 
 
-def majority_reference(cfg) -> dict:
-  """The label prior as a row: always predict the train split's most frequent gold label, scored
-  on the test split. A student whose macro-F1 equals this has learnt nothing beyond the prior."""
-  from rd_jax.data import readers
-  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
-  split = readers.train_valid_test(pairs, cfg)
-  majority = int(np.bincount([p.label_id for p in split["train"]], minlength=len(cfg.labels)).argmax())
-  gold = [p.label_id for p in split["test"]]
-  m = metrics_lib.classification_metrics(gold, [majority] * len(gold), list(cfg.labels))
-  return {"label": cfg.labels[majority], "test_macro_f1": m["macro_f1"],
-          "test_accuracy": m["accuracy"], "test_pairs": len(gold),
-          "per_class_f1": {k: v["f1"] for k, v in m["per_class"].items()}}
+def reference_rows(cfg) -> dict:
+  """The references as rows (rd_jax/references.py, fitted on the students' train split): the
+  label prior ("majority": a student at its macro-F1 learnt nothing beyond the prior) and the
+  lexical model ("lexical": what words alone tell). Each: valid and test figures, `label`."""
+  from rd_jax import ranking, references
+  refs, splits = references.fit_for_config(cfg)
+  gains = ranking.label_gains(cfg.labels, cfg.eval.get("gains"))
+  rows = {}
+  for name, ref in refs.items():
+    valid, test = (references.score(ref, splits[s], cfg.labels, gains) for s in ("valid", "test"))
+    rows[name] = {"label": (f"always {ref.info['label']} (train prior; reference)" if
+                            name == "majority" else
+                            f"lexical TF-IDF + overlap LR, C={ref.info['C']} (reference)"),
+                  "test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
+                  "valid_macro_f1": valid["macro_f1"], "test_ndcg@10": test["ndcg@10"],
+                  "valid_ndcg@10": valid["ndcg@10"], "test_pairs": test["num_examples"],
+                  "per_class_f1": test["per_class_f1"], "info": ref.info}
+  return rows
+
+
+def last_teacher_step(teacher_workdir: str) -> str | None:
+  """The step retention divides by: the last of cpt/sft/dpo with a complete final/ (None: base)."""
+  from rd_jax import checkpoint
+  done = [s for s in TEACHER_STEPS[1:]
+          if checkpoint.is_complete(os.path.join(teacher_workdir, s, "final"))]
+  return done[-1] if done else None
 
 
 def _complete_stamp(final_dir: str) -> int | None:
@@ -209,6 +227,7 @@ def summarise(student: dict, teacher: dict) -> dict:
     row = {"seeds": len(f1), "test_macro_f1_mean": float(f1.mean()),
            "test_macro_f1_std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
            "valid_macro_f1_mean": float(valid.mean()),
+           "test_ndcg@10_mean": _mean_or_none([r.get("test_ndcg@10") for r in seeds.values()]),
            "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in seeds.values()])),
            "per_class_f1_mean": {c: float(np.mean([r["per_class_f1"][c] for r in seeds.values()]))
                                  for c in next(iter(seeds.values()))["per_class_f1"]}}
@@ -223,13 +242,22 @@ def summarise(student: dict, teacher: dict) -> dict:
   return rows
 
 
+def _mean_or_none(values):
+  return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
+def _fmt(value) -> str:
+  return "—" if value is None else f"{value:.4f}"
+
+
 def _per_class(f1: dict, labels: list[str]) -> str:
   return " | ".join(f"{f1.get(c, 0.0):.3f}" for c in labels)
 
 
-def markdown(rows: dict, teacher: dict, reference: dict | None = None,
+def markdown(rows: dict, teacher: dict, references: dict | None = None,
              labels: list[str] = (), caption: str = "") -> str:
-  """Teacher rows, then student rows (means over seeds), each with per-class test F1."""
+  """Teacher rows, then reference rows (reference_rows) and student rows (means over seeds),
+  each with per-class test F1."""
   labels = list(labels) or sorted(next(iter(teacher.values()), {}).get("per_class_f1", {}))
   head = "".join(f" {c} F1 |" for c in labels)
   rule = " --- |" * len(labels)
@@ -240,12 +268,12 @@ def markdown(rows: dict, teacher: dict, reference: dict | None = None,
           f"{_per_class(r.get('per_class_f1', {}), labels)} |"
           for s, r in teacher.items()] or ["| (no teacher rows) | | | |" + " |" * len(labels)]
   out += ["", "| student variant | seeds | test macro-F1 (mean ± std) | valid macro-F1 | "
-          "test accuracy | macro-F1 on the teacher's pairs | retention (same pairs) |" + head,
-          f"| --- | --- | --- | --- | --- | --- | --- |{rule}"]
-  if reference:
-    out.append(f"| always {reference['label']} (train prior; reference) | — | "
-               f"{reference['test_macro_f1']:.4f} | — | {reference['test_accuracy']:.4f} | — | — | "
-               f"{_per_class(reference['per_class_f1'], labels)} |")
+          "test accuracy | test nDCG@10 | macro-F1 on the teacher's pairs | retention (same pairs) |"
+          + head, f"| --- | --- | --- | --- | --- | --- | --- | --- |{rule}"]
+  for ref in (references or {}).values():
+    out.append(f"| {ref['label']} | — | {ref['test_macro_f1']:.4f} | {_fmt(ref.get('valid_macro_f1'))} | "
+               f"{ref['test_accuracy']:.4f} | {_fmt(ref.get('test_ndcg@10'))} | — | — | "
+               f"{_per_class(ref['per_class_f1'], labels)} |")
   for v, r in rows.items():
     ret = (f"{r['retention_mean']:.3f} ± {r['retention_std']:.3f}" if "retention_mean" in r
            else "—")
@@ -253,12 +281,13 @@ def markdown(rows: dict, teacher: dict, reference: dict | None = None,
                   else "—")
     out.append(f"| {v} | {r['seeds']} | {r['test_macro_f1_mean']:.4f} ± "
                f"{r['test_macro_f1_std']:.4f} | {r['valid_macro_f1_mean']:.4f} | "
-               f"{r['test_accuracy_mean']:.4f} | {on_teacher} | {ret} | "
+               f"{r['test_accuracy_mean']:.4f} | {_fmt(r.get('test_ndcg@10_mean'))} | "
+               f"{on_teacher} | {ret} | "
                f"{_per_class(r.get('per_class_f1_mean', {}), labels)} |")
   return "\n".join(out) + "\n"
 
 
-def plot(rows: dict, path: str, reference: dict | None = None) -> None:
+def plot(rows: dict, path: str, references: dict | None = None) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -267,9 +296,11 @@ def plot(rows: dict, path: str, reference: dict | None = None) -> None:
   ax.bar(range(len(names)), [rows[n]["test_macro_f1_mean"] for n in names],
          yerr=[rows[n]["test_macro_f1_std"] for n in names], capsize=3)
   ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
-  if reference:   # the label prior: bars at this line learnt nothing beyond it
-    ax.axhline(reference["test_macro_f1"], color="grey", linestyle="--", linewidth=1,
-               label=f"always {reference['label']} ({reference['test_macro_f1']:.3f})")
+  for (name, ref), style in zip((references or {}).items(), ("--", ":")):
+    # the prior (bars at it learnt nothing beyond it) and the lexical model
+    ax.axhline(ref["test_macro_f1"], color="grey", linestyle=style, linewidth=1,
+               label=f"{name} reference ({ref['test_macro_f1']:.3f})")
+  if references:
     ax.legend(loc="lower right", fontsize=8)
   ax.set_ylabel("test macro-F1")
   fig.tight_layout()
@@ -292,6 +323,8 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
   max_pairs = _FLAGS["teacher_pairs"].value
+  teacher_check = (provenance.check_teacher_wrote_annotations(
+      cfg, teacher_workdir, last_teacher_step(teacher_workdir)) if teacher_workdir else None)
   sample = teacher_sample(cfg, max_pairs) if teacher_workdir else None
   teacher = run_teacher_rows(cfg, teacher_workdir, max_pairs, workdir, sample) if sample else {}
   student = {}
@@ -302,23 +335,24 @@ def main(argv):
     student[variant] = {int(s): run_student(cfg, workdir, variant, int(s), sample)
                         for s in seeds}
   rows = summarise(student, teacher)
-  reference = majority_reference(cfg)
-  result = {"teacher": teacher, "students": rows, "runs": student, "reference": reference,
+  references = reference_rows(cfg)
+  result = {"teacher": teacher, "students": rows, "runs": student, "references": references,
+            "teacher_check": teacher_check,
             "config": {"seeds": seeds, "reasoning_source": cfg.data.reasoning_source,
                        "teacher_pairs": int(len(sample[1])) if sample else 0,
                        "train_steps": cfg.train.num_steps, "batch_size": cfg.train.batch_size},
             "seconds": round(time.perf_counter() - t0, 1)}
   metrics_lib.write_json_atomic(result, os.path.join(workdir, "table.json"))
   caption = (f"Teacher rows: {len(sample[1])} of the {len(sample[0])} test pairs. Students: all "
-             f"{reference['test_pairs']} test pairs, {len(seeds)} seeds, "
+             f"{references['majority']['test_pairs']} test pairs, {len(seeds)} seeds, "
              f"{cfg.train.num_steps} steps; retention = the student's macro-F1 on the teacher's "
              "pairs / the last teacher step's." if sample else "")
-  text = markdown(rows, teacher, reference, list(cfg.labels), caption)
+  text = markdown(rows, teacher, references, list(cfg.labels), caption)
   with open(os.path.join(workdir, "table.md.tmp"), "w") as f:
     f.write(text)
   os.replace(os.path.join(workdir, "table.md.tmp"), os.path.join(workdir, "table.md"))
   if rows:
-    plot(rows, os.path.join(workdir, "table.png"), reference)
+    plot(rows, os.path.join(workdir, "table.png"), references)
   print(text)
 
 

@@ -100,11 +100,9 @@ def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
   offsets = [0.0] * len(cfg.labels)
   if cfg.student.fit_offsets:
     offsets = decision.fit_offsets(logits, [p.label_id for p in data.valid]).tolist()
-    argmax_f1 = valid["macro_f1"]
     valid = predict_lib.evaluate(predict, params, data.valid, data.tokenizer, cfg,
-                                 logit_offsets=offsets)
+                                 logit_offsets=offsets)              # + macro_f1_argmax
     valid.pop("logits")
-    valid["macro_f1_argmax"] = argmax_f1
   valid["decision_offsets"] = offsets
   return valid, offsets
 
@@ -138,6 +136,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   predict = predict_lib.make_predict_fn(model, mesh)
   valid, offsets = fit_decision_rule(cfg, predict, trained.params, data)
   predicted = valid.pop("predictions")
+  valid.pop("logits")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))
     predict_lib.write_predictions(data.valid, predicted, cfg.labels,

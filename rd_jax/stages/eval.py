@@ -8,6 +8,15 @@ and <workdir>/eval/confusion.png; with eval.checkpoint "" and a finished <workdi
 baseline too (baseline_metrics.json, baseline_predictions.jsonl, baseline_confusion.png), so a
 pipeline run ends with both.
 Only the standard (query, item) view is used: no reasoning needed.
+
+Decision rule: the student's meta.json `decision_offsets` (C floats, absent = 0) are added to the
+logits before the argmax: `macro_f1` is that rule's, `macro_f1_argmax` the raw argmax's. Each
+metrics.json also has log_loss (and log_loss_adjusted, prior_log_loss: the train label
+frequencies' on the same pairs) and ndcg@10 (rd_jax/ranking.py). With eval.path "", the valid
+split is scored too (`valid`: the same headline figures; with offsets fitted on valid, its
+figures are in-sample). With eval.references, metrics.json has `references` (the majority and
+lexical references, rd_jax/references.py, fitted on the students' train split, scored on the same
+pairs) and `delta_vs_references` (student - reference); the stage prints the comparison table.
 """
 
 from __future__ import annotations
@@ -15,15 +24,16 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 from absl import logging
 
-from rd_jax import checkpoint, metrics as metrics_lib
+from rd_jax import checkpoint, metrics as metrics_lib, references
 from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.student import data as data_lib, predict as predict_lib
 
 
-def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str) -> dict:
+def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> dict:
   """metrics of the student in `ckpt`, written to <out_dir>/<prefix>metrics.json (+ confusion)."""
   meta = checkpoint.read_meta(ckpt)
   if meta.get("model") != "bert":
@@ -45,12 +55,23 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str) -> dict:
   pairs, source, report = data_lib.load_eval_pairs(cfg, out_dir, meta.get("item_template"))
   tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
   predict = predict_lib.make_predict_fn(model, mesh)
-  offsets = meta.get("decision_offsets")   # the decision rule fitted on valid (rd_jax/decision.py)
-  result = predict_lib.evaluate(predict, params, pairs, tokenizer, cfg,
-                                max_len_std=meta.get("max_len_std"), logit_offsets=offsets)
-  result.pop("logits")
-  result["decision_offsets"] = offsets
+  def run(on):
+    out = predict_lib.evaluate(predict, params, on, tokenizer, cfg,
+                               max_len_std=meta.get("max_len_std"),
+                               logit_offsets=meta.get("decision_offsets"))
+    out.pop("logits")
+    out["prior_log_loss"] = _prior_log_loss(meta, refs, np.asarray([p.label_id for p in on]))
+    return out
+
+  result = run(pairs)
   predicted = result.pop("predictions")
+  by_split = {_split_name(cfg): _headline(result)}
+  if not cfg.eval.path and cfg.eval.split != "valid":   # valid too: the table shows both
+    valid = run(_pairs_of(cfg, "valid", out_dir, meta.get("item_template")))
+    by_split["valid"] = result["valid"] = _headline(valid)
+  if refs:
+    result["references"] = refs
+    result["delta_vs_references"] = references.deltas(by_split, refs)
   result.update(checkpoint=os.path.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
@@ -59,25 +80,79 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str) -> dict:
     metrics_lib.write_json_atomic(result, os.path.join(out_dir, f"{prefix}metrics.json"))
     metrics_lib.save_confusion_png(result, os.path.join(out_dir, f"{prefix}confusion.png"),
                                    title=f"{source}: macro-F1 {result['macro_f1']:.4f}")
-  logging.info("eval of %s on %s: macro-F1 %.4f accuracy %.4f (%d pairs)", ckpt, source,
-               result["macro_f1"], result["accuracy"], result["num_examples"])
+  logging.info("eval of %s on %s: macro-F1 %.4f (argmax %.4f) accuracy %.4f nDCG@10 %.4f "
+               "(%d pairs)", ckpt, source, result["macro_f1"], result["macro_f1_argmax"],
+               result["accuracy"], result["ndcg@10"], result["num_examples"])
+  result["by_split"] = by_split
   return result
+
+
+def _split_name(cfg) -> str:
+  return "eval" if cfg.eval.path else cfg.eval.split
+
+
+def _pairs_of(cfg, split: str, out_dir: str, item_template):
+  split_cfg = cfg.copy_and_resolve_references()
+  with split_cfg.unlocked():
+    split_cfg.eval.split = split
+  return data_lib.load_eval_pairs(split_cfg, out_dir, item_template)[0]
+
+
+def _headline(m: dict) -> dict:
+  keys = ("macro_f1", "macro_f1_argmax", "accuracy", "ndcg@10", "log_loss", "log_loss_adjusted",
+          "prior_log_loss", "num_examples")
+  return {k: m[k] for k in keys if k in m}
+
+
+def _prior_log_loss(meta: dict, refs: dict | None, gold) -> float | None:
+  """Log-loss of predicting the train label frequencies (meta's train_label_counts, else the
+  majority reference's) on these pairs; None when neither is known."""
+  counts = meta.get("train_label_counts") or (refs or {}).get("majority", {}).get(
+      "info", {}).get("train_label_counts")
+  if not counts:
+    return None
+  prior = np.asarray(counts, float) / max(sum(counts), 1)
+  return references.log_loss(np.tile(prior, (len(gold), 1)), gold)
+
+
+def _references(cfg, out_dir: str, ckpt: str) -> dict | None:
+  """The references (fitted on data.path's train split, as the students were) scored on valid and
+  on the pairs eval scores (the eval split, or the eval.path file); None with eval.references off."""
+  meta = checkpoint.read_meta(ckpt)
+  if not cfg.eval.get("references", True) or list(meta.get("labels", ())) != list(cfg.labels):
+    return None   # (a label mismatch is _evaluate's error to name)
+  template = meta.get("item_template")
+  _, splits = references.fit_for_config(cfg, template)
+  sets = {"valid": splits["valid"]}
+  sets[_split_name(cfg)] = (data_lib.load_eval_pairs(cfg, out_dir, template)[0]
+                            if cfg.eval.path else splits[cfg.eval.split])
+  return references.reference_metrics(cfg, sets, template)
 
 
 def run(cfg, workdir: str) -> dict:
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   ckpt = cfg.eval.checkpoint or os.path.join(workdir, "crsd")
-  result = _evaluate(cfg, ckpt, out_dir, "")
+  refs = _references(cfg, out_dir, ckpt)
+  result = _evaluate(cfg, ckpt, out_dir, "", refs)
   summary = {"stage": "eval", "macro_f1": result["macro_f1"], "accuracy": result["accuracy"],
+             "macro_f1_argmax": result["macro_f1_argmax"], "ndcg@10": result["ndcg@10"],
              "data": result["data"], "output": os.path.join(out_dir, "metrics.json"),
              "data_report": result["data_report"]}  # rows read/skipped, split, degenerate flags
+  rows = {f"student ({checkpoint.read_meta(ckpt).get('stage', 'student')})": result["by_split"]}
   baseline_dir = os.path.join(workdir, "baseline")
   if not cfg.eval.checkpoint and os.path.exists(os.path.join(baseline_dir, "summary.json")):
     # The pipeline's comparison on the same pairs: CRSD vs the student without reasoning.
-    base = _evaluate(cfg, baseline_dir, out_dir, "baseline_")
+    base = _evaluate(cfg, baseline_dir, out_dir, "baseline_", refs)
     summary.update(baseline_macro_f1=base["macro_f1"], baseline_accuracy=base["accuracy"],
                    baseline_output=os.path.join(out_dir, "baseline_metrics.json"))
+    rows["baseline (no reasoning)"] = base["by_split"]
+  for name, ref in (refs or {}).items():
+    rows[f"{name} reference"] = {s: m for s, m in ref.items() if s != "info"}
+    summary[f"{name}_reference_macro_f1"] = ref[_split_name(cfg)]["macro_f1"]
+  splits = (["valid"] if "valid" in result["by_split"] else []) + [_split_name(cfg)]
+  summary["table"] = references.format_table(rows, list(dict.fromkeys(splits)))
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(summary, os.path.join(out_dir, "summary.json"))
+    print(summary["table"], flush=True)
   return summary

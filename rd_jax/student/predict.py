@@ -10,7 +10,7 @@ from absl import logging
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rd_jax import decision, metrics as metrics_lib
+from rd_jax import metrics as metrics_lib
 from rd_jax.data import pipeline
 from rd_jax.parallel import mesh as mesh_lib
 
@@ -40,8 +40,14 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
              logit_offsets=None) -> dict:
   """Metrics of the standard-view predictions on labelled `pairs` (input order).
 
-  Predictions are argmax(logits + logit_offsets) (rd_jax/decision.py; None = plain argmax). The
-  result also holds "predictions" (class ids) and "logits" [N, C] (raw): pop them before writing."""
+  logit_offsets: the decision rule, C floats added to the logits before the argmax (None = 0);
+  macro_f1 etc. are the offset predictions', macro_f1_argmax the raw argmax's. Also: log_loss
+  (mean NLL of softmax(raw logits)), log_loss_adjusted (of softmax(logits + offsets)), and
+  ndcg@10 (ranking.py) with each query's items ranked by the expected gain under
+  softmax(logits + offsets): what the export, whose bias holds the offsets, serves.
+  "predictions" (class ids) and "logits" (raw, [N, C] float32) are for the caller to pop.
+  """
+  from rd_jax import ranking, references
   if not pairs:
     raise ValueError("no pairs to evaluate")
   logging.info("validating/evaluating %d pairs (the first batch of each shape compiles) ...",
@@ -52,16 +58,32 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
     with eval_cfg.unlocked():
       eval_cfg.student.max_len_std = int(max_len_std)
   batch_size = cfg.eval.batch_size + (-cfg.eval.batch_size) % jax.device_count()  # divisible
-  logits, labels = [], []
+  all_logits, labels = [], []
   for batch in pipeline.eval_batches(pairs, tokenizer, eval_cfg, batch_size=batch_size):
+    logits = predict(params, batch)
     keep = batch["weights"] > 0
-    logits.append(np.asarray(predict(params, batch))[keep])
+    all_logits.append(np.asarray(logits, np.float32)[keep])
     labels.append(batch["labels"][keep])
-  logits, labels = np.concatenate(logits), np.concatenate(labels)             # [N, C], [N]
-  preds = decision.predict(logits, logit_offsets)
-  result = metrics_lib.classification_metrics(labels, preds, list(cfg.labels))
+  logits, gold = np.concatenate(all_logits), np.concatenate(labels)       # [N, C], [N]
+  offsets = np.zeros(logits.shape[1]) if logit_offsets is None else np.asarray(logit_offsets, float)
+  if offsets.shape != (logits.shape[1],):
+    raise ValueError(f"logit_offsets has shape {offsets.shape}; expected ({logits.shape[1]},)")
+  adjusted = logits + offsets
+  preds = np.argmax(adjusted, -1)
+  result = metrics_lib.classification_metrics(gold, preds, list(cfg.labels))
+  result["macro_f1_argmax"] = (result["macro_f1"] if logit_offsets is None else
+                               metrics_lib.classification_metrics(gold, np.argmax(logits, -1),
+                                                                  list(cfg.labels))["macro_f1"])
+  result["log_loss"] = references.log_loss(ranking.softmax(logits), gold)
+  if logit_offsets is not None:
+    result["log_loss_adjusted"] = references.log_loss(ranking.softmax(adjusted), gold)
+    result["decision_offsets"] = offsets.tolist()
+  gains = ranking.label_gains(cfg.labels, cfg.eval.get("gains"))
+  ndcg = ranking.pair_ndcg(pairs, ranking.softmax(adjusted), gains)
+  result.update({"ndcg@10": ndcg["ndcg"], "ndcg_queries": ndcg["queries"],
+                 "ndcg_queries_skipped": ndcg["queries_skipped"]})
   result["predictions"] = preds.tolist()   # class ids, one per pair, input order
-  result["logits"] = logits
+  result["logits"] = logits                # raw [N, C]
   return result
 
 
