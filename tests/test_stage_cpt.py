@@ -26,7 +26,7 @@ def test_pack_joins_documents_with_eos_and_counts_the_tail():
 def test_cpt_stage_end_to_end(tmp_path, tiny_config):
   """Trains: a random tiny decoder learns the corpus's token statistics within a few steps."""
   cfg = tiny_config()
-  cfg.cpt.num_steps, cfg.cpt.optim.learning_rate, cfg.cpt.optim.warmup_steps = 6, 3e-3, 1
+  cfg.cpt.num_steps, cfg.cpt.optim.learning_rate, cfg.cpt.optim.warmup_steps = 6, 2e-2, 1
   summary = cpt.run(cfg, str(tmp_path))
   assert checkpoint.read_meta(str(tmp_path / "cpt"))["model"] == "decoder"
   saved = json.load(open(tmp_path / "cpt" / "summary.json"))
