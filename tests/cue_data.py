@@ -32,3 +32,8 @@ def write_cue_pairs(path, *, queries: int = 64, items_per_query: int = 12, seed:
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
   return str(path)
+
+
+if __name__ == "__main__":   # python tests/cue_data.py /tmp/cue.jsonl  (README "Choices")
+  import sys
+  print(write_cue_pairs(sys.argv[1]))

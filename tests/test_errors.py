@@ -63,7 +63,7 @@ def test_labels_from_a_file(tmp_path):
 @pytest.mark.parametrize("key,value", [
     ("data.max_item_chars", -1), ("student.dropout", 1.5), ("student.dropout", -0.1),
     ("data.max_query_chars", 0), ("student.num_layers", 0), ("data.split", (0.0, 0.5, 0.5)),
-    ("data.split", (0.8, 0.0, 0.0)), ("optim.b2", 1.0)])
+    ("data.split", (0.8, 0.0, 0.0)), ("student.optim.b2", 1.0)])
 def test_meaningless_values_are_refused_naming_the_key(key, value):
   cfg = default_config()
   section, name = key.split(".")

@@ -316,6 +316,8 @@ def jax_train_step(model_cfg, params, *, use_reasoning: bool, batch_size: int, m
   cfg = default_config()
   for key, value in (crsd_overrides or {}).items():
     cfg.crsd[key] = value
+  # a timing run of a few steps: the warm-up must fit in it (the schedule does not change speed)
+  cfg.student.optim.warmup_steps = min(cfg.student.optim.warmup_steps, max(num_steps - 1, 0))
   if mesh is None:
     mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1])
   loss_fn = make_loss_fn(bert.BertClassifier(model_cfg), CrsdLossConfig.from_config(cfg.crsd),
