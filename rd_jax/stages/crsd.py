@@ -19,7 +19,7 @@ from absl import logging
 
 from rd_jax import checkpoint, metrics as metrics_lib
 from rd_jax.losses.crsd import crsd_loss
-from rd_jax.models import bert
+from rd_jax.models import bert, remat
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
 from rd_jax.stages import student_common
@@ -86,7 +86,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
 
   data = student_common.load_student_data(cfg, stage_dir, use_reasoning=use_reasoning)
   model_cfg, params, init_info = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
-  model = bert.BertClassifier(model_cfg)
+  model = bert.BertClassifier(remat.configure(model_cfg, cfg.student))  # training only
   tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
   state, shardings = state_lib.init_state(params, tx, sharding.BERT_RULES, mesh)
   del params
