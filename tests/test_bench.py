@@ -140,3 +140,12 @@ def test_common_helpers(tmp_path):
   assert json.loads(path.read_text()) == {"a": 1} and len(list(tmp_path.iterdir())) == 1
   table = common.format_table([{"a": 1.23456, "b": None}, {"a": 2, "b": "x"}])
   assert "1.235" in table and "-" in table
+
+
+def test_remat(tmp_path):
+  r = run_bench("remat", tmp_path, "--batch_size=8", "--std_len=32", "--aug_len=64",
+                "--teacher_size=tiny", "--teacher_len=64", "--policies=nothing_saveable")
+  for model in ("student", "teacher"):
+    none, remat = (r["measurements"][f"{model}/{k}"] for k in ("none", "per_layer:nothing_saveable"))
+    assert none["temp_bytes"] > 0 and none["argument_bytes"] == remat["argument_bytes"]
+    assert remat["residual_bytes"] < none["residual_bytes"] / 2

@@ -24,6 +24,8 @@ BENCHMARKS = {
                          "annotation throughput: KV-cache generation vs HF generate"),
     "crsd_overhead": ("rd_jax.bench.crsd_overhead",
                       "a CRSD step vs its two branches measured alone (ratio)"),
+    "remat": ("rd_jax.bench.remat",
+              "per-layer remat: XLA temp bytes of the student / teacher train step with and without"),
     "scaling": ("rd_jax.bench.scaling",
                 "sharded CRSD step on 1, 2, 4, 8 devices: step time, tokens/s per device"),
 }

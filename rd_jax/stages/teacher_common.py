@@ -59,7 +59,7 @@ def upstream_final(workdir: str, upstream: Sequence[str]) -> str | None:
 
 
 def load_teacher(cfg, workdir: str, mesh, *, upstream: Sequence[str], explicit: str = "") -> Teacher:
-  from rd_jax.convert import hf_decoder
+  from rd_jax.convert import hf_decoder, hf_sharded
   source = explicit or upstream_final(workdir, upstream)
   if source:
     meta = checkpoint.read_meta(source)
@@ -78,9 +78,8 @@ def load_teacher(cfg, workdir: str, mesh, *, upstream: Sequence[str], explicit: 
     params = jax.jit(lambda: decoder.init_params(config, jax.random.PRNGKey(cfg.seed)),
                      out_shardings=param_shardings(config, mesh))()
     return Teacher(config, params, hf_decoder.resolve_teacher_tokenizer(tok_spec), tok_spec, "random")
-  config, host_params, tokenizer = hf_decoder.load_hf_decoder(spec)
+  config, params, tokenizer = hf_sharded.load_to_mesh(spec, lambda c: param_shardings(c, mesh))
   config = remat.configure(dataclasses.replace(config, dtype=cfg.teacher.dtype), cfg.teacher)
-  params = jax.device_put(host_params, param_shardings(config, mesh))
   return Teacher(config, params, tokenizer, spec, spec)
 
 
