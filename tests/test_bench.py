@@ -149,3 +149,14 @@ def test_remat(tmp_path):
     none, remat = (r["measurements"][f"{model}/{k}"] for k in ("none", "per_layer:nothing_saveable"))
     assert none["temp_bytes"] > 0 and none["argument_bytes"] == remat["argument_bytes"]
     assert remat["residual_bytes"] < none["residual_bytes"] / 2
+
+
+def test_accel_check_smoke(tmp_path):
+  """launch/gpu_check.sh's benchmark at tiny shapes: every part runs and reports its figure."""
+  r = run_bench("accel_check", tmp_path, "--smoke")
+  m = r["measurements"]
+  assert m["student_train"]["flops_per_step"] > 0 and m["student_train"]["xla"]["temp_bytes"] > 0
+  assert m["teacher_generate"]["tokens_per_s"] > 0
+  assert m["sharded_crsd"]["devices"] >= 1 and m["sharded_crsd"]["tokens_per_s_per_device"] > 0
+  assert m["teacher_remat"]["per_layer"]["residual_bytes"] < m["teacher_remat"]["none"]["residual_bytes"]
+  assert r["summary"]["student_train_mfu"]["target"] == ">= 0.5"
