@@ -56,6 +56,7 @@ def _student(args, settings) -> dict:
   import jax
   import jax.numpy as jnp
   from rd_jax.models import bert
+  from rd_jax.parallel import mesh as mesh_lib
   model_cfg, params = common.student(args.size, common.resolve_dtype(args.dtype), seed=args.seed)
   batch = common.synthetic_batch(args.batch_size, args.std_len, args.aug_len,
                                  vocab_size=model_cfg.vocab_size, seed=args.seed)
@@ -72,9 +73,9 @@ def _student(args, settings) -> dict:
             rngs={"dropout": jax.random.PRNGKey(0)})
         total += jnp.mean(jax.nn.logsumexp(o["logits"], -1)) + jnp.mean(o["cls"])
       return total
+
     state, step, mesh = common.jax_train_step(cfg, params, use_reasoning=True,
                                               batch_size=args.batch_size)
-    from rd_jax.parallel import mesh as mesh_lib
     out[name] = _memory(step, state, mesh_lib.put_batch(batch, mesh))
     out[name]["residual_bytes"] = residual_bytes(loss, params)
     del state
