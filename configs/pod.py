@@ -4,6 +4,16 @@
   python -m rd_jax.main --stage=sft --config=configs/pod.py --workdir=gs://bucket/rd_jax/run1 \
       --config.teacher.init=/path/to/Llama-2-7b-hf-folder
 
+teacher.init: a local HF folder (config.json + safetensors, one file or many with
+model.safetensors.index.json) of a Llama (2, 3, 3.x with llama3 RoPE scaling) or Qwen2/2.5
+model; its own config.json sets the shape (the teacher.* sizes below are used only by
+init=random). The weights are read slice by slice straight onto the mesh
+(convert/hf_sharded.py): no host holds the whole model, each reads only its devices' slices.
+teacher.remat = per_layer: each decoder block's activations are recomputed in the backward pass
+(models/remat.py; `python -m rd_jax.bench remat` shows what it saves).
+Not measured: no run of this config (or any step on an accelerator) has been made yet; the
+figures below are arithmetic. launch/gpu_check.sh is the first measurement to make.
+
 Mesh (teacher stages): fsdp=8 x tensor=4 on 32 chips (e.g. TPU v5e-32 or 4 nodes x 8 H100).
 Estimated (arithmetic, not measured) memory per device, 7B teacher (hidden 4096, 32 layers, vocab 32000), fp32 master weights + Adam:
   params 6.7e9 x 4 B = 27 GB, Adam moments 54 GB, grads 27 GB  -> 108 GB / 32 devices = 3.4 GB,
@@ -36,6 +46,7 @@ def get_config():
   c.teacher.tie_embeddings = False
   c.teacher.max_position = 4096
   c.teacher.dtype = "bfloat16"
+  c.teacher.remat = "per_layer"  # the activation estimate above assumes it
   c.teacher.max_prompt_len = 768
   c.teacher.max_response_len = 256
   c.cpt.seq_len = 1024

@@ -90,6 +90,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.student.max_position = 512
   c.student.dropout = 0.1
   c.student.dtype = "float32"    # compute dtype: float32 | bfloat16 (params stay fp32)
+  # none | per_layer: recompute each BERT layer's activations in the backward pass (models/remat.py;
+  # memory saved: `python -m rd_jax.bench remat`); policy = a jax.checkpoint_policies name.
+  c.student.remat = "none"
+  c.student.remat_policy = "nothing_saveable"
   c.student.max_len_std = 128    # ours: (query, item) tokens; bundled pairs: p50 60, p95 86, max 118
   c.student.max_len_aug = 192    # ours: (query, item, reasoning); rule rationales: p95 126, max 163
   # Padded lengths: a batch takes the smallest that fits its longest row. Each (std, aug) shape
@@ -173,6 +177,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.tie_embeddings = True
   c.teacher.max_position = 2048
   c.teacher.dtype = "float32"
+  c.teacher.remat = "none"       # none | per_layer (each decoder block), as student.remat
+  c.teacher.remat_policy = "nothing_saveable"
   c.teacher.max_prompt_len = 256
   c.teacher.max_response_len = 96
 

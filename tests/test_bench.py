@@ -140,3 +140,23 @@ def test_common_helpers(tmp_path):
   assert json.loads(path.read_text()) == {"a": 1} and len(list(tmp_path.iterdir())) == 1
   table = common.format_table([{"a": 1.23456, "b": None}, {"a": 2, "b": "x"}])
   assert "1.235" in table and "-" in table
+
+
+def test_remat(tmp_path):
+  r = run_bench("remat", tmp_path, "--batch_size=8", "--std_len=32", "--aug_len=64",
+                "--teacher_size=tiny", "--teacher_len=64", "--policies=nothing_saveable")
+  for model in ("student", "teacher"):
+    none, remat = (r["measurements"][f"{model}/{k}"] for k in ("none", "per_layer:nothing_saveable"))
+    assert none["temp_bytes"] > 0 and none["argument_bytes"] == remat["argument_bytes"]
+    assert remat["residual_bytes"] < none["residual_bytes"] / 2
+
+
+def test_accel_check_smoke(tmp_path):
+  """launch/gpu_check.sh's benchmark at tiny shapes: every part runs and reports its figure."""
+  r = run_bench("accel_check", tmp_path, "--smoke")
+  m = r["measurements"]
+  assert m["student_train"]["flops_per_step"] > 0 and m["student_train"]["xla"]["temp_bytes"] > 0
+  assert m["teacher_generate"]["tokens_per_s"] > 0
+  assert m["sharded_crsd"]["devices"] >= 1 and m["sharded_crsd"]["tokens_per_s_per_device"] > 0
+  assert m["teacher_remat"]["per_layer"]["residual_bytes"] < m["teacher_remat"]["none"]["residual_bytes"]
+  assert r["summary"]["student_train_mfu"]["target"] == ">= 0.5"

@@ -24,6 +24,10 @@ BENCHMARKS = {
                          "annotation throughput: KV-cache generation vs HF generate"),
     "crsd_overhead": ("rd_jax.bench.crsd_overhead",
                       "a CRSD step vs its two branches measured alone (ratio)"),
+    "remat": ("rd_jax.bench.remat",
+              "per-layer remat: XLA temp bytes of the student / teacher train step with and without"),
+    "accel_check": ("rd_jax.bench.accel_check",
+                    "GPU/TPU check (launch/gpu_check.sh): student bf16 MFU, teacher tokens/s, sharded step"),
     "scaling": ("rd_jax.bench.scaling",
                 "sharded CRSD step on 1, 2, 4, 8 devices: step time, tokens/s per device"),
 }

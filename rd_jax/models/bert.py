@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rd_jax.models import remat
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _INIT = nn.initializers.normal(stddev=0.02)  # BERT's initializer_range
 
@@ -45,12 +47,15 @@ class BertConfig:
   num_labels: int = 4
   dtype: str = "float32"
   projection_dim: int = 0  # >0: CRSD projection head on [CLS] (training only, never exported)
+  remat: str = "none"      # none | per_layer (models/remat.py); params identical either way
+  remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, used by per_layer
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
     if self.dtype not in _DTYPES:
       raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(_DTYPES)}")
+    remat.check(self.remat, self.remat_policy)
 
   @property
   def head_dim(self) -> int:
@@ -143,8 +148,10 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask_bias, deterministic: bool):
-    for i in range(self.config.num_layers):
-      x = BertLayer(self.config, name=f"layer_{i}")(x, mask_bias, deterministic)
+    c = self.config
+    layer_cls = remat.wrap(BertLayer, c.remat, c.remat_policy, static_argnums=(3,))  # deterministic
+    for i in range(c.num_layers):
+      x = layer_cls(c, name=f"layer_{i}")(x, mask_bias, deterministic)
     return x
 
 

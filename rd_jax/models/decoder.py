@@ -9,6 +9,8 @@ Block i (pre-norm, as HF `LlamaDecoderLayer`):
   RMSNorm(x) = scale * x / sqrt(mean(x^2) + eps)
   RoPE (HF "rotate_half" layout): with f_j = theta^(-2j/hd), j < hd/2 and x = [x1, x2] halves,
     RoPE(x, p) = [x1 cos(p f) - x2 sin(p f),  x2 cos(p f) + x1 sin(p f)]
+    rope_scaling="llama3" (Llama 3.1+) rescales f by wavelength (`rope_frequencies`).
+  qkv_bias (Qwen2/2.5): q, k, v projections carry a bias; o_proj never does.
   Attn: softmax(q k^T / sqrt(hd) + mask) v, query head h reads K/V head h // G.
 
 Parameter names mirror HF's (`layers_3/self_attn/q_proj/kernel` <-> `model.layers.3.self_attn.
@@ -31,7 +33,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from rd_jax.models import remat
 
 # Param-path rules for `rd_jax/parallel/sharding.py`: (regex searched in the "/"-joined param
 # path, one mesh-axis name or None per array dim). "fsdp" shards the hidden (D) side of every
@@ -41,6 +46,7 @@ from jax import lax
 DECODER_SHARDING_RULES = [
     (r"embed_tokens/embedding$", ("tensor", "fsdp")),          # [V, D]
     (r"self_attn/(q|k|v)_proj/kernel$", ("fsdp", "tensor")),  # [D, H*hd] / [D, K*hd]
+    (r"self_attn/(q|k|v)_proj/bias$", ("tensor",)),           # [H*hd] / [K*hd] (qkv_bias)
     (r"self_attn/o_proj/kernel$", ("tensor", "fsdp")),        # [H*hd, D]
     (r"mlp/(gate|up)_proj/kernel$", ("fsdp", "tensor")),      # [D, F]
     (r"mlp/down_proj/kernel$", ("tensor", "fsdp")),           # [F, D]
@@ -67,6 +73,14 @@ class DecoderConfig:
   tie_embeddings: bool = True
   max_position: int = 2048
   dtype: str = "float32"  # compute dtype; params stay fp32
+  qkv_bias: bool = False  # Qwen2/2.5: bias on q_proj, k_proj, v_proj
+  rope_scaling: str = "none"  # none | llama3 (the four rope_* below; HF rope_parameters)
+  rope_factor: float = 8.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_position: int = 8192
+  remat: str = "none"     # none | per_layer (models/remat.py); params identical either way
+  remat_policy: str = "nothing_saveable"
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -75,6 +89,9 @@ class DecoderConfig:
       raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
     if self.dtype not in _DTYPES:
       raise ValueError(f"dtype {self.dtype!r} not one of {sorted(_DTYPES)}")
+    if self.rope_scaling not in ("none", "llama3"):
+      raise ValueError(f"rope_scaling {self.rope_scaling!r} not one of ['llama3', 'none']")
+    remat.check(self.remat, self.remat_policy)
 
   @property
   def head_dim(self) -> int:
@@ -137,11 +154,28 @@ class RMSNorm(nn.Module):
     return y.astype(self.dtype) * scale.astype(self.dtype)  # HF: weight * y.to(input_dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """RoPE on x [B, L, N, hd] at positions [B, L], HF rotate_half layout; angles in fp32
-  (positions up to thousands times frequencies need more than bf16's 8 mantissa bits)."""
-  hd = x.shape[-1]
-  inv_freq = 1.0 / theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd)  # [hd/2]
+def rope_frequencies(config: DecoderConfig) -> np.ndarray:
+  """f_j = theta^(-2j/hd) [hd/2] fp32; with rope_scaling="llama3", by wavelength w = 2 pi / f:
+  w < L/high: kept; w > L/low: f / factor; between: (1 - s) f / factor + s f with
+  s = (L / w - low) / (high - low), L = rope_original_max_position (HF `_compute_llama3_parameters`)."""
+  c, hd = config, config.head_dim
+  inv_freq = (1.0 / c.rope_theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd)).astype(np.float32)
+  if c.rope_scaling == "none":
+    return inv_freq
+  old, low, high = c.rope_original_max_position, c.rope_low_freq_factor, c.rope_high_freq_factor
+  wavelen = 2 * np.pi / inv_freq
+  scaled = np.where(wavelen > old / low, inv_freq / c.rope_factor, inv_freq)
+  smooth = (old / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / c.rope_factor + smooth * scaled
+  medium = (wavelen >= old / high) & (wavelen <= old / low)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq) -> jax.Array:
+  """RoPE on x [B, L, N, hd] at positions [B, L] with frequencies inv_freq [hd/2]
+  (`rope_frequencies`), HF rotate_half layout; angles in fp32 (positions up to thousands times
+  frequencies need more than bf16's 8 mantissa bits)."""
+  inv_freq = jnp.asarray(inv_freq, jnp.float32)
   ang = positions.astype(jnp.float32)[..., None] * inv_freq                   # [B, L, hd/2]
   cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]        # [B, L, 1, hd/2]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -162,10 +196,11 @@ class Attention(nn.Module):
 
   def setup(self):
     c = self.config
-    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32, name=name)
-    self.q_proj = dense(c.num_heads * c.head_dim, "q_proj")
-    self.k_proj = dense(c.num_kv_heads * c.head_dim, "k_proj")
-    self.v_proj = dense(c.num_kv_heads * c.head_dim, "v_proj")
+    dense = lambda n, name, bias=False: nn.Dense(n, use_bias=bias, dtype=c.compute_dtype,
+                                                 param_dtype=jnp.float32, name=name)
+    self.q_proj = dense(c.num_heads * c.head_dim, "q_proj", c.qkv_bias)
+    self.k_proj = dense(c.num_kv_heads * c.head_dim, "k_proj", c.qkv_bias)
+    self.v_proj = dense(c.num_kv_heads * c.head_dim, "v_proj", c.qkv_bias)
     self.o_proj = dense(c.hidden_size, "o_proj")
 
   def __call__(self, x, positions, mask, cache, cache_index, layer):
@@ -173,8 +208,9 @@ class Attention(nn.Module):
     b, l, _ = x.shape
     kh, hd = c.num_kv_heads, c.head_dim
     g = c.num_heads // kh
-    q = apply_rope(self.q_proj(x).reshape(b, l, c.num_heads, hd), positions, c.rope_theta)
-    k = apply_rope(self.k_proj(x).reshape(b, l, kh, hd), positions, c.rope_theta)
+    freqs = rope_frequencies(c)
+    q = apply_rope(self.q_proj(x).reshape(b, l, c.num_heads, hd), positions, freqs)
+    k = apply_rope(self.k_proj(x).reshape(b, l, kh, hd), positions, freqs)
     k = k.transpose(0, 2, 1, 3)                                        # [B, K, L, hd]
     v = self.v_proj(x).reshape(b, l, kh, hd).transpose(0, 2, 1, 3)     # [B, K, L, hd]
     if cache is None:
@@ -240,7 +276,8 @@ class Decoder(nn.Module):
     self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.compute_dtype,
                                  param_dtype=jnp.float32,
                                  embedding_init=nn.initializers.normal(0.02))
-    self.layers = [Block(c, name=f"layers_{i}") for i in range(c.num_layers)]
+    block = remat.wrap(Block, c.remat, c.remat_policy, static_argnums=(6,))  # layer: an index
+    self.layers = [block(c, name=f"layers_{i}") for i in range(c.num_layers)]
     self.norm = RMSNorm(c.rms_norm_eps, c.compute_dtype)
     if not c.tie_embeddings:
       self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32)

@@ -21,7 +21,7 @@ from absl import logging
 from rd_jax import decision, metrics as metrics_lib
 from rd_jax.losses import classification
 from rd_jax.losses.crsd import CrsdLossConfig, crsd_loss
-from rd_jax.models import bert
+from rd_jax.models import bert, remat
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
 from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
@@ -120,7 +120,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
 
   data = data_lib.load_student_data(cfg, stage_dir, use_reasoning=use_reasoning)
   model_cfg, params, init_info = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
-  model = bert.BertClassifier(model_cfg)
+  model = bert.BertClassifier(remat.configure(model_cfg, cfg.student))  # remat: training only
   objective = objective_of(cfg, data.train)
   loss_fn = make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd), use_reasoning=use_reasoning,
                          local_block=cfg.train.batch_size // dp, seed=cfg.seed,

@@ -21,7 +21,7 @@ from absl import logging
 
 from rd_jax import checkpoint
 from rd_jax.losses import lm
-from rd_jax.models import decoder
+from rd_jax.models import decoder, remat
 from rd_jax.parallel import sharding
 
 TEACHER_RULES = tuple(decoder.DECODER_SHARDING_RULES) + ((r".*", None),)
@@ -42,7 +42,7 @@ def _config_from_cfg(cfg) -> decoder.DecoderConfig:
       vocab_size=t.vocab_size, hidden_size=t.hidden_size, num_layers=t.num_layers,
       num_heads=t.num_heads, num_kv_heads=t.num_kv_heads, intermediate_size=t.intermediate_size,
       rope_theta=t.rope_theta, rms_norm_eps=t.rms_norm_eps, tie_embeddings=t.tie_embeddings,
-      max_position=t.max_position, dtype=t.dtype)
+      max_position=t.max_position, dtype=t.dtype, remat=t.remat, remat_policy=t.remat_policy)
 
 
 def upstream_final(workdir: str, upstream: Sequence[str]) -> str | None:
@@ -54,12 +54,12 @@ def upstream_final(workdir: str, upstream: Sequence[str]) -> str | None:
 
 
 def load_teacher(cfg, workdir: str, mesh, *, upstream: Sequence[str], explicit: str = "") -> Teacher:
-  from rd_jax.convert import hf_decoder
+  from rd_jax.convert import hf_decoder, hf_sharded
   source = explicit or upstream_final(workdir, upstream)
   if source:
     meta = checkpoint.read_meta(source)
     config = decoder.DecoderConfig.from_dict(meta["model_config"])
-    config = dataclasses.replace(config, dtype=cfg.teacher.dtype)
+    config = remat.configure(dataclasses.replace(config, dtype=cfg.teacher.dtype), cfg.teacher)
     params, _ = checkpoint.load_final(source, abstract_params(config, mesh),
                                       expect_model="decoder")
     spec = meta["tokenizer"]
@@ -73,9 +73,8 @@ def load_teacher(cfg, workdir: str, mesh, *, upstream: Sequence[str], explicit: 
     params = jax.jit(lambda: decoder.init_params(config, jax.random.PRNGKey(cfg.seed)),
                      out_shardings=param_shardings(config, mesh))()
     return Teacher(config, params, hf_decoder.resolve_teacher_tokenizer(tok_spec), tok_spec, "random")
-  config, host_params, tokenizer = hf_decoder.load_hf_decoder(spec)
-  config = dataclasses.replace(config, dtype=cfg.teacher.dtype)
-  params = jax.device_put(host_params, param_shardings(config, mesh))
+  config, params, tokenizer = hf_sharded.load_to_mesh(spec, lambda c: param_shardings(c, mesh))
+  config = remat.configure(dataclasses.replace(config, dtype=cfg.teacher.dtype), cfg.teacher)
   return Teacher(config, params, tokenizer, spec, spec)
 
 
