@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 
 import numpy as np
 
@@ -56,7 +57,10 @@ def save_confusion_png(metrics: dict, path: str, title: str = "") -> None:
   ax.set_yticks(range(len(labels)), labels)
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
-  ax.set_title(title or f"macro-F1 {metrics['macro_f1']:.4f}  acc {metrics['accuracy']:.4f}")
+  # A long title (eval's names the data file) is wrapped to the figure's width, not cut off.
+  width_chars = int(fig.get_size_inches()[0] * 11)
+  title = title or f"macro-F1 {metrics['macro_f1']:.4f}  acc {metrics['accuracy']:.4f}"
+  ax.set_title(textwrap.fill(title, width_chars, break_long_words=True), fontsize=9)
   fig.tight_layout()
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=110)

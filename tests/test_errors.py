@@ -66,8 +66,11 @@ def test_labels_from_a_file(tmp_path):
     ("data.split", (0.8, 0.0, 0.0)), ("student.optim.b2", 1.0)])
 def test_meaningless_values_are_refused_naming_the_key(key, value):
   cfg = default_config()
-  section, name = key.split(".")
-  cfg[section][name] = value
+  *path, name = key.split(".")
+  node = cfg
+  for part in path:
+    node = node[part]
+  node[name] = value
   with pytest.raises(config_check.ConfigError, match=rf"config key {key} ="):
     config_check.validate(cfg)
 

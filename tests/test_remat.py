@@ -10,6 +10,8 @@ import pytest
 
 from rd_jax.models import bert, decoder, remat
 
+from rd_jax.losses import lm
+
 BERT = bert.BertConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2,
                        intermediate_size=64, dropout=0.1)
 DEC = decoder.DecoderConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4,
@@ -33,7 +35,7 @@ def _decoder_loss(config):
   def loss(params):
     logits, _ = decoder.Decoder(config).apply({"params": params}, tokens,
                                                jnp.broadcast_to(jnp.arange(10), tokens.shape))
-    return decoder.token_logprobs(logits[:, :-1], tokens[:, 1:]).mean()
+    return lm.token_log_probs(logits[:, :-1], tokens[:, 1:]).mean()
   return loss
 
 

@@ -56,6 +56,7 @@ def _student(args, settings) -> dict:
   import jax
   import jax.numpy as jnp
   from rd_jax.models import bert
+  from rd_jax.losses import lm
   from rd_jax.parallel import mesh as mesh_lib
   model_cfg, params = common.student(args.size, common.resolve_dtype(args.dtype), seed=args.seed)
   batch = common.synthetic_batch(args.batch_size, args.std_len, args.aug_len,
@@ -93,10 +94,11 @@ def teacher_config(size: str, dtype: str):
 
 def _lm_loss(config, params, tokens):
   import jax.numpy as jnp
+  from rd_jax.losses import lm
   from rd_jax.models import decoder
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
   logits, _ = decoder.Decoder(config).apply({"params": params}, tokens, positions)
-  return -decoder.token_logprobs(logits[:, :-1], tokens[:, 1:]).mean()
+  return -lm.token_log_probs(logits[:, :-1], tokens[:, 1:]).mean()
 
 
 def _teacher(args, settings) -> tuple[dict, dict]:

@@ -136,7 +136,6 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   predict = predict_lib.make_predict_fn(model, mesh)
   valid, offsets = fit_decision_rule(cfg, predict, trained.params, data)
   predicted = valid.pop("predictions")
-  valid.pop("logits")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))
     predict_lib.write_predictions(data.valid, predicted, cfg.labels,
