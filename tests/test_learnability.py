@@ -32,3 +32,25 @@ def test_student_learns_the_cue(stage, cue_path, tiny_config, tmp_path):
   assert summary["valid_macro_f1"] >= 0.5, summary
   # and not only through the fitted offsets: the argmax of the logits has learned the cue too
   assert summary["valid_macro_f1_argmax"] >= 0.5, summary
+
+
+def test_curves_scores_valid_after_every_epoch(cue_path, tmp_path):
+  """experiments.curves: one valid row per epoch (argmax, fitted offsets, log-loss vs prior) and
+  the test logits saved unscored, never scored here."""
+  import json
+  import subprocess
+  import sys
+  from conftest import REPO
+  out = tmp_path / "curves"
+  r = subprocess.run([sys.executable, "-m", "rd_jax.experiments.curves",
+                      f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={out}",
+                      "--stage=crsd", "--epochs=2", f"--config.data.path={cue_path}",
+                      "--config.train.batch_size=16"], capture_output=True, text=True, cwd=REPO)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [json.loads(line) for line in open(out / "curves.jsonl")]
+  assert [row["epoch"] for row in rows] == [1, 2]
+  last = rows[-1]
+  assert last["valid_macro_f1_fitted_offsets"] >= last["valid_macro_f1_argmax"]
+  assert last["offsets"][0] == 0.0 and len(last["offsets"]) == 4
+  assert last["valid_log_loss"] > 0 and last["valid_prior_log_loss"] > 0
+  assert (out / "test_logits_e2.npy").exists() and "test_macro_f1" not in json.dumps(last)

@@ -30,7 +30,11 @@ def losses(workdir):
 
 
 def test_two_processes_match_one(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  # A fresh persistent XLA cache: with one shared across earlier runs (other code versions), the
+  # two processes once loaded different executables for one step and gloo aborted on a
+  # collective-size mismatch (2026-12-02; README "Reliability").
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"))
   single = tmp_path / "single"
   r = subprocess.run(crsd_command(single), cwd=REPO, env=env, capture_output=True, text=True,
                      timeout=900)
