@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rd_jax import decision
+from rd_jax import decision, ranking, references
 from rd_jax.data import readers
 from rd_jax.losses.crsd import CrsdLossConfig
 from rd_jax.models import bert
@@ -40,17 +40,7 @@ _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs to train (the LR schedule sp
 
 
 def logits_of(predict, params, pairs, tokenizer, cfg) -> np.ndarray:
-  from rd_jax.data import pipeline
-  out = []
-  for batch in pipeline.eval_batches(pairs, tokenizer, cfg, batch_size=cfg.eval.batch_size):
-    out.append(predict(params, batch)[batch["weights"] > 0])
-  return np.concatenate(out)
-
-
-def log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-  z = logits - logits.max(-1, keepdims=True)
-  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-  return float(-logp[np.arange(len(labels)), labels].mean())
+  return predict_lib.predict_logits(predict, params, pairs, tokenizer, cfg)[0]
 
 
 def main(argv):
@@ -102,7 +92,7 @@ def main(argv):
                valid_y, decision.predict(z, -np.log(prior)), c),
            "valid_macro_f1_fitted_offsets": decision.macro_f1(valid_y, decision.predict(z, offsets), c),
            "offsets": offsets.round(2).tolist(),
-           "valid_log_loss": round(log_loss(z, valid_y), 4), "valid_prior_log_loss": round(prior_ll, 4),
+           "valid_log_loss": round(references.log_loss(ranking.softmax(z), valid_y), 4), "valid_prior_log_loss": round(prior_ll, 4),
            "valid_pred_share": np.bincount(decision.predict(z), minlength=c).round(0).tolist()}
     sums = {}
     np.save(os.path.join(workdir, f"test_logits_e{epoch}.npy"),

@@ -95,14 +95,11 @@ def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
   """Valid metrics under the decision rule, and the rule: per-class logit offsets fitted on valid
   macro-F1 (rd_jax/decision.py) when student.fit_offsets, else zeros. The plain argmax's figure
   stays as macro_f1_argmax."""
-  valid = predict_lib.evaluate(predict, params, data.valid, data.tokenizer, cfg)
-  logits = valid.pop("logits")
-  offsets = [0.0] * len(cfg.labels)
-  if cfg.student.fit_offsets:
-    offsets = decision.fit_offsets(logits, [p.label_id for p in data.valid]).tolist()
-    valid = predict_lib.evaluate(predict, params, data.valid, data.tokenizer, cfg,
-                                 logit_offsets=offsets)              # + macro_f1_argmax
-    valid.pop("logits")
+  logits, gold = predict_lib.predict_logits(predict, params, data.valid, data.tokenizer, cfg)
+  offsets = decision.fit_offsets(logits, gold).tolist() if cfg.student.fit_offsets else None
+  valid = predict_lib.score_logits(logits, gold, data.valid, cfg, offsets)  # + macro_f1_argmax
+  valid.pop("logits")
+  offsets = offsets or [0.0] * len(cfg.labels)
   valid["decision_offsets"] = offsets
   return valid, offsets
 

@@ -47,7 +47,13 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
   softmax(logits + offsets): what the export, whose bias holds the offsets, serves.
   "predictions" (class ids) and "logits" (raw, [N, C] float32) are for the caller to pop.
   """
-  from rd_jax import ranking, references
+  logits, gold = predict_logits(predict, params, pairs, tokenizer, cfg, max_len_std=max_len_std)
+  return score_logits(logits, gold, pairs, cfg, logit_offsets)
+
+
+def predict_logits(predict: Callable, params, pairs, tokenizer, cfg, *,
+                   max_len_std=None) -> tuple[np.ndarray, np.ndarray]:
+  """(raw logits [N, C] float32, gold class ids [N]) of the standard view, input order."""
   if not pairs:
     raise ValueError("no pairs to evaluate")
   logging.info("validating/evaluating %d pairs (the first batch of each shape compiles) ...",
@@ -64,7 +70,12 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
     keep = batch["weights"] > 0
     all_logits.append(np.asarray(logits, np.float32)[keep])
     labels.append(batch["labels"][keep])
-  logits, gold = np.concatenate(all_logits), np.concatenate(labels)       # [N, C], [N]
+  return np.concatenate(all_logits), np.concatenate(labels)               # [N, C], [N]
+
+
+def score_logits(logits: np.ndarray, gold: np.ndarray, pairs, cfg, logit_offsets=None) -> dict:
+  """evaluate()'s metrics from logits already computed (no second forward pass)."""
+  from rd_jax import ranking, references
   offsets = np.zeros(logits.shape[1]) if logit_offsets is None else np.asarray(logit_offsets, float)
   if offsets.shape != (logits.shape[1],):
     raise ValueError(f"logit_offsets has shape {offsets.shape}; expected ({logits.shape[1]},)")
