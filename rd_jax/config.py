@@ -110,6 +110,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.student.class_weighting = "none"  # none | balanced (n / (C n_c)) | given (class_weights)
   c.student.class_weights = ()   # [C] with class_weighting=given
   c.student.logit_adjustment = 0.0  # tau of Menon et al.'s logit-adjusted CE (train on z + tau log prior)
+  # ours: product of experts with each training query's own label mix (beta; 0 = off): train on
+  # z + beta * log p(y | query), serve z -- the encoder learns how items differ within a query,
+  # not which query it is (losses/classification.query_log_prior; README "Choices")
+  c.student.query_prior = 0.0
+  c.student.query_prior_smoothing = 1.0  # pseudo-counts per class (x the global prior) per query
+  # ours: keep the initial checkpoint's bi-encoder relevance skill -- weight of a regression of
+  # the standard view's [CLS] onto the z-scored cosine of the query's and item's mean-pooled
+  # embeddings under the initial student (student/similarity.py; 0 = off; README "Choices")
+  c.student.similarity_weight = 0.0
   c.student.fit_offsets = True   # after training, fit per-class logit offsets on valid macro-F1
                                  #   (rd_jax/decision.py); stored in meta.json, folded into the export
 

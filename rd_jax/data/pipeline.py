@@ -6,6 +6,8 @@ Batch contract (WORKSPACE.md "Data contract"), B = host-local rows, Ls / La = pa
     labels                                                   [B] int32 (-1 = unlabelled)
     item_key, reasoning_key                                  [B] int32 (tokenize.text_key)
     weights                                                  [B] float32 (0 = padding row)
+    query_index                                              [B] int32 (tokenize.query_indices)
+    pair_index                                               [B] int32 (row in the pairs given)
 Ls (La) is the smallest of `student.length_buckets` (capped at `max_len_std` / `max_len_aug`) that
 fits the longest std (aug) row of the GLOBAL batch, so every process pads alike.
 
@@ -62,6 +64,9 @@ def make_batch(tokens: TokenizedPairs, rows: np.ndarray, *, std_len: int, aug_le
   batch["item_key"] = tokens.item_key[rows]
   batch["reasoning_key"] = tokens.reasoning_key[rows]
   batch["weights"] = np.ones(len(rows), np.float32) if weights is None else weights
+  if tokens.query_index is not None:
+    batch["query_index"] = tokens.query_index[rows]
+  batch["pair_index"] = np.asarray(rows, np.int32)
   return batch
 
 

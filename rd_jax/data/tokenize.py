@@ -97,6 +97,7 @@ class TokenizedPairs:
   item_key: np.ndarray       # [N] int32 text_key(item_text)
   reasoning_key: np.ndarray  # [N] int32 text_key(reasoning); 0 = no reasoning
   stats: dict                # truncation counts, see tokenize_pairs
+  query_index: np.ndarray | None = None  # [N] int32: query_id's rank of first appearance
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -166,4 +167,11 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, *, max_len_std: int,
       std=RaggedTokens.from_lists(std_rows, std_b), aug=RaggedTokens.from_lists(aug_rows, aug_b),
       labels=labels,
       item_key=np.asarray([text_key(p.item_text) for p in pairs], np.int32),
-      reasoning_key=np.asarray([text_key(p.reasoning) for p in pairs], np.int32), stats=stats)
+      reasoning_key=np.asarray([text_key(p.reasoning) for p in pairs], np.int32), stats=stats,
+      query_index=query_indices(pairs))
+
+
+def query_indices(pairs: list[Pair]) -> np.ndarray:
+  """[N] int32: each pair's query_id numbered in order of first appearance (0, 1, ...)."""
+  order: dict[str, int] = {}
+  return np.asarray([order.setdefault(p.query_id, len(order)) for p in pairs], np.int32)

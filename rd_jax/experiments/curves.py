@@ -30,6 +30,7 @@ from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
 from rd_jax.stages import crsd
 from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
+from rd_jax.student import similarity
 from rd_jax.student.model import initial_student
 from rd_jax.train import fit
 
@@ -62,10 +63,14 @@ def main(argv):
     cfg.train.num_steps = num_steps
   model_cfg, params, _ = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
   model = bert.BertClassifier(model_cfg)
+  params, sim_targets = crsd.with_similarity(cfg, model, params, model_cfg, data, objective)
   loss_fn = crsd.make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd),
                               use_reasoning=use_reasoning, local_block=cfg.train.batch_size,
                               seed=cfg.seed, class_weights=objective["class_weights"],
-                              logit_adjustment=objective["logit_adjustment"])
+                              logit_adjustment=objective["logit_adjustment"],
+                              query_log_prior=objective["query_log_prior"],
+                              similarity_targets=sim_targets,
+                              similarity_weight=cfg.student.similarity_weight)
   state, _, step_fn = fit.compile_step(loss_fn, params, cfg.student.optim, num_steps,
                                        rules=sharding.BERT_RULES, mesh=mesh,
                                        optim_key="student.optim", with_step=True)
@@ -73,6 +78,7 @@ def main(argv):
                                       use_reasoning=use_reasoning)
   predict = predict_lib.make_predict_fn(model, mesh)
   valid_y = np.array([p.label_id for p in data.valid])
+  gains = ranking.label_gains(cfg.labels, cfg.eval.get("gains"))
   prior = counts / counts.sum()
   prior_ll = float(-np.log(prior[valid_y]).mean())
   rows, t0, sums = [], time.perf_counter(), {}
@@ -83,7 +89,8 @@ def main(argv):
     if step % steps_per_epoch:
       continue
     epoch = step // steps_per_epoch
-    z = logits_of(predict, state["params"], data.valid, data.tokenizer, cfg)
+    student_params = similarity.without_head(state["params"])
+    z = logits_of(predict, student_params, data.valid, data.tokenizer, cfg)
     offsets = decision.fit_offsets(z, valid_y)
     row = {"epoch": epoch, "step": step, "seconds": round(time.perf_counter() - t0, 1),
            "train": {k: round(v / steps_per_epoch, 4) for k, v in sums.items()},
@@ -93,10 +100,12 @@ def main(argv):
            "valid_macro_f1_fitted_offsets": decision.macro_f1(valid_y, decision.predict(z, offsets), c),
            "offsets": offsets.round(2).tolist(),
            "valid_log_loss": round(references.log_loss(ranking.softmax(z), valid_y), 4), "valid_prior_log_loss": round(prior_ll, 4),
-           "valid_pred_share": np.bincount(decision.predict(z), minlength=c).round(0).tolist()}
+           "valid_pred_share": np.bincount(decision.predict(z), minlength=c).round(0).tolist(),
+           "valid_ndcg@10": round(ranking.pair_ndcg(data.valid, ranking.softmax(z + offsets),
+                                                    gains)["ndcg"], 4)}
     sums = {}
     np.save(os.path.join(workdir, f"test_logits_e{epoch}.npy"),
-            logits_of(predict, state["params"], test, data.tokenizer, cfg))
+            logits_of(predict, student_params, test, data.tokenizer, cfg))
     np.save(os.path.join(workdir, f"valid_logits_e{epoch}.npy"), z)
     rows.append(row)
     logging.info("epoch %d: %s", epoch, json.dumps(row))

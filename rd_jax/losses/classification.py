@@ -18,15 +18,16 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,
                            class_weights=None, logit_adjustment=None):
   """logits [B, C], labels [B] int, weights [B], class_weights [C] | None,
-  logit_adjustment [C] | None -> (loss_sum, weight_sum)."""
+  logit_adjustment [C] or [B, C] (per row, e.g. + query_log_prior) | None -> (loss_sum, weight_sum)."""
   z = logits.astype(jnp.float32)
   if logit_adjustment is not None:
-    z = z + jnp.asarray(logit_adjustment, jnp.float32)                      # [B, C] + [C]
+    z = z + jnp.asarray(logit_adjustment, jnp.float32)             # [B, C] + [C] or [B, C]
   logp = jax.nn.log_softmax(z, axis=-1)                                      # [B, C]
   labels = labels.astype(jnp.int32)
   nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]           # [B]
@@ -59,6 +60,32 @@ def log_prior(label_counts, tau: float) -> list[float] | None:
   counts = [max(float(k), 0.5) for k in label_counts]
   total = sum(counts)
   return [float(tau) * math.log(k / total) for k in counts]
+
+
+def query_log_prior(labels, query_index, num_classes: int, beta: float,
+                    smoothing: float = 1.0) -> "np.ndarray | None":
+  """beta * log p(y | q) [Q, C]: each training query's own label distribution, for the
+  product-of-experts objective (student.query_prior; ours, after Clark et al. 2019 "Don't take the
+  easy way out" and He et al. 2019 "Unlearn dataset bias"). None when beta == 0.
+
+  Why: with few queries (the bundled train split has 69), most of the CE's signal is *which query
+  this is* -- its label mix -- and a student can lower the loss by recognising queries, which does
+  not carry to unseen ones. Training on z + beta * log p(y|q) hands the query's mix to a fixed
+  "bias expert", so the gradient the encoder gets comes from how an item differs from the other
+  items of its query: relevance. Serving uses z alone (plus the decision offsets fitted on valid).
+  p(y|q) = (n_qy + smoothing * C * p_y) / (n_q + smoothing * C), with p_y the split's prior, so a
+  query with few rows stays near the global prior and no class gets log 0.
+  labels [N] int, query_index [N] int in [0, Q)."""
+  if not beta:
+    return None
+  labels, query_index = np.asarray(labels), np.asarray(query_index)
+  num_queries = int(query_index.max()) + 1 if len(query_index) else 0
+  counts = np.zeros((num_queries, num_classes), np.float64)                  # [Q, C]
+  np.add.at(counts, (query_index, labels), 1.0)
+  prior = (counts.sum(0) + 0.5) / (counts.sum() + 0.5 * num_classes)        # [C]
+  pseudo = float(smoothing) * num_classes * prior                            # [C]
+  p = (counts + pseudo) / (counts.sum(1, keepdims=True) + pseudo.sum())      # [Q, C]
+  return (float(beta) * np.log(p)).astype(np.float32)
 
 
 def weighted_accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array):

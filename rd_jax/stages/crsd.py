@@ -19,33 +19,49 @@ import numpy as np
 from absl import logging
 
 from rd_jax import decision, metrics as metrics_lib
+from rd_jax.data import tokenize
 from rd_jax.losses import classification
 from rd_jax.losses.crsd import CrsdLossConfig, crsd_loss
 from rd_jax.models import bert, remat
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
 from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
+from rd_jax.student import similarity
 from rd_jax.student.model import initial_student, student_meta
 from rd_jax.train import fit
 
 
 def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_reasoning: bool,
-                 local_block: int, seed: int, class_weights=None, logit_adjustment=None):
+                 local_block: int, seed: int, class_weights=None, logit_adjustment=None,
+                 query_log_prior=None, similarity_targets=None, similarity_weight: float = 0.0):
   """Returns `loss_fn(params, batch, step) -> (loss, metrics)`, the objective the step descends.
 
   Both views run through the SAME params (one encoder, one classifier); each view gets its own
   dropout key, derived from (seed, step) so a resumed run reproduces the masks exactly.
-  class_weights / logit_adjustment [C]: the CE terms' (losses/classification.py). lambda is
+  class_weights / logit_adjustment [C]: the CE terms' (losses/classification.py);
+  query_log_prior [Q, C]: beta * log p(y | query), added per row by batch["query_index"] (the
+  product-of-experts objective, classification.query_log_prior); similarity_targets [N] with
+  similarity_weight > 0: + weight * L_sim on the standard view's [CLS], looked up by
+  batch["pair_index"] (student/similarity.py; params then hold its head). lambda is
   ramped linearly from 0 over `settings.lambda_warmup_steps` and, with
   lambda_scale=gradient_ratio, rescaled every step (cls_gradient_ratio below).
   """
   warmup = settings.lambda_warmup_steps
-  ce_kw = dict(local_block=local_block, class_weights=class_weights,
-               logit_adjustment=logit_adjustment)
   base_key = jax.random.PRNGKey(seed)
+  table = None if query_log_prior is None else jnp.asarray(query_log_prior, jnp.float32)
+  sim_targets = (jnp.asarray(similarity_targets, jnp.float32)
+                 if similarity_weight and similarity_targets is not None else None)
+
+  def ce_kwargs(batch):
+    adjustment = None if logit_adjustment is None else jnp.asarray(logit_adjustment, jnp.float32)
+    if table is not None:                                  # [C] + [B, C] -> [B, C]
+      per_row = table[batch["query_index"]]
+      adjustment = per_row if adjustment is None else adjustment + per_row
+    return dict(local_block=local_block, class_weights=class_weights,
+                logit_adjustment=adjustment)
 
   def forward(params, batch, prefix, key):
-    return model.apply({"params": params}, batch[f"{prefix}_input_ids"],
+    return model.apply({"params": similarity.without_head(params)}, batch[f"{prefix}_input_ids"],
                        batch[f"{prefix}_attention_mask"], batch[f"{prefix}_token_type_ids"],
                        deterministic=False, rngs={"dropout": key})
 
@@ -56,7 +72,15 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
     multiplier = jnp.minimum(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     if use_reasoning and settings.lambda_scale == "gradient_ratio":
       multiplier = multiplier * cls_gradient_ratio(params, std_out["cls"], aug_out["cls"], batch)
-    return crsd_loss(std_out, aug_out, batch, settings, lambda_multiplier=multiplier, **ce_kw)
+    loss, metrics = crsd_loss(std_out, aug_out, batch, settings, lambda_multiplier=multiplier,
+                              **ce_kwargs(batch))
+    if sim_targets is not None:
+      sim_sum, n = similarity.similarity_loss(params, std_out["cls"],
+                                              sim_targets[batch["pair_index"]], batch["weights"])
+      sim = sim_sum / jnp.maximum(n, 1.0)
+      loss = loss + similarity_weight * sim
+      metrics = {**metrics, "similarity_mse": sim, "loss": loss}
+    return loss, metrics
 
   def cls_gradient_ratio(params, cls_s, cls_t, batch):
     """lambda_scale=gradient_ratio: r = ||d CE / d cls|| / ||d InfoNCE / d cls||, taken at the
@@ -71,7 +95,7 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
       if "crsd_projection" in params:
         for o, x in zip(outs, c):
           o["proj"] = bert.head_projection(params, x)
-      _, m = crsd_loss(outs[0], outs[1], batch, settings, **ce_kw)
+      _, m = crsd_loss(outs[0], outs[1], batch, settings, **ce_kwargs(batch))
       return m["ce_std"] + settings.weight_aug_ce * m["ce_aug"], m["infonce"]
 
     g_ce = jax.grad(lambda c: terms(c)[0])(cls)
@@ -83,12 +107,33 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
 
 
 def objective_of(cfg, train_pairs) -> dict:
-  """The CE terms' class weights and logit adjustment from the train split's label counts."""
-  counts = np.bincount([p.label_id for p in train_pairs], minlength=len(cfg.labels))   # [C]
+  """The CE terms' class weights and logit adjustment from the train split's label counts, and
+  the per-query log prior [Q, C] (None unless student.query_prior), queries numbered as the
+  batches number them (tokenize.query_indices of the same train pairs)."""
+  labels = [p.label_id for p in train_pairs]
+  counts = np.bincount(labels, minlength=len(cfg.labels))   # [C]
+  table = classification.query_log_prior(labels, tokenize.query_indices(train_pairs),
+                                         len(cfg.labels), cfg.student.query_prior,
+                                         cfg.student.query_prior_smoothing)
   return {"train_label_counts": counts.tolist(),
           "class_weights": classification.class_weights_for(counts, cfg.student.class_weighting,
                                                             cfg.student.class_weights),
-          "logit_adjustment": classification.log_prior(counts, cfg.student.logit_adjustment)}
+          "logit_adjustment": classification.log_prior(counts, cfg.student.logit_adjustment),
+          "query_log_prior": table}
+
+
+def with_similarity(cfg, model, params, model_cfg, data, objective: dict):
+  """(params, targets [N] | None): with student.similarity_weight > 0, the initial student's
+  bi-encoder similarity of each train pair (student/similarity.py) and params + its head;
+  the targets' stats go to objective["similarity"]."""
+  if not cfg.student.similarity_weight:
+    return params, None
+  t0 = time.perf_counter()
+  targets, stats = similarity.similarity_targets(model, params, data.train, data.tokenizer,
+                                                 int(cfg.student.max_len_std))
+  objective["similarity"] = dict(stats, seconds=round(time.perf_counter() - t0, 1))
+  logging.info("similarity targets: %s", objective["similarity"])
+  return similarity.with_head(params, model_cfg.hidden_size), targets
 
 
 def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
@@ -119,10 +164,14 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   model_cfg, params, init_info = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
   model = bert.BertClassifier(remat.configure(model_cfg, cfg.student))  # remat: training only
   objective = objective_of(cfg, data.train)
+  params, sim_targets = with_similarity(cfg, model, params, model_cfg, data, objective)
   loss_fn = make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd), use_reasoning=use_reasoning,
                          local_block=cfg.train.batch_size // dp, seed=cfg.seed,
                          class_weights=objective["class_weights"],
-                         logit_adjustment=objective["logit_adjustment"])
+                         logit_adjustment=objective["logit_adjustment"],
+                         query_log_prior=objective.pop("query_log_prior"),
+                         similarity_targets=sim_targets,
+                         similarity_weight=cfg.student.similarity_weight)
   batches = batches_lib.train_batches(data.train, data.tokenizer, cfg,
                                          use_reasoning=use_reasoning)
   trained = fit.fit(cfg, stage, workdir, params=params, loss_fn=loss_fn, batches=batches,
@@ -131,7 +180,8 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
     return fit.interrupted(cfg, stage)
 
   predict = predict_lib.make_predict_fn(model, mesh)
-  valid, offsets = fit_decision_rule(cfg, predict, trained.params, data)
+  trained_params = similarity.without_head(trained.params)   # the student itself: no aux head
+  valid, offsets = fit_decision_rule(cfg, predict, trained_params, data)
   predicted = valid.pop("predictions")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))
@@ -151,7 +201,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
       "last_train_metrics": stats["last_metrics"], "init": init_info,
       "data": data.report, "mesh": dict(mesh.shape), "devices": jax.device_count(),
   }
-  fit.finish(stage_dir, trained.params, meta, summary)
+  fit.finish(stage_dir, trained_params, meta, summary)
   logging.info("%s done: valid macro-F1 %.4f (%d steps, %.0f s)", stage, valid["macro_f1"],
                stats["steps"], summary["seconds"])
   return summary

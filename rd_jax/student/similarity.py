@@ -1,0 +1,84 @@
+"""The initial checkpoint's bi-encoder similarity of each training pair, kept while fine-tuning.
+
+`student.similarity_weight` > 0 (ours). all-MiniLM-L6-v2, our default initialisation, is a
+sentence-embedding (bi-encoder) model: sentence-transformers trained it on mean-pooled token
+states of ONE text at a time. Zero-shot, the cosine of its query and item embeddings already ranks
+the bundled valid/test items better than the lexical reference (nDCG@10 0.723 / 0.683 vs 0.703 /
+0.643; README "Choices"), but a cross-encoder fine-tuned from it on ~3k pairs ranks at the prior:
+its [CLS] over (query, item) never learnt that skill, and the few labels teach query identities
+first. So, while the student trains, a linear head on the standard view's [CLS] regresses this
+similarity (z-scored over the train split):
+
+    L_sim = sum_i w_i (v . cls_i + b - s_i)^2 / sum_i w_i,   s_i = (cos(e_q, e_i) - mu) / sigma
+
+with e = mean over tokens of the INITIAL encoder's last hidden states of the text alone, [CLS] and
+[SEP] included (sentence-transformers' pooling). The targets are fixed before training; the head
+(`SIMILARITY_HEAD`: v [D], b []) lives in the training params only and is dropped from final/ and
+the export (`without_head`): serving is the unchanged BertForSequenceClassification.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SIMILARITY_HEAD = "similarity_head"
+_BUCKETS = (16, 32, 64, 128, 256, 512)
+_BATCH = 64
+
+
+def _embed(apply_fn, params, tokenizer, texts: list[str], max_len: int) -> np.ndarray:
+  """Mean-pooled last hidden states [N, D] of each text encoded alone (batches padded to the
+  smallest bucket that fits, so few shapes compile)."""
+  out = []
+  for start in range(0, len(texts), _BATCH):
+    enc = tokenizer(texts[start:start + _BATCH], truncation=True, max_length=max_len)["input_ids"]
+    longest = max(len(e) for e in enc)
+    length = next(b for b in _BUCKETS if b >= min(longest, max_len)) if longest <= _BUCKETS[-1] \
+        else longest
+    ids = np.zeros((_BATCH, length), np.int32)
+    mask = np.zeros((_BATCH, length), np.int32)
+    for row, e in enumerate(enc):
+      ids[row, :len(e)], mask[row, :len(e)] = e, 1
+    hidden = np.asarray(apply_fn(params, ids, mask))                       # [64, L, D]
+    pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+    out.append(pooled[:len(enc)])
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def similarity_targets(model, params, pairs, tokenizer, max_len: int) -> tuple[np.ndarray, dict]:
+  """(targets [N] float32 in the order of `pairs`, stats) -- the z-scored cosine of each pair's
+  query and item embeddings under `params` (the initial student, before any update)."""
+  @jax.jit
+  def hidden_of(p, ids, mask):
+    return model.apply({"params": p}, ids, mask, jnp.zeros_like(ids), deterministic=True)["hidden"]
+
+  queries = list(dict.fromkeys(p.query for p in pairs))
+  items = list(dict.fromkeys(p.item_text for p in pairs))
+  unit = lambda e: e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+  q_emb = dict(zip(queries, unit(_embed(hidden_of, params, tokenizer, queries, max_len))))
+  i_emb = dict(zip(items, unit(_embed(hidden_of, params, tokenizer, items, max_len))))
+  cos = np.asarray([float(q_emb[p.query] @ i_emb[p.item_text]) for p in pairs], np.float64)
+  mean, std = float(cos.mean()), float(cos.std()) or 1.0
+  stats = {"pairs": len(pairs), "cos_mean": round(mean, 4), "cos_std": round(std, 4)}
+  return ((cos - mean) / std).astype(np.float32), stats
+
+
+def with_head(params: dict, hidden_size: int) -> dict:
+  """params plus a zero-initialised SIMILARITY_HEAD (v [D], b [])."""
+  return {**params, SIMILARITY_HEAD: {"kernel": jnp.zeros((hidden_size,), jnp.float32),
+                                      "bias": jnp.zeros((), jnp.float32)}}
+
+
+def without_head(params: dict) -> dict:
+  """The student's own params: what predicts, is saved to final/ and exported."""
+  return {k: v for k, v in params.items() if k != SIMILARITY_HEAD}
+
+
+def similarity_loss(params: dict, cls: jax.Array, targets: jax.Array, weights: jax.Array):
+  """(sum_i w_i (v . cls_i + b - s_i)^2, sum_i w_i); cls [B, D], targets [B], weights [B]."""
+  head = params[SIMILARITY_HEAD]
+  pred = cls.astype(jnp.float32) @ head["kernel"] + head["bias"]                # [B]
+  w = weights.astype(jnp.float32)
+  return jnp.sum(w * jnp.square(pred - targets)), jnp.sum(w)

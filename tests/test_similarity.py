@@ -1,0 +1,73 @@
+"""student.similarity_weight: the initial bi-encoder's similarity targets, the auxiliary loss
+(golden values with NumPy), and a student trained with it that hands over a plain BERT."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rd_jax.data.tokenize import load_tokenizer
+from rd_jax.models import bert
+from rd_jax.stages import crsd
+from rd_jax.student import similarity
+
+
+class _Pair:
+  def __init__(self, query, item_text):
+    self.query, self.item_text = query, item_text
+
+
+def _tiny_model():
+  cfg = bert.BertConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=2,
+                        intermediate_size=64, max_position=512, dropout=0.0, num_labels=4)
+  return bert.BertClassifier(cfg), bert.init_params(cfg, jax.random.PRNGKey(0))
+
+
+def test_similarity_loss_golden():
+  rng = np.random.default_rng(0)
+  cls = rng.normal(size=(3, 4)).astype(np.float32)
+  v, b = rng.normal(size=4).astype(np.float32), np.float32(0.3)
+  s = np.array([0.5, -1.0, 2.0], np.float32)
+  w = np.array([1.0, 1.0, 0.0], np.float32)                  # third row: padding
+  params = {similarity.SIMILARITY_HEAD: {"kernel": jnp.array(v), "bias": jnp.array(b)}}
+  total, n = similarity.similarity_loss(params, jnp.array(cls), jnp.array(s), jnp.array(w))
+  ref = sum((float(cls[i] @ v + b) - s[i]) ** 2 for i in range(2))
+  np.testing.assert_allclose(float(total), ref, rtol=1e-5)
+  assert float(n) == 2.0
+
+
+def test_targets_are_the_z_scored_cosine_of_each_text_encoded_alone():
+  model, params = _tiny_model()
+  tok = load_tokenizer("minilm")
+  pairs = [_Pair("red shoes", "red running shoes for men"), _Pair("red shoes", "blue kettle"),
+           _Pair("steel kettle", "blue kettle with a very long title " * 5),
+           _Pair("steel kettle", "red running shoes for men")]
+  targets, stats = similarity.similarity_targets(model, params, pairs, tok, max_len=64)
+
+  def embed(text):   # one text, no padding: mean of its token states
+    ids = np.array([tok(text, truncation=True, max_length=64)["input_ids"]], np.int32)
+    h = model.apply({"params": params}, ids, np.ones_like(ids), np.zeros_like(ids))["hidden"][0]
+    e = np.asarray(h).mean(0)
+    return e / np.linalg.norm(e)
+
+  cos = np.array([embed(p.query) @ embed(p.item_text) for p in pairs])
+  np.testing.assert_allclose(targets, (cos - cos.mean()) / cos.std(), atol=1e-4)
+  assert stats["pairs"] == 4 and abs(stats["cos_mean"] - cos.mean()) < 1e-3
+
+
+def test_student_with_similarity_head_hands_over_plain_bert(tiny_config, tmp_path):
+  cfg = tiny_config()
+  cfg.student.similarity_weight = 1.0
+  cfg.train.num_steps = 8
+  summary = crsd.run(cfg, str(tmp_path), stage="baseline")
+  assert summary["objective"]["similarity"]["pairs"] > 0
+  metrics = [json.loads(line) for line in open(tmp_path / "baseline" / "metrics.jsonl")]
+  sims = [m["similarity_mse"] for m in metrics if "similarity_mse" in m]
+  assert sims and all(np.isfinite(sims))
+  # the head trains only: final/ holds the student's own params, which the BERT module accepts
+  from rd_jax import checkpoint
+  params, _ = checkpoint.load_final(os.path.join(tmp_path, "baseline"))
+  assert similarity.SIMILARITY_HEAD not in params
+  assert {"embeddings", "encoder", "pooler", "classifier"} <= set(params)
