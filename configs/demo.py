@@ -35,6 +35,9 @@ def get_config():
   # The objective serves macro-F1 (README "Choices"): class-balanced CE, then per-class logit
   # offsets fitted on valid (student.fit_offsets, the library default) folded into the export.
   c.student.class_weighting = "balanced"
+  # Keep all-MiniLM-L6-v2's bi-encoder relevance skill while fine-tuning the cross-encoder
+  # (student/similarity.py; chosen on valid, README "Choices": weight 1 over 0 and 3).
+  c.student.similarity_weight = 1.0
   # crsd: the library defaults -- lambda 0.5 as a per-step gradient ratio at [CLS]
   # (crsd.lambda_scale=gradient_ratio), tau 0.05, no projection head.
 

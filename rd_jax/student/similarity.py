@@ -29,11 +29,13 @@ _BATCH = 64
 
 
 def _embed(apply_fn, params, tokenizer, texts: list[str], max_len: int) -> np.ndarray:
-  """Mean-pooled last hidden states [N, D] of each text encoded alone (batches padded to the
-  smallest bucket that fits, so few shapes compile)."""
+  """Mean-pooled last hidden states [N, D] of each text encoded alone (texts batched in order of
+  length and padded to the smallest bucket that fits: little padding, few compiled shapes)."""
+  encoded = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+  order = np.argsort([len(e) for e in encoded], kind="stable")
   out = []
   for start in range(0, len(texts), _BATCH):
-    enc = tokenizer(texts[start:start + _BATCH], truncation=True, max_length=max_len)["input_ids"]
+    enc = [encoded[i] for i in order[start:start + _BATCH]]
     longest = max(len(e) for e in enc)
     length = next(b for b in _BUCKETS if b >= min(longest, max_len)) if longest <= _BUCKETS[-1] \
         else longest
@@ -44,7 +46,11 @@ def _embed(apply_fn, params, tokenizer, texts: list[str], max_len: int) -> np.nd
     hidden = np.asarray(apply_fn(params, ids, mask))                       # [64, L, D]
     pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
     out.append(pooled[:len(enc)])
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+  if not out:
+    return np.zeros((0, 0), np.float32)
+  pooled = np.empty((len(texts), out[0].shape[1]), np.float32)
+  pooled[order] = np.concatenate(out)                                       # back to input order
+  return pooled
 
 
 def similarity_targets(model, params, pairs, tokenizer, max_len: int) -> tuple[np.ndarray, dict]:
