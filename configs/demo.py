@@ -9,9 +9,9 @@ fold, reports valid macro-F1 on fold 2 and, with --stage=eval, test macro-F1 on 
 teacher chain that made the bundled reasoning (same file, its stage sections):
   python -m rd_jax.main --stage=all --config=configs/demo.py --workdir=runs/teacher \
       "--config.all.stages=('cpt','sft','reward','dpo','annotate')"
-Expect (measured 2026-12-02, 2 CPU cores, ~12 min for both commands): valid macro-F1 0.3180,
-test 0.2074, test nDCG@10 0.4825 -- above the prior (0.1546) but below the lexical reference that
-eval prints beside it (test 0.3263). Details in the README, "Results so far".
+Expect (measured 2026-12-02, seeds 0/1/2, README "Results so far"): valid macro-F1 0.351 +- 0.018,
+test 0.278 +- 0.007 -- above the prior (0.1546) but below the lexical reference that eval prints
+beside it (test 0.3263).
 """
 
 from rd_jax.config import default_config
