@@ -64,8 +64,7 @@ def make_batch(tokens: TokenizedPairs, rows: np.ndarray, *, std_len: int, aug_le
   batch["item_key"] = tokens.item_key[rows]
   batch["reasoning_key"] = tokens.reasoning_key[rows]
   batch["weights"] = np.ones(len(rows), np.float32) if weights is None else weights
-  if tokens.query_index is not None:
-    batch["query_index"] = tokens.query_index[rows]
+  batch["query_index"] = tokens.query_index[rows]
   batch["pair_index"] = np.asarray(rows, np.int32)
   return batch
 

@@ -97,7 +97,7 @@ class TokenizedPairs:
   item_key: np.ndarray       # [N] int32 text_key(item_text)
   reasoning_key: np.ndarray  # [N] int32 text_key(reasoning); 0 = no reasoning
   stats: dict                # truncation counts, see tokenize_pairs
-  query_index: np.ndarray | None = None  # [N] int32: query_id's rank of first appearance
+  query_index: np.ndarray    # [N] int32: query_id numbered by first appearance (query_indices)
 
   def __len__(self) -> int:
     return len(self.labels)

@@ -36,9 +36,8 @@ def _embed(apply_fn, params, tokenizer, texts: list[str], max_len: int) -> np.nd
   out = []
   for start in range(0, len(texts), _BATCH):
     enc = [encoded[i] for i in order[start:start + _BATCH]]
-    longest = max(len(e) for e in enc)
-    length = next(b for b in _BUCKETS if b >= min(longest, max_len)) if longest <= _BUCKETS[-1] \
-        else longest
+    longest = max(len(e) for e in enc)                          # <= max_len: truncated above
+    length = next((b for b in _BUCKETS if b >= longest), longest)
     ids = np.zeros((_BATCH, length), np.int32)
     mask = np.zeros((_BATCH, length), np.int32)
     for row, e in enumerate(enc):
