@@ -185,8 +185,9 @@ def test_sigkill_then_restart_on_gcs_equals_uninterrupted(gcs, tmp_path):
   p = rd_main(workdir, *args, env=env, cwd=cwd, log=log)
   deadline = time.time() + 600
   while time.time() < deadline and p.poll() is None:
-    done = [int(n.split("/")[2]) for n in objects(gcs, "killed")
-            if n.startswith("crsd/checkpoints/") and n.endswith("/commit_success.txt")]
+    # a step is committed once its own marker is there (its items' markers come first)
+    done = [int(parts[2]) for parts in (n.split("/") for n in objects(gcs, "killed"))
+            if parts[:2] == ["crsd", "checkpoints"] and parts[3:] == ["commit_success.txt"]]
     if done and max(done) >= 3:
       break
     time.sleep(0.2)
