@@ -6,8 +6,10 @@ Layout of a stage's hand-off, `<workdir>/<stage>/final/`:
                 "tokenizer": <folder>, "stage": ..., "step": ...}
   COMPLETE     written last; a folder without it is treated as absent (an interrupted write)
 
-`final/` is written into a temporary sibling and renamed into place, so a reader never sees a
-half-written folder. A restore takes abstract shapes (and optionally shardings), so a model
+On local disk `final/` is written into a temporary sibling and renamed into place, so a reader
+never sees a half-written folder. Object storage has no folder rename: there (`gs://`) COMPLETE
+is removed first, the folder rewritten in place, and COMPLETE written last, so a reader (which
+requires COMPLETE) sees the old hand-off, none, or the new one. A restore takes abstract shapes (and optionally shardings), so a model
 trained on a pod restores on one host or another mesh, and a mismatch names the key.
 """
 
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from rd_jax import storage
 
 COMPLETE = "COMPLETE"
 
@@ -31,7 +34,7 @@ class CheckpointError(ValueError):
 
 
 def is_complete(directory: str) -> bool:
-  return os.path.exists(os.path.join(directory, COMPLETE))
+  return storage.exists(os.path.join(directory, COMPLETE))
 
 
 def save_final(directory: str, params: Any, meta: dict) -> None:
@@ -40,25 +43,27 @@ def save_final(directory: str, params: Any, meta: dict) -> None:
   Multi-host: every process writes its shards through Orbax; process 0 alone prepares the
   temporary folder, writes meta.json + COMPLETE and renames; barriers order the three phases.
   """
-  directory = os.path.abspath(directory)
-  tmp = directory + ".tmp"
+  directory = storage.abspath(directory)
+  in_place = storage.is_remote(directory)   # no folder rename on object storage
+  tmp = directory if in_place else directory + ".tmp"
   primary = jax.process_index() == 0
   if primary:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
-    os.makedirs(tmp)
+    if in_place:
+      storage.remove(os.path.join(directory, COMPLETE))   # first: the old hand-off is gone
+    storage.rmtree(tmp)
+    storage.makedirs(tmp)
   multihost_utils.sync_global_devices(f"save_final:prepare:{directory}")
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(tmp, "params"), params)
     ckptr.wait_until_finished()
   multihost_utils.sync_global_devices(f"save_final:saved:{directory}")
   if primary:
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-      json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
-    open(os.path.join(tmp, COMPLETE), "w").close()
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    storage.write_text_atomic(os.path.join(tmp, "meta.json"),
+                              json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+    storage.write_bytes_atomic(os.path.join(tmp, COMPLETE), b"")
+    if not in_place:
+      storage.rmtree(directory)
+      os.replace(tmp, directory)
   multihost_utils.sync_global_devices(f"save_final:done:{directory}")
 
 
@@ -66,8 +71,7 @@ def read_meta(directory: str) -> dict:
   directory = resolve_final(directory)
   path = os.path.join(directory, "meta.json")
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f"{path}: unreadable or not valid JSON ({e}): the checkpoint is "
                           "corrupt; rerun the stage that wrote it") from e
@@ -77,9 +81,10 @@ def resolve_final(path: str) -> str:
   """Accepts a `final/` folder or a stage folder holding one; errors say what is missing."""
   if not path:
     raise CheckpointError("no checkpoint path given")
+  path = path.rstrip("/") if storage.is_remote(path) else path
   candidate = path if os.path.basename(os.path.normpath(path)) == "final" else os.path.join(path, "final")
-  if not os.path.isdir(candidate):
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "meta.json")):
+  if not storage.isdir(candidate):
+    if storage.isdir(path) and storage.exists(os.path.join(path, "meta.json")):
       candidate = path
     else:
       raise CheckpointError(f"no checkpoint at {path!r}: expected {candidate!r} (a stage's final/ folder)")
@@ -97,7 +102,7 @@ def load_final(path: str, abstract_params: Any = None, expect_model: str | None 
     When None, params are restored as stored (host numpy -> default device).
   """
   # Absolute: Orbax's metadata() quietly returns nothing for a relative path.
-  directory = os.path.abspath(resolve_final(path))
+  directory = storage.abspath(resolve_final(path))
   meta = read_meta(directory)
   if expect_model is not None and meta.get("model") != expect_model:
     raise CheckpointError(f"checkpoint {directory!r} holds a {meta.get('model')!r} model, "

@@ -51,7 +51,7 @@ class ConflictError(UserError):
 
 
 class StageLockHeld(RuntimeError):
-  """Another live run holds `<stage>/LOCK` (train/loop.StageLock)."""
+  """Another live run holds `<stage>/LOCK` (rd_jax/stage_lock.py)."""
   kind = "conflict"
 
 

@@ -2,6 +2,7 @@
 
   python -m rd_jax.main --stage=crsd --config=configs/demo.py --workdir=runs/demo
   python -m rd_jax.main --stage=eval --config=configs/demo.py --workdir=runs/demo --config.eval.split=valid
+  python -m rd_jax.main --stage=all --config=configs/pod.py --workdir=gs://BUCKET/run1   (pods)
 Rerunning a training stage in the same workdir resumes its checkpoint only with the config values
 it was trained with (<workdir>/<stage>/run_config.json); other values stop it naming the keys.
 Stages (each writes under <workdir>/<stage>/):
@@ -19,7 +20,9 @@ from rd_jax import cli_help, cli_setup, errors, stages
 __doc__ += "\n".join(f"  {name:9s} {doc}" for name, doc in stages.available().items())
 
 _STAGE = flags.DEFINE_enum("stage", None, list(stages.available()), "Stage to run (see module doc).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline work directory; stages write <workdir>/<stage>/.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Pipeline work directory, local or gs://bucket/path (pods: every worker must "
+    "see it); stages write <workdir>/<stage>/.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Pipeline config file (configs/*.py); override keys with --config.a.b=value.",
     lock_config=True)
@@ -35,9 +38,10 @@ def main(argv):
   cfg = _CONFIG.value
   from rd_jax import config_check
   config_check.validate(cfg)
-  if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+  from rd_jax import storage
+  if storage.isfile(_WORKDIR.value):
     raise errors.PathError(f"--workdir={_WORKDIR.value} is a file; give a folder (new or existing)")
-  os.makedirs(_WORKDIR.value, exist_ok=True)
+  storage.makedirs(_WORKDIR.value)
   logging.info("stage %s, workdir %s", _STAGE.value, _WORKDIR.value)
   summary = _run_locked(cfg, _STAGE.value, _WORKDIR.value)
   print(json.dumps({"stage": _STAGE.value, **_headline(summary)}, sort_keys=True))
@@ -51,29 +55,28 @@ def _run_locked(cfg, stage: str, workdir: str) -> dict:
   if stage == "all":   # each stage takes its own lock (stages.run)
     _record_config(cfg, stage, workdir)
     return stages.run(stage, cfg, workdir)
+  from rd_jax import storage
   from rd_jax.parallel import mesh as mesh_lib
-  from rd_jax.train.loop import StageLock
+  from rd_jax.stage_lock import StageLock
   mesh_lib.maybe_initialize_distributed(cfg.mesh)  # before StageLock asks for the process index
   stage_dir = os.path.join(workdir, stage)
-  os.makedirs(stage_dir, exist_ok=True)
+  storage.makedirs(stage_dir)
   path = os.path.join(stage_dir, "config.json")
   import jax
   with StageLock(stage_dir):
     previous = None
-    if os.path.exists(path):
-      with open(path, "rb") as f:
-        previous = f.read()
+    if storage.exists(path):
+      previous = storage.read_bytes(path)
     _record_config(cfg, stage, workdir)
     try:
       return stages.run(stage, cfg, workdir)
     except Exception as e:
       refused = errors.classify(e) is not None  # a user error: nothing ran
-      if refused and jax.process_index() == 0 and os.path.exists(path):
+      if refused and jax.process_index() == 0 and storage.exists(path):
         if previous is None:
-          os.remove(path)
+          storage.remove(path)
         else:
-          with open(path, "wb") as f:
-            f.write(previous)
+          storage.write_bytes_atomic(path, previous)
       raise
 
 
@@ -81,6 +84,7 @@ def _record_config(cfg, stage: str, workdir: str) -> None:
   """The resolved config of this call: <workdir>/<stage>/config.json (all: all_config.json)."""
   import jax
   from rd_jax import metrics as metrics_lib
+  from rd_jax import storage
   from rd_jax.parallel import mesh as mesh_lib
   mesh_lib.maybe_initialize_distributed(cfg.mesh)  # before any backend use; stages re-call: no-op
   if jax.process_index() != 0:
@@ -88,7 +92,7 @@ def _record_config(cfg, stage: str, workdir: str) -> None:
   if stage == "all":
     path = os.path.join(workdir, "all_config.json")
   else:
-    os.makedirs(os.path.join(workdir, stage), exist_ok=True)
+    storage.makedirs(os.path.join(workdir, stage))
     path = os.path.join(workdir, stage, "config.json")
   metrics_lib.write_json_atomic(json.loads(cfg.to_json()), path)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import textwrap
 
 import numpy as np
+
+from rd_jax import storage
 
 
 def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
@@ -62,25 +64,18 @@ def save_confusion_png(metrics: dict, path: str, title: str = "") -> None:
   title = title or f"macro-F1 {metrics['macro_f1']:.4f}  acc {metrics['accuracy']:.4f}"
   ax.set_title(textwrap.fill(title, width_chars, break_long_words=True), fontsize=9)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
   plt.close(fig)
-  os.replace(tmp, path)
+  storage.write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_json_atomic(obj, path: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  """Whole or not at all, locally or in a bucket (rd_jax/storage.py)."""
+  storage.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def write_jsonl_atomic(rows, path: str) -> None:
-  """One JSON object per line, written to `path.tmp`, flushed to disk, then renamed into place."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """One JSON object per line; whole or not at all (rd_jax/storage.py)."""
+  storage.write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                          for row in rows))

@@ -19,3 +19,36 @@ def tiny_config():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A local GCS emulator (tests/gcs_emulator.py) for the session; this process's gcsfs, epath and
+  tensorstore (Orbax) point at it, and `gcs.env` points subprocesses at it too."""
+  import socket
+  import subprocess
+  import sys
+  import types
+  from gcs_emulator import environment
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"gcs_emulator_{port}.log"), "w")
+  server = subprocess.Popen([sys.executable, str(REPO / "tests" / "gcs_emulator.py"),
+                             f"--port={port}", "--bucket=rd-test"],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+  assert server.stdout.readline().strip() == "ready", "the GCS emulator did not start"
+  env = environment(port)
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  import gcsfs
+  yield types.SimpleNamespace(bucket="rd-test", env=env, fs=gcsfs.GCSFileSystem(),
+                              log=log.name)
+  server.kill()
+  server.wait()
+  log.close()
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v

@@ -38,14 +38,13 @@ _PROMPT = re.compile(r"Query: (.*?)\n\nProduct:\n(.*?)\n\nGrade the product", re
 _HINT = re.compile(r"Hint: the correct label is (\w+)")
 
 
-def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monkeypatch):
-  """cpt -> sft -> reward -> dpo -> annotate -> crsd -> baseline -> eval -> export in one workdir.
+def scripted_pipeline(cfg, monkeypatch):
+  """`cfg` (tiny) set for every stage with a scripted teacher (also tests/test_gcs_workdir.py).
 
   The random tiny decoder writes nothing that parses, so generation is scripted: sample k of a
   prompt answers with label (gold + k) mod 4 (greedy = gold), a hinted prompt with the hint. All
   the rest (training, checkpoints, hand-offs through the workdir, annotations read by crsd) is real.
   """
-  cfg = tiny_config()
   labels = list(cfg.labels)
   pairs, _ = readers.load_pairs("", cfg)
   gold = {(p.query, p.item_text): labels[p.label_id] for p in pairs}
@@ -74,6 +73,12 @@ def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monk
   cfg.data.on_missing_reasoning = "error"
   cfg.teacher.max_prompt_len = 320  # room for the rationalisation hint
   cfg.train.num_steps = 2
+  return cfg
+
+
+def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monkeypatch):
+  """cpt -> sft -> reward -> dpo -> annotate -> crsd -> baseline -> eval -> export in one workdir."""
+  cfg = scripted_pipeline(tiny_config(), monkeypatch)
   summary = all_stage.run(cfg, str(tmp_path))
   assert list(summary["seconds_per_stage"]) == list(all_stage.ORDER)
   for stage in all_stage.ORDER:

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -35,6 +36,7 @@ from safetensors.numpy import save_file
 
 from rd_jax.checkpoint import CheckpointError, check_tree_matches, load_final
 from rd_jax import ranking
+from rd_jax import storage
 from rd_jax.convert import hf_bert
 from rd_jax.models.bert import BertClassifier, BertConfig, init_params
 from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, pad_batch, read_pairs, render_item,
@@ -231,8 +233,11 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   if len(labels) != config.num_labels:
     raise CheckpointError(f"{checkpoint!r}: {len(labels)} labels but model_config.num_labels = "
                           f"{config.num_labels}")
-  output = os.path.abspath(output)
-  tmp = output + ".tmp"
+  # A bucket's folder is built locally (safetensors, the tokenizer and the PyTorch check need
+  # files), then uploaded; a local one is built beside `output` and renamed into place.
+  remote = storage.is_remote(output)
+  output = storage.abspath(output)
+  tmp = os.path.join(tempfile.mkdtemp(prefix="rd_jax_export_"), "hf") if remote else output + ".tmp"
   if os.path.exists(tmp):
     shutil.rmtree(tmp)
   os.makedirs(tmp)
@@ -248,7 +253,7 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   export_meta = {"labels": labels, "item_template": meta["item_template"], "max_len": meta["max_len_std"],
                  "truncation": "item_first", "min_item_tokens": MIN_ITEM_TOKENS,
                  "pair": ["query", "item"], "id_fields": list(ID_FIELDS),
-                 "source": os.path.abspath(checkpoint), "step": meta.get("step"),
+                 "source": storage.abspath(checkpoint), "step": meta.get("step"),
                  "folded_decision_offsets": offsets,
                  "gains": ranking.label_gains(labels, meta.get("gains")).tolist()}
 
@@ -268,9 +273,12 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
     json.dump({**export_meta, "checks": report}, f, indent=2)
   with open(os.path.join(tmp, "README.md"), "w") as f:
     f.write(_model_card(meta, report))
-  if os.path.exists(output):
-    shutil.rmtree(output)
-  os.replace(tmp, output)
+  storage.rmtree(output)
+  if remote:
+    storage.upload_tree(tmp, output)
+    shutil.rmtree(os.path.dirname(tmp))
+  else:
+    os.replace(tmp, output)
   return report
 
 

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from rd_jax import errors
+from rd_jax import errors, storage
 from rd_jax.data import split as split_lib
 from rd_jax.data.schema import DataError, Limits, Pair, match_label, truncate_text, validate_row
 
@@ -59,8 +59,13 @@ def bundled_annotations_path() -> str:
 def open_text(path: str) -> io.TextIOBase:
   """`path` opened as UTF-8 text; `.gz` files are decompressed transparently."""
   if str(path).endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8", newline="")
-  return open(path, "r", encoding="utf-8", newline="")
+    return gzip.open(_open_binary(path), "rt", encoding="utf-8", newline="")
+  return io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="")
+
+
+def _open_binary(path: str):
+  """A local file, or an object in a bucket (gs://...: rd_jax/storage.py), opened for reading."""
+  return storage.open(path, "rb") if storage.is_remote(path) else open(path, "rb")
 
 
 def detect_format(path: str, fmt: str = "auto") -> str:
@@ -86,7 +91,7 @@ def _byte_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
   File-level problems raise DataError naming the file: gzip bytes under a name without .gz (or a
   .gz that is not gzip, or is cut short), and a UTF-16 file (which no line could be read from).
   """
-  with open(path, "rb") as probe:
+  with _open_binary(path) as probe:
     head = probe.read(2)
   gz = str(path).endswith(".gz")
   if head == _GZIP_MAGIC and not gz:
@@ -94,7 +99,7 @@ def _byte_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
                     "rename it (e.g. pairs.jsonl.gz) or decompress it", "gzip_without_gz")
   if head in (b"\xff\xfe", b"\xfe\xff"):
     raise DataError(path, None, "the file is UTF-16 encoded; save it as UTF-8", "bad_encoding")
-  opener = (lambda: gzip.open(path, "rb")) if gz else (lambda: open(path, "rb"))
+  opener = (lambda: gzip.open(_open_binary(path), "rb")) if gz else (lambda: _open_binary(path))
   lineno, offset = 0, 0
   with opener() as f:
     try:
@@ -226,9 +231,9 @@ def load_pairs(path: str, cfg, *, require_label: bool = True, rejects_path: str 
   mode = cfg.data.on_bad_row
   if mode not in ("error", "skip"):
     raise ValueError(f"data.on_bad_row={mode!r}; expected 'error' or 'skip'")
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise errors.PathError(f"pairs file {path} does not exist (data.path / eval.path)")
-  if os.path.isdir(path):
+  if storage.isdir(path):
     raise errors.PathError(f"pairs file {path} is a folder; give a JSONL, CSV or Parquet file")
   fmt = detect_format(path, cfg.data.get("format", "auto"))
   limits = Limits.from_config(cfg.data)
@@ -236,7 +241,7 @@ def load_pairs(path: str, cfg, *, require_label: bool = True, rejects_path: str 
 
   pairs, skipped, truncated = [], collections.Counter(), collections.Counter()
   rows_read = 0
-  rejects = open(rejects_path, "w", encoding="utf-8") if (mode == "skip" and rejects_path) else None
+  rejects = storage.open(rejects_path, "w", encoding="utf-8") if (mode == "skip" and rejects_path) else None
   try:
     for lineno, raw, row in rows:
       rows_read += 1

@@ -13,6 +13,7 @@ here: recipes are chosen on valid (`curves.jsonl`), test is read once, by `--sta
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rd_jax import decision, ranking, references
+from rd_jax import storage
 from rd_jax.data import readers
 from rd_jax.losses.crsd import CrsdLossConfig
 from rd_jax.models import bert
@@ -48,7 +50,7 @@ def main(argv):
   del argv
   cfg = _CONFIG.value
   stage, workdir = _STAGE.value, _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   use_reasoning = stage == "crsd"
   mesh = fit.make_mesh(cfg)
   data = data_lib.load_student_data(cfg, workdir, use_reasoning=use_reasoning)
@@ -104,15 +106,22 @@ def main(argv):
            "valid_ndcg@10": round(ranking.pair_ndcg(data.valid, ranking.softmax(z + offsets),
                                                     gains)["ndcg"], 4)}
     sums = {}
-    np.save(os.path.join(workdir, f"test_logits_e{epoch}.npy"),
-            logits_of(predict, student_params, test, data.tokenizer, cfg))
-    np.save(os.path.join(workdir, f"valid_logits_e{epoch}.npy"), z)
+    _save_npy(os.path.join(workdir, f"test_logits_e{epoch}.npy"),
+              logits_of(predict, student_params, test, data.tokenizer, cfg))
+    _save_npy(os.path.join(workdir, f"valid_logits_e{epoch}.npy"), z)
     rows.append(row)
     logging.info("epoch %d: %s", epoch, json.dumps(row))
-    with open(os.path.join(workdir, "curves.jsonl"), "a") as f:
-      f.write(json.dumps(row) + "\n")
+    # rewritten whole each epoch: object storage cannot append (rd_jax/storage.py)
+    storage.write_text_atomic(os.path.join(workdir, "curves.jsonl"),
+                              "".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
+
+
+def _save_npy(path: str, array) -> None:
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(array))
+  storage.write_bytes_atomic(path, buffer.getvalue())

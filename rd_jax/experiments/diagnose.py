@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 
 import numpy as np
@@ -36,6 +35,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rd_jax import metrics as metrics_lib
+from rd_jax import storage
 
 _FLAGS = {}
 
@@ -211,7 +211,7 @@ def main(argv):
                     "reasoning_words_p50": result["reasoning_words"]["p50"],
                     "reasoning_new_word_share_p50": round(result["reasoning_new_word_share"]["p50"], 3),
                     "probes_macro_f1": probes, "probe_null_range_permuted_gold": nulls,
-                    "out": os.path.abspath(out)}, indent=1))
+                    "out": storage.abspath(out)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 
+from rd_jax import storage
+
 TEACHER_STEPS = ("cpt", "sft", "dpo")
 
 
@@ -61,11 +63,11 @@ def check_teacher_wrote_annotations(cfg, teacher_workdir: str, final_step: str |
   if cfg.data.reasoning_source != "annotations":
     return {"students_read": "rules (no teacher annotations)"}
   path = annotations_file(cfg, teacher_workdir)
-  table_teacher = (os.path.realpath(os.path.join(teacher_workdir, final_step, "final"))
+  table_teacher = (storage.realpath(os.path.join(teacher_workdir, final_step, "final"))
                    if final_step else f"the base model {cfg.teacher.init!r}")
   provenance_path = os.path.join(os.path.dirname(path), "teacher_annotations.json")
-  if path.endswith(".jsonl.gz") and os.path.exists(provenance_path):   # bundled, with provenance
-    provenance = json.load(open(provenance_path))
+  if path.endswith(".jsonl.gz") and storage.exists(provenance_path):   # bundled, with provenance
+    provenance = json.loads(storage.read_text(provenance_path))
     wrote = provenance.get("stages", {}).get("annotate", {}).get("teacher_ckpt", "")
     step = os.path.basename(os.path.dirname(wrote.rstrip("/"))) if wrote.endswith("final") else ""
     differing = []
@@ -74,7 +76,7 @@ def check_teacher_wrote_annotations(cfg, teacher_workdir: str, final_step: str |
       mine = os.path.join(teacher_workdir, s, "summary.json")
       if theirs is None:
         continue
-      if not os.path.exists(mine) or _figures(json.load(open(mine))) != _figures(theirs):
+      if not storage.exists(mine) or _figures(json.loads(storage.read_text(mine))) != _figures(theirs):
         differing.append(s)
     if step == final_step and not differing:
       return {"annotations": path, "teacher_ckpt": wrote, "matched_on": "stage summaries"}
@@ -86,11 +88,11 @@ def check_teacher_wrote_annotations(cfg, teacher_workdir: str, final_step: str |
         "distilled from: pass the workdir that wrote these annotations, point "
         "data.reasoning_path at this teacher's annotate/annotations.jsonl, or omit "
         "--teacher_workdir.")
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise TeacherMismatchError(f"the students' annotations {path} do not exist; cannot tell "
                                f"whether {table_teacher} wrote them")
   wrote = _annotating_ckpt(path)
-  if wrote and final_step and os.path.realpath(wrote) == table_teacher:
+  if wrote and final_step and storage.realpath(wrote) == table_teacher:
     return {"annotations": path, "teacher_ckpt": wrote, "matched_on": "teacher_ckpt"}
   raise TeacherMismatchError(
       f"the students read annotations {path} written by teacher_ckpt={wrote!r}, but the table's "

@@ -22,6 +22,7 @@ the lexical model, valid and test. Writes table.md, table.json and table.png und
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -31,6 +32,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rd_jax import metrics as metrics_lib
+from rd_jax import storage
 from rd_jax.experiments import provenance
 from rd_jax.train import run_config
 
@@ -95,19 +97,19 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   run_cfg = _override(cfg, dict(overrides, **{"eval.split": "test"}), seed)
   with run_cfg.unlocked():
     run_cfg.eval.checkpoint = os.path.join(run_dir, stage)
-  if os.path.exists(done):   # reused only if trained with this config (raises naming the keys)
+  if storage.exists(done):   # reused only if trained with this config (raises naming the keys)
     if run_config.check(os.path.join(run_dir, stage), run_config.for_stage(run_cfg, stage),
                         what="reuse", folder=run_dir) is None:
       logging.warning("%s predates run_config.json: reused unchecked", run_dir)
-    if not os.path.exists(predictions):   # a run from before eval wrote predictions
+    if not storage.exists(predictions):   # a run from before eval wrote predictions
       eval_stage.run(run_cfg, run_dir)
   else:
     t0 = time.perf_counter()
     registry.run(stage, run_cfg, run_dir)
     eval_stage.run(run_cfg, run_dir)
     logging.info("%s seed %d: %.0f s", variant, seed, time.perf_counter() - t0)
-  test = json.load(open(os.path.join(run_dir, "eval", "metrics.json")))
-  train = json.load(open(os.path.join(run_dir, stage, "summary.json")))
+  test = json.loads(storage.read_text(os.path.join(run_dir, "eval", "metrics.json")))
+  train = json.loads(storage.read_text(os.path.join(run_dir, stage, "summary.json")))
   row = {"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
          "valid_macro_f1": train["valid_macro_f1"], "test_ndcg@10": test.get("ndcg@10"),
          "per_class_f1": {k: v["f1"] for k, v in test["per_class"].items()},
@@ -132,7 +134,7 @@ def teacher_sample(cfg, max_pairs: int):
 def _macro_f1_at(predictions_path: str, positions, cfg, test) -> float:
   """Student macro-F1 on the `test` pairs at `positions`; eval wrote its predictions in test
   order, checked here pair by pair (so every position is in range)."""
-  rows = [json.loads(line) for line in open(predictions_path, encoding="utf-8")]
+  rows = [json.loads(line) for line in storage.read_text(predictions_path).splitlines()]
   if [(r["query_id"], r["product_id"]) for r in rows] != [(p.query_id, p.product_id) for p in test]:
     raise ValueError(f"{predictions_path} is not in the order of this config's test split")
   index = {c: i for i, c in enumerate(cfg.labels)}
@@ -161,12 +163,12 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
     explicit = "" if step == "base" else os.path.join(teacher_workdir, step, "final")
     if step != "base" and not checkpoint.is_complete(explicit):
       continue
-    key = {"step": step, "checkpoint": os.path.abspath(explicit) if explicit else cfg.teacher.init,
+    key = {"step": step, "checkpoint": storage.abspath(explicit) if explicit else cfg.teacher.init,
            "written": _complete_stamp(explicit), "pairs": len(test), "max_pairs": max_pairs,
            "test_folds": list(cfg.data.test_folds), "data": cfg.data.path}
     cache = os.path.join(workdir, "teacher_rows", f"{step}.json") if workdir else ""
-    if cache and os.path.exists(cache):
-      kept = json.load(open(cache))
+    if cache and storage.exists(cache):
+      kept = json.loads(storage.read_text(cache))
       if kept.get("key") == key:
         rows[step] = kept["row"]
         logging.info("teacher row %s reused from %s", step, cache)
@@ -179,7 +181,7 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
     rows[step] = {k: result[k] for k in ("macro_f1", "accuracy", "parse_rate") if k in result}
     rows[step]["per_class_f1"] = {k: v["f1"] for k, v in result.get("per_class", {}).items()}
     if cache:
-      os.makedirs(os.path.dirname(cache), exist_ok=True)
+      storage.makedirs(os.path.dirname(cache))
       metrics_lib.write_json_atomic({"key": key, "row": rows[step]}, cache)
   return rows
 
@@ -215,7 +217,7 @@ def last_teacher_step(teacher_workdir: str) -> str | None:
 def _complete_stamp(final_dir: str) -> int | None:
   """mtime (ns) of final/COMPLETE: a retrained step invalidates its cached row."""
   marker = os.path.join(final_dir, "COMPLETE") if final_dir else ""
-  return os.stat(marker).st_mtime_ns if marker and os.path.exists(marker) else None
+  return storage.mtime_ns(marker) if marker and storage.exists(marker) else None
 
 
 def summarise(student: dict, teacher: dict) -> dict:
@@ -304,9 +306,10 @@ def plot(rows: dict, path: str, references: dict | None = None) -> None:
     ax.legend(loc="lower right", fontsize=8)
   ax.set_ylabel("test macro-F1")
   fig.tight_layout()
-  fig.savefig(path + ".tmp.png", dpi=110)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
   plt.close(fig)
-  os.replace(path + ".tmp.png", path)
+  storage.write_bytes_atomic(path, buffer.getvalue())
 
 
 def main(argv):
@@ -320,7 +323,7 @@ def main(argv):
   unknown = [v for v in variants if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   t0 = time.perf_counter()
   max_pairs = _FLAGS["teacher_pairs"].value
   teacher_check = (provenance.check_teacher_wrote_annotations(
@@ -348,9 +351,7 @@ def main(argv):
              f"{cfg.train.num_steps} steps; retention = the student's macro-F1 on the teacher's "
              "pairs / the last teacher step's." if sample else "")
   text = markdown(rows, teacher, references, list(cfg.labels), caption)
-  with open(os.path.join(workdir, "table.md.tmp"), "w") as f:
-    f.write(text)
-  os.replace(os.path.join(workdir, "table.md.tmp"), os.path.join(workdir, "table.md"))
+  storage.write_text_atomic(os.path.join(workdir, "table.md"), text)
   if rows:
     plot(rows, os.path.join(workdir, "table.png"), references)
   print(text)

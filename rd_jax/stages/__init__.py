@@ -44,7 +44,8 @@ def run(name: str, cfg, workdir: str) -> dict:
   if name == "all":
     return run_stage(cfg, workdir)
   import os
-  from rd_jax.train.loop import StageLock  # the whole stage, annotate included (re-entrant)
-  os.makedirs(os.path.join(workdir, name), exist_ok=True)
+  from rd_jax import storage
+  from rd_jax.stage_lock import StageLock  # the whole stage, annotate included (re-entrant)
+  storage.makedirs(os.path.join(workdir, name))
   with StageLock(os.path.join(workdir, name), reentrant=True):
     return run_stage(cfg, workdir)

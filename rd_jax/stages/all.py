@@ -25,13 +25,14 @@ from absl import logging
 
 from rd_jax import metrics as metrics_lib
 from rd_jax import stages as registry
+from rd_jax import storage
 from rd_jax.train import run_config
 
 ORDER = ("cpt", "sft", "reward", "dpo", "annotate", "crsd", "baseline", "eval", "export")
 
 
 def is_complete(workdir: str, stage: str) -> bool:
-  return os.path.exists(os.path.join(workdir, stage, "summary.json"))
+  return storage.exists(os.path.join(workdir, stage, "summary.json"))
 
 
 def run(cfg, workdir: str) -> dict:

@@ -47,6 +47,7 @@ from jax.experimental import multihost_utils
 
 from rd_jax import errors
 from rd_jax import metrics as metrics_lib
+from rd_jax import storage
 from rd_jax.data import prompts, readers
 from rd_jax.teacher import eval as te, model as teacher_model
 from rd_jax.teacher.sampling import read_jsonl
@@ -139,8 +140,8 @@ def _manifest(cfg, teacher, pairs) -> dict:
 
 
 def _check_manifest(path: str, manifest: dict) -> None:
-  if os.path.exists(path):
-    with open(path) as f:
+  if storage.exists(path):
+    with storage.open(path) as f:
       old = json.load(f)
     diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
     if diff:
@@ -154,7 +155,7 @@ def _check_manifest(path: str, manifest: dict) -> None:
 def run(cfg, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, "annotate")
   shard_dir = os.path.join(stage_dir, "shards")
-  os.makedirs(shard_dir, exist_ok=True)
+  storage.makedirs(shard_dir)
   t0 = time.perf_counter()
   a = cfg.annotate
   if a.num_samples < 1 or a.shard_size < 1 or a.batch_size < 1:
@@ -171,7 +172,7 @@ def run(cfg, workdir: str) -> dict:
   name = lambda i, suffix: os.path.join(shard_dir, f"shard-{i:05d}{suffix}")
   # Process 0 decides which shards are done; every process then runs the same batches.
   finished = multihost_utils.broadcast_one_to_all(
-      np.array([os.path.exists(name(i, ".done")) for i in range(n_shards)]))
+      np.array([storage.exists(name(i, ".done")) for i in range(n_shards)]))
   newly = 0
   for i in range(n_shards):
     if finished[i]:
@@ -199,7 +200,7 @@ def _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t
   records, failures, totals = [], [], collections.Counter()
   by_reason, outcomes = collections.Counter(), collections.Counter()
   for i in range(n_shards):
-    with open(name(i, ".done")) as f:
+    with storage.open(name(i, ".done")) as f:
       counts = json.load(f)
     records += read_jsonl(name(i, ".jsonl"))
     failures += read_jsonl(name(i, ".failures.jsonl"))

@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from rd_jax.data import readers
+from rd_jax import storage
 from rd_jax.data.schema import render_item
 from rd_jax.losses import lm
 from rd_jax.models import decoder
@@ -36,7 +37,7 @@ def build_corpus(cfg) -> tuple[list[str], dict]:
   if cfg.cpt.corpus_paths:
     docs = []
     for path in cfg.cpt.corpus_paths:
-      if not os.path.exists(path):
+      if not storage.exists(path):
         raise FileNotFoundError(f"config key cpt.corpus_paths: {path} does not exist")
       with readers.open_text(path) as f:
         docs += [line.strip() for line in f if line.strip()]
@@ -86,7 +87,7 @@ def heldout_loss(model, params, rows: np.ndarray, mesh, batch_size: int) -> floa
 
 def run(cfg, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, "cpt")
-  os.makedirs(stage_dir, exist_ok=True)
+  storage.makedirs(stage_dir)
   t0 = time.perf_counter()
   mesh = fit.make_mesh(cfg)
   teacher = teacher_model.load_teacher(cfg, workdir, mesh, upstream=())

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from rd_jax import decision, metrics as metrics_lib
+from rd_jax import storage
 from rd_jax.data import tokenize
 from rd_jax.losses import classification
 from rd_jax.losses.crsd import CrsdLossConfig, crsd_loss
@@ -152,7 +153,7 @@ def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
 def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   use_reasoning = stage == "crsd"
   stage_dir = os.path.join(workdir, stage)
-  os.makedirs(stage_dir, exist_ok=True)
+  storage.makedirs(stage_dir)
   t0 = time.perf_counter()
   mesh = fit.make_mesh(cfg)
   dp = mesh_lib.data_parallel_size(mesh)

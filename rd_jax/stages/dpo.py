@@ -44,6 +44,7 @@ import numpy as np
 from absl import logging
 
 from rd_jax import checkpoint, metrics as metrics_lib
+from rd_jax import storage
 from rd_jax.data import readers
 from rd_jax.losses import lm, preference, reward as reward_losses
 from rd_jax.models import decoder
@@ -219,7 +220,7 @@ def _reward_model(workdir: str, mesh, cfg, policy) -> reward_model.RewardModel:
 
 def run(cfg, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, "dpo")
-  os.makedirs(stage_dir, exist_ok=True)
+  storage.makedirs(stage_dir)
   t0, d = time.perf_counter(), cfg.dpo
   dims = list(cfg.reward.dimensions)
   weights = reward_losses.validate_reward_weights(cfg.reward.weights, len(dims))
@@ -242,8 +243,8 @@ def run(cfg, workdir: str) -> dict:
          "valid": [[r["query_id"], r["product_id"]] for r in valid], "weights": weights.tolist(),
          "reward_model": hashlib.md5(json.dumps(rm.meta, sort_keys=True).encode()).hexdigest(),
          **{k: d[k] for k in ("samples_per_prompt", "temperature")}}
-  prep = json.load(open(prep_path)) if os.path.exists(prep_path) else {}
-  if prep.get("key") == key and os.path.exists(pairs_path):
+  prep = json.loads(storage.read_text(prep_path)) if storage.exists(prep_path) else {}
+  if prep.get("key") == key and storage.exists(pairs_path):
     pairs = sampling.read_jsonl(pairs_path)
   else:
     pairs = make_pairs(policy, rm, train, cfg, weights)

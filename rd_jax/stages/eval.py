@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from rd_jax import checkpoint, metrics as metrics_lib, references
+from rd_jax import storage
 from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.student import data as data_lib, predict as predict_lib
@@ -72,7 +73,7 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
   if refs:
     result["references"] = refs
     result["delta_vs_references"] = references.deltas(by_split, refs)
-  result.update(checkpoint=os.path.abspath(checkpoint.resolve_final(ckpt)), data=source,
+  result.update(checkpoint=storage.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
     predict_lib.write_predictions(pairs, predicted, cfg.labels,
@@ -131,7 +132,7 @@ def _references(cfg, out_dir: str, ckpt: str) -> dict | None:
 
 def run(cfg, workdir: str) -> dict:
   out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   ckpt = cfg.eval.checkpoint or os.path.join(workdir, "crsd")
   refs = _references(cfg, out_dir, ckpt)
   result = _evaluate(cfg, ckpt, out_dir, "", refs)
@@ -141,7 +142,7 @@ def run(cfg, workdir: str) -> dict:
              "data_report": result["data_report"]}  # rows read/skipped, split, degenerate flags
   rows = {f"student ({checkpoint.read_meta(ckpt).get('stage', 'student')})": result["by_split"]}
   baseline_dir = os.path.join(workdir, "baseline")
-  if not cfg.eval.checkpoint and os.path.exists(os.path.join(baseline_dir, "summary.json")):
+  if not cfg.eval.checkpoint and storage.exists(os.path.join(baseline_dir, "summary.json")):
     # The pipeline's comparison on the same pairs: CRSD vs the student without reasoning.
     base = _evaluate(cfg, baseline_dir, out_dir, "baseline_", refs)
     summary.update(baseline_macro_f1=base["macro_f1"], baseline_accuracy=base["accuracy"],

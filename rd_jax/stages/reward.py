@@ -42,6 +42,7 @@ import numpy as np
 from absl import logging
 
 from rd_jax import metrics as metrics_lib, reward_scorers
+from rd_jax import storage
 from rd_jax.data import readers
 from rd_jax.losses import reward as reward_losses
 from rd_jax.teacher import model as teacher_model, rows as rows_lib, sampling
@@ -73,7 +74,7 @@ def build_pairs(records: list[dict], dimensions) -> tuple[list[dict], int]:
 def reusable(path: str, selected: list[dict], num_samples: int) -> list[dict] | None:
   """The records in `path` when they are exactly `selected` (same prompts in order, same teacher
   and temperature, `num_samples` responses each), else None (with a log line)."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return None
   old = sampling.read_jsonl(path)
   key = lambda r: [r.get(k) for k in ("split", "query_id", "product_id", "query", "sampled_by",
@@ -196,7 +197,7 @@ def prepare_samples(cfg, teacher, path: str) -> tuple[list[dict], dict]:
 
 def run(cfg, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, "reward")
-  os.makedirs(stage_dir, exist_ok=True)
+  storage.makedirs(stage_dir)
   t0, r = time.perf_counter(), cfg.reward
   dims = list(r.dimensions)
   weights = reward_losses.validate_reward_weights(r.weights, len(dims))

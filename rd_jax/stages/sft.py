@@ -48,6 +48,7 @@ import numpy as np
 from absl import logging
 
 from rd_jax import metrics as metrics_lib
+from rd_jax import storage
 from rd_jax.data import prompts, readers
 from rd_jax.data.schema import DataError, match_label
 from rd_jax.models import decoder
@@ -58,7 +59,7 @@ from rd_jax.train import fit
 # ------------------------------------------------------------------------------------ chains
 def read_chains(path: str, cfg) -> list[tuple[int, dict]]:
   """(line number, {query_id, product_id, query, reasoning, label[, source]}) per line."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f"sft.chains_path: {path} does not exist")
   out = []
   for lineno, _, row in readers._jsonl_rows(path):
@@ -236,8 +237,8 @@ def load_or_bootstrap(cfg, teacher, pairs, train, stage_dir) -> tuple[list, dict
                 "max_response_len": int(cfg.teacher.max_response_len),
                 **{k: cfg.sft[k] for k in ("bootstrap_pairs", "bootstrap_samples", "bootstrap_temperature",
                                             "answer_extraction")}}
-    if os.path.exists(path):  # written last, so the bootstrap finished: reuse it
-      with open(report_path) as f:
+    if storage.exists(path):  # written last, so the bootstrap finished: reuse it
+      with storage.open(report_path) as f:
         report, chains = json.load(f), read_chains(path, cfg)
       old = report.get("settings", {})
       diff = sorted(k for k in settings if old.get(k) != settings[k])
@@ -258,7 +259,7 @@ def load_or_bootstrap(cfg, teacher, pairs, train, stage_dir) -> tuple[list, dict
 
 def run(cfg, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, "sft")
-  os.makedirs(stage_dir, exist_ok=True)
+  storage.makedirs(stage_dir)
   t0 = time.perf_counter()
   mesh = fit.make_mesh(cfg)
   teacher = teacher_model.load_teacher(cfg, workdir, mesh, upstream=("cpt",))
@@ -282,8 +283,8 @@ def run(cfg, workdir: str) -> dict:
                                batch_size=cfg.sft.gen_batch_size, log=logging.info)
 
   before_path = os.path.join(stage_dir, "eval_before.json")
-  if os.path.exists(before_path):
-    with open(before_path) as f:
+  if storage.exists(before_path):
+    with storage.open(before_path) as f:
       before = json.load(f)
   else:
     before = evaluate(teacher.params)

@@ -11,6 +11,7 @@ import numpy as np
 
 from rd_jax import errors
 from rd_jax import metrics as metrics_lib
+from rd_jax import storage
 from rd_jax.data import rationale, readers
 from rd_jax.data import degenerate
 from rd_jax.data import split as split_lib
@@ -45,7 +46,7 @@ def _with_reasoning(pairs, cfg, report: dict, split: str, workdir: str):
     report[f"{split}_reasoning"] = "rules (data/rationale.py, lexical, no label)"
     return rationale.with_rule_rationales(pairs)
   path = annotations_path(cfg, workdir)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f"annotations {path} do not exist (data.reasoning_source="
                             "'annotations'): run --stage=annotate first, set "
                             "data.reasoning_path, or use data.reasoning_source=rules")
@@ -106,7 +107,7 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
     report["train_pairs_sampled"] = {"from": len(train), "max_train_pairs": cfg.data.max_train_pairs,
                                      "seed": cfg.seed}
     train = readers.seeded_subset(train, cfg.data.max_train_pairs, cfg.seed)
-  workdir = os.path.dirname(os.path.abspath(stage_dir))
+  workdir = os.path.dirname(storage.abspath(stage_dir))
   if use_reasoning:
     train = _with_reasoning(train, cfg, report, "train", workdir)
     if cfg.crsd.shuffle_reasoning:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from rd_jax import checkpoint
+from rd_jax import storage
 from rd_jax.losses import lm
 from rd_jax.models import decoder, remat
 from rd_jax.parallel import sharding
@@ -65,7 +66,7 @@ def load_teacher(cfg, workdir: str, mesh, *, upstream: Sequence[str], explicit: 
     spec = meta["tokenizer"]
     tokenizer = hf_decoder.resolve_teacher_tokenizer(spec)
     logging.info("teacher from %s (%s)", source, meta.get("stage"))
-    return Teacher(config, params, tokenizer, spec, os.path.abspath(source))
+    return Teacher(config, params, tokenizer, spec, storage.abspath(source))
   spec = cfg.teacher.init
   if spec == "random":
     config = _config_from_cfg(cfg)

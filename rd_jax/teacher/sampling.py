@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from rd_jax import generate, reward_scorers
+from rd_jax import storage
 from rd_jax.data import prompts as prompts_lib
 from rd_jax.teacher import eval as teacher_eval
 
@@ -66,5 +67,5 @@ def score_record(record: dict, labels, dimensions, max_tokens: int) -> dict:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
+  with storage.open(path, encoding="utf-8") as f:
     return [json.loads(l) for l in f if l.strip()]

@@ -17,10 +17,12 @@ What the loop adds around it:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import socket
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Iterator
 
@@ -29,113 +31,70 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from rd_jax import errors
+from rd_jax import storage
 from rd_jax.parallel import mesh as mesh_lib
+from rd_jax.stage_lock import StageLock  # noqa: F401 - re-exported: loop.StageLock
 from rd_jax.train import run_config as run_config_lib
 from rd_jax.train.state import abstract_with_shardings
 
 
 class MetricsWriter:
-  """Appends to metrics.jsonl and TensorBoard; on resume drops records past the restored step."""
+  """Appends to metrics.jsonl and TensorBoard; on resume drops records past the restored step.
+
+  Object storage cannot append: there metrics.jsonl is rewritten whole at each logged step (one
+  small object: a line per logged step), and TensorBoard writes its event file to a local
+  temporary folder that is copied to `<stage>/tb/` after each flush.
+  """
 
   def __init__(self, stage_dir: str, start_step: int):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(stage_dir, "metrics.jsonl")
+    self.remote = storage.is_remote(stage_dir)
+    self.lines = []
     self.tb = None
     if not self.enabled:
       return
-    if os.path.exists(self.path):  # a killed run may have logged past its last checkpoint
-      with open(self.path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start_step]
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(kept)
-      os.replace(self.path + ".tmp", self.path)
+    if storage.exists(self.path):  # a killed run may have logged past its last checkpoint
+      with storage.open(self.path) as f:
+        self.lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start_step]
+      storage.write_text_atomic(self.path, "".join(self.lines))
+    self.tb_dir = os.path.join(stage_dir, "tb")
+    self.tb_local = tempfile.mkdtemp(prefix="rd_jax_tb_") if self.remote else self.tb_dir
     try:
       from tensorboardX import SummaryWriter
       # purge_step: TensorBoard drops the points of steps a resumed run redoes (past start_step)
-      self.tb = SummaryWriter(os.path.join(stage_dir, "tb"), purge_step=start_step + 1)
+      self.tb = SummaryWriter(self.tb_local, purge_step=start_step + 1)
     except ImportError:  # pragma: no cover - tensorboardX is a dependency
       logging.warning("tensorboardX missing: no TensorBoard events")
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **scalars}) + "\n")
+    line = json.dumps({"step": step, **scalars}) + "\n"
+    if self.remote:
+      self.lines.append(line)
+      storage.write_text_atomic(self.path, "".join(self.lines))
+    else:
+      with open(self.path, "a") as f:
+        f.write(line)
     if self.tb is not None:
       for k, v in scalars.items():
         self.tb.add_scalar(k, v, step)
       self.tb.flush()
+      if self.remote:
+        storage.upload_tree(self.tb_local, self.tb_dir)
 
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
-
-
-class StageLock:
-  """`<stage>/LOCK` (host, pid), held by process 0 for the whole stage (stages.run, rd_jax.main:
-  data, training, validation, final/, summary; loop.run takes it too, re-entrantly).
-
-  A second run of the same stage on the same folder fails naming the holder, instead of two
-  writers interleaving checkpoints and metrics. A lock left by a killed run (its pid is gone on
-  this host) is taken over, so resume after SIGKILL needs no manual clean-up. Locks held from
-  another host cannot be checked for liveness: delete the file if that job is known dead.
-  """
-
-  def __init__(self, stage_dir: str, reentrant: bool = False):
-    self.path = os.path.join(stage_dir, "LOCK")
-    self.held = False
-    self.reentrant = reentrant  # True: a lock this process already holds is fine (not re-taken)
-
-  def __enter__(self):
-    if jax.process_index() != 0:
-      return self
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
-    for _ in range(2):
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-      except FileExistsError:
-        holder = self._holder()
-        if self.reentrant and holder == me:  # rd_jax.main / stages.run hold the whole stage
-          return self
-        if holder and holder.get("host") == me["host"] and not _pid_alive(holder.get("pid", -1)):
-          os.remove(self.path)  # stale: its process is gone
-          continue
-        raise errors.StageLockHeld(f"{self.path} is held by {holder} (another run of this stage "
-                                   "is writing this folder); wait for it, or delete the file if "
-                                   "it is dead")
-      with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
-      self.held = True
-      return self
-    raise RuntimeError(f"could not take {self.path}")
-
-  def _holder(self):
-    try:
-      with open(self.path) as f:
-        return json.load(f)
-    except (OSError, ValueError):
-      return None
-
-  def __exit__(self, *exc):
-    if self.held:
-      os.remove(self.path)
-      self.held = False
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(int(pid), 0)
-  except ProcessLookupError:
-    return False
-  except (PermissionError, ValueError, TypeError):
-    return True
-  return True
+      if self.remote:
+        storage.upload_tree(self.tb_local, self.tb_dir)
+        shutil.rmtree(self.tb_local, ignore_errors=True)
 
 
 def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(stage_dir), "checkpoints"),
+  return ocp.CheckpointManager(os.path.join(storage.abspath(stage_dir), "checkpoints"),
                                options=options, item_names=("state", "data_iter"))
 
 
@@ -162,7 +121,7 @@ def run(*, stage_dir: str, state: Any, shardings: Any, step_fn: Callable, batche
   run_config: (stage, run_config.for_stage(cfg, stage)); checked against the folder's record on
   resume, where only the stage's step count (run_config.STEPS_KEY) may differ.
   """
-  os.makedirs(stage_dir, exist_ok=True)
+  storage.makedirs(stage_dir)
   with StageLock(stage_dir, reentrant=True):
     return _run(stage_dir=stage_dir, state=state, shardings=shardings, step_fn=step_fn,
                 batches=batches, mesh=mesh, num_steps=num_steps, log_every=log_every,
@@ -250,7 +209,9 @@ def _stop_on_nan(stage_dir, step, metrics, host_batch, mngr):
   mngr.wait_until_finished()
   path = os.path.join(stage_dir, f"nan_batch_step{step}.npz")
   if jax.process_index() == 0:
-    np.savez(path, **{k: np.asarray(v) for k, v in host_batch.items()})
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in host_batch.items()})
+    storage.write_bytes_atomic(path, buffer.getvalue())
   raise FloatingPointError(
       f"non-finite loss {metrics['loss']} at step {step} (metrics {metrics}); the batch is in "
       f"{path}; the last good checkpoint (step {mngr.latest_step()}) is kept — fix the cause "

@@ -21,6 +21,7 @@ import json
 import os
 
 from rd_jax import metrics as metrics_lib
+from rd_jax import storage
 from rd_jax.config import TRAINING
 
 FILENAME = "run_config.json"
@@ -72,7 +73,7 @@ def for_stage(cfg, stage: str) -> dict:
 
 def read(stage_dir: str) -> dict | None:
   path = os.path.join(stage_dir, FILENAME)
-  return json.load(open(path, encoding="utf-8")) if os.path.exists(path) else None
+  return json.loads(storage.read_text(path)) if storage.exists(path) else None
 
 
 def write(stage_dir: str, run_config: dict) -> None:
