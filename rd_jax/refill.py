@@ -39,7 +39,8 @@ from jax import lax
 
 from rd_jax.models.decoder import Decoder, DecoderConfig, init_cache
 
-ROUND = 16          # P0 is rounded down, Ls up, to a multiple of this (fewer distinct compiles)
+ROUND = 16          # P0 is rounded down to a multiple of this (fewer distinct compiles)
+CHUNK = 32          # a refill prefills its suffix in chunks of this many tokens (Ls: a multiple)
 NEVER = -2          # a token id no window ever holds (empty stop cue / window fill)
 
 
@@ -112,16 +113,28 @@ def _run(params, prefix, suffix, suffix_mask, n_real, rng, temperature, eos, sto
     return st
 
   # 2a. Refill slot b with the next prompt: its suffix through the slot's cache, first token.
+  # The suffix is LEFT-padded to Ls; only the CHUNK-token chunks holding real tokens are run (a
+  # short query + item does not pay for the longest one's prefill).
   def refill(st, b):
     n = st["next"]
     toks, sm = suffix[n], suffix_mask[n]                                   # [Ls]
     mask = jnp.concatenate([jnp.ones((p0,), jnp.int32), sm, jnp.zeros((s_ - gen0,), jnp.int32)])
     positions = p0 + jnp.maximum(jnp.cumsum(sm) - 1, 0)
-    h, rc = forward(toks[None], positions[None], mask[None], row(st["cache"], b), p0)
+    first_chunk = (ls - jnp.sum(sm)) // CHUNK
+
+    def chunk(carry):
+      j, rc, _ = carry
+      sl = lambda x: lax.dynamic_slice_in_dim(x, j * CHUNK, CHUNK)
+      h, rc = forward(sl(toks)[None], sl(positions)[None], mask[None], rc, p0 + j * CHUNK)
+      return j + 1, rc, h[:, -1]
+
+    h0 = jnp.zeros((1, config.hidden_size), config.compute_dtype)
+    _, rc, h_last = lax.while_loop(lambda c: c[0] < ls // CHUNK, chunk,
+                                   (first_chunk, row(st["cache"], b), h0))
     st["cache"] = jax.tree.map(lambda x, r: lax.dynamic_update_slice_in_dim(x, r, b, axis=1),
                                st["cache"], rc)
     st["rng"], key = jax.random.split(st["rng"])
-    first = pick(h[:, -1], key)[0]
+    first = pick(h_last, key)[0]
     window = jnp.concatenate([jnp.full((c_ - 1,), NEVER, jnp.int32), first[None]])
     eos_hit, stop_hit = jnp.isin(first, eos), jnp.all(window == stop)
     ended = eos_hit | stop_hit | (max_new == 1)
@@ -211,7 +224,7 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   p0 = max(0, min(lcp, min(map(len, prompts)) - 1))      # every row keeps >= 1 token of its own
   if prefix_len is None:
     p0 -= p0 % ROUND
-  ls = _round_up(max(len(p) - p0 for p in prompts), ROUND)
+  ls = _round_up(max(len(p) - p0 for p in prompts), CHUNK)
   n_pad = max(8, 1 << (len(prompts) - 1).bit_length())
   suffix = np.full((n_pad, ls), pad_id, np.int32)
   suffix_mask = np.zeros((n_pad, ls), np.int32)

@@ -16,7 +16,8 @@ TINY = DecoderConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, n
                      intermediate_size=48, rope_theta=1000.0, rms_norm_eps=1e-6, max_position=128)
 PAD = 0
 PREFIX = [5, 9, 11, 4, 20, 7, 7, 13, 2, 17, 30, 31, 32, 33, 40, 41, 42, 43]   # 18 shared tokens
-TAILS = [[8, 9], [50, 51, 52, 53, 54], [6], [21, 22, 23], [44, 45, 46, 47, 48, 49, 10], [12, 12]]
+TAILS = [[8, 9], [50, 51, 52, 53, 54], [6], [21, 22, 23], [44, 45, 46, 47, 48, 49, 10], [12, 12],
+         list(range(12, 52))]   # 40 tokens: its refill runs two 32-token chunks, the others one
 
 
 @pytest.fixture(scope="module")
