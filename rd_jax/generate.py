@@ -10,8 +10,10 @@ rows compute exactly what they would alone. Greedy = argmax; sampling = softmax(
 k samples per prompt repeat each row k times (rows b*k .. b*k+k-1 belong to prompt b).
 
 Compilation happens once per (B, P, max_new_tokens, num_samples, greedy) — temperature, the
-rng and the EOS ids are traced. `generate_texts` pads the batch to `batch_size` rows and the prompt to
-the smallest of `buckets`, so a whole annotation run compiles a handful of times.
+rng and the EOS ids are traced. `generate` is the plain path (the benchmarks' and tests'
+reference); the stages go through `generate_texts`, which runs `rd_jax/refill.py` (the prompts'
+common prefix prefilled once, `batch_size` slots refilled as rows end, the label scored as K
+continuations when `score_labels` is given).
 """
 
 from __future__ import annotations
