@@ -14,7 +14,8 @@ def test_table_runs_and_reports_mean_and_std(tmp_path):
   cmd = [sys.executable, "-m", "rd_jax.experiments.table", "--config=configs/tiny.py",
          f"--workdir={tmp_path}", "--seeds=0,1", "--variants=baseline_gold,crsd_shuffled_reasoning",
          "--config.train.num_steps=2", f"--teacher_workdir={tmp_path / 'teacher'}",
-         "--teacher_pairs=4"]   # no cpt/sft/dpo there: the base (random tiny) teacher row only
+         "--teacher_pairs=4", "--teacher_valid_pairs=4"]   # no cpt/sft/dpo there: the base
+                                                           # (random tiny) teacher row only
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   table = json.load(open(tmp_path / "table.json"))
@@ -26,6 +27,7 @@ def test_table_runs_and_reports_mean_and_std(tmp_path):
   assert "| baseline_gold | 2 |" in text and "(train prior; reference)" in text
   assert "lexical TF-IDF" in text and table["students"]["baseline_gold"]["test_ndcg@10_mean"] > 0
   assert list(table["teacher"]) == ["base"] and table["config"]["teacher_pairs"] == 4
+  assert table["teacher"]["base"]["valid_pairs"] == 4 and table["teacher"]["base"]["offsets"]
   for run in table["runs"]["baseline_gold"].values():   # the student on the teacher's 4 pairs
     assert 0.0 <= run["teacher_pairs_macro_f1"] <= 1.0
   assert (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"

@@ -377,6 +377,7 @@ def main(argv):
             "teacher_check": teacher_check,
             "config": {"seeds": seeds, "reasoning_source": cfg.data.reasoning_source,
                        "teacher_pairs": int(len(sample[1])) if sample else 0,
+                       "teacher_valid_pairs": _FLAGS["teacher_valid_pairs"].value if sample else 0,
                        "train_steps": cfg.train.num_steps, "batch_size": cfg.train.batch_size},
             "seconds": round(time.perf_counter() - t0, 1)}
   metrics_lib.write_json_atomic(result, os.path.join(workdir, "table.json"))

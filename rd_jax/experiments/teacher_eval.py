@@ -20,7 +20,7 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rd_jax import metrics as metrics_lib
@@ -32,7 +32,7 @@ def _define_flags() -> None:
   _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "Pipeline config.", lock_config=True)
   _FLAGS["teacher"] = flags.DEFINE_string("teacher", "", "final/ folder; '' = the base teacher.init")
   _FLAGS["valid_pairs"] = flags.DEFINE_integer("valid_pairs", 256, "valid-fold sample (offsets)")
-  _FLAGS["test_pairs"] = flags.DEFINE_integer("test_pairs", 0, "test-fold sample (0 = all)")
+  _FLAGS["test_pairs"] = flags.DEFINE_integer("test_pairs", 0, "test-fold sample (0 = all, -1 = skip)")
   _FLAGS["out"] = flags.DEFINE_string("out", "teacher_eval.json", "JSON result (atomic)")
 
 
@@ -43,7 +43,9 @@ def sample(pairs, n: int):
   return [pairs[i] for i in np.sort(np.random.default_rng(0).permutation(len(pairs))[:n])]
 
 
-def evaluate(cfg, teacher_dir: str, valid_pairs: int, test_pairs: int) -> dict:
+def evaluate(cfg, teacher_dir: str, valid_pairs: int, test_pairs: int, out_path: str = "") -> dict:
+  """{teacher, prompt_version, label_source, valid, test}; test_pairs < 0 skips the test fold.
+  With `out_path` the JSON is rewritten after each split (a long run keeps its valid figures)."""
   from rd_jax import ranking, references
   from rd_jax.teacher import eval as te, model as teacher_model
   from rd_jax.train.fit import make_mesh
@@ -54,10 +56,12 @@ def evaluate(cfg, teacher_dir: str, valid_pairs: int, test_pairs: int) -> dict:
          "label_source": "scored" if cfg.teacher.score_labels else "parsed"}
   offsets = None
   for split, n in (("valid", valid_pairs), ("test", test_pairs)):
+    if n < 0:
+      continue
     pairs = sample(splits[split], n)
     r = te.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer, pairs, cfg,
                             batch_size=cfg.annotate.batch_size, offsets=offsets,
-                            fit_offsets=split == "valid")
+                            fit_offsets=split == "valid", log=logging.info)
     if split == "valid":
       offsets = r.get("offsets")
     r.pop("label_logprobs", None)
@@ -65,16 +69,18 @@ def evaluate(cfg, teacher_dir: str, valid_pairs: int, test_pairs: int) -> dict:
                   "sample": "all" if len(pairs) == len(splits[split]) else "seeded (seed 0)",
                   "teacher": r, "references": {name: references.score(ref, pairs, cfg.labels, gains)
                                                for name, ref in refs.items()}}
+    if out_path:
+      metrics_lib.write_json_atomic(out, out_path)
   return out
 
 
 def main(argv):
   del argv
   cfg = _FLAGS["config"].value
-  result = evaluate(cfg, _FLAGS["teacher"].value, _FLAGS["valid_pairs"].value, _FLAGS["test_pairs"].value)
-  metrics_lib.write_json_atomic(result, _FLAGS["out"].value)
+  result = evaluate(cfg, _FLAGS["teacher"].value, _FLAGS["valid_pairs"].value,
+                    _FLAGS["test_pairs"].value, _FLAGS["out"].value)
   brief = {"teacher": result["teacher"]}
-  for split in ("valid", "test"):
+  for split in [s for s in ("valid", "test") if s in result]:
     s = result[split]
     t = s["teacher"]
     brief[split] = {"pairs": f"{s['pairs']} of {s['of']} ({s['sample']})",
