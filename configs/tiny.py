@@ -41,7 +41,7 @@ def get_config():
   c.teacher.num_kv_heads = 2
   c.teacher.intermediate_size = 64
   c.teacher.max_position = 512
-  c.teacher.max_prompt_len = 192
+  c.teacher.max_prompt_len = 256
   c.teacher.max_response_len = 16
   for section in (c.cpt, c.sft, c.reward, c.dpo):
     section.num_steps = 2
@@ -62,6 +62,7 @@ def get_config():
   c.sft.eval_pairs = 4
   c.annotate.batch_size = 4
   c.annotate.shard_size = 8
+  c.annotate.offset_pairs = 8
   c.export.onnx = False
   c.export.int8 = False
   return c

@@ -139,7 +139,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.crsd.mask_duplicates = True  # in-batch negatives that share the item or the reasoning are masked
   c.crsd.gather_negatives = True  # negatives from the whole global batch (all data shards)
   c.crsd.kl_weight = 0.0         # optional KL(pred_t || pred_s) (not in Figure 3; off by default)
-  c.crsd.label_source = "gold"   # gold | teacher (train on the teacher's labels)
+  c.crsd.label_source = "gold"   # gold | teacher (the teacher's labels) | teacher_soft (its
+                                 #   label_probs as soft CE targets; annotations with scored labels)
   c.crsd.shuffle_reasoning = False  # control: permute reasoning across train pairs (content test)
 
   # --------------------------------------------------------------- train
@@ -188,8 +189,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.dtype = "float32"
   c.teacher.remat = "none"       # none | per_layer (each decoder block), as student.remat
   c.teacher.remat_policy = "nothing_saveable"
-  c.teacher.max_prompt_len = 256
+  c.teacher.max_prompt_len = 320  # prompt v2's shared part is ~170 tokens (prefilled once)
   c.teacher.max_response_len = 96
+  # ours: 2 = instructions + ESCI guideline definitions first, query and item last (one shared
+  # prefix); 1 = the original (query first, "Exact: the item matches the query"). data/prompts.py
+  c.teacher.prompt_version = 2
+  # ours: the label is scored, not parsed: after the reasoning, log p("\nLabel: <label>") for
+  # every label from the row's KV cache (rd_jax/refill.py); the text gets the argmax appended
+  c.teacher.score_labels = True
 
   c.cpt = ml_collections.ConfigDict()
   c.cpt.corpus_paths = ()        # user text files (one document per line); () = bundled items+queries
@@ -202,6 +209,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.sft = ml_collections.ConfigDict()
   c.sft.chains_path = ""         # user chain-of-thought JSONL; "" = bootstrap (STaR) from teacher
   c.sft.bootstrap_pairs = 256    # ours: train pairs the STaR bootstrap samples rationales for
+  c.sft.shuffle_definitions = True  # ours: prompt v2 SFT rows list the definitions in a random order
   c.sft.bootstrap_samples = 2    # samples per prompt (and per rationalisation prompt)
   c.sft.bootstrap_temperature = 0.7
   c.sft.answer_extraction = True  # ours: a sample without a label line gets "\nLabel:" appended
@@ -249,6 +257,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.annotate.shard_size = 256
   c.annotate.split = "all"       # all | train | valid | test (folds of data.path)
   c.annotate.max_pairs = 0       # >0: a seeded sample of this many pairs of the split (trials)
+  # ours: the teacher's label = argmax(log p(label) + offsets), offsets fitted on valid macro-F1
+  # (rd_jax/decision.py) from this many valid-fold pairs, scored first (0 = no adjustment)
+  c.annotate.offset_pairs = 256
   c.annotate.stop_after_shards = 0  # >0: stop once this many shards are done (resume drill)
 
   # ---------------------------------------------------------------- all

@@ -25,7 +25,8 @@ _CHOICES = {
     "data.reasoning_source": ("annotations", "rules"),
     "student.dtype": ("float32", "bfloat16"),
     "teacher.dtype": ("float32", "bfloat16"),
-    "crsd.label_source": ("gold", "teacher"),
+    "crsd.label_source": ("gold", "teacher", "teacher_soft"),
+    "teacher.prompt_version": (1, 2),
     "crsd.lambda_scale": ("absolute", "gradient_ratio"),
     "student.class_weighting": ("none", "balanced", "given"),
     "mesh.multihost": ("auto", "off", "explicit"),
@@ -49,7 +50,7 @@ _NON_NEGATIVE = ("crsd.lambda_infonce", "crsd.weight_aug_ce", "crsd.kl_weight",
                  "crsd.projection_dim", "sft.bootstrap_pairs", "sft.eval_pairs",
                  "sft.bootstrap_temperature", "reward.valid_prompts", "reward.temperature",
                  "dpo.simpo_gamma", "dpo.min_margin", "dpo.eval_prompts", "dpo.temperature",
-                 "annotate.temperature", "annotate.max_retries", "annotate.max_pairs",
+                 "annotate.temperature", "annotate.max_retries", "annotate.max_pairs", "annotate.offset_pairs",
                  "data.max_train_pairs", "cpt.heldout_rows")
 
 # Every stage's optimiser section (config.optim_section): the same checks under each name.

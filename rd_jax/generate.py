@@ -10,14 +10,17 @@ rows compute exactly what they would alone. Greedy = argmax; sampling = softmax(
 k samples per prompt repeat each row k times (rows b*k .. b*k+k-1 belong to prompt b).
 
 Compilation happens once per (B, P, max_new_tokens, num_samples, greedy) — temperature, the
-rng and the EOS ids are traced. `generate_texts` pads the batch to `batch_size` rows and the prompt to
-the smallest of `buckets`, so a whole annotation run compiles a handful of times.
+rng and the EOS ids are traced. `generate` is the plain path (the benchmarks' and tests'
+reference); the stages go through `generate_texts`, which runs `rd_jax/refill.py` (the prompts'
+common prefix prefilled once, `batch_size` slots refilled as rows end, the label scored as K
+continuations when `score_labels` is given).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import time
 from typing import Sequence
 
@@ -31,6 +34,7 @@ from rd_jax.models.decoder import Decoder, DecoderConfig, init_cache, positions_
 # Prefill is compute-bound on CPU (B * P tokens through every weight): padding a 178-token prompt
 # to 256 costs 44% more, so buckets are fine-grained where teacher prompts fall (~150-250).
 DEFAULT_BUCKETS = (64, 128, 160, 192, 224, 256, 320, 384, 512)
+LABEL_CUE = "\nLabel:"   # the line before the label in every teacher answer (data/prompts.py)
 
 
 @dataclasses.dataclass
@@ -47,6 +51,8 @@ class Sample:
   text: str             # decoded without special tokens
   token_ids: list
   finished: bool
+  label_logprobs: list | None = None  # [K] log-softmax of the scored labels (score_labels)
+  stopped: bool = False               # the row ended on the label cue
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "num_samples", "greedy", "pad_id"))
@@ -146,34 +152,65 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
 
 def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, *, max_new_tokens: int,
                    batch_size: int = 16, temperature: float = 0.0, num_samples: int = 1, seed: int = 0,
-                   buckets: Sequence[int] = DEFAULT_BUCKETS, eos_ids: Sequence[int] | None = None) -> list[Sample]:
+                   buckets: Sequence[int] = DEFAULT_BUCKETS, eos_ids: Sequence[int] | None = None,
+                   score_labels: Sequence[str] | None = None, cue: str = LABEL_CUE,
+                   chunk_prompts: int = 1024) -> list[Sample]:
   """Prompts (chat-rendered strings, or token-id lists) -> Samples, prompt-major, k per prompt.
 
   Strings are tokenised without extra special tokens (the chat template already has them).
-  Each batch of `batch_size` prompts is padded to `batch_size` rows and the smallest bucket.
+  Generation is `refill.run`: `batch_size` slots decode at a time, the prompts' common prefix is
+  prefilled once, a slot takes the next prompt as soon as its row ends. `buckets` only bounds the
+  prompt length (the largest bucket). With `score_labels`, a row stops at `cue` ("\nLabel:") and
+  each label is scored as its continuation: `Sample.label_logprobs` [K] (log-softmax over the
+  labels) and the text ends "<reasoning>\nLabel: <argmax label>" (what `prompts.parse_response`
+  reads); a row cut at max tokens keeps its text (a "truncated" failure) and its scores.
   """
+  from rd_jax import refill
   if eos_ids is None:
     eos_ids = [tokenizer.eos_token_id]
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
   ids = [list(p) if not isinstance(p, str) else tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+  for r in ids:
+    bucket_length(len(r), buckets)   # raises for a prompt longer than the largest bucket
+  stop, cands = (), ()
+  if score_labels:
+    stop = tokenizer(cue, add_special_tokens=False)["input_ids"]
+    cands = [tokenizer(f"{cue} {l}", add_special_tokens=False)["input_ids"] for l in score_labels]
   rng = jax.random.PRNGKey(seed)
-  samples = []
-  t0, num_batches, generated = time.perf_counter(), -(-len(ids) // batch_size), 0
-  for start in range(0, len(ids), batch_size):
-    chunk = ids[start:start + batch_size]
-    length = bucket_length(max(len(r) for r in chunk), buckets)
-    tokens, mask = left_pad(chunk, length, pad_id, batch=batch_size)
+  samples, t0, generated = [], time.perf_counter(), 0
+  rows = [(i, k) for i in range(len(ids)) for k in range(num_samples)]
+  for start in range(0, len(rows), chunk_prompts):
+    part = rows[start:start + chunk_prompts]
     rng, key = jax.random.split(rng)
-    gen = generate(config, params, tokens, mask, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                   pad_id=pad_id, temperature=temperature, num_samples=num_samples, rng=key)
-    for r in range(len(chunk) * num_samples):
-      row = gen.tokens[r, :gen.lengths[r]].tolist()
-      samples.append(Sample(start + r // num_samples, r % num_samples,
-                            tokenizer.decode(row, skip_special_tokens=True), row, bool(gen.finished[r])))
+    res = refill.run(config, params, [ids[i] for i, _ in part], slots=batch_size,
+                     max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                     temperature=temperature, rng=key, stop_ids=stop, candidates=cands)
+    for r, (i, k) in enumerate(part):
+      row = res.tokens[r, :res.lengths[r]].tolist()
+      text = tokenizer.decode(row, skip_special_tokens=True)
+      logprobs = None
+      if score_labels:
+        logprobs = np.asarray(jax.nn.log_softmax(res.scores[r])).tolist()
+        text = _with_label(text, score_labels[int(np.argmax(res.scores[r]))], bool(res.finished[r]),
+                           bool(res.stopped[r]), cue)
+      samples.append(Sample(i, k, text, row, bool(res.finished[r]), logprobs, bool(res.stopped[r])))
       generated += len(row)
-    done, elapsed = start // batch_size + 1, time.perf_counter() - t0
-    if num_batches > 1:  # progress for long annotation / bootstrap runs
-      logging.info("generate: batch %d/%d, %d prompts x %d samples, %.1f tokens/s, ETA %.0f s",
-                   done, num_batches, len(ids), num_samples, generated / elapsed,
-                   elapsed / done * (num_batches - done))
+    elapsed = time.perf_counter() - t0
+    logging.info("generate: %d/%d rows (%d prompts x %d samples), shared prefix %d tokens, "
+                 "%.1f tokens/s, %.2f rows/s", min(start + chunk_prompts, len(rows)), len(rows),
+                 len(ids), num_samples, res.prefix_len, generated / elapsed,
+                 min(start + chunk_prompts, len(rows)) / elapsed)
   return samples
+
+
+_LABEL_TAIL = re.compile(r"\n?\s*label\s*:[^\n]*$", re.IGNORECASE)
+
+
+def _with_label(text: str, label: str, finished: bool, stopped: bool, cue: str) -> str:
+  """The generated text with the scored label as its last line (unless the row was cut)."""
+  if not finished:
+    return text
+  if stopped:
+    return f"{text.rstrip()} {label}"
+  body = _LABEL_TAIL.sub("", text.rstrip()).rstrip()   # drop a label line the row wrote itself
+  return f"{body}{cue} {label}" if body else f"{cue.strip()} {label}"

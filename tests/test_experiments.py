@@ -14,7 +14,8 @@ def test_table_runs_and_reports_mean_and_std(tmp_path):
   cmd = [sys.executable, "-m", "rd_jax.experiments.table", "--config=configs/tiny.py",
          f"--workdir={tmp_path}", "--seeds=0,1", "--variants=baseline_gold,crsd_shuffled_reasoning",
          "--config.train.num_steps=2", f"--teacher_workdir={tmp_path / 'teacher'}",
-         "--teacher_pairs=4"]   # no cpt/sft/dpo there: the base (random tiny) teacher row only
+         "--teacher_pairs=4", "--teacher_valid_pairs=4"]   # no cpt/sft/dpo there: the base
+                                                           # (random tiny) teacher row only
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   table = json.load(open(tmp_path / "table.json"))
@@ -26,6 +27,7 @@ def test_table_runs_and_reports_mean_and_std(tmp_path):
   assert "| baseline_gold | 2 |" in text and "(train prior; reference)" in text
   assert "lexical TF-IDF" in text and table["students"]["baseline_gold"]["test_ndcg@10_mean"] > 0
   assert list(table["teacher"]) == ["base"] and table["config"]["teacher_pairs"] == 4
+  assert table["teacher"]["base"]["valid_pairs"] == 4 and table["teacher"]["base"]["offsets"]
   for run in table["runs"]["baseline_gold"].values():   # the student on the teacher's 4 pairs
     assert 0.0 <= run["teacher_pairs_macro_f1"] <= 1.0
   assert (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"
@@ -56,23 +58,30 @@ def test_teacher_rows_are_kept_and_recomputed_when_the_checkpoint_changes(tmp_pa
                       lambda cfg, wd, mesh, upstream, explicit: types.SimpleNamespace(
                           config=None, params=explicit, tokenizer=None))
 
-  def fake_eval(config, params, tokenizer, pairs, cfg):
-    evaluated.append(params)
-    return {"macro_f1": 0.5 if params else 0.0, "accuracy": 0.5, "parse_rate": 1.0,
-            "per_class": {"Exact": {"f1": 0.5}}}
+  def fake_eval(config, params, tokenizer, pairs, cfg, offsets=None, fit_offsets=False):
+    if fit_offsets:   # the valid pass: its offsets go to the test pass
+      return {"macro_f1": 0.25, "num_pairs": len(pairs), "offsets": [0.0, 1.0],
+              "adjusted": {"macro_f1": 0.3}}
+    evaluated.append((params, offsets))
+    m = {"macro_f1": 0.5 if params else 0.0, "accuracy": 0.5, "per_class": {"Exact": {"f1": 0.5}}}
+    return {**m, "parse_rate": 1.0, "num_pairs": len(pairs), "offsets": offsets,
+            "adjusted": {**m, "macro_f1": 0.6, "label_distribution": {"Exact": 1.0}}}
   monkeypatch.setattr(teacher_eval, "evaluate_teacher", fake_eval)
 
   work = str(tmp_path / "table")
-  first = table.run_teacher_rows(cfg, str(teacher_dir), 8, work)
+  first = table.run_teacher_rows(cfg, str(teacher_dir), 8, work, valid_pairs=4)
   assert list(first) == ["base", "sft"] and len(evaluated) == 2
-  assert table.run_teacher_rows(cfg, str(teacher_dir), 8, work) == first
+  assert all(offsets == [0.0, 1.0] for _, offsets in evaluated)   # fitted on valid, used on test
+  assert first["sft"]["macro_f1"] == 0.6 and first["sft"]["macro_f1_argmax"] == 0.5
+  assert first["sft"]["valid_macro_f1_argmax"] == 0.25 and first["sft"]["valid_pairs"] == 4
+  assert table.run_teacher_rows(cfg, str(teacher_dir), 8, work, valid_pairs=4) == first
   assert len(evaluated) == 2                        # both rows reused
-  table.run_teacher_rows(cfg, str(teacher_dir), 16, work)
+  table.run_teacher_rows(cfg, str(teacher_dir), 16, work, valid_pairs=4)
   assert len(evaluated) == 4                        # other pairs: both recomputed
   stat = marker.stat()
   os.utime(marker, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # sft retrained
-  table.run_teacher_rows(cfg, str(teacher_dir), 16, work)
-  assert evaluated[4:] == [str(teacher_dir / "sft" / "final")]
+  table.run_teacher_rows(cfg, str(teacher_dir), 16, work, valid_pairs=4)
+  assert [p for p, _ in evaluated[4:]] == [str(teacher_dir / "sft" / "final")]
 
 
 def test_reference_rows_and_per_class_columns(tiny_config):

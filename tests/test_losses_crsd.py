@@ -48,6 +48,27 @@ def test_cross_entropy_golden():
   np.testing.assert_allclose(float(s), np.log(4.0), rtol=1e-6)
 
 
+def test_soft_target_cross_entropy_golden():
+  """teacher_soft: -sum_c q_c log softmax(z + t)_c per row, weighted by w_i * a_{y_i}."""
+  logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [5.0, -5.0, 0.0]], np.float32)
+  q = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.0, 1.0, 0.0]], np.float32)
+  labels = np.array([0, 2, 1])
+  w = np.array([1.0, 0.5, 0.0], np.float32)
+  a = np.array([1.0, 2.0, 3.0], np.float32)
+  t = np.array([0.0, -0.5, 0.25], np.float32)
+  s, n = classification.weighted_cross_entropy(jnp.array(logits), jnp.array(labels), jnp.array(w),
+                                               a, t, targets=jnp.array(q))
+  lp = np_log_softmax(logits.astype(np.float64) + t)
+  ref = sum(w[i] * a[labels[i]] * -(q[i] * lp[i]).sum() for i in range(3))
+  np.testing.assert_allclose(float(s), ref, rtol=1e-6)
+  assert float(n) == 1.5
+  # one-hot targets are the hard-label loss
+  hard, _ = classification.weighted_cross_entropy(jnp.array(logits), jnp.array(labels), jnp.array(w))
+  onehot, _ = classification.weighted_cross_entropy(jnp.array(logits), jnp.array(labels), jnp.array(w),
+                                                    targets=jnp.eye(3)[labels])
+  np.testing.assert_allclose(float(onehot), float(hard), rtol=1e-6)
+
+
 def test_kl_golden_and_stop_gradient():
   t = np.array([[1.0, 0.0, -1.0]], np.float32)
   p = np.array([[0.0, 0.5, 0.0]], np.float32)

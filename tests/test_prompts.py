@@ -2,6 +2,7 @@
 
 import sys
 
+import numpy as np
 import pytest
 
 from rd_jax.data import prompts
@@ -59,13 +60,32 @@ class _ChatTokenizer:
     return text + "<|im_start|>assistant\n"
 
 
-def test_prompt_has_query_item_labels_and_definitions():
-  text = prompts.build_prompt(_ChatTokenizer(), " red shoes ", "Nike Pegasus\nBrand: Nike", LABELS)
+def test_prompt_v1_has_query_item_labels_and_definitions():
+  text = prompts.build_prompt(_ChatTokenizer(), " red shoes ", "Nike Pegasus\nBrand: Nike", LABELS, version=1)
   assert "Query: red shoes\n" in text and "Nike Pegasus\nBrand: Nike" in text
   for label in LABELS:
     assert f"- {label}: {prompts.ESCI_DEFINITIONS[label]}" in text
   assert "Label: <Exact | Substitute | Complement | Irrelevant>" in text
   assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_prompt_v2_shares_a_prefix_and_names_no_label_in_the_format():
+  tok = _ChatTokenizer()
+  a = prompts.build_prompt(tok, "red shoes", "Nike Pegasus", LABELS)
+  b = prompts.build_prompt(tok, "usb c charger", "Anker 735", LABELS)
+  shared = a[:next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)]
+  for label in LABELS:   # every definition, and the answer format, precede the query
+    assert f"- {label}: {prompts.ESCI_DEFINITIONS_V2[label]}" in shared
+  assert "satisfies ALL" in prompts.ESCI_DEFINITIONS_V2["Exact"]
+  assert shared.rstrip().endswith("Query:") and "Label: <label>" in shared
+  assert a.endswith("Nike Pegasus<|im_end|>\n<|im_start|>assistant\n")
+  shuffled = prompts.build_prompt(tok, "red shoes", "Nike Pegasus", LABELS, order=[3, 1, 0, 2])
+  starts = [shuffled.index(f"- {l}:") for l in LABELS]
+  assert np.argsort(starts).tolist() == [3, 1, 0, 2]
+  with pytest.raises(ValueError, match="permutation"):
+    prompts.build_prompt(tok, "q", "i", LABELS, order=[0, 0, 1, 2])
+  with pytest.raises(ValueError, match="prompt version"):
+    prompts.build_messages("q", "i", LABELS, version=3)
   custom = prompts.build_messages("q", "item", ["Yes", "No"])[1]["content"]
   assert "- Yes\n- No" in custom
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from rd_jax import generate, metrics as metrics_lib
@@ -67,6 +68,7 @@ def mixed(query, sampled, k):
 def config(tiny_config, **annotate_keys):
   cfg = tiny_config()
   cfg.annotate.max_pairs = 20  # 3 shards of 8
+  cfg.annotate.offset_pairs = 0  # scripted generation has no label scores to fit offsets on
   for k, v in annotate_keys.items():
     cfg.annotate[k] = v
   return cfg
@@ -85,7 +87,29 @@ def test_vote_confidence_and_ties():
   assert record["teacher_label"] == "Substitute" and record["confidence"] == 0.5  # tie: first vote
   record, failure = annotate.vote([s("cut\nLabel: Exact", False), s("cut", False), s("Label: x")],
                                   labels, 3)
-  assert record is None and failure == ("truncated", "cut\nLabel: Exact")
+  assert record is None and failure == {"reason": "truncated", "raw": "cut\nLabel: Exact"}
+
+
+def test_scored_vote_uses_label_probs_and_offsets():
+  """Scored samples: the label is argmax of softmax(log p + offsets), averaged over samples."""
+  labels = ["Exact", "Substitute", "Complement", "Irrelevant"]
+  lp = np.log([[0.6, 0.3, 0.05, 0.05], [0.5, 0.1, 0.1, 0.3]])
+  s = lambda text, row, finished=True: generate.Sample(0, 0, text, [], finished, lp[row].tolist(), True)
+  record, _ = annotate.vote([s("a\nLabel: Exact", 0)], labels, 1)
+  assert record["teacher_label"] == "Exact" and record["reasoning"] == "a"
+  np.testing.assert_allclose(record["label_probs"], [0.6, 0.3, 0.05, 0.05], atol=1e-5)
+  offsets = [0.0, np.log(3.0), 0.0, 0.0]   # Substitute x3: 0.9 vs 0.6 before normalising
+  record, _ = annotate.vote([s("a\nLabel: Exact", 0)], labels, 1, offsets)
+  want = np.array([0.6, 0.9, 0.05, 0.05]) / 1.6
+  assert record["teacher_label"] == "Substitute"
+  np.testing.assert_allclose(record["label_probs"], want, atol=1e-5)
+  record, _ = annotate.vote([s("a\nLabel: Exact", 0), s("b\nLabel: Exact", 1)], labels, 2, offsets)
+  mean = (want + np.array([0.5, 0.3, 0.1, 0.3]) / 1.2) / 2
+  np.testing.assert_allclose(record["label_probs"], mean, atol=1e-5)
+  assert record["teacher_label"] == labels[int(np.argmax(mean))]
+  assert record["votes"] == {"Substitute": 1, "Exact": 1} and record["confidence"] == 0.5
+  record, failure = annotate.vote([s("cut", 1, finished=False)], labels, 1)
+  assert record is None and failure["reason"] == "truncated" and len(failure["label_probs"]) == 4
 
 
 def test_good_malformed_truncated_retries_and_failures(tiny_config, tmp_path, monkeypatch):
@@ -162,9 +186,12 @@ def test_interrupted_write_leaves_no_complete_looking_file(tmp_path):
 
 def test_real_generation_of_a_random_model_fails_counted(tiny_config, tmp_path):
   """The random tiny decoder through the jitted KV-cache path: k=2 votes, nothing parses."""
-  cfg = config(tiny_config, num_samples=2, max_retries=1)
+  cfg = config(tiny_config, num_samples=2, max_retries=1, offset_pairs=4)
   cfg.annotate.max_pairs = 4
   summary = annotate.run(cfg, str(tmp_path))
+  fitted = json.load(open(tmp_path / "annotate" / "offsets.json"))
+  assert fitted["valid_pairs"] == 4 and len(fitted["offsets"]) == len(cfg.labels)
+  assert summary["label_offsets"]["offsets"] == fitted["offsets"] and summary["prompt_version"] == 2
   assert summary["annotated"] == 0 and summary["failures"] == 4 and summary["parse_rate"] == 0.0
   assert sum(summary["failures_by_reason"].values()) == 4
   assert sum(summary["samples_by_outcome"].values()) == 4 * 2 * 2  # 2 samples x 2 attempts
@@ -173,3 +200,5 @@ def test_real_generation_of_a_random_model_fails_counted(tiny_config, tmp_path):
   assert (tmp_path / "annotate" / "annotations.jsonl").read_text() == ""
   fails = [json.loads(l) for l in open(tmp_path / "annotate" / "failures.jsonl")]
   assert len(fails) == 4 and all(f["raw"] for f in fails)
+  for f in fails:   # the label is scored even when the reasoning failed
+    assert len(f["label_probs"]) == len(cfg.labels) and abs(sum(f["label_probs"]) - 1) < 1e-4

@@ -25,7 +25,8 @@ from rd_jax.models.decoder import Decoder, DecoderConfig
 from rd_jax.stages import sft
 from rd_jax.teacher import model as teacher_model, rows as rows_lib
 
-_PROMPT = re.compile(r"Query: (.*?)\n\nProduct:\n(.*?)\n\nGrade the product", re.S)
+# prompt v2: the item ends the user turn (or precedes the rationalisation hint)
+_PROMPT = re.compile(r"Query: (.*?)\n\nProduct:\n(.*?)(?:\n\nHint:|<\|im_end\|>)", re.S)
 _HINT = re.compile(r"Hint: the correct label is (\w+)")
 
 

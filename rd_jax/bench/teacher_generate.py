@@ -1,6 +1,20 @@
 """`teacher_generate`: our KV-cache generation vs HF `model.generate`, same weights and prompts.
 
-  python -m rd_jax.bench teacher_generate --repeats=3 --out=teacher_generate.json
+  python -m rd_jax.bench teacher_generate --repeats=1 --warmup=0 --out=teacher_generate.json
+
+`--mode=annotation` (default): annotation throughput in pairs/s on `--pairs` seeded valid-fold
+pairs of the bundled data, greedy, up to `--max_new_tokens` (default 96 = teacher.max_response_len)
+with EOS, three ways in one run:
+  ours      `refill.run` with prompt v2: shared prefix prefilled once, `--slots` rows refilled as
+            they end, stop at "\nLabel:", the K labels scored from the cache (what annotate runs);
+  plain_v1  what annotation ran before (prompt v1, `generate.generate` in batches of
+            `--hf_batch`, each decoding to its longest row);
+  hf        HF `generate` on the same prompt-v2 prompts in batches of `--hf_batch` (default 16),
+            to EOS (its answer's label line parsed, no scoring), left-padded to each batch's longest.
+The summary has pairs/s of each and the ratios ours/hf and ours/plain_v1; `--dtype=bfloat16`
+casts our params to bf16 (HF stays fp32).
+
+`--mode=tokens` (the older benchmark):
 
 Both sides load the teacher once (`--teacher`, default the SmolLM2-135M GGUF dequantised to fp32;
 `--size=tiny` swaps in a 2-layer random decoder for a smoke run) and decode greedily, fp32, for
@@ -42,8 +56,14 @@ LABELS = ["Exact", "Substitute", "Complement", "Irrelevant"]
 
 def add_args(parser) -> None:
   parser.add_argument("--teacher", default="smollm2", help="smollm2 | <.gguf> | <HF folder>")
+  parser.add_argument("--mode", default="annotation", choices=("annotation", "tokens"))
+  parser.add_argument("--pairs", type=int, default=64, help="annotation: valid-fold pairs")
+  parser.add_argument("--slots", type=int, default=16, help="annotation: our decode slots")
+  parser.add_argument("--hf_batch", type=int, default=16, help="annotation: HF / plain batch")
+  parser.add_argument("--no_plain", action="store_true", help="annotation: skip plain_v1")
   parser.add_argument("--batch_sizes", default="1,16", help="comma list (at most 16: the prompt set)")
-  parser.add_argument("--max_new_tokens", type=int, default=64)
+  parser.add_argument("--max_new_tokens", type=int, default=0,
+                      help="new tokens (0 = 96 in annotation mode, 64 in tokens mode)")
   parser.add_argument("--no_hf", action="store_true", help="skip HF generate (ours only)")
   parser.add_argument("--split_prefill", action="store_true", help="also time 1-token calls")
 
@@ -67,6 +87,8 @@ def _teacher(args):
 
 
 def run(args) -> dict:
+  if args.mode == "annotation":
+    return run_annotation(args)
   import jax
   import torch
   from rd_jax import generate as gen
@@ -75,7 +97,7 @@ def run(args) -> dict:
   torch.set_num_threads(common.cores())
   config, params, hf_model, tok = _teacher(args)
   params = jax.device_put(params)
-  n_new = args.max_new_tokens
+  n_new = args.max_new_tokens or 64
   pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
   ids = [tok(prompts.build_prompt(tok, q, item, LABELS), add_special_tokens=False)["input_ids"]
          for q, item in PAIRS]
@@ -143,3 +165,110 @@ def _agreement(ours, hf, eos: int) -> dict:
   n = int(hits[0]) if hits.size else len(ours)
   diff = np.flatnonzero(ours[:n] != hf[:n])
   return {"compared": n, "equal_prefix": int(diff[0]) if diff.size else n}
+
+
+def _valid_pairs(n: int, seed: int):
+  from rd_jax import config as config_lib
+  from rd_jax.data import readers
+  cfg = config_lib.default_config()
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
+  return readers.seeded_subset(readers.train_valid_test(pairs, cfg)["valid"], n, seed), cfg
+
+
+def run_annotation(args) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from rd_jax import generate as gen, refill
+  from rd_jax.data import prompts
+
+  torch.set_num_threads(common.torch_threads())
+  config, params, hf_model, tok = _teacher(args)
+  dtype = "float32" if args.dtype in ("auto", "float32") else args.dtype
+  if dtype != "float32":   # weights stored in bf16: half the bytes each decode step streams
+    import dataclasses
+    config = dataclasses.replace(config, dtype=dtype)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+  params = jax.device_put(params)
+  n_new = args.max_new_tokens or 96
+  pairs, cfg = _valid_pairs(args.pairs, args.seed)
+  labels = list(cfg.labels)
+  v2 = [tok(prompts.build_prompt(tok, p.query, p.item_text, labels, version=2),
+            add_special_tokens=False)["input_ids"] for p in pairs]
+  v1 = [tok(prompts.build_prompt(tok, p.query, p.item_text, labels, version=1),
+            add_special_tokens=False)["input_ids"] for p in pairs]
+  eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+  stop = tok(gen.LABEL_CUE, add_special_tokens=False)["input_ids"]
+  cands = [tok(f"{gen.LABEL_CUE} {l}", add_special_tokens=False)["input_ids"] for l in labels]
+  outputs = {}
+
+  def ours():
+    r = refill.run(config, params, v2, slots=args.slots, max_new_tokens=n_new, eos_ids=[eos],
+                   pad_id=pad, stop_ids=stop, candidates=cands)
+    outputs["ours"] = r
+    return r.tokens
+
+  def plain():
+    out = []
+    for i in range(0, len(v1), args.hf_batch):
+      rows = v1[i:i + args.hf_batch]
+      length = gen.bucket_length(max(map(len, rows)), gen.DEFAULT_BUCKETS)
+      t, m = gen.left_pad(rows, length, pad, batch=args.hf_batch)
+      g = gen.generate(config, params, t, m, max_new_tokens=n_new, eos_ids=[eos], pad_id=pad)
+      out += [int(x) for x in g.lengths[:len(rows)]]
+    outputs["plain_v1"] = out
+    return out
+
+  def hf():
+    out = []
+    with torch.inference_mode():
+      for i in range(0, len(v2), args.hf_batch):
+        rows = v2[i:i + args.hf_batch]
+        t, m = (torch.from_numpy(a.astype(np.int64)) for a in gen.left_pad(rows, max(map(len, rows)), pad))
+        g = hf_model.generate(input_ids=t, attention_mask=m, max_new_tokens=n_new, do_sample=False,
+                              pad_token_id=pad, eos_token_id=eos)[:, t.shape[1]:].numpy()
+        out += [g[j] for j in range(len(rows))]
+    outputs["hf"] = out
+    return out
+
+  fns = {"ours": ours, "hf": hf}
+  if not args.no_plain:
+    fns["plain_v1"] = plain
+  if args.no_hf:
+    del fns["hf"]
+  timings = common.measure(fns, repeats=args.repeats, calls=1, warmup=args.warmup)
+  n = len(pairs)
+  r = outputs["ours"]
+  summary, table = {}, []
+  for name, timing in timings.items():
+    timing.extra.update(pairs=n, pairs_per_s=n / timing.median,
+                        pairs_per_s_repeats=[n / x for x in timing.repeats])
+    summary[f"{name}_pairs_per_s"] = n / timing.median
+    table.append({"run": name, "pairs": n, "median_s": timing.median, "pairs_per_s": n / timing.median})
+  if "hf" in timings:
+    summary["ours_vs_hf"] = summary["ours_pairs_per_s"] / summary["hf_pairs_per_s"]
+    summary["ours_vs_hf_target"] = common.target(summary["ours_vs_hf"], 3.0, at_most=False)
+    hf_len = [int(np.flatnonzero(np.append(h == eos, True))[0]) + 1 for h in outputs["hf"]]
+    summary["hf_mean_new_tokens"] = float(np.mean(np.minimum(hf_len, n_new)))
+    # greedy agreement: our tokens up to the cue / EOS equal HF's leading tokens
+    summary["greedy_prefix_agreement"] = float(np.mean([
+        np.array_equal(r.tokens[i, :r.lengths[i] - 1], outputs["hf"][i][:r.lengths[i] - 1])
+        for i in range(n)]))
+  if "plain_v1" in timings:
+    summary["ours_vs_plain_v1"] = summary["ours_pairs_per_s"] / summary["plain_v1_pairs_per_s"]
+    summary["plain_v1_mean_new_tokens"] = float(np.mean(outputs["plain_v1"]))
+  summary["ours_mean_new_tokens"] = float(np.mean(r.lengths))
+  summary["ours_stopped_on_cue"] = float(np.mean(r.stopped))
+  summary["ours_label_distribution"] = dict(zip(labels, np.bincount(
+      np.argmax(r.scores, -1), minlength=len(labels)).tolist()))
+  cfg_out = {"teacher": args.teacher, "size": getattr(args, "size", None), "mode": "annotation",
+             "model_config": config.to_dict(), "dtype": dtype, "max_new_tokens": n_new,
+             "pairs": n, "slots": args.slots, "hf_batch": args.hf_batch, "repeats": args.repeats,
+             "warmup": args.warmup, "threads": common.cores(), "torch_threads": torch.get_num_threads(),
+             "shared_prefix_tokens": r.prefix_len,
+             "prompt_tokens_v2_mean": float(np.mean([len(x) for x in v2])),
+             "prompt_tokens_v1_mean": float(np.mean([len(x) for x in v1]))}
+  notes = ["pairs/s = pairs / median seconds of one whole call (prefill, decode, scoring)",
+           "ours stops at the label cue and scores the labels; HF and plain_v1 generate the label "
+           "line to EOS (parsed)", "HF: fp32, sdpa attention, its own KV cache"]
+  return common.envelope("teacher_generate", cfg_out, timings, summary, table, notes)

@@ -63,6 +63,8 @@ def make_batch(tokens: TokenizedPairs, rows: np.ndarray, *, std_len: int, aug_le
   batch["labels"] = tokens.labels[rows]
   batch["item_key"] = tokens.item_key[rows]
   batch["reasoning_key"] = tokens.reasoning_key[rows]
+  if tokens.soft_labels is not None:   # crsd.label_source=teacher_soft: [B, C] targets
+    batch["soft_labels"] = tokens.soft_labels[rows]
   batch["weights"] = np.ones(len(rows), np.float32) if weights is None else weights
   batch["query_index"] = tokens.query_index[rows]
   batch["pair_index"] = np.asarray(rows, np.int32)

@@ -1,5 +1,16 @@
 """The teacher's prompt, its SFT target and the parser of its responses (no JAX here).
 
+Prompt versions (`teacher.prompt_version`, recorded in annotation manifests and provenance):
+  1  the query and item first, then one-line definitions ("Exact: the item matches the query"),
+     then `Label: <Exact | Substitute | Complement | Irrelevant>` (Exact first everywhere). No
+     two prompts share more than the system turn. Kept to re-read and re-evaluate old teachers.
+  2  (default) the instructions and the ESCI guideline's definitions first (Exact = satisfies ALL
+     the query's specifications), the answer format `Label: <label>` naming no label, and the
+     query and item LAST, so every prompt shares one token prefix (prefilled once:
+     `rd_jax/refill.py`). `order` permutes the definitions (SFT trains on shuffled orders, so no
+     position is the answer); the label itself is scored, not parsed (`generate.generate_texts`
+     `score_labels`).
+
 Response format: free-text reasoning, then a last non-empty line `Label: <label>` with <label>
 one of `cfg.labels` (case-insensitive, optional trailing period). Anything else is a parse
 failure with a named reason, so annotation counts failures instead of guessing:
@@ -36,6 +47,29 @@ Grade the product for this query with one of these labels:
 Explain your reasoning in two or three short sentences, then end with a final line of the form
 Label: <{label_names}>"""
 
+# The ESCI guideline (Reddy et al., 2022, "Shopping Queries Dataset", section 3), shortened.
+ESCI_DEFINITIONS_V2 = {
+    "Exact": ("relevant, and satisfies ALL the query's specifications (type, brand, size, "
+              "quantity, colour, any 'without')."),
+    "Substitute": "somewhat relevant: fails some aspect of the query but can serve as a functional substitute.",
+    "Complement": "does not fulfil the query but can be used together with an item that does.",
+    "Irrelevant": "irrelevant, or fails a central aspect of the query.",
+}
+
+USER_TEMPLATE_V2 = """Grade the product for the search query with one label:
+{definitions}
+Say in two or three short sentences which specifications of the query the product satisfies or
+fails, then end with the line
+Label: <label>
+
+Query: {query}
+
+Product:
+{item}"""
+
+PROMPT_VERSIONS = (1, 2)
+CURRENT_VERSION = 2
+
 _LABEL_LINE = re.compile(r"^\s*label\s*:\s*(.*?)\s*\.?\s*$", re.IGNORECASE)
 
 
@@ -45,28 +79,39 @@ class Parsed(NamedTuple):
   error: str | None       # None, or the failure reason above
 
 
-def build_messages(query: str, item_text: str, labels: Sequence[str],
-                   definitions: dict | None = None) -> list[dict]:
+def build_messages(query: str, item_text: str, labels: Sequence[str], definitions: dict | None = None,
+                   version: int = CURRENT_VERSION, order: Sequence[int] | None = None) -> list[dict]:
   """Chat messages [system, user]. item_text: the row rendered by `cfg.data.item_template`.
 
-  Labels without a definition (a non-ESCI label set) are listed by name only.
+  Labels without a definition (a non-ESCI label set) are listed by name only. order: a
+  permutation of range(len(labels)) listing the definitions (version 2; default: labels' order).
   """
-  definitions = ESCI_DEFINITIONS if definitions is None else definitions
-  lines = "\n".join(f"- {l}: {definitions[l]}" if l in definitions else f"- {l}" for l in labels)
-  user = USER_TEMPLATE.format(query=query.strip(), item=item_text.strip(), definitions=lines,
-                              label_names=" | ".join(labels))
+  if version not in PROMPT_VERSIONS:
+    raise ValueError(f"prompt version {version!r} not one of {PROMPT_VERSIONS}")
+  if definitions is None:
+    definitions = ESCI_DEFINITIONS_V2 if version == 2 else ESCI_DEFINITIONS
+  listed = [labels[i] for i in order] if order is not None else list(labels)
+  if sorted(listed) != sorted(labels):
+    raise ValueError(f"order {order} is not a permutation of the {len(labels)} labels")
+  lines = "\n".join(f"- {l}: {definitions[l]}" if l in definitions else f"- {l}" for l in listed)
+  if version == 1:
+    user = USER_TEMPLATE.format(query=query.strip(), item=item_text.strip(), definitions=lines,
+                                label_names=" | ".join(labels))
+  else:
+    user = USER_TEMPLATE_V2.format(query=query.strip(), item=item_text.strip(), definitions=lines)
   return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 def build_prompt(tokenizer, query: str, item_text: str, labels: Sequence[str],
-                 definitions: dict | None = None) -> str:
+                 definitions: dict | None = None, version: int = CURRENT_VERSION,
+                 order: Sequence[int] | None = None) -> str:
   """The prompt string through the tokenizer's chat template, ending where the answer starts.
 
   Tokenise it with `add_special_tokens=False`: the template already holds the special tokens.
   """
   if not getattr(tokenizer, "chat_template", None):
     raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template")
-  return tokenizer.apply_chat_template(build_messages(query, item_text, labels, definitions),
+  return tokenizer.apply_chat_template(build_messages(query, item_text, labels, definitions, version, order),
                                        tokenize=False, add_generation_prompt=True)
 
 
@@ -104,10 +149,11 @@ Label: {gold}"""
 
 
 def build_rationalization_prompt(tokenizer, query: str, item_text: str, labels: Sequence[str],
-                                 gold: str, definitions: dict | None = None) -> str:
+                                 gold: str, definitions: dict | None = None,
+                                 version: int = CURRENT_VERSION, order: Sequence[int] | None = None) -> str:
   """`build_prompt` with `RATIONALIZATION_HINT` (naming the gold label) appended to the user turn."""
   if not getattr(tokenizer, "chat_template", None):
     raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template")
-  messages = build_messages(query, item_text, labels, definitions)
+  messages = build_messages(query, item_text, labels, definitions, version, order)
   messages[-1]["content"] += RATIONALIZATION_HINT.format(gold=gold)
   return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

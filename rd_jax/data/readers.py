@@ -360,7 +360,10 @@ def attach_reasoning(pairs: list[Pair], annotations_path: str, cfg) -> tuple[lis
     teacher = ann.get("teacher_label")
     teacher_id = match_label(teacher, cfg.labels) if isinstance(teacher, str) else None
     counts["unknown_teacher_label"] += int(teacher is not None and teacher_id is None)
-    out.append(Pair(**{**pair.__dict__, "reasoning": reasoning, "teacher_label_id": teacher_id}))
+    probs = ann.get("label_probs")
+    probs = tuple(float(x) for x in probs) if isinstance(probs, list) and len(probs) == len(cfg.labels) else None
+    out.append(Pair(**{**pair.__dict__, "reasoning": reasoning, "teacher_label_id": teacher_id,
+                       "teacher_label_probs": probs}))
   report = {k: counts.get(k, 0) for k in ("annotations_read", "attached", "missing",
                                           "duplicate_annotations", "truncated_reasoning",
                                           "unknown_teacher_label")}

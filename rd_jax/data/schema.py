@@ -70,6 +70,8 @@ class Pair:
   fold: int
   raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
   teacher_label_id: int | None = None  # set by readers.attach_reasoning
+  teacher_label_probs: tuple[float, ...] | None = None  # the annotation's label_probs, if any
+  soft_label: tuple[float, ...] | None = None  # training target (crsd.label_source=teacher_soft)
   truncated: tuple[str, ...] = ()      # which of "query"/"item"/"reasoning" were cut
 
 

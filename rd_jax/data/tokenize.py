@@ -98,6 +98,7 @@ class TokenizedPairs:
   reasoning_key: np.ndarray  # [N] int32 text_key(reasoning); 0 = no reasoning
   stats: dict                # truncation counts, see tokenize_pairs
   query_index: np.ndarray    # [N] int32: query_id numbered by first appearance (query_indices)
+  soft_labels: np.ndarray | None = None  # [N, C] float32 (Pair.soft_label; one-hot where None)
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -162,13 +163,18 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, *, max_len_std: int,
     aug_b.append(len(q) + 2)
 
   labels = np.asarray([-1 if p.label_id is None else p.label_id for p in pairs], np.int32)
+  soft = None
+  if any(p.soft_label is not None for p in pairs):
+    c = len(next(p.soft_label for p in pairs if p.soft_label is not None))
+    soft = np.asarray([p.soft_label if p.soft_label is not None else np.eye(c)[max(l, 0)]
+                       for p, l in zip(pairs, labels)], np.float32)
   stats = {"pairs": len(pairs), **counts, "no_reasoning": sum(1 for p in pairs if not p.reasoning)}
   return TokenizedPairs(
       std=RaggedTokens.from_lists(std_rows, std_b), aug=RaggedTokens.from_lists(aug_rows, aug_b),
       labels=labels,
       item_key=np.asarray([text_key(p.item_text) for p in pairs], np.int32),
       reasoning_key=np.asarray([text_key(p.reasoning) for p in pairs], np.int32), stats=stats,
-      query_index=query_indices(pairs))
+      query_index=query_indices(pairs), soft_labels=soft)
 
 
 def query_indices(pairs: list[Pair]) -> np.ndarray:

@@ -69,7 +69,11 @@ def _define_flags() -> None:
       seeds=flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per variant."),
       variants=flags.DEFINE_list("variants", list(VARIANTS), "Variants to run (default: all)."),
       teacher_pairs=flags.DEFINE_integer("teacher_pairs", 0, "Cap on test pairs for teacher "
-                                         "rows (0 = all test pairs)."))
+                                         "rows (0 = all test pairs)."),
+      teacher_valid_pairs=flags.DEFINE_integer(
+          "teacher_valid_pairs", 256, "Valid-fold pairs (seeded sample; 0 = none) each teacher "
+          "step is scored on first: its label offsets are fitted there (rd_jax/decision.py) and "
+          "applied on test."))
 
 
 def _override(cfg, overrides: dict, seed: int):
@@ -145,7 +149,7 @@ def _macro_f1_at(predictions_path: str, positions, cfg, test) -> float:
 
 
 def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "",
-                     sample=None) -> dict:
+                     sample=None, valid_pairs: int = 256) -> dict:
   """Test-fold metrics of the base teacher and each complete cpt/sft/dpo final/.
 
   With `workdir`, each row is kept in <workdir>/teacher_rows/<step>.json with what it was computed
@@ -157,6 +161,9 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
   from rd_jax.train.fit import make_mesh
   test, positions = sample or teacher_sample(cfg, max_pairs)   # main passes the one it reuses
   test = [test[i] for i in positions]
+  from rd_jax.data import readers
+  valid = readers.seeded_subset(readers.train_valid_test(readers.load_pairs(cfg.data.path, cfg)[0],
+                                                         cfg)["valid"], valid_pairs, 0) if valid_pairs else []
   mesh = None
   rows = {}
   for step in TEACHER_STEPS:
@@ -165,7 +172,9 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
       continue
     key = {"step": step, "checkpoint": storage.abspath(explicit) if explicit else cfg.teacher.init,
            "written": _complete_stamp(explicit), "pairs": len(test), "max_pairs": max_pairs,
-           "test_folds": list(cfg.data.test_folds), "data": cfg.data.path}
+           "test_folds": list(cfg.data.test_folds), "data": cfg.data.path,
+           "valid_pairs": len(valid), "prompt_version": int(cfg.teacher.prompt_version),
+           "score_labels": bool(cfg.teacher.score_labels)}
     cache = os.path.join(workdir, "teacher_rows", f"{step}.json") if workdir else ""
     if cache and storage.exists(cache):
       kept = json.loads(storage.read_text(cache))
@@ -176,14 +185,31 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
     if mesh is None:
       mesh = make_mesh(cfg)
     teacher = teacher_model.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
+    on_valid = (teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
+                                              valid, cfg, fit_offsets=True) if valid else {})
     result = teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
-                                           test, cfg)
-    rows[step] = {k: result[k] for k in ("macro_f1", "accuracy", "parse_rate") if k in result}
-    rows[step]["per_class_f1"] = {k: v["f1"] for k, v in result.get("per_class", {}).items()}
+                                           test, cfg, offsets=on_valid.get("offsets"))
+    rows[step] = teacher_row(result, on_valid)
     if cache:
       storage.makedirs(os.path.dirname(cache))
       metrics_lib.write_json_atomic({"key": key, "row": rows[step]}, cache)
   return rows
+
+
+def teacher_row(result: dict, on_valid: dict) -> dict:
+  """A teacher step's row: test metrics with the offsets fitted on valid (`macro_f1`; the raw
+  argmax is `macro_f1_argmax`), label distribution vs gold, and valid figures."""
+  adj = result.get("adjusted")
+  row = {"macro_f1": (adj or result)["macro_f1"], "accuracy": (adj or result)["accuracy"],
+         "macro_f1_argmax": result["macro_f1"], "parse_rate": result.get("parse_rate"),
+         "per_class_f1": {k: v["f1"] for k, v in (adj or result).get("per_class", {}).items()},
+         "label_distribution": (adj or result).get("label_distribution"),
+         "gold_distribution": result.get("gold_distribution"), "offsets": result.get("offsets"),
+         "test_pairs": result.get("num_pairs")}
+  if on_valid:
+    row.update(valid_pairs=on_valid.get("num_pairs"), valid_macro_f1_argmax=on_valid["macro_f1"],
+               valid_macro_f1_fitted=(on_valid.get("adjusted") or {}).get("macro_f1"))
+  return row
 
 
 def reference_rows(cfg) -> dict:
@@ -248,8 +274,8 @@ def _mean_or_none(values):
   return float(np.mean(values)) if values and all(v is not None for v in values) else None
 
 
-def _fmt(value) -> str:
-  return "—" if value is None else f"{value:.4f}"
+def _fmt(value, digits: int = 4) -> str:
+  return "—" if value is None else f"{value:.{digits}f}"
 
 
 def _per_class(f1: dict, labels: list[str]) -> str:
@@ -264,11 +290,13 @@ def markdown(rows: dict, teacher: dict, references: dict | None = None,
   head = "".join(f" {c} F1 |" for c in labels)
   rule = " --- |" * len(labels)
   out = [caption, ""] if caption else []
-  out += [f"| teacher step | test macro-F1 | accuracy | parse rate |{head}",
-         f"| --- | --- | --- | --- |{rule}"]
-  out += [f"| {s} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | {r.get('parse_rate', 1):.3f} | "
+  out += [f"| teacher step | test macro-F1 | argmax | valid macro-F1 argmax (pairs) | accuracy | "
+          f"parse rate | labels (gold) |{head}", f"| --- | --- | --- | --- | --- | --- | --- |{rule}"]
+  out += [f"| {s} | {r['macro_f1']:.4f} | {_fmt(r.get('macro_f1_argmax'))} | "
+          f"{_fmt(r.get('valid_macro_f1_argmax'))} ({r.get('valid_pairs', 0)}) | {r['accuracy']:.4f} | "
+          f"{_fmt(r.get('parse_rate'), 3)} | {_shares(r.get('label_distribution'), r.get('gold_distribution'))} | "
           f"{_per_class(r.get('per_class_f1', {}), labels)} |"
-          for s, r in teacher.items()] or ["| (no teacher rows) | | | |" + " |" * len(labels)]
+          for s, r in teacher.items()] or ["| (no teacher rows) | | | | | | |" + " |" * len(labels)]
   out += ["", "| student variant | seeds | test macro-F1 (mean ± std) | valid macro-F1 | "
           "test accuracy | test nDCG@10 | macro-F1 on the teacher's pairs | retention (same pairs) |"
           + head, f"| --- | --- | --- | --- | --- | --- | --- | --- |{rule}"]
@@ -287,6 +315,14 @@ def markdown(rows: dict, teacher: dict, references: dict | None = None,
                f"{on_teacher} | {ret} | "
                f"{_per_class(r.get('per_class_f1_mean', {}), labels)} |")
   return "\n".join(out) + "\n"
+
+
+def _shares(predicted: dict | None, gold: dict | None) -> str:
+  """"E 0.62 (0.51), S 0.20 (0.27), ...": the teacher's label shares, gold's in brackets."""
+  if not predicted:
+    return "—"
+  return ", ".join(f"{l[:1]} {v:.2f}" + (f" ({gold[l]:.2f})" if gold and l in gold else "")
+                   for l, v in predicted.items())
 
 
 def plot(rows: dict, path: str, references: dict | None = None) -> None:
@@ -329,7 +365,8 @@ def main(argv):
   teacher_check = (provenance.check_teacher_wrote_annotations(
       cfg, teacher_workdir, last_teacher_step(teacher_workdir)) if teacher_workdir else None)
   sample = teacher_sample(cfg, max_pairs) if teacher_workdir else None
-  teacher = run_teacher_rows(cfg, teacher_workdir, max_pairs, workdir, sample) if sample else {}
+  teacher = (run_teacher_rows(cfg, teacher_workdir, max_pairs, workdir, sample,
+                              _FLAGS["teacher_valid_pairs"].value) if sample else {})
   student = {}
   for variant in variants:
     if VARIANTS[variant][1].get("crsd.label_source") == "teacher" and cfg.data.reasoning_source != "annotations":
@@ -343,6 +380,7 @@ def main(argv):
             "teacher_check": teacher_check,
             "config": {"seeds": seeds, "reasoning_source": cfg.data.reasoning_source,
                        "teacher_pairs": int(len(sample[1])) if sample else 0,
+                       "teacher_valid_pairs": _FLAGS["teacher_valid_pairs"].value if sample else 0,
                        "train_steps": cfg.train.num_steps, "batch_size": cfg.train.batch_size},
             "seconds": round(time.perf_counter() - t0, 1)}
   metrics_lib.write_json_atomic(result, os.path.join(workdir, "table.json"))

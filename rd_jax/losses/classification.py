@@ -2,6 +2,10 @@
 
     CE = sum_i w_i * a_{y_i} * (-log softmax(z_i + t)[y_i]) / sum_i w_i
 
+With soft targets q_i [C] (the teacher's label_probs, `crsd.label_source=teacher_soft`) the
+per-row term is the cross-entropy against q_i, -sum_c q_ic log softmax(z_i + t)_c, and a_{y_i}
+uses y_i = the hard label of the row (the teacher's argmax).
+
 `w_i` is 0 for the padding rows of a partial batch, so they neither count nor dilute the mean.
 `a` [C] are class weights (default 1; "balanced" = n / (C * n_c), whose mean over the training
 rows is 1, so the loss keeps its scale). `t` [C] is the logit adjustment of Menon et al. 2021
@@ -22,15 +26,19 @@ import numpy as np
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,
-                           class_weights=None, logit_adjustment=None):
+                           class_weights=None, logit_adjustment=None, targets=None):
   """logits [B, C], labels [B] int, weights [B], class_weights [C] | None,
-  logit_adjustment [C] or [B, C] (per row, e.g. + query_log_prior) | None -> (loss_sum, weight_sum)."""
+  logit_adjustment [C] or [B, C] (per row, e.g. + query_log_prior) | None,
+  targets [B, C] (soft, rows sum to 1) | None -> (loss_sum, weight_sum)."""
   z = logits.astype(jnp.float32)
   if logit_adjustment is not None:
     z = z + jnp.asarray(logit_adjustment, jnp.float32)             # [B, C] + [C] or [B, C]
   logp = jax.nn.log_softmax(z, axis=-1)                                      # [B, C]
   labels = labels.astype(jnp.int32)
-  nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]           # [B]
+  if targets is None:
+    nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]         # [B]
+  else:
+    nll = -jnp.sum(targets.astype(jnp.float32) * logp, axis=-1)              # [B]
   w = weights.astype(jnp.float32)
   row = w if class_weights is None else w * jnp.asarray(class_weights, jnp.float32)[labels]
   return jnp.sum(nll * row), jnp.sum(w)

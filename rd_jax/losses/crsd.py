@@ -54,7 +54,7 @@ def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg: CrsdLossCon
   """
   labels, w = batch["labels"], batch["weights"].astype(jnp.float32)
   ce = lambda logits: classification.weighted_cross_entropy(logits, labels, w, class_weights,
-                                                            logit_adjustment)
+                                                            logit_adjustment, batch.get("soft_labels"))
   ce_s, n = ce(std_out["logits"])
   acc_s, _ = classification.weighted_accuracy(std_out["logits"], labels, w)
   n = jnp.maximum(n, 1.0)

@@ -187,8 +187,11 @@ def _write(buf: jax.Array, new: jax.Array, layer: int, index: jax.Array) -> jax.
   new = new.astype(buf.dtype)
   if index.ndim == 0:
     return lax.dynamic_update_slice(buf, new[None], (layer, 0, 0, index, 0))
-  rows = jax.vmap(lambda b, n, i: lax.dynamic_update_slice(b, n, (0, i, 0)))(buf[layer], new, index)
-  return buf.at[layer].set(rows)
+  # one scatter straight into the buffer (updated in place inside a loop), not a per-row copy of
+  # the layer's cache: b, k, slot indices broadcast to [B, K, L]
+  b, k, l = new.shape[:3]
+  slots = index[:, None, None] + jnp.arange(l)[None, None, :]
+  return buf.at[layer, jnp.arange(b)[:, None, None], jnp.arange(k)[None, :, None], slots].set(new)
 
 
 class Attention(nn.Module):

@@ -5,13 +5,19 @@ in the workdir, else the base model `teacher.init` (the choice is logged and rec
 `teacher_ckpt`). Pairs: `data.path` (labels optional), split `annotate.split` (all | train | valid |
 test folds), optionally a seeded sample of `annotate.max_pairs`.
 
-Generation (`teacher/eval.sample` -> `generate.generate_texts`): jitted, KV cache, batches of
-`annotate.batch_size` prompts padded to the smallest prompt bucket. num_samples == 1: greedy.
-k > 1: k samples at `annotate.temperature`; majority vote among the samples that parse (ties: the
-label voted first), confidence = winner's votes / k, reasoning and raw = the first sample that
-voted for the winner. A pair with no parseable sample is retried (k samples at
-`annotate.temperature`) up to `annotate.max_retries` times, then written to failures with the
-reason and raw text of its last attempt — never given a label.
+Generation (`teacher/eval.sample` -> `generate.generate_texts` -> `refill.run`): one jitted call
+per shard; the prompt-v2 prefix (instructions, definitions) is prefilled once and
+`annotate.batch_size` slots take the next prompt as soon as a row ends. num_samples == 1: greedy.
+Label (`teacher.score_labels`, default): after the reasoning, every label is scored as the
+continuation of "\nLabel:" from the row's KV cache; label_probs = softmax(log p + offsets), with
+per-class offsets fitted on valid macro-F1 (`annotate.offset_pairs` valid-fold pairs, scored
+first: annotate/offsets.json; `rd_jax/decision.py`), teacher_label = its argmax. k > 1: k
+samples at `annotate.temperature`; label_probs = the mean over the samples that parse,
+votes = each one's argmax, confidence = the winner's votes / k. Without scoring, the parsed labels
+vote (ties: the label voted first). A sample "parses" when its reasoning is complete (not empty,
+not cut at max tokens); a pair with none is retried (k samples at `annotate.temperature`) up to
+`annotate.max_retries` times, then written to failures with the reason, raw text (and
+label_probs) of its last attempt — never given a label.
 Sharding: params are sharded by TEACHER_RULES (fsdp/tensor split the model); the prompt batch is
 replicated over the mesh's batch axes (`generate` takes host arrays), so with several processes
 every process runs the same batches and process 0 alone writes.
@@ -22,10 +28,12 @@ Layout of <workdir>/annotate/:
   shards/shard-00000.jsonl      annotations of pairs [0, shard_size), in pair order
   shards/shard-00000.failures.jsonl
   shards/shard-00000.done       JSON counts; written LAST, so a shard is complete iff it exists
+  offsets.json                  the label offsets fitted on valid (and the valid figures)
   annotations.jsonl             all shards merged (atomic); per line: query_id, product_id, query,
-                                teacher_label, reasoning, confidence, votes, attempts, raw,
-                                teacher_ckpt, fold and the gold `label` when the pair has one
-                                (what `data.readers.attach_reasoning` reads)
+                                teacher_label, label_probs [K] (labels' order; scored labels),
+                                reasoning, confidence, votes, attempts, raw, teacher_ckpt, fold
+                                and the gold `label` when the pair has one (what
+                                `data.readers.attach_reasoning` reads)
   failures.jsonl                query_id, product_id, query, reason, raw, attempts, teacher_ckpt
   summary.json                  written last
 Every file is written under a .tmp name and renamed, so a killed run leaves no partial file
@@ -69,22 +77,49 @@ def select_pairs(cfg) -> tuple[list, dict]:
   return pairs, report
 
 
-def vote(samples, labels, k: int):
-  """(record fields, None) from one attempt's k samples, or (None, (reason, raw)) if none parsed."""
+def label_probs(logprobs, offsets=None) -> np.ndarray:
+  """softmax(log p + offsets) [K]: the scored labels after the logit adjustment fitted on valid."""
+  z = np.asarray(logprobs, np.float64) + (0.0 if offsets is None else np.asarray(offsets, np.float64))
+  z = np.exp(z - z.max())
+  return z / z.sum()
+
+
+def vote(samples, labels, k: int, offsets=None):
+  """(record fields, None) from one attempt's k samples, or (None, failure fields) if none parsed.
+
+  Scored samples (`label_logprobs`): each sample's label is argmax(label_probs), the pair's
+  label_probs the mean over its parsed samples and teacher_label their argmax. Otherwise the
+  parsed labels vote (ties: the label voted first).
+  """
   parsed = [(s, prompts.parse_response(s.text, labels, s.finished)) for s in samples]
   good = [(s, p) for s, p in parsed if p.error is None]
+  scored = all(s.label_logprobs is not None for s in samples)
   if not good:
     reasons = collections.Counter(te.reason_key(p.error) for _, p in parsed)
     reason = reasons.most_common(1)[0][0]
-    return None, next((p.error, s.text) for s, p in parsed if te.reason_key(p.error) == reason)
-  votes = collections.Counter(p.label for _, p in good)   # insertion order breaks ties
-  winner, n = votes.most_common(1)[0]
-  s, p = next((s, p) for s, p in good if p.label == winner)
-  return {"teacher_label": winner, "reasoning": p.reasoning, "confidence": n / k,
-          "votes": dict(votes), "raw": s.text}, None
+    s, p = next((s, p) for s, p in parsed if te.reason_key(p.error) == reason)
+    fail = {"reason": p.error, "raw": s.text}
+    if scored:
+      fail["label_probs"] = np.round(label_probs(s.label_logprobs, offsets), 5).tolist()
+    return None, fail
+  extra = {}
+  if scored:
+    probs = [label_probs(s.label_logprobs, offsets) for s, _ in good]
+    mine = [labels[int(np.argmax(q))] for q in probs]
+    votes = collections.Counter(mine)
+    mean = np.mean(probs, axis=0)
+    winner = labels[int(np.argmax(mean))]
+    s, p = next(((s, p) for (s, p), m in zip(good, mine) if m == winner), good[0])
+    extra["label_probs"] = np.round(mean, 5).tolist()
+  else:
+    votes = collections.Counter(p.label for _, p in good)   # insertion order breaks ties
+    winner = votes.most_common(1)[0][0]
+    s, p = next((s, p) for s, p in good if p.label == winner)
+  return {"teacher_label": winner, **extra, "reasoning": p.reasoning,
+          "confidence": votes[winner] / k, "votes": dict(votes), "raw": s.text}, None
 
 
-def annotate_pairs(teacher, pairs, cfg, *, seed: int) -> tuple[list, list, dict]:
+def annotate_pairs(teacher, pairs, cfg, *, seed: int, offsets=None) -> tuple[list, list, dict]:
   """(records, failures, counts) for `pairs`, in pair order. Deterministic given `seed`."""
   a = cfg.annotate
   k = int(a.num_samples)
@@ -105,7 +140,7 @@ def annotate_pairs(teacher, pairs, cfg, *, seed: int) -> tuple[list, list, dict]
       err = prompts.parse_response(s.text, cfg.labels, s.finished).error
       sample_errors[te.reason_key(err) if err else "ok"] += 1
     for i in pending:
-      record, failure = vote(grouped[i], cfg.labels, k)
+      record, failure = vote(grouped[i], cfg.labels, k, offsets)
       if record is None:
         last_fail[i] = failure
       else:
@@ -118,8 +153,7 @@ def annotate_pairs(teacher, pairs, cfg, *, seed: int) -> tuple[list, list, dict]
     if i in done:
       records.append({**base, **done[i], "teacher_ckpt": teacher.source, "fold": pair.fold, **gold})
     else:
-      reason, raw = last_fail[i]
-      failures.append({**base, "reason": reason, "raw": raw, "attempts": int(a.max_retries) + 1,
+      failures.append({**base, **last_fail[i], "attempts": int(a.max_retries) + 1,
                        "teacher_ckpt": teacher.source, **gold})
   counts = {"pairs": len(pairs), "annotated": len(records),
             "failures_by_reason": dict(collections.Counter(te.reason_key(f["reason"]) for f in failures)),
@@ -127,7 +161,41 @@ def annotate_pairs(teacher, pairs, cfg, *, seed: int) -> tuple[list, list, dict]
   return records, failures, counts
 
 
-def _manifest(cfg, teacher, pairs) -> dict:
+def fit_offsets(cfg, teacher, stage_dir: str) -> dict | None:
+  """The logit adjustment of the teacher's scored labels: offsets fitted on valid macro-F1
+  (`rd_jax/decision.py`) from `annotate.offset_pairs` seeded valid-fold pairs; written to
+  annotate/offsets.json and reused while the teacher and settings are the same. None = off."""
+  n = int(cfg.annotate.offset_pairs)
+  if not cfg.teacher.score_labels or n <= 0:
+    return None
+  path = os.path.join(stage_dir, "offsets.json")
+  key = {"teacher_ckpt": teacher.source, "pairs": n, "seed": int(cfg.seed),
+         "prompt_version": int(cfg.teacher.prompt_version), "labels": list(cfg.labels)}
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if {k: old.get(k) for k in key} == key:
+      return old
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
+  valid = readers.seeded_subset(readers.train_valid_test(pairs, cfg)["valid"], n, cfg.seed)
+  logging.info("annotate: fitting the label offsets on %d valid pairs", len(valid))
+  m = te.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer, valid, cfg,
+                          batch_size=cfg.annotate.batch_size, seed=cfg.seed, fit_offsets=True,
+                          log=logging.info)
+  if "offsets" not in m:   # the generation gave no label scores (a scripted test generator)
+    logging.warning("annotate: no label scores on valid; the labels are not adjusted")
+    return None
+  out = {**key, "offsets": m["offsets"], "valid_pairs": len(valid),
+         "valid_macro_f1_argmax": m["macro_f1"], "valid_macro_f1_adjusted": m["adjusted"]["macro_f1"],
+         "valid_label_distribution": m["label_distribution"],
+         "valid_label_distribution_adjusted": m["adjusted"]["label_distribution"],
+         "valid_gold_distribution": m["gold_distribution"], "seconds": m["seconds"]}
+  if jax.process_index() == 0:
+    metrics_lib.write_json_atomic(out, path)
+  return out
+
+
+def _manifest(cfg, teacher, pairs, offsets=None) -> dict:
   keys = hashlib.md5("\n".join(f"{p.query_id}\t{p.product_id}\t{p.query}" for p in pairs)
                      .encode("utf-8")).hexdigest()
   a = cfg.annotate
@@ -136,7 +204,9 @@ def _manifest(cfg, teacher, pairs) -> dict:
           "temperature": float(a.temperature), "max_retries": int(a.max_retries),
           "max_prompt_len": int(cfg.teacher.max_prompt_len),
           "max_response_len": int(cfg.teacher.max_response_len), "seed": int(cfg.seed),
-          "labels": list(cfg.labels)}
+          "labels": list(cfg.labels), "prompt_version": int(cfg.teacher.prompt_version),
+          "score_labels": bool(cfg.teacher.score_labels),
+          "label_offsets": None if offsets is None else [round(float(o), 4) for o in offsets]}
 
 
 def _check_manifest(path: str, manifest: dict) -> None:
@@ -167,7 +237,9 @@ def run(cfg, workdir: str) -> dict:
   teacher = teacher_model.load_teacher(cfg, workdir, mesh, upstream=("dpo", "sft", "cpt"), explicit=a.teacher)
   logging.info("annotate with teacher %s", teacher.source)
   pairs, data_report = select_pairs(cfg)
-  _check_manifest(os.path.join(shard_dir, "manifest.json"), _manifest(cfg, teacher, pairs))
+  fitted = fit_offsets(cfg, teacher, stage_dir)
+  offsets = None if fitted is None else fitted["offsets"]
+  _check_manifest(os.path.join(shard_dir, "manifest.json"), _manifest(cfg, teacher, pairs, offsets))
   n_shards = -(-len(pairs) // a.shard_size)
   name = lambda i, suffix: os.path.join(shard_dir, f"shard-{i:05d}{suffix}")
   # Process 0 decides which shards are done; every process then runs the same batches.
@@ -182,7 +254,7 @@ def run(cfg, workdir: str) -> dict:
       return {"stage": "annotate", "interrupted_at": int(a.stop_after_shards)}
     t_shard = time.perf_counter()
     records, failures, counts = annotate_pairs(teacher, pairs[i * a.shard_size:(i + 1) * a.shard_size],
-                                               cfg, seed=(cfg.seed * 100_003 + i) % 2**31)
+                                               cfg, seed=(cfg.seed * 100_003 + i) % 2**31, offsets=offsets)
     counts["seconds"] = time.perf_counter() - t_shard
     if jax.process_index() == 0:
       metrics_lib.write_jsonl_atomic(records, name(i, ".jsonl"))
@@ -193,10 +265,10 @@ def run(cfg, workdir: str) -> dict:
                  counts["pairs"], counts["seconds"])
   if jax.process_count() > 1:  # every process reads the shards process 0 wrote
     multihost_utils.sync_global_devices("annotate:shards_written")
-  return _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t0)
+  return _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t0, fitted)
 
 
-def _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t0) -> dict:
+def _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t0, fitted) -> dict:
   records, failures, totals = [], [], collections.Counter()
   by_reason, outcomes = collections.Counter(), collections.Counter()
   for i in range(n_shards):
@@ -225,6 +297,11 @@ def _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t
              "teacher_macro_f1": gold_vs_teacher and gold_vs_teacher["macro_f1"],
              "teacher_accuracy": gold_vs_teacher and gold_vs_teacher["accuracy"],
              "teacher_vs_gold": gold_vs_teacher, "data": data_report,
+             "prompt_version": int(cfg.teacher.prompt_version),
+             "label_source": "scored" if cfg.teacher.score_labels else "parsed",
+             "label_offsets": fitted, "label_distribution": te.distribution(
+                 [r["teacher_label"] for r in records], cfg.labels),
+             "gold_distribution": te.distribution([g for g, _ in scored], cfg.labels) if scored else None,
              "seconds": round(time.perf_counter() - t0, 1)}
   if jax.process_index() == 0:
     metrics_lib.write_jsonl_atomic(records, os.path.join(stage_dir, "annotations.jsonl"))

@@ -157,7 +157,8 @@ def teacher_quality(params, teacher, records, rm, cfg) -> dict:
   responses = [rs[0] for rs in sampling.sample_responses(
       teacher.config, params, teacher.tokenizer, [r["prompt"] for r in records], num_samples=1,
       temperature=0.0, seed=cfg.seed, batch_size=cfg.dpo.generate_batch_size,
-      max_new_tokens=cfg.teacher.max_response_len, max_prompt_len=cfg.teacher.max_prompt_len)]
+      max_new_tokens=cfg.teacher.max_response_len, max_prompt_len=cfg.teacher.max_prompt_len,
+      score_labels=te.score_labels(cfg))]
   labels = list(cfg.labels)
   scored = [sampling.score_record(dict(r, responses=[x]), labels, cfg.reward.dimensions,
                                   cfg.teacher.max_response_len)["responses"][0]
@@ -186,7 +187,7 @@ def make_pairs(policy, rm, train, cfg, weights) -> list[dict]:
       policy.config, policy.params, policy.tokenizer, [r["prompt"] for r in train],
       num_samples=d.samples_per_prompt, temperature=d.temperature, seed=cfg.seed + 3,
       batch_size=d.generate_batch_size, max_new_tokens=cfg.teacher.max_response_len,
-      max_prompt_len=cfg.teacher.max_prompt_len)
+      max_prompt_len=cfg.teacher.max_prompt_len, score_labels=te.score_labels(cfg))
   flat = [(r["prompt"], x["text"], x["finished"]) for r, rs in zip(train, responses) for x in rs]
   prompts, texts, finished = zip(*flat)
   scores = reward_model.score_responses(rm.params, rm.config, rm.tokenizer, prompts, texts,
@@ -233,7 +234,7 @@ def run(cfg, workdir: str) -> dict:
   splits = readers.train_valid_test(readers.load_pairs(cfg.data.path, cfg)[0], cfg)
   select = lambda split, limit, seed: sampling.select_prompts(
       splits[split], policy.tokenizer, cfg.labels, cfg.teacher.max_prompt_len, limit,
-      [cfg.seed, seed])
+      [cfg.seed, seed], version=cfg.teacher.prompt_version)
   train, info = select("train", d.prompts, 3)
   valid, _ = select("valid", d.eval_prompts, 4)
 

@@ -45,7 +45,7 @@ from rd_jax import metrics as metrics_lib, reward_scorers
 from rd_jax import storage
 from rd_jax.data import readers
 from rd_jax.losses import reward as reward_losses
-from rd_jax.teacher import model as teacher_model, rows as rows_lib, sampling
+from rd_jax.teacher import eval as te, model as teacher_model, rows as rows_lib, sampling
 from rd_jax.teacher.reward_model import encode, init_heads, reward_scores, round_up, score_responses
 from rd_jax.train import fit
 
@@ -168,7 +168,8 @@ def prepare_samples(cfg, teacher, path: str) -> tuple[list[dict], dict]:
   splits = readers.train_valid_test(readers.load_pairs(cfg.data.path, cfg)[0], cfg)
   for split, limit, seed in (("train", r.prompts, 1), ("valid", r.valid_prompts, 2)):
     part, info[split] = sampling.select_prompts(splits[split], teacher.tokenizer, cfg.labels,
-                                                cfg.teacher.max_prompt_len, limit, [cfg.seed, seed])
+                                                cfg.teacher.max_prompt_len, limit, [cfg.seed, seed],
+                                                version=cfg.teacher.prompt_version)
     chosen += [dict(x, split=split, sampled_by=teacher.source, temperature=r.temperature)
                for x in part]
   records = reusable(path, chosen, r.samples_per_prompt)
@@ -181,7 +182,7 @@ def prepare_samples(cfg, teacher, path: str) -> tuple[list[dict], dict]:
           teacher.config, teacher.params, teacher.tokenizer, [x["prompt"] for x in part],
           num_samples=r.samples_per_prompt, temperature=r.temperature, seed=cfg.seed + seed,
           batch_size=r.generate_batch_size, max_new_tokens=cfg.teacher.max_response_len,
-          max_prompt_len=cfg.teacher.max_prompt_len)
+          max_prompt_len=cfg.teacher.max_prompt_len, score_labels=te.score_labels(cfg))
       records += [dict(x, responses=rs) for x, rs in zip(part, responses)]
   records = [sampling.score_record(x, cfg.labels, r.dimensions, cfg.teacher.max_response_len)
              for x in records]  # scorers are cheap: rescored on reuse too

@@ -209,8 +209,12 @@ def sft_rows(matched: list, tokenizer, cfg) -> tuple[dict, dict]:
   loss_mask is 1 exactly on the response tokens and the EOS (next_token_targets shifts it).
   """
   seqs, masks, cut_prompts, cut_targets = [], [], 0, 0
+  rng = np.random.default_rng([cfg.seed, 7])
   for pair, chain in matched:
-    p_ids, p_cut = te.fit_prompt(tokenizer, pair, cfg)
+    # prompt v2: each chain under its own order of the definitions, so no position is the answer
+    order = (rng.permutation(len(cfg.labels)).tolist()
+             if cfg.sft.shuffle_definitions and cfg.teacher.prompt_version >= 2 else None)
+    p_ids, p_cut = te.fit_prompt(tokenizer, pair, cfg, order=order)
     t_ids, t_cut = target_ids(tokenizer, chain["reasoning"], chain["label"],
                               int(cfg.teacher.max_response_len))
     seqs.append(p_ids + t_ids)

@@ -93,7 +93,16 @@ def _label_source(pairs, cfg, report: dict, workdir: str):
           f"{without[0].product_id}); set data.on_missing_reasoning=skip to drop them")
     pairs = [p for p in pairs if p.teacher_label_id is not None]
     report["train_dropped_without_teacher_label"] = len(without)
-  report["labels"] = "teacher"
+  report["labels"] = cfg.crsd.label_source
+  if cfg.crsd.label_source == "teacher_soft":   # the teacher's label_probs as soft CE targets
+    without = [p for p in pairs if p.teacher_label_probs is None]
+    if without:
+      raise errors.DataError(
+          f"crsd.label_source=teacher_soft but {len(without)} train pairs' annotations in "
+          f"{annotations_path(cfg, workdir)} have no label_probs (annotations made with "
+          "teacher.score_labels); use crsd.label_source=teacher")
+    return [dataclasses.replace(p, label_id=p.teacher_label_id, soft_label=p.teacher_label_probs)
+            for p in pairs]
   return [dataclasses.replace(p, label_id=p.teacher_label_id) for p in pairs]
 
 
@@ -113,7 +122,7 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
     if cfg.crsd.shuffle_reasoning:
       train = shuffle_reasoning(train, cfg.seed)
       report["reasoning_shuffled"] = True
-  elif cfg.crsd.label_source == "teacher":  # the "teacher labels only" student needs them too
+  elif cfg.crsd.label_source in ("teacher", "teacher_soft"):  # the "teacher labels only" student too
     train, _ = readers.attach_reasoning(train, annotations_path(cfg, workdir), cfg)
   train = _label_source(train, cfg, report, workdir)
   report.update(train_pairs=len(train), valid_pairs=len(valid))

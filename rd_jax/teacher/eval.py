@@ -22,7 +22,9 @@ import collections
 import time
 from typing import Callable, Sequence
 
-from rd_jax import generate as gen
+import numpy as np
+
+from rd_jax import decision, generate as gen
 from rd_jax.data import prompts
 from rd_jax.data.schema import Pair
 from rd_jax.metrics import classification_metrics
@@ -35,16 +37,21 @@ def reason_key(error: str) -> str:
   return error.split(" '", 1)[0]
 
 
-def fit_prompt(tokenizer, pair: Pair, cfg, hint: str | None = None) -> tuple[list[int], bool]:
-  """Token ids of the pair's prompt (with the STaR rationalisation hint when `hint` is a label).
+def fit_prompt(tokenizer, pair: Pair, cfg, hint: str | None = None,
+               order: Sequence[int] | None = None) -> tuple[list[int], bool]:
+  """Token ids of the pair's prompt (with the STaR rationalisation hint when `hint` is a label),
+  in `teacher.prompt_version`; `order` permutes the label definitions (SFT).
 
   Returns (ids, item_was_cut). Raises ValueError naming `teacher.max_prompt_len` when even an
   empty item text would not fit.
   """
+  version = int(cfg.teacher.prompt_version)
+
   def render(item: str) -> str:
     if hint is None:
-      return prompts.build_prompt(tokenizer, pair.query, item, cfg.labels)
-    return prompts.build_rationalization_prompt(tokenizer, pair.query, item, cfg.labels, hint)
+      return prompts.build_prompt(tokenizer, pair.query, item, cfg.labels, version=version, order=order)
+    return prompts.build_rationalization_prompt(tokenizer, pair.query, item, cfg.labels, hint,
+                                                version=version, order=order)
 
   limit, item = int(cfg.teacher.max_prompt_len), pair.item_text
   for _ in range(6):  # re-tokenising the cut item can merge tokens differently: a few rounds
@@ -77,17 +84,24 @@ def buckets(max_prompt_len: int) -> tuple[int, ...]:
   return tuple(sorted({b for b in gen.DEFAULT_BUCKETS if b < limit} | {limit}))
 
 
+def score_labels(cfg) -> list[str] | None:
+  """The labels `generate_texts` scores after the reasoning (`teacher.score_labels`), or None."""
+  return list(cfg.labels) if cfg.teacher.score_labels else None
+
+
 def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg, *,
            batch_size: int, temperature: float = 0.0, num_samples: int = 1,
            seed: int = 0) -> list[gen.Sample]:
-  """k samples per prompt (prompt-major), greedy when temperature == 0."""
+  """k samples per prompt (prompt-major), greedy when temperature == 0; with
+  `teacher.score_labels`, each sample's label is scored (`Sample.label_logprobs`)."""
   if not ids:
     return []
   return gen.generate_texts(teacher_config, params, tokenizer, ids,
                             max_new_tokens=int(cfg.teacher.max_response_len),
                             batch_size=int(batch_size), temperature=float(temperature),
                             num_samples=int(num_samples), seed=int(seed),
-                            buckets=buckets(cfg.teacher.max_prompt_len))
+                            buckets=buckets(cfg.teacher.max_prompt_len),
+                            score_labels=score_labels(cfg))
 
 
 ANSWER_CUE = "\nLabel:"
@@ -148,29 +162,65 @@ def score(gold: Sequence[int], predicted: Sequence[str | None], labels: Sequence
           "labels": labels + [UNPARSED], "confusion": confusion}
 
 
+def distribution(predicted: Sequence[str | None], labels: Sequence[str]) -> dict:
+  """Share of each label (and of UNPARSED when any) among `predicted`."""
+  n = max(len(predicted), 1)
+  counts = collections.Counter(UNPARSED if p is None else p for p in predicted)
+  return {l: counts[l] / n for l in list(labels) + ([UNPARSED] if counts[UNPARSED] else [])}
+
+
 def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], cfg, *,
-                     batch_size: int = 16, seed: int = 0,
+                     batch_size: int = 16, seed: int = 0, offsets=None, fit_offsets: bool = False,
                      log: Callable[[str], None] | None = None) -> dict:
   """Greedy-generate, parse and score labelled `pairs`.
 
+  With `teacher.score_labels` every pair gets the label its scores rank first (a parse failure
+  then concerns the reasoning only: counted in parse_rate, not in the label metrics); without,
+  the parsed label (a failure counts wrong). `offsets` [K] (or `fit_offsets`: fitted here, on
+  these pairs, so optimistic) add `adjusted`: the same metrics for argmax(log p + offsets).
   Returns {macro_f1, accuracy, macro_f1_parsed, parse_rate, failures_by_reason, num_pairs,
-  per_class, confusion, prompts_cut, generated_tokens, seconds, examples (2 raw outputs)}.
+  per_class, confusion, label_distribution, gold_distribution, prompts_cut, generated_tokens,
+  seconds, examples (2 raw outputs)[, label_logprobs, adjusted, offsets]}.
   """
   if any(p.label_id is None for p in pairs):
     raise ValueError("evaluate_teacher needs labelled pairs (a pair has no label)")
   t0 = time.perf_counter()
+  labels, gold = list(cfg.labels), [p.label_id for p in pairs]
   ids, cut = prompt_ids(tokenizer, pairs, cfg)
   samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed)
   parsed = [prompts.parse_response(s.text, cfg.labels, s.finished) for s in samples]
-  result = score([p.label_id for p in pairs], [p.label for p in parsed], cfg.labels)
+  logp = None
+  if samples and all(s.label_logprobs is not None for s in samples):
+    logp = np.asarray([s.label_logprobs for s in samples], np.float64)          # [N, K]
+    predicted = [labels[i] for i in logp.argmax(-1)]
+  else:
+    predicted = [p.label for p in parsed]
+  result = score(gold, predicted, labels)
   failures = collections.Counter(reason_key(p.error) for p in parsed if p.error)
   result.update(num_pairs=len(pairs), parse_rate=(len(pairs) - sum(failures.values())) / max(len(pairs), 1),
-                failures_by_reason=dict(failures), prompts_cut=cut,
+                failures_by_reason=dict(failures), prompts_cut=cut, label_source=(
+                    "scored" if logp is not None else "parsed"),
+                label_distribution=distribution(predicted, labels),
+                gold_distribution=distribution([labels[g] for g in gold], labels),
                 generated_tokens=sum(len(s.token_ids) for s in samples),
                 seconds=round(time.perf_counter() - t0, 2),
                 examples=[s.text[:300] for s in samples[:2]])
+  if logp is not None:
+    result["label_logprobs"] = np.round(logp, 5).tolist()
+    if fit_offsets and offsets is None:
+      offsets = decision.fit_offsets(logp, gold)
+      result["offsets_fitted_on_these_pairs"] = True
+    if offsets is not None:
+      adj = [labels[i] for i in decision.predict(logp, offsets)]
+      m = score(gold, adj, labels)
+      result["offsets"] = [float(o) for o in offsets]
+      result["adjusted"] = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
+                            "per_class": m["per_class"], "confusion": m["confusion"],
+                            "label_distribution": distribution(adj, labels)}
   if log:
-    log(f"teacher eval on {len(pairs)} pairs: macro-F1 {result['macro_f1']:.4f}, "
-        f"parse rate {result['parse_rate']:.3f}, failures {dict(failures)}")
+    extra = f", with offsets {result['adjusted']['macro_f1']:.4f}" if "adjusted" in result else ""
+    log(f"teacher eval on {len(pairs)} pairs: macro-F1 {result['macro_f1']:.4f}{extra}, "
+        f"parse rate {result['parse_rate']:.3f}, failures {dict(failures)}, labels "
+        f"{ {k: round(v, 3) for k, v in result['label_distribution'].items()} }")
   return result
 

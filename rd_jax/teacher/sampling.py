@@ -19,13 +19,13 @@ from rd_jax.teacher import eval as teacher_eval
 
 
 def select_prompts(pairs, tokenizer, labels, max_prompt_len: int, limit: int,
-                   seed) -> tuple[list[dict], dict]:
-  """Up to `limit` labelled pairs in seeded order whose prompt fits `max_prompt_len` tokens
-  (`teacher.max_prompt_len`)."""
+                   seed, version: int = prompts_lib.CURRENT_VERSION) -> tuple[list[dict], dict]:
+  """Up to `limit` labelled pairs in seeded order whose prompt (`teacher.prompt_version`) fits
+  `max_prompt_len` tokens (`teacher.max_prompt_len`)."""
   out, too_long = [], 0
   for i in np.random.default_rng(seed).permutation(len(pairs)):
     p = pairs[int(i)]
-    prompt = prompts_lib.build_prompt(tokenizer, p.query, p.item_text, labels)
+    prompt = prompts_lib.build_prompt(tokenizer, p.query, p.item_text, labels, version=version)
     if len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) > max_prompt_len:
       too_long += 1
       continue
@@ -40,13 +40,15 @@ def select_prompts(pairs, tokenizer, labels, max_prompt_len: int, limit: int,
 
 def sample_responses(config, params, tokenizer, prompts, *, num_samples: int, temperature: float,
                      seed: int, batch_size: int, max_new_tokens: int,
-                     max_prompt_len: int) -> list[list[dict]]:
+                     max_prompt_len: int, score_labels=None) -> list[list[dict]]:
   """Per prompt, `num_samples` responses {"text", "finished", "num_tokens"} (temperature 0 =
-  greedy). Tests replace this function to script the responses."""
+  greedy; `score_labels`: the label is scored, `teacher_eval.score_labels(cfg)`). Tests replace
+  this function to script the responses."""
   samples = generate.generate_texts(config, params, tokenizer, prompts,
                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
                                     temperature=temperature, num_samples=num_samples, seed=seed,
-                                    buckets=teacher_eval.buckets(max_prompt_len))
+                                    buckets=teacher_eval.buckets(max_prompt_len),
+                                    score_labels=score_labels)
   out = [[] for _ in prompts]
   for s in samples:
     out[s.prompt_index].append({"text": s.text, "finished": s.finished,
