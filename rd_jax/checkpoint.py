@@ -94,12 +94,16 @@ def resolve_final(path: str) -> str:
   return candidate
 
 
-def load_final(path: str, abstract_params: Any = None, expect_model: str | None = None):
+def load_final(path: str, abstract_params: Any = None, expect_model: str | None = None,
+               collective: bool = True):
   """Restores (params, meta) from a final/ folder.
 
   abstract_params: a pytree of jax.ShapeDtypeStruct (with .sharding for a target mesh) or arrays.
     When given, every key and shape must match, else CheckpointError names the first difference.
     When None, params are restored as stored (host numpy -> default device).
+  collective: every JAX process calls this together (Orbax's barriers span all processes). False:
+    this process alone reads (the export, a process-0 job); its barriers span only itself, so the
+    other processes need not be there (with them gone, a collective restore waits forever).
   """
   # Absolute: Orbax's metadata() quietly returns nothing for a relative path.
   directory = storage.abspath(resolve_final(path))
@@ -109,7 +113,9 @@ def load_final(path: str, abstract_params: Any = None, expect_model: str | None 
                           f"expected {expect_model!r}")
   params_dir = os.path.join(directory, "params")
   try:
-    with ocp.StandardCheckpointer() as ckptr:
+    options = ({} if collective else dict(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()})))
+    with ocp.StandardCheckpointer(**options) as ckptr:
       if abstract_params is None:
         params = ckptr.restore(params_dir)
       else:

@@ -143,17 +143,16 @@ def free_port() -> int:
 
 
 def test_two_processes_share_a_gcs_workdir(gcs, tmp_path):
-  """crsd, baseline and eval of `--stage=all` as 2 JAX processes writing one gs:// workdir.
-
-  Not export: with two processes it hung here (2026-12-02) once process 1 had finished and
-  process 0 alone restored the student for the export (not investigated; export is a
-  one-process job, run it as one)."""
+  """crsd, baseline, eval and export of `--stage=all` as 2 JAX processes writing one gs://
+  workdir. The export is process 0's alone: its restore must not wait for process 1, which has
+  already finished (a collective Orbax restore hung here; checkpoint.load_final collective=)."""
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   workdir = f"gs://{gcs.bucket}/two"
   port = free_port()
   logs = [tmp_path / f"process{i}.log" for i in range(2)]
-  procs = [rd_main(workdir, "--stage=all", "--config.all.stages=('crsd','baseline','eval')",
+  stages = "--config.all.stages=('crsd','baseline','eval','export')"
+  procs = [rd_main(workdir, "--stage=all", stages,
                    "--config.train.num_steps=2", "--config.mesh.multihost=explicit",
                    f"--config.mesh.coordinator=127.0.0.1:{port}", "--config.mesh.num_processes=2",
                    f"--config.mesh.process_id={i}", env=child_env(gcs, tmp_path), cwd=cwd,
@@ -161,10 +160,10 @@ def test_two_processes_share_a_gcs_workdir(gcs, tmp_path):
   for p, log in zip(procs, logs):
     finished(p, log)
   names = objects(gcs, "two")
-  for stage in ("crsd", "baseline", "eval"):
+  for stage in ("crsd", "baseline", "eval", "export"):
     assert f"{stage}/summary.json" in names and f"{stage}/LOCK" not in names, stage
   assert {"all_config.json", "all_summary.json", "crsd/final/COMPLETE",
-          "eval/metrics.json"} <= names
+          "eval/metrics.json", "export/hf/model.safetensors"} <= names
   assert read_json(f"{workdir}/crsd/summary.json")["devices"] == 2
   steps = [json.loads(l)["step"] for l in storage.read_text(f"{workdir}/crsd/metrics.jsonl")
            .splitlines()]

@@ -34,7 +34,8 @@ def test_unknown_stage_in_subset_is_named(tmp_path, tiny_config):
     all_stage.run(cfg, str(tmp_path))
 
 
-_PROMPT = re.compile(r"Query: (.*?)\n\nProduct:\n(.*?)\n\nGrade the product", re.S)
+# prompt v2: the item ends the user turn (or precedes the rationalisation hint)
+_PROMPT = re.compile(r"Query: (.*?)\n\nProduct:\n(.*?)(?:\n\nHint:|<\|im_end\|>)", re.S)
 _HINT = re.compile(r"Hint: the correct label is (\w+)")
 
 

@@ -214,8 +214,9 @@ def bundled_rows(n: int) -> list[dict]:
 
 
 def load_student(checkpoint: str) -> tuple[dict, dict]:
-  """load_final(expect_model="bert"); every failure is a CheckpointError naming the file."""
-  return load_final(checkpoint, expect_model="bert")
+  """load_final(expect_model="bert"); every failure is a CheckpointError naming the file.
+  This process alone reads: the export is a process-0 job (stages/export.py)."""
+  return load_final(checkpoint, expect_model="bert", collective=False)
 
 
 def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bool = True,
