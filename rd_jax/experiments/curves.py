@@ -46,6 +46,12 @@ def logits_of(predict, params, pairs, tokenizer, cfg) -> np.ndarray:
   return predict_lib.predict_logits(predict, params, pairs, tokenizer, cfg)[0]
 
 
+def _save_npy(path: str, array) -> None:
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(array))
+  storage.write_bytes_atomic(path, buffer.getvalue())
+
+
 def main(argv):
   del argv
   cfg = _CONFIG.value
@@ -119,9 +125,3 @@ def main(argv):
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
-
-
-def _save_npy(path: str, array) -> None:
-  buffer = io.BytesIO()
-  np.save(buffer, np.asarray(array))
-  storage.write_bytes_atomic(path, buffer.getvalue())
