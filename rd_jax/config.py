@@ -119,6 +119,12 @@ def default_config() -> ml_collections.ConfigDict:
   # the standard view's [CLS] onto the z-scored cosine of the query's and item's mean-pooled
   # embeddings under the initial student (student/similarity.py; 0 = off; README "Choices")
   c.student.similarity_weight = 0.0
+  # ours (#17): distil the lexical reference (references.py) into the CE targets -- train on
+  # (1 - alpha) * onehot(label) + alpha * p_lex, p_lex its out-of-fold probability of each train
+  # pair from a model fitted on the other query groups (student/lexical_targets.py). alpha in
+  # [0, 1], 0 = off (the plain one-hot path); refused with crsd.label_source=teacher_soft.
+  c.student.lexical_distill = 0.0
+  c.student.lexical_distill_folds = 5   # query-disjoint groups of train pairs (>= 2)
   c.student.fit_offsets = True   # after training, fit per-class logit offsets on valid macro-F1
                                  #   (rd_jax/decision.py); stored in meta.json, folded into the export
 

@@ -119,6 +119,12 @@ def validate(cfg) -> None:
     if _get(cfg, key) < 2:
       raise ConfigError(f"config key {key} = {_get(cfg, key)}: need >= 2 responses per prompt "
                         "to form a pair")
+  if cfg.student.lexical_distill and cfg.crsd.label_source == "teacher_soft":
+    # both replace the CE targets: which one the student learns from would be ambiguous
+    raise ConfigError(f"config key student.lexical_distill = {cfg.student.lexical_distill} "
+                      "cannot be combined with crsd.label_source=teacher_soft (both set the soft "
+                      "CE targets); use crsd.label_source=gold or teacher, or "
+                      "student.lexical_distill=0")
   if cfg.train.batch_size < 2 and cfg.crsd.lambda_infonce > 0:
     raise ConfigError("config key train.batch_size must be >= 2 for in-batch InfoNCE negatives")
 
@@ -134,6 +140,8 @@ _RANGES = {
     "student.query_prior": (0.0, None, True, True, ">= 0 (0 = off)"),
     "student.query_prior_smoothing": (0.0, None, False, True, "> 0"),
     "student.similarity_weight": (0.0, None, True, True, ">= 0 (0 = off)"),
+    "student.lexical_distill": (0.0, 1.0, True, True, "in [0, 1] (0 = off)"),
+    "student.lexical_distill_folds": (2, None, True, True, "an integer >= 2"),
     "crsd.lambda_infonce": (0.0, None, True, True, ">= 0"),
     "crsd.lambda_warmup_steps": (0, None, True, True, ">= 0 (0 = off)"),
     "export.atol": (0.0, None, False, True, "> 0"),

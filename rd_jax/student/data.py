@@ -15,6 +15,7 @@ from rd_jax import storage
 from rd_jax.data import rationale, readers
 from rd_jax.data import degenerate
 from rd_jax.data import split as split_lib
+from rd_jax.student import lexical_targets
 
 
 @dataclasses.dataclass
@@ -129,6 +130,7 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
   report["degenerate"] = degenerate.check({"train": train, "valid": valid}, cfg,
                                           stage="crsd" if use_reasoning else "baseline")
   degenerate.stop_if_untrainable(report["degenerate"], report["path"])
+  train = lexical_targets.with_lexical_targets(train, valid, cfg, report)  # alpha 0: unchanged
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(report, os.path.join(stage_dir, "data_report.json"))
   folder = _tokenizer_dir(cfg.student.tokenizer)
