@@ -30,7 +30,8 @@ TRAINING = {"cpt": ("cpt", "cpt.num_steps"), "sft": ("sft", "sft.num_steps"),
             "crsd": ("student", "train.num_steps"), "baseline": ("student", "train.num_steps")}
 OPTIM_SECTIONS = tuple(dict.fromkeys(section for section, _ in TRAINING.values()))
 # The keys of every optimiser section.
-OPTIM_KEYS = ("learning_rate", "warmup_steps", "schedule", "weight_decay", "grad_clip", "b1", "b2")
+OPTIM_KEYS = ("learning_rate", "warmup_steps", "schedule", "weight_decay", "grad_clip", "b1", "b2",
+              "layer_decay")
 
 
 def optim_section(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
@@ -42,7 +43,8 @@ def optim_section(learning_rate: float, warmup_steps: int) -> ml_collections.Con
       weight_decay=0.01,          # matrices only (biases and LayerNorm/RMSNorm scales: none)
       grad_clip=1.0,              # global norm; 0 = off
       b1=0.9,
-      b2=0.999))
+      b2=0.999,
+      layer_decay=1.0))           # lr x decay^(L+1-depth) per layer (train/optim.py); 1 = off
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -70,6 +70,11 @@ def _get(cfg, dotted: str):
 def validate(cfg) -> None:
   normalize_labels(cfg)
   check_ranges(cfg)
+  for section in OPTIM_SECTIONS:
+    value = _get(cfg, f"{section}.optim").get("layer_decay", 1.0)
+    if not (isinstance(value, (int, float)) and 0 < value <= 1):
+      raise ConfigError(f"config key {section}.optim.layer_decay = {value!r}; must be in (0, 1] "
+                        "(1 = off)")
   for key, allowed in _CHOICES.items():
     value = _get(cfg, key)
     if value not in allowed:

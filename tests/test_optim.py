@@ -60,3 +60,59 @@ def test_shipped_teacher_warmups_are_a_fraction_of_their_runs(demo_like_configs)
 def demo_like_configs():
   from test_config import _load
   return {name: _load(name) for name in ("demo", "demo_pipeline", "pod")}
+
+
+def _student(tiny_config):
+  import jax
+  from rd_jax.student.model import initial_student
+  model_cfg, params, _ = initial_student(tiny_config(), jax.random.PRNGKey(0))
+  return model_cfg, params
+
+
+def test_layer_depths_of_the_student_and_decoder_names(tiny_config):
+  import jax
+  model_cfg, params = _student(tiny_config)
+  depths, num_layers = optim.layer_depths(params)
+  flat = {jax.tree_util.keystr(k): d for k, d in jax.tree_util.tree_flatten_with_path(depths)[0]}
+  assert num_layers == model_cfg.num_layers >= 2
+  for name, d in flat.items():
+    if "embeddings" in name:
+      assert d == 0, name
+    elif f"layer_{num_layers - 1}'" in name:
+      assert d == num_layers, name
+    elif "layer_0'" in name:
+      assert d == 1, name
+    elif "encoder" not in name:                         # pooler, classifier: the full rate
+      assert d == num_layers + 1, name
+  decoder = {"embed_tokens": {"embedding": 0}, "layers_0": {"w": 0}, "layers_1": {"w": 0},
+             "norm": {"scale": 0}, "lm_head": {"kernel": 0}}
+  d, n = optim.layer_depths(decoder)
+  assert n == 2 and d == {"embed_tokens": {"embedding": 0}, "layers_0": {"w": 1},
+                          "layers_1": {"w": 2}, "norm": {"scale": 3}, "lm_head": {"kernel": 3}}
+
+
+def test_layer_decay_scales_each_update_by_decay_to_its_distance_from_the_top(tiny_config):
+  """Golden: with decay d, each leaf's AdamW update is d^(L+1-depth) times the undecayed one."""
+  import jax
+  import jax.numpy as jnp
+  _, params = _student(tiny_config)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01) + 0.001 * p, params)
+  section = default_config().student.optim
+  updates = {}
+  for decay in (1.0, 0.5):
+    section.layer_decay = decay
+    tx, _ = optim.make_optimizer(section, 100, "student.optim")
+    updates[decay], _ = tx.update(grads, tx.init(params), params)
+  depths, n = optim.layer_depths(params)
+  for a, b, d in zip(jax.tree.leaves(updates[1.0]), jax.tree.leaves(updates[0.5]),
+                     jax.tree.leaves(depths)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a) * 0.5 ** (n + 1 - d), rtol=1e-6,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.5, -0.2])
+def test_layer_decay_out_of_range_names_its_key(tiny_config, decay):
+  cfg = tiny_config()
+  cfg.student.optim.layer_decay = decay
+  with pytest.raises(config_check.ConfigError, match=r"student\.optim\.layer_decay"):
+    config_check.validate(cfg)

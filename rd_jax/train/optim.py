@@ -9,9 +9,18 @@ The schedule, for `warmup_steps` = W over a run of T updates (update s = 0 .. T-
           = decay(s - W) from peak          s >= W  (cosine | linear to 0 | constant over T - W)
 
 W >= T is an error (a run that never reaches its peak), never a silent clamp.
+
+Layer-wise learning-rate decay (`layer_decay` = d, 1.0 = off; Clark et al. 2020, ELECTRA; the
+usual small-data fine-tuning recipe): with L transformer layers, a parameter at depth k gets
+lr(s) * d^(L + 1 - k), where the embeddings are depth 0, layer i (`layer_i` / `layers_i` in its
+path) depth i + 1, and everything above the last layer (pooler, classifier, heads, final norm)
+depth L + 1 (the full rate). The lower layers -- general language knowledge a few thousand pairs
+cannot improve -- then move little.
 """
 
 from __future__ import annotations
+
+import re
 
 import jax
 import optax
@@ -48,12 +57,52 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+_LAYER = re.compile(r"^layers?_(\d+)$")
+_EMBEDDING_SCOPES = ("embeddings", "embed_tokens")
+
+
+def layer_depths(params) -> tuple[dict, int]:
+  """(pytree of int depths like params, L): 0 for embeddings, i + 1 inside layer i, L + 1 above."""
+  def index(path):
+    names = [getattr(k, "key", str(k)) for k in path]
+    for n in names:
+      m = _LAYER.match(str(n))
+      if m:
+        return int(m.group(1)) + 1
+    return 0 if any(n in _EMBEDDING_SCOPES for n in names) else None
+  indexed = jax.tree_util.tree_map_with_path(lambda path, _: index(path), params)
+  num_layers = max([d for d in jax.tree.leaves(indexed) if d is not None] + [0])
+  depths = jax.tree.map(lambda d: num_layers + 1 if d is None else d, indexed,
+                        is_leaf=lambda d: d is None)
+  return depths, num_layers
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+  """Multiplies each update by decay^(L + 1 - depth) (module docstring); decay 1 = identity."""
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    depths, num_layers = layer_depths(updates)
+    scaled = jax.tree.map(lambda u, d: u * (decay ** (num_layers + 1 - d)), updates, depths)
+    return scaled, state
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(optim_cfg, total_steps: int, key: str = "optim"):
   """(optax transform, schedule) from one optimiser section (`key`: its dotted name, for errors)."""
   schedule = learning_rate_schedule(optim_cfg.learning_rate, optim_cfg.warmup_steps, total_steps,
                                     optim_cfg.schedule, key)
+  layer_decay = float(optim_cfg.get("layer_decay", 1.0))
+  if not 0.0 < layer_decay <= 1.0:
+    raise ValueError(f"config key {key}.layer_decay = {layer_decay} must be in (0, 1] "
+                     "(1 = every layer at the full learning rate)")
   tx = optax.chain(
       optax.clip_by_global_norm(optim_cfg.grad_clip) if optim_cfg.grad_clip else optax.identity(),
       optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
-                  weight_decay=optim_cfg.weight_decay, mask=decay_mask))
+                  weight_decay=optim_cfg.weight_decay, mask=decay_mask),
+      # after AdamW (whose update already holds -lr * ...): the per-depth factor scales the step,
+      # weight decay included, exactly as a per-layer learning rate would
+      scale_by_layer_decay(layer_decay) if layer_decay != 1.0 else optax.identity())
   return tx, schedule
