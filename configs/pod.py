@@ -17,10 +17,12 @@ figures below are arithmetic. launch/gpu_check.sh is the first measurement to ma
 Mesh (teacher stages): fsdp=8 x tensor=4 on 32 chips (e.g. TPU v5e-32 or 4 nodes x 8 H100).
 Estimated (arithmetic, not measured) memory per device, 7B teacher (hidden 4096, 32 layers, vocab 32000), fp32 master weights + Adam:
   params 6.7e9 x 4 B = 27 GB, Adam moments 54 GB, grads 27 GB  -> 108 GB / 32 devices = 3.4 GB,
-  plus bf16 activations for batch 64 x 1024 tokens. Those were estimated at 6-8 GB per device
-  assuming per-layer remat, which models/decoder.py does not have: without it every layer keeps
-  its activations for the backward pass, several times that (not measured). An H100 has room;
-  on a v5e (16 GB HBM) lower cpt.batch_size / sft.batch_size until it fits.
+  plus bf16 activations for batch 64 x 1024 tokens: 6-8 GB per device estimated with
+  teacher.remat = per_layer (set below: each block keeps only its input for the backward pass;
+  without it every layer keeps all its activations, several times that). Not measured on a chip:
+  `python -m rd_jax.bench remat` measures on CPU what the forward keeps for the backward (14x
+  less at the SmolLM2 shape; XLA's CPU temp bytes do not shrink, README "Pods and clusters").
+  An H100 has room; on a v5e (16 GB HBM) lower cpt.batch_size / sft.batch_size until it fits.
 Student stages use mesh data=-1 (all chips), batch 1024: 22.7M params are replicated (<0.4 GB
 with Adam); 6 layers x 1024 x 192 tokens of bf16 activations ~ 2 GB per device.
 """
