@@ -73,26 +73,28 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
   return n
 
 
-def _forward(config, params, tokens, positions, mask, cache, index):
-  return Decoder(config).apply({"params": params}, tokens, positions, attention_mask=mask,
-                               cache=cache, cache_index=index, method=Decoder.hidden_states)
+def _forward(config, params, tokens, positions, mask, cache, index, prefix):
+  """Hidden states and the row cache; `prefix` (or None) is attended by every row, read only."""
+  if prefix is not None:
+    cache = dict(cache, prefix_k=prefix["k"], prefix_v=prefix["v"])
+  h, cache = Decoder(config).apply({"params": params}, tokens, positions, attention_mask=mask,
+                                   cache=cache, cache_index=index, method=Decoder.hidden_states)
+  return h, {"k": cache["k"], "v": cache["v"]}
 
 
-def _valid(s, p0, start, end):
-  """[R, S] key slots a row may attend: the prefix and [start, end) of its own."""
+def _valid(s, start, end):
+  """[R, S] row-cache slots a row may attend: [start, end) (the shared prefix always)."""
   slot = jnp.arange(s)[None]
-  return ((slot < p0) | ((slot >= start[:, None]) & (slot < end[:, None]))).astype(jnp.int32)
+  return ((slot >= start[:, None]) & (slot < end[:, None])).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "slots", "length"))
-def _prefix(params, prefix, *, config: DecoderConfig, slots: int, length: int):
-  """Cache [layers, slots, K, length, hd] with the P0 prefix tokens in every slot's [0, P0)."""
-  cache = init_cache(config, 1, length)
-  if prefix.shape[0]:
-    p0 = prefix.shape[0]
-    _, cache = _forward(config, params, prefix[None], jnp.arange(p0)[None],
-                        (jnp.arange(length) < p0).astype(jnp.int32)[None], cache, 0)
-  return jax.tree.map(lambda x: jnp.repeat(x, slots, axis=1), cache)
+@functools.partial(jax.jit, static_argnames=("config",))
+def _prefix(params, prefix, *, config: DecoderConfig):
+  """The P0 prefix tokens' keys and values {"k", "v"}: [layers, K, P0, hd], shared by all slots."""
+  p0 = prefix.shape[0]
+  cache = init_cache(config, 1, p0)
+  _, cache = _forward(config, params, prefix[None], jnp.arange(p0)[None], None, cache, 0, None)
+  return jax.tree.map(lambda x: x[:, 0], cache)
 
 
 def _pick(config, params, h, key, temperature, greedy):
@@ -103,16 +105,17 @@ def _pick(config, params, h, key, temperature, greedy):
   return jax.random.categorical(key, logits / temperature, -1).astype(jnp.int32)
 
 
-# A row's slot = its position + (start - p0): the suffix sits at [start, start + len) with positions
-# [p0, p0 + len), generated tokens follow it. So (pos, start) locate every token of a row.
+# A row's slot (in its own cache, after the shared prefix) = its position - p0 + start: the suffix
+# sits at [start, start + len) with positions [p0, p0 + len), generated tokens follow it. So
+# (pos, start) locate every token of a row.
 
 @functools.partial(jax.jit, static_argnames=("config", "greedy"), donate_argnums=(1,))
-def _decode(params, cache, last, pos, start, key, temperature, p0, *, config: DecoderConfig,
-            greedy: bool):
+def _decode(params, cache, prefix, last, pos, start, key, temperature, p0, *,
+            config: DecoderConfig, greedy: bool):
   """One step for all B slots: `last` [B] (not yet in the cache) at `pos` [B] -> next [B]."""
   w = pos + start - p0                                                       # [B] write slot
-  mask = _valid(cache["k"].shape[3], p0, start, w + 1)                       # [B, S]
-  h, cache = _forward(config, params, last[:, None], pos[:, None], mask, cache, w)
+  mask = _valid(cache["k"].shape[3], start, w + 1)                           # [B, S]
+  h, cache = _forward(config, params, last[:, None], pos[:, None], mask, cache, w, prefix)
   return _pick(config, params, h[:, 0], key, temperature, greedy), cache
 
 
@@ -127,10 +130,10 @@ def _scatter(cache, rows, sub):
 
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnums=(1,))
-def _chunk(params, sub, tokens, positions, start, gen0, index, p0, *, config: DecoderConfig):
-  """[R, CHUNK] suffix tokens written at slot `index` of the R rows' caches -> last hidden [R, D]."""
-  mask = _valid(sub["k"].shape[3], p0, start, gen0)
-  h, sub = _forward(config, params, tokens, positions, mask, sub, index)
+def _chunk(params, sub, prefix, tokens, positions, start, gen0, index, *, config: DecoderConfig):
+  """[R, CHUNK] suffix tokens written at slot `index` of R rows' caches -> last hidden [R, D]."""
+  mask = _valid(sub["k"].shape[3], start, gen0)
+  h, sub = _forward(config, params, tokens, positions, mask, sub, index, prefix)
   return h[:, -1], sub
 
 
@@ -140,7 +143,7 @@ def _first(params, h, key, temperature, *, config: DecoderConfig, greedy: bool):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _score(params, cache, rows, start, q, p0, cand, cand_mask, label_mask, *,
+def _score(params, cache, prefix, rows, start, q, p0, cand, cand_mask, label_mask, *,
            config: DecoderConfig):
   """Scores [R, K] of the K candidates fed from position q [R] (slot e = q + start - p0) on."""
   (k_, a_), r_ = cand.shape, rows.shape[0]
@@ -150,11 +153,11 @@ def _score(params, cache, rows, start, q, p0, cand, cand_mask, label_mask, *,
   slot = jnp.arange(s_)[None]
   rel = jnp.clip(slot - e[:, None], 0, a_ - 1)                               # [R*K, S]
   mine = jnp.take_along_axis(jnp.tile(cand_mask, (r_, 1)), rel, 1) > 0       # candidate slots
-  mask = _valid(s_, p0, jnp.repeat(start, k_), e) | (
+  mask = _valid(s_, jnp.repeat(start, k_), e) | (
       (slot >= e[:, None]) & (slot < e[:, None] + a_) & mine)
   tokens = jnp.tile(cand, (r_, 1))                                           # [R*K, A]
   positions = jnp.repeat(q, k_)[:, None] + jnp.arange(a_)[None]
-  h, _ = _forward(config, params, tokens, positions, mask.astype(jnp.int32), sub, e)
+  h, _ = _forward(config, params, tokens, positions, mask.astype(jnp.int32), sub, e, prefix)
   logits = Decoder(config).apply({"params": params}, h[:, :-1], method=Decoder.head)  # fp32
   lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
   return jnp.sum(lp * jnp.tile(label_mask, (r_, 1))[:, 1:], -1).reshape(r_, k_)
@@ -195,7 +198,8 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   p0 = max(0, min(lcp, min(map(len, prompts)) - 1))      # every row keeps >= 1 token of its own
   if prefix_len is None:
     p0 -= p0 % ROUND
-  n, b_, max_new = len(prompts), int(slots), int(max_new_tokens)
+  # no more slots than prompts: an empty slot still costs its cache's attention every step
+  n, b_, max_new = len(prompts), min(int(slots), len(prompts)), int(max_new_tokens)
   tails = [p[p0:] for p in prompts]
   ls = _round_up(max(map(len, tails)), CHUNK)
   stop = np.asarray(list(stop_ids) or [NEVER], np.int32)
@@ -206,11 +210,13 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   cand_mask, label_mask = np.zeros((k, a), np.int32), np.zeros((k, a), np.float32)
   for j, c in enumerate(candidates):
     if list(c[:cue]) != list(stop_ids) or len(c) <= cue:
-      raise ValueError(f"candidate {j} {list(c)} must be the stop cue {list(stop_ids)} + >= 1 label token")
+      raise ValueError(f"candidate {j} {list(c)} must be the stop cue {list(stop_ids)} + >= 1 "
+                       "label token")
     cand[j, :len(c)], cand_mask[j, :len(c)], label_mask[j, cue:len(c)] = c, 1, 1.0
-  s_ = p0 + ls + max_new + a
-  if s_ > config.max_position:
-    raise ValueError(f"prompt {p0 + ls} + {max_new} new + {a} scored tokens > max_position {config.max_position}")
+  s_ = ls + max_new + a                             # row-cache slots (after the shared prefix)
+  if p0 + s_ > config.max_position:
+    raise ValueError(f"prompt {p0 + ls} + {max_new} new + {a} scored tokens > max_position "
+                     f"{config.max_position}")
   greedy = temperature <= 0.0
   temp, jp0 = np.float32(max(temperature, 1e-6)), np.int32(p0)
   eos = set(int(e) for e in eos_ids)
@@ -232,7 +238,7 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   t = np.zeros(b_, np.int32)                        # tokens generated for it
   last = np.zeros(b_, np.int32)                     # last picked token (not yet in the cache)
   pos = np.full(b_, p0, np.int32)                   # its position (an empty slot writes at P0)
-  start = np.full(b_, p0, np.int32)                 # first suffix slot (see _decode)
+  start = np.zeros(b_, np.int32)                    # first suffix slot (see _decode)
   active = np.zeros(b_, bool)
   window = np.full((b_, c_), NEVER, np.int32)       # last C tokens, for the stop cue
   queue = sorted(range(n), key=lambda i: -len(tails[i]))   # longest suffix first: less padding
@@ -253,7 +259,7 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
       return
     for g in _pow2_groups(held):
       back = (c_ - 1) * stopped[prompt[g]]          # a cue-stopped row is rewound to the cue
-      s = _score(params, cache, g.astype(np.int32), start[g], pos[g] - back, jp0, cand,
+      s = _score(params, cache, prefix, g.astype(np.int32), start[g], pos[g] - back, jp0, cand,
                  cand_mask, label_mask, config=config)
       scores[prompt[g]] = np.asarray(s)
 
@@ -266,12 +272,12 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
       toks = np.full((len(g), lb), pad_id, np.int32)
       for r, i in enumerate(ids):
         toks[r, lb - lens[r]:] = tails[i]
-      st = p0 + lb - lens                                                 # [R] first suffix slot
+      st = lb - lens                                                      # [R] first suffix slot
       positions = p0 + np.maximum(np.arange(lb)[None] - (lb - lens)[:, None], 0)
       sub = _gather(cache, g.astype(np.int32))
       for j in range(0, lb, CHUNK):
-        h, sub = _chunk(params, sub, toks[:, j:j + CHUNK], positions[:, j:j + CHUNK], st,
-                        np.full(len(g), p0 + lb, np.int32), np.int32(p0 + j), jp0, config=config)
+        h, sub = _chunk(params, sub, prefix, toks[:, j:j + CHUNK], positions[:, j:j + CHUNK], st,
+                        np.full(len(g), lb, np.int32), np.int32(j), config=config)
       cache = _scatter(cache, g.astype(np.int32), sub)
       first = np.asarray(_first(params, h, key(), temp, config=config, greedy=greedy))
       for r, b in enumerate(g):
@@ -279,8 +285,8 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
         window[b] = NEVER
         take(b, int(first[r]))
 
-  cache = _prefix(params, np.asarray(prompts[0][:p0], np.int32), config=config, slots=b_,
-                  length=s_)
+  prefix = _prefix(params, np.asarray(prompts[0][:p0], np.int32), config=config) if p0 else None
+  cache = init_cache(config, b_, s_)                # [layers, B, K, S, hd] each, after the prefix
   while True:
     if not active.any() or (queue and (~active).sum() >= min(refill_at, len(queue))):
       held = np.flatnonzero(~active & (prompt >= 0))
@@ -290,7 +296,7 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
         break
       refill(np.flatnonzero(~active)[:len(queue)])
       continue
-    nxt, cache = _decode(params, cache, last, pos, start, key(), temp, jp0, config=config,
+    nxt, cache = _decode(params, cache, prefix, last, pos, start, key(), temp, jp0, config=config,
                          greedy=greedy)
     nxt = np.asarray(nxt)
     pos += active                                   # `last` of an active row is now in the cache
