@@ -265,8 +265,16 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
 
   def refill(free):
     nonlocal cache
-    for g in _pow2_groups(free):
-      ids = [queue.pop(0) for _ in g]
+    ids = [queue.pop(0) for _ in free]
+    # rows grouped by their count of CHUNKs (a group pays for its longest row), each group split
+    # into power-of-two batches: no [R, CHUNK] pass runs on rows that are all padding there
+    chunks = [-(-len(tails[i]) // CHUNK) for i in ids]
+    batches = []
+    for c in sorted(set(chunks), reverse=True):
+      mine = [i for i, ci in zip(ids, chunks) if ci == c]
+      batches += [[mine.pop(0) for _ in g] for g in _pow2_groups(np.arange(len(mine)))]
+    for ids in batches:
+      g, free = free[:len(ids)], free[len(ids):]
       lens = np.asarray([len(tails[i]) for i in ids], np.int32)
       lb = _round_up(int(lens.max()), CHUNK)
       toks = np.full((len(g), lb), pad_id, np.int32)
