@@ -5,8 +5,9 @@ Why (README "Performance"): at batch 16 the plain path (`generate.generate`) spe
 time prefilling ~200 prompt tokens per row that every row shares, and decodes each batch to its
 longest row (<= 96 tokens) while the average answer is ~35. Here:
   1. prefix: the longest common token prefix of all prompts (P0 tokens: the chat template, the
-     instructions and label definitions of prompt v2) is prefilled ONCE for one row and copied into
-     every slot's cache (slots [0, P0) of a slot are never written again);
+     instructions and label definitions of prompt v2) is prefilled ONCE; its keys/values are
+     stored once ([layers, K, P0, hd]) and every slot attends to them (the decoder's shared-prefix
+     cache entries), so a decode step reads them once, not B times;
   2. slots: a fixed decode batch of B slots; each holds one prompt at a time. A Python loop runs
      one jitted decode step for all B slots at a time (the cache donated: updated in place). When
      at least `refill_at` slots are free, their rows are scored (3.) and the free slots take the
@@ -18,21 +19,27 @@ longest row (<= 96 tokens) while the average answer is ~35. Here:
      A row that stopped on the cue is rewound to the cue's start (the same tokens are rewritten);
      a row that ended otherwise gets the cue appended. No parsing decides the label.
 
-Why a host loop and batched refills (issue #19, SmolLM2-135M fp32 on 2 CPU cores): decode is
-memory-bound (every step streams all weights) and XLA's small-M matmuls are slow, so a step for
-64 slots costs little more than one for 16; and a one-row 32-token refill chunk ran its matmuls at
-M = 32. The old single `_run` (refills and scorings one row at a time, inside `lax.while_loop`s)
-ran at 0.76x HF `generate` at batch 16.
+Why (issue #19, SmolLM2-135M fp32 on 2 CPU cores): a decode step streams all weights (B=1:
+30 ms) plus every slot's cache (~1.8 ms a slot at 229 slots): B=16 86 ms, B=32 122 ms, B=64 211 ms
+a step, so more slots are cheaper per token; a one-row 32-token refill chunk ran its matmuls at
+M = 32 (~half the rate of M >= 128). The old single jitted `_run` (refills and scorings one row at
+a time inside `lax.while_loop`s, the prefix copied into every slot) ran at 0.76x HF `generate` at
+batch 16.
 
-Cache of one slot, S = P0 + Ls + max_new + A slots (A = cue + longest label, Ls = the longest
-suffix rounded up to CHUNK):
-    [ prefix (shared, P0) | suffix (LEFT-padded, Lb <= Ls) | generated (max_new) | room (A) ]
+The tail: once no prompt is left and at most half the slots are active, the ended rows are scored
+and the active ones move to a half-size batch (down to MIN_TAIL slots), as a slot's cache is
+read every step whether its row is active or not.
+
+Cache of one slot, S = Ls + max_new + A slots after the shared P0 (A = cue + longest label, Ls =
+the longest suffix rounded up to CHUNK):
+    (prefix, shared, P0) [ suffix (LEFT-padded, Lb <= Ls) | generated (max_new) | room (A) ]
 Lb is the refill batch's longest suffix rounded up to CHUNK; prompts are taken longest suffix
 first so a batch's rows pad little. Positions count valid slots only, so a slot computes exactly
 what the plain path computes for its prompt alone (greedy: the same tokens; `tests/test_refill.py`).
 
-Compiles: one decode step, and per refill / scoring batch size R (powers of two) one chunk and one
-scoring function; the prefix length, chunk index and slot indices are traced values.
+Compiles: one decode step per batch size (B and its tail halvings), and per refill / scoring batch
+size R (powers of two) one chunk and one scoring function; the prefix length, chunk index and slot
+indices are traced values (the first call of a run compiles ~10 forwards of the model).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from rd_jax.models.decoder import Decoder, DecoderConfig, init_cache
 ROUND = 16          # P0 is rounded down to a multiple of this (fewer distinct compiles)
 CHUNK = 32          # refills prefill their suffixes in [R, CHUNK] passes (Ls: a multiple)
 NEVER = -2          # a token id no window ever holds (empty stop cue / window fill)
+MIN_TAIL = 4        # the tail's decode batch is halved while it is >= 2 x this (one compile each)
 
 
 @dataclasses.dataclass
@@ -304,6 +312,17 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
         break
       refill(np.flatnonzero(~active)[:len(queue)])
       continue
+    if not queue and b_ >= 2 * MIN_TAIL and active.sum() <= b_ // 2:
+      # the tail: no prompt left and half the slots idle, yet every slot's cache is read each
+      # step. Score the ended rows and keep the active ones in a half-size batch (one copy).
+      held = np.flatnonzero(~active & (prompt >= 0))
+      score(held)
+      prompt[held] = -1
+      b_ //= 2
+      keep = np.concatenate([np.flatnonzero(active), np.flatnonzero(~active)])[:b_]
+      cache = _gather(cache, keep.astype(np.int32))
+      prompt, t, last, pos = prompt[keep], t[keep], last[keep], pos[keep]
+      start, active, window = start[keep], active[keep], window[keep]
     nxt, cache = _decode(params, cache, prefix, last, pos, start, key(), temp, jp0, config=config,
                          greedy=greedy)
     nxt = np.asarray(nxt)

@@ -145,3 +145,25 @@ def test_generate_texts_appends_the_scored_label(params):
     np.testing.assert_allclose(np.exp(s.label_logprobs).sum(), 1.0, rtol=1e-5)
     label = "AB"[int(np.argmax(scores))]
     assert s.text.endswith(f"Label: {label}") == bool(fin)
+
+
+def test_tail_batch_halves_when_slots_idle(params, monkeypatch):
+  """8 slots, 14 prompts: once no prompt is left and half the slots are idle, the active rows move
+  to a 4-slot batch (the ended ones scored first); tokens and scores do not change."""
+  prompts = [PREFIX + t for t in TAILS] + [PREFIX + [t[0] + 1] + t for t in TAILS]
+  cue = [14, 15]
+  cands = [cue + [24], cue + [25, 26]]
+  eos = [_eos_for(params, prompts, 12)]
+  kw = dict(max_new_tokens=12, eos_ids=eos, pad_id=PAD, stop_ids=cue, candidates=cands)
+  batches, decode = [], refill._decode
+  monkeypatch.setattr(refill, "_decode", lambda p, cache, *a, **k:
+                      batches.append(cache["k"].shape[1]) or decode(p, cache, *a, **k))
+  got = refill.run(TINY, params, prompts, slots=8, **kw)
+  assert batches[0] == 8 and batches[-1] == 4   # the tail decoded in a 4-slot batch
+  ref = refill.run(TINY, params, prompts, slots=2, **kw)   # never halves (2 < 2 x MIN_TAIL)
+  np.testing.assert_array_equal(got.tokens, ref.tokens)
+  np.testing.assert_allclose(got.scores, ref.scores, atol=1e-5)
+  for r, p in enumerate(prompts):
+    tokens, _ = _alone(params, p, 12, eos)
+    n = got.lengths[r]
+    assert got.tokens[r, :n].tolist() == tokens[:n], r
