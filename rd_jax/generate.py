@@ -12,8 +12,8 @@ k samples per prompt repeat each row k times (rows b*k .. b*k+k-1 belong to prom
 Compilation happens once per (B, P, max_new_tokens, num_samples, greedy) — temperature, the
 rng and the EOS ids are traced. `generate` is the plain path (the benchmarks' and tests'
 reference); the stages go through `generate_texts`, which runs `rd_jax/refill.py` (the prompts'
-common prefix prefilled once, `batch_size` slots refilled as rows end, the label scored as K
-continuations when `score_labels` is given).
+common prefix prefilled once, `batch_size` slots refilled in batches as rows end, the label scored
+as K continuations when `score_labels` is given).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, 
 
   Strings are tokenised without extra special tokens (the chat template already has them).
   Generation is `refill.run`: `batch_size` slots decode at a time, the prompts' common prefix is
-  prefilled once, a slot takes the next prompt as soon as its row ends. `buckets` only bounds the
+  prefilled once, free slots take the next prompts (in batches) as rows end. `buckets` bounds the
   prompt length (the largest bucket). With `score_labels`, a row stops at `cue` ("\nLabel:") and
   each label is scored as its continuation: `Sample.label_logprobs` [K] (log-softmax over the
   labels) and the text ends "<reasoning>\nLabel: <argmax label>" (what `prompts.parse_response`

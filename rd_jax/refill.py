@@ -1,29 +1,45 @@
-"""Teacher generation for many prompts: a shared prefix prefilled once, slots refilled as rows end,
-and the label scored as K continuations — all in one jitted call.
+"""Teacher generation for many prompts: a shared prefix prefilled once, slots refilled in batches
+as rows end, and the label scored as K continuations from each row's cache.
 
 Why (README "Performance"): at batch 16 the plain path (`generate.generate`) spends ~44% of its
 time prefilling ~200 prompt tokens per row that every row shares, and decodes each batch to its
 longest row (<= 96 tokens) while the average answer is ~35. Here:
   1. prefix: the longest common token prefix of all prompts (P0 tokens: the chat template, the
-     instructions and label definitions of prompt v2) is prefilled ONCE for one row and copied into
-     every slot's cache;
-  2. slots: a fixed decode batch of B slots; each holds one prompt at a time. When a slot's row
-     ends (EOS, the stop cue, or max_new tokens), its label is scored (3.) and it takes the next
-     prompt: a one-row prefill of that prompt's own suffix (query + item) into the slot's cache
-     at slots [P0, P0 + Ls), then decoding resumes with per-slot cache indices and positions;
-  3. scoring: with `candidates` (the token ids of the cue "\\nLabel:" + each label name), the row's
-     cache is broadcast to K rows and the K candidates are fed in one pass from where the
+     instructions and label definitions of prompt v2) is prefilled ONCE; its keys/values are
+     stored once ([layers, K, P0, hd]) and every slot attends to them (the decoder's shared-prefix
+     cache entries), so a decode step reads them once, not B times;
+  2. slots: a fixed decode batch of B slots; each holds one prompt at a time. A Python loop runs
+     one jitted decode step for all B slots at a time (the cache donated: updated in place). When
+     at least `refill_at` slots are free, their rows are scored (3.) and the free slots take the
+     next prompts together: one [R, CHUNK] prefill per CHUNK of the batch's longest suffix (query
+     + item), so R rows share each pass over the weights;
+  3. scoring: with `candidates` (the token ids of the cue "\\nLabel:" + each label name), the ended
+     rows' caches are gathered K times and the K candidates fed in one pass from where the
      reasoning ended, giving  score_k = sum_j log p(label_k token j | prompt, reasoning, cue, ...).
      A row that stopped on the cue is rewound to the cue's start (the same tokens are rewritten);
      a row that ended otherwise gets the cue appended. No parsing decides the label.
 
-Cache of one slot, S = P0 + Ls + max_new + A slots (A = cue + longest label):
-    [ prefix (shared, P0) | suffix (LEFT-padded, Ls) | generated (max_new) | scoring room (A) ]
-Positions count valid slots only, so a slot computes exactly what the plain path computes for its
-prompt alone (greedy: the same tokens; `tests/test_refill.py`).
+Why (issue #19, SmolLM2-135M fp32 on 2 CPU cores): a decode step streams all weights (B=1:
+30 ms) plus every slot's cache (~1.8 ms a slot at 229 slots): B=16 86 ms, B=32 122 ms, B=64 211 ms
+a step, so more slots are cheaper per token; a one-row 32-token refill chunk ran its matmuls at
+M = 32 (~half the rate of M >= 128). The old single jitted `_run` (refills and scorings one row at
+a time inside `lax.while_loop`s, the prefix copied into every slot) ran at 0.76x HF `generate` at
+batch 16.
 
-Static (compile) shapes: B, P0, Ls, max_new, the padded prompt count N and the candidates' shape;
-`run` rounds P0 down and Ls, N up so a run compiles a handful of times.
+The tail: once no prompt is left and at most half the slots are active, the ended rows are scored
+and the active ones move to a half-size batch (down to MIN_TAIL slots), as a slot's cache is
+read every step whether its row is active or not.
+
+Cache of one slot, S = Ls + max_new + A slots after the shared P0 (A = cue + longest label, Ls =
+the longest suffix rounded up to CHUNK):
+    (prefix, shared, P0) [ suffix (LEFT-padded, Lb <= Ls) | generated (max_new) | room (A) ]
+Lb is the refill batch's longest suffix rounded up to CHUNK; prompts are taken longest suffix
+first so a batch's rows pad little. Positions count valid slots only, so a slot computes exactly
+what the plain path computes for its prompt alone (greedy: the same tokens; `tests/test_refill.py`).
+
+Compiles: one decode step per batch size (B and its tail halvings), and per refill / scoring batch
+size R (powers of two) one chunk and one scoring function; the prefix length, chunk index and slot
+indices are traced values (the first call of a run compiles ~10 forwards of the model).
 """
 
 from __future__ import annotations
@@ -35,13 +51,13 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from rd_jax.models.decoder import Decoder, DecoderConfig, init_cache
 
 ROUND = 16          # P0 is rounded down to a multiple of this (fewer distinct compiles)
-CHUNK = 32          # a refill prefills its suffix in chunks of this many tokens (Ls: a multiple)
+CHUNK = 32          # refills prefill their suffixes in [R, CHUNK] passes (Ls: a multiple)
 NEVER = -2          # a token id no window ever holds (empty stop cue / window fill)
+MIN_TAIL = 4        # the tail's decode batch is halved while it is >= 2 x this (one compile each)
 
 
 @dataclasses.dataclass
@@ -65,141 +81,104 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
   return n
 
 
-@functools.partial(jax.jit, static_argnames=("config", "slots", "max_new", "greedy"))
-def _run(params, prefix, suffix, suffix_mask, n_real, rng, temperature, eos, stop, cand, cand_mask,
-         label_mask, *, config: DecoderConfig, slots: int, max_new: int, greedy: bool):
-  model = Decoder(config)
-  b_, p0, (n_pad, ls), (k_, a_) = slots, prefix.shape[0], suffix.shape, cand.shape
-  c_ = stop.shape[0]
-  score_on = k_ > 0 and a_ > 1
-  s_ = p0 + ls + max_new + a_
-  gen0 = p0 + ls                                     # first generated token's slot
+def _forward(config, params, tokens, positions, mask, cache, index, prefix):
+  """Hidden states and the row cache; `prefix` (or None) is attended by every row, read only."""
+  if prefix is not None:
+    cache = dict(cache, prefix_k=prefix["k"], prefix_v=prefix["v"])
+  h, cache = Decoder(config).apply({"params": params}, tokens, positions, attention_mask=mask,
+                                   cache=cache, cache_index=index, method=Decoder.hidden_states)
+  return h, {"k": cache["k"], "v": cache["v"]}
 
-  def forward(tokens, positions, mask, cache, index):
-    return model.apply({"params": params}, tokens, positions, attention_mask=mask, cache=cache,
-                       cache_index=index, method=Decoder.hidden_states)
 
-  def pick(h, key):  # h [R, D] -> [R]
-    logits = model.apply({"params": params}, h, method=Decoder.head)
-    if greedy:
-      return jnp.argmax(logits, -1).astype(jnp.int32)
-    return jax.random.categorical(key, logits / temperature, -1).astype(jnp.int32)
+def _valid(s, start, end):
+  """[R, S] row-cache slots a row may attend: [start, end) (the shared prefix always)."""
+  slot = jnp.arange(s)[None]
+  return ((slot >= start[:, None]) & (slot < end[:, None])).astype(jnp.int32)
 
-  # 1. The shared prefix, once, for one row; every slot starts from a copy of it.
-  row_mask = (jnp.arange(s_) < p0).astype(jnp.int32)[None]                 # [1, S]
-  row_cache = init_cache(config, 1, s_)
-  if p0:
-    _, row_cache = forward(prefix[None], jnp.arange(p0)[None], row_mask, row_cache, 0)
-  st = dict(cache=jax.tree.map(lambda x: jnp.repeat(x, b_, axis=1), row_cache),  # [layers, B, ..]
-            mask=jnp.repeat(row_mask, b_, 0),                              # [B, S] valid slots
-            prompt=jnp.full((b_,), -1, jnp.int32),    # prompt held by the slot (-1: none)
-            t=jnp.zeros((b_,), jnp.int32),            # tokens generated for it
-            last=jnp.zeros((b_,), jnp.int32),         # last picked token (not yet in the cache)
-            pos=jnp.zeros((b_,), jnp.int32),          # its position
-            active=jnp.zeros((b_,), bool),
-            window=jnp.full((b_, c_), NEVER, jnp.int32),  # last C tokens, for the stop cue
-            next=jnp.int32(0), rng=rng,
-            out=jnp.zeros((n_pad, max_new), jnp.int32), lengths=jnp.zeros((n_pad,), jnp.int32),
-            finished=jnp.zeros((n_pad,), bool), stopped=jnp.zeros((n_pad,), bool),
-            scores=jnp.zeros((n_pad, max(k_, 1)), jnp.float32))
-  row = lambda cache, b: jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, b, 1, axis=1), cache)
 
-  def end_row(st, idx, ended, t, eos_hit, stop_hit):
-    """Records lengths / finished / stopped of the rows `ended` (idx: their prompts)."""
-    drop = jnp.where(ended, idx, n_pad)                                    # out of range: dropped
-    st["lengths"] = st["lengths"].at[drop].set(t, mode="drop")
-    st["finished"] = st["finished"].at[drop].set(eos_hit | stop_hit, mode="drop")
-    st["stopped"] = st["stopped"].at[drop].set(stop_hit, mode="drop")
-    return st
+@functools.partial(jax.jit, static_argnames=("config",))
+def _prefix(params, prefix, *, config: DecoderConfig):
+  """The P0 prefix tokens' keys and values {"k", "v"}: [layers, K, P0, hd], shared by all slots."""
+  p0 = prefix.shape[0]
+  cache = init_cache(config, 1, p0)
+  _, cache = _forward(config, params, prefix[None], jnp.arange(p0)[None], None, cache, 0, None)
+  return jax.tree.map(lambda x: x[:, 0], cache)
 
-  # 2a. Refill slot b with the next prompt: its suffix through the slot's cache, first token.
-  # The suffix is LEFT-padded to Ls; only the CHUNK-token chunks holding real tokens are run (a
-  # short query + item does not pay for the longest one's prefill).
-  def refill(st, b):
-    n = st["next"]
-    toks, sm = suffix[n], suffix_mask[n]                                   # [Ls]
-    mask = jnp.concatenate([jnp.ones((p0,), jnp.int32), sm, jnp.zeros((s_ - gen0,), jnp.int32)])
-    positions = p0 + jnp.maximum(jnp.cumsum(sm) - 1, 0)
-    first_chunk = (ls - jnp.sum(sm)) // CHUNK
 
-    def chunk(carry):
-      j, rc, _ = carry
-      sl = lambda x: lax.dynamic_slice_in_dim(x, j * CHUNK, CHUNK)
-      h, rc = forward(sl(toks)[None], sl(positions)[None], mask[None], rc, p0 + j * CHUNK)
-      return j + 1, rc, h[:, -1]
+def _pick(config, params, h, key, temperature, greedy):
+  """h [R, D] -> next token [R]: argmax, or a sample at `temperature`."""
+  logits = Decoder(config).apply({"params": params}, h, method=Decoder.head)      # [R, V] fp32
+  if greedy:
+    return jnp.argmax(logits, -1).astype(jnp.int32)
+  return jax.random.categorical(key, logits / temperature, -1).astype(jnp.int32)
 
-    h0 = jnp.zeros((1, config.hidden_size), config.compute_dtype)
-    _, rc, h_last = lax.while_loop(lambda c: c[0] < ls // CHUNK, chunk,
-                                   (first_chunk, row(st["cache"], b), h0))
-    st["cache"] = jax.tree.map(lambda x, r: lax.dynamic_update_slice_in_dim(x, r, b, axis=1),
-                               st["cache"], rc)
-    st["rng"], key = jax.random.split(st["rng"])
-    first = pick(h_last, key)[0]
-    window = jnp.concatenate([jnp.full((c_ - 1,), NEVER, jnp.int32), first[None]])
-    eos_hit, stop_hit = jnp.isin(first, eos), jnp.all(window == stop)
-    ended = eos_hit | stop_hit | (max_new == 1)
-    st["out"] = st["out"].at[n].set(jnp.zeros((max_new,), jnp.int32).at[0].set(first))
-    st = end_row(st, n[None], jnp.ones((1,), bool), jnp.ones((1,), jnp.int32), eos_hit[None], stop_hit[None])
-    upd = dict(mask=mask, prompt=n, t=1, last=first, pos=p0 + jnp.sum(sm), active=~ended, window=window)
-    for k, v in upd.items():
-      st[k] = st[k].at[b].set(v)
-    st["next"] = n + 1
-    return st
 
-  # 2b. Score the K candidates after the row slot b ended (rewound to the cue if it stopped on it).
-  def score(st, b):
-    n = st["prompt"][b]
-    back = (c_ - 1) * st["stopped"][n].astype(jnp.int32)
-    e = gen0 + st["t"][b] - 1 - back                                       # the cue's first slot
-    q = st["pos"][b] - back                                                # and its position
-    slot = jnp.arange(s_)
-    rel = jnp.clip(slot - e, 0, a_ - 1)
-    mask = ((st["mask"][b] > 0) & (slot < e))[None] | (
-        (slot >= e) & (slot < e + a_))[None] & (cand_mask[:, rel] > 0)     # [K, S]
-    rc = jax.tree.map(lambda x: jnp.repeat(x, k_, axis=1), row(st["cache"], b))
-    h, _ = forward(cand, jnp.broadcast_to(q + jnp.arange(a_), (k_, a_)), mask.astype(jnp.int32), rc, e)
-    logits = model.apply({"params": params}, h[:, :-1], method=Decoder.head)   # [K, A-1, V] fp32
-    lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), cand[:, 1:, None], -1)[..., 0]
-    st["scores"] = st["scores"].at[n].set(jnp.sum(lp * label_mask[:, 1:], -1))
-    return st
+# A row's slot (in its own cache, after the shared prefix) = its position - p0 + start: the suffix
+# sits at [start, start + len) with positions [p0, p0 + len), generated tokens follow it. So
+# (pos, start) locate every token of a row.
 
-  def needs(st):  # slots with a row to score, or free while prompts remain
-    return ~st["active"] & ((st["prompt"] >= 0) | (st["next"] < n_real))
+@functools.partial(jax.jit, static_argnames=("config", "greedy"), donate_argnums=(1,))
+def _decode(params, cache, prefix, last, pos, start, key, temperature, p0, *,
+            config: DecoderConfig, greedy: bool):
+  """One step for all B slots: `last` [B] (not yet in the cache) at `pos` [B] -> next [B]."""
+  w = pos + start - p0                                                       # [B] write slot
+  mask = _valid(cache["k"].shape[3], start, w + 1)                           # [B, S]
+  h, cache = _forward(config, params, last[:, None], pos[:, None], mask, cache, w, prefix)
+  return _pick(config, params, h[:, 0], key, temperature, greedy), cache
 
-  def service(st):
-    b = jnp.argmax(needs(st))
-    held = st["prompt"][b] >= 0
-    if score_on:
-      st = lax.cond(held, lambda s: score(s, b), lambda s: s, st)
-    st["prompt"] = st["prompt"].at[b].set(-1)
-    return lax.cond(st["next"] < n_real, lambda s: refill(s, b), lambda s: s, st)
 
-  # 2c. One decode step for every slot; only active slots change state.
-  def decode(st):
-    active, t = st["active"], st["t"]
-    w = gen0 + t - 1                                                       # [B] write slot
-    mask = st["mask"].at[jnp.arange(b_), w].max(active.astype(jnp.int32), mode="drop")
-    h, cache = forward(st["last"][:, None], st["pos"][:, None], mask, st["cache"], w)
-    st["rng"], key = jax.random.split(st["rng"])
-    nxt = pick(h[:, 0], key)
-    idx = jnp.where(active, st["prompt"], n_pad)
-    st["out"] = st["out"].at[idx, jnp.minimum(t, max_new - 1)].set(nxt, mode="drop")
-    window = jnp.where(active[:, None], jnp.concatenate([st["window"][:, 1:], nxt[:, None]], 1), st["window"])
-    eos_hit, stop_hit = jnp.isin(nxt, eos), jnp.all(window == stop[None], -1)
-    inc = active.astype(jnp.int32)
-    t = t + inc
-    ended = active & (eos_hit | stop_hit | (t >= max_new))
-    st = end_row(st, idx, ended, t, eos_hit & active, stop_hit & active)
-    st.update(cache=cache, mask=mask, t=t, pos=st["pos"] + inc, window=window,
-              last=jnp.where(active, nxt, st["last"]), active=active & ~ended)
-    return st
+@jax.jit
+def _gather(cache, rows):
+  return jax.tree.map(lambda x: x[:, rows], cache)                           # [layers, R, ...]
 
-  def body(st):
-    st = lax.while_loop(lambda s: jnp.any(needs(s)), service, st)
-    return lax.cond(jnp.any(st["active"]), decode, lambda s: s, st)
 
-  st = lax.while_loop(lambda s: jnp.any(s["active"]) | jnp.any(needs(s)), body, st)
-  return st["out"], st["lengths"], st["finished"], st["stopped"], st["scores"]
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _scatter(cache, rows, sub):
+  return jax.tree.map(lambda x, r: x.at[:, rows].set(r), cache, sub)
+
+
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnums=(1,))
+def _chunk(params, sub, prefix, tokens, positions, start, gen0, index, *, config: DecoderConfig):
+  """[R, CHUNK] suffix tokens written at slot `index` of R rows' caches -> last hidden [R, D]."""
+  mask = _valid(sub["k"].shape[3], start, gen0)
+  h, sub = _forward(config, params, tokens, positions, mask, sub, index, prefix)
+  return h[:, -1], sub
+
+
+@functools.partial(jax.jit, static_argnames=("config", "greedy"))
+def _first(params, h, key, temperature, *, config: DecoderConfig, greedy: bool):
+  return _pick(config, params, h, key, temperature, greedy)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _score(params, cache, prefix, rows, start, q, p0, cand, cand_mask, label_mask, *,
+           config: DecoderConfig):
+  """Scores [R, K] of the K candidates fed from position q [R] (slot e = q + start - p0) on."""
+  (k_, a_), r_ = cand.shape, rows.shape[0]
+  sub = jax.tree.map(lambda x: x[:, jnp.repeat(rows, k_)], cache)            # [layers, R*K, ..]
+  e = jnp.repeat(q + start - p0, k_)                                         # [R*K] the cue's slot
+  s_ = sub["k"].shape[3]
+  slot = jnp.arange(s_)[None]
+  rel = jnp.clip(slot - e[:, None], 0, a_ - 1)                               # [R*K, S]
+  mine = jnp.take_along_axis(jnp.tile(cand_mask, (r_, 1)), rel, 1) > 0       # candidate slots
+  mask = _valid(s_, jnp.repeat(start, k_), e) | (
+      (slot >= e[:, None]) & (slot < e[:, None] + a_) & mine)
+  tokens = jnp.tile(cand, (r_, 1))                                           # [R*K, A]
+  positions = jnp.repeat(q, k_)[:, None] + jnp.arange(a_)[None]
+  h, _ = _forward(config, params, tokens, positions, mask.astype(jnp.int32), sub, e, prefix)
+  logits = Decoder(config).apply({"params": params}, h[:, :-1], method=Decoder.head)  # fp32
+  lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
+  return jnp.sum(lp * jnp.tile(label_mask, (r_, 1))[:, 1:], -1).reshape(r_, k_)
+
+
+def _pow2_groups(idx: np.ndarray) -> list[np.ndarray]:
+  """Splits idx into groups of power-of-two sizes, largest first (few distinct compiles)."""
+  out = []
+  while len(idx):
+    n = 1 << (len(idx).bit_length() - 1)
+    out.append(idx[:n])
+    idx = idx[n:]
+  return out
 
 
 def _round_up(n: int, m: int) -> int:
@@ -209,13 +188,16 @@ def _round_up(n: int, m: int) -> int:
 def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slots: int,
         max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, temperature: float = 0.0,
         rng: jax.Array | None = None, stop_ids: Sequence[int] = (),
-        candidates: Sequence[Sequence[int]] = (), prefix_len: int | None = None) -> Result:
+        candidates: Sequence[Sequence[int]] = (), prefix_len: int | None = None,
+        refill_at: int | None = None) -> Result:
   """Generates for token-id `prompts` (no padding) with `slots` rows decoding at a time.
 
   stop_ids: a token sequence that ends a row (the cue before the label; kept in its tokens).
   candidates: K token sequences, each the cue followed by one label's tokens; with them, `scores`
   holds log p(label tokens | prompt, the row's text up to the cue, the cue) per prompt.
   prefix_len: tokens to share (default: the prompts' common prefix, rounded down to 16).
+  refill_at: free slots that trigger a batched refill (default slots // 8, at least 1; fewer
+  when fewer prompts remain, and always when no row is active).
   """
   prompts = [list(map(int, p)) for p in prompts]
   if not prompts or min(map(len, prompts)) < 1:
@@ -224,36 +206,127 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   p0 = max(0, min(lcp, min(map(len, prompts)) - 1))      # every row keeps >= 1 token of its own
   if prefix_len is None:
     p0 -= p0 % ROUND
-  ls = _round_up(max(len(p) - p0 for p in prompts), CHUNK)
-  n_pad = max(8, 1 << (len(prompts) - 1).bit_length())
-  suffix = np.full((n_pad, ls), pad_id, np.int32)
-  suffix_mask = np.zeros((n_pad, ls), np.int32)
-  for i, p in enumerate(prompts):
-    tail = p[p0:]
-    suffix[i, ls - len(tail):], suffix_mask[i, ls - len(tail):] = tail, 1
+  # no more slots than prompts: an empty slot still costs its cache's attention every step
+  n, b_, max_new = len(prompts), min(int(slots), len(prompts)), int(max_new_tokens)
+  tails = [p[p0:] for p in prompts]
+  ls = _round_up(max(map(len, tails)), CHUNK)
   stop = np.asarray(list(stop_ids) or [NEVER], np.int32)
-  k = len(candidates)
+  c_, k = len(stop), len(candidates)
   a = max((len(c) for c in candidates), default=0)
+  cue = len(stop_ids)
   cand = np.full((k, a), pad_id, np.int32)
   cand_mask, label_mask = np.zeros((k, a), np.int32), np.zeros((k, a), np.float32)
-  cue = len(stop_ids)
   for j, c in enumerate(candidates):
     if list(c[:cue]) != list(stop_ids) or len(c) <= cue:
-      raise ValueError(f"candidate {j} {list(c)} must be the stop cue {list(stop_ids)} + >= 1 label token")
+      raise ValueError(f"candidate {j} {list(c)} must be the stop cue {list(stop_ids)} + >= 1 "
+                       "label token")
     cand[j, :len(c)], cand_mask[j, :len(c)], label_mask[j, cue:len(c)] = c, 1, 1.0
-  if cue and not k:
-    cand, cand_mask, label_mask = np.zeros((0, 1), np.int32), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.float32)
-  if p0 + ls + max_new_tokens + a > config.max_position:
-    raise ValueError(f"prompt {p0 + ls} + {max_new_tokens} new + {a} scored tokens > max_position {config.max_position}")
+  s_ = ls + max_new + a                             # row-cache slots (after the shared prefix)
+  if p0 + s_ > config.max_position:
+    raise ValueError(f"prompt {p0 + ls} + {max_new} new + {a} scored tokens > max_position "
+                     f"{config.max_position}")
   greedy = temperature <= 0.0
-  eos = np.asarray([int(e) for e in eos_ids] or [-1], np.int32)
-  out, lengths, finished, stopped, scores = _run(
-      params, np.asarray(prompts[0][:p0], np.int32), suffix, suffix_mask, np.int32(len(prompts)),
-      jax.random.PRNGKey(0) if rng is None else rng, np.float32(max(temperature, 1e-6)), eos, stop,
-      cand, cand_mask, label_mask, config=config, slots=int(slots), max_new=int(max_new_tokens),
-      greedy=greedy)
-  n = len(prompts)
-  out, lengths = np.asarray(out)[:n], np.asarray(lengths)[:n]
-  out = np.where(np.arange(out.shape[1])[None] < lengths[:, None], out, pad_id).astype(np.int32)
-  return Result(out, lengths, np.asarray(finished)[:n], np.asarray(stopped)[:n],
-                np.asarray(scores)[:n] if k else None, p0)
+  temp, jp0 = np.float32(max(temperature, 1e-6)), np.int32(p0)
+  eos = set(int(e) for e in eos_ids)
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  refill_at = max(1, b_ // 8) if refill_at is None else int(refill_at)
+
+  def key():
+    nonlocal rng
+    if greedy:
+      return rng
+    rng, sub = jax.random.split(rng)
+    return sub
+
+  # Host state: per slot, and per prompt (the outputs).
+  out = np.full((n, max_new), pad_id, np.int32)
+  lengths, finished, stopped = np.zeros(n, np.int32), np.zeros(n, bool), np.zeros(n, bool)
+  scores = np.zeros((n, max(k, 1)), np.float32)
+  prompt = np.full(b_, -1)                          # prompt held by the slot (-1: none)
+  t = np.zeros(b_, np.int32)                        # tokens generated for it
+  last = np.zeros(b_, np.int32)                     # last picked token (not yet in the cache)
+  pos = np.full(b_, p0, np.int32)                   # its position (an empty slot writes at P0)
+  start = np.zeros(b_, np.int32)                    # first suffix slot (see _decode)
+  active = np.zeros(b_, bool)
+  window = np.full((b_, c_), NEVER, np.int32)       # last C tokens, for the stop cue
+  queue = sorted(range(n), key=lambda i: -len(tails[i]))   # longest suffix first: less padding
+
+  def take(b, tok):
+    """Records token `tok` as slot b's next; ends the row on EOS, the cue or max_new."""
+    i = prompt[b]
+    out[i, t[b]] = tok
+    t[b] += 1
+    window[b] = np.append(window[b, 1:], tok)
+    eos_hit, stop_hit = tok in eos, bool((window[b] == stop).all())
+    lengths[i], finished[i], stopped[i] = t[b], eos_hit or stop_hit, stop_hit
+    last[b] = tok
+    active[b] = not (eos_hit or stop_hit or t[b] >= max_new)
+
+  def score(held):
+    if k == 0 or a <= 1:
+      return
+    for g in _pow2_groups(held):
+      back = (c_ - 1) * stopped[prompt[g]]          # a cue-stopped row is rewound to the cue
+      s = _score(params, cache, prefix, g.astype(np.int32), start[g], pos[g] - back, jp0, cand,
+                 cand_mask, label_mask, config=config)
+      scores[prompt[g]] = np.asarray(s)
+
+  def refill(free):
+    nonlocal cache
+    ids = [queue.pop(0) for _ in free]
+    # rows grouped by their count of CHUNKs (a group pays for its longest row), each group split
+    # into power-of-two batches: no [R, CHUNK] pass runs on rows that are all padding there
+    chunks = [-(-len(tails[i]) // CHUNK) for i in ids]
+    batches = []
+    for c in sorted(set(chunks), reverse=True):
+      mine = [i for i, ci in zip(ids, chunks) if ci == c]
+      batches += [[mine.pop(0) for _ in g] for g in _pow2_groups(np.arange(len(mine)))]
+    for ids in batches:
+      g, free = free[:len(ids)], free[len(ids):]
+      lens = np.asarray([len(tails[i]) for i in ids], np.int32)
+      lb = _round_up(int(lens.max()), CHUNK)
+      toks = np.full((len(g), lb), pad_id, np.int32)
+      for r, i in enumerate(ids):
+        toks[r, lb - lens[r]:] = tails[i]
+      st = lb - lens                                                      # [R] first suffix slot
+      positions = p0 + np.maximum(np.arange(lb)[None] - (lb - lens)[:, None], 0)
+      sub = _gather(cache, g.astype(np.int32))
+      for j in range(0, lb, CHUNK):
+        h, sub = _chunk(params, sub, prefix, toks[:, j:j + CHUNK], positions[:, j:j + CHUNK], st,
+                        np.full(len(g), lb, np.int32), np.int32(j), config=config)
+      cache = _scatter(cache, g.astype(np.int32), sub)
+      first = np.asarray(_first(params, h, key(), temp, config=config, greedy=greedy))
+      for r, b in enumerate(g):
+        prompt[b], t[b], start[b], pos[b] = ids[r], 0, st[r], p0 + lens[r]
+        window[b] = NEVER
+        take(b, int(first[r]))
+
+  prefix = _prefix(params, np.asarray(prompts[0][:p0], np.int32), config=config) if p0 else None
+  cache = init_cache(config, b_, s_)                # [layers, B, K, S, hd] each, after the prefix
+  while True:
+    if not active.any() or (queue and (~active).sum() >= min(refill_at, len(queue))):
+      held = np.flatnonzero(~active & (prompt >= 0))
+      score(held)
+      prompt[held] = -1
+      if not queue and not active.any():
+        break
+      refill(np.flatnonzero(~active)[:len(queue)])
+      continue
+    if not queue and b_ >= 2 * MIN_TAIL and active.sum() <= b_ // 2:
+      # the tail: no prompt left and half the slots idle, yet every slot's cache is read each
+      # step. Score the ended rows and keep the active ones in a half-size batch (one copy).
+      held = np.flatnonzero(~active & (prompt >= 0))
+      score(held)
+      prompt[held] = -1
+      b_ //= 2
+      keep = np.concatenate([np.flatnonzero(active), np.flatnonzero(~active)])[:b_]
+      cache = _gather(cache, keep.astype(np.int32))
+      prompt, t, last, pos = prompt[keep], t[keep], last[keep], pos[keep]
+      start, active, window = start[keep], active[keep], window[keep]
+    nxt, cache = _decode(params, cache, prefix, last, pos, start, key(), temp, jp0, config=config,
+                         greedy=greedy)
+    nxt = np.asarray(nxt)
+    pos += active                                   # `last` of an active row is now in the cache
+    for b in np.flatnonzero(active):
+      take(b, int(nxt[b]))
+  return Result(out, lengths, finished, stopped, scores if k else None, p0)

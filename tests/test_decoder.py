@@ -116,6 +116,41 @@ def test_kv_cache_steps_equal_full_recompute(tiny, per_row_index):
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
 
 
+def test_shared_prefix_cache_equals_a_full_forward(tiny):
+  """Cache entries prefix_k/prefix_v (one copy for all rows, slots counted after it) + per-row
+  suffixes of different lengths (left-padded) + 1-token steps == one full forward per row."""
+  _, params = tiny
+  rs = np.random.RandomState(2)
+  p0, ls, steps = 5, 4, 3
+  prefix = rs.randint(4, TINY.vocab_size, p0)
+  rows = [rs.randint(4, TINY.vocab_size, n + steps) for n in (4, 2)]   # suffix + generated
+  model = Decoder(TINY)
+  apply = jax.jit(lambda prm, t, pos, m, c, i: model.apply(
+      {"params": prm}, t, pos, attention_mask=m, cache=c, cache_index=i))
+  _, pc = apply(params, prefix[None], np.arange(p0)[None], None, init_cache(TINY, 1, p0), 0)
+  s = ls + steps
+  cache = dict(init_cache(TINY, 2, s), prefix_k=pc["k"][:, 0], prefix_v=pc["v"][:, 0])
+  tokens, mask = np.full((2, ls), PAD), np.zeros((2, s), np.int32)
+  positions = np.full((2, ls), p0)
+  for r, row in enumerate(rows):
+    n = len(row) - steps
+    tokens[r, ls - n:], mask[r, ls - n:ls], positions[r, ls - n:] = row[:n], 1, p0 + np.arange(n)
+  logits, cache = apply(params, tokens, positions, mask, cache, 0)
+  got = [[np.asarray(logits[r, -1])] for r in range(2)]
+  for t in range(steps):
+    mask[:, ls + t] = 1
+    pos = np.asarray([[p0 + len(row) - steps + t] for row in rows])
+    step_tokens = np.asarray([[row[len(row) - steps + t]] for row in rows])
+    logits, cache = apply(params, step_tokens, pos, mask, cache, np.int32(ls + t))
+    for r in range(2):
+      got[r].append(np.asarray(logits[r, 0]))
+  for r, row in enumerate(rows):
+    seq = np.concatenate([prefix, row])[None]
+    full = np.asarray(_forward(params, seq, np.arange(seq.shape[1])[None], None, config=TINY))[0]
+    n = len(row) - steps
+    np.testing.assert_allclose(np.stack(got[r]), full[p0 + n - 1:p0 + n + steps], atol=1e-5)
+
+
 def _naive_greedy(params, tokens, mask, max_new):
   """Recomputes the whole (fixed-length) sequence every step, no cache."""
   b, p = tokens.shape

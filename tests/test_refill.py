@@ -51,13 +51,17 @@ def _eos_for(params, prompts, max_new):
   return min(counts, key=lambda t: abs(counts[t] - len(prompts) / 2))
 
 
-@pytest.mark.parametrize("slots", [1, 2, 4])
-def test_greedy_tokens_equal_the_plain_path(params, slots):
+# (slots, refill_at): one row at a time; several slots refilled (and scored) together, in
+# power-of-two groups (4 free -> one [4, CHUNK] refill, 3 -> 2 + 1); more slots than prompts
+@pytest.mark.parametrize("slots,refill_at", [(1, None), (2, None), (4, None), (4, 3), (4, 4),
+                                             (16, None)])
+def test_greedy_tokens_equal_the_plain_path(params, slots, refill_at):
   prompts = [PREFIX + t for t in TAILS]
   eos = [_eos_for(params, prompts, 12)]
   want = [_alone(params, p, 12, eos) for p in prompts]
   assert len({len(w[0]) for w in want}) > 1, "rows should end at different lengths"
-  got = refill.run(TINY, params, prompts, slots=slots, max_new_tokens=12, eos_ids=eos, pad_id=PAD)
+  got = refill.run(TINY, params, prompts, slots=slots, max_new_tokens=12, eos_ids=eos, pad_id=PAD,
+                   refill_at=refill_at)
   assert got.prefix_len == 16  # 18 shared tokens, rounded down to a multiple of 16
   for r, (tokens, finished) in enumerate(want):
     assert got.tokens[r, :got.lengths[r]].tolist() == tokens, r
@@ -74,14 +78,15 @@ def test_prefix_choice_does_not_change_tokens(params):
   assert (a.lengths == 8).all() and not a.finished.any()
 
 
-def test_label_scores_equal_a_full_forward(params):
+@pytest.mark.parametrize("slots,refill_at", [(2, None), (4, 3)])
+def test_label_scores_equal_a_full_forward(params, slots, refill_at):
   """The K candidates scored from the slot's cache == log-probs of prompt + text + candidate."""
   prompts = [PREFIX + t for t in TAILS]
   cue = [14, 15]
   cands = [cue + [24], cue + [25, 26], cue + [27, 28, 29]]
   eos = [_eos_for(params, prompts, 10)]
-  got = refill.run(TINY, params, prompts, slots=2, max_new_tokens=10, eos_ids=eos, pad_id=PAD,
-                   stop_ids=cue, candidates=cands)
+  got = refill.run(TINY, params, prompts, slots=slots, max_new_tokens=10, eos_ids=eos, pad_id=PAD,
+                   stop_ids=cue, candidates=cands, refill_at=refill_at)
   assert got.scores.shape == (len(prompts), 3)
   for r, p in enumerate(prompts):
     text = got.tokens[r, :got.lengths[r]].tolist()
@@ -140,3 +145,25 @@ def test_generate_texts_appends_the_scored_label(params):
     np.testing.assert_allclose(np.exp(s.label_logprobs).sum(), 1.0, rtol=1e-5)
     label = "AB"[int(np.argmax(scores))]
     assert s.text.endswith(f"Label: {label}") == bool(fin)
+
+
+def test_tail_batch_halves_when_slots_idle(params, monkeypatch):
+  """8 slots, 14 prompts: once no prompt is left and half the slots are idle, the active rows move
+  to a 4-slot batch (the ended ones scored first); tokens and scores do not change."""
+  prompts = [PREFIX + t for t in TAILS] + [PREFIX + [t[0] + 1] + t for t in TAILS]
+  cue = [14, 15]
+  cands = [cue + [24], cue + [25, 26]]
+  eos = [_eos_for(params, prompts, 12)]
+  kw = dict(max_new_tokens=12, eos_ids=eos, pad_id=PAD, stop_ids=cue, candidates=cands)
+  batches, decode = [], refill._decode
+  monkeypatch.setattr(refill, "_decode", lambda p, cache, *a, **k:
+                      batches.append(cache["k"].shape[1]) or decode(p, cache, *a, **k))
+  got = refill.run(TINY, params, prompts, slots=8, **kw)
+  assert batches[0] == 8 and batches[-1] == 4   # the tail decoded in a 4-slot batch
+  ref = refill.run(TINY, params, prompts, slots=2, **kw)   # never halves (2 < 2 x MIN_TAIL)
+  np.testing.assert_array_equal(got.tokens, ref.tokens)
+  np.testing.assert_allclose(got.scores, ref.scores, atol=1e-5)
+  for r, p in enumerate(prompts):
+    tokens, _ = _alone(params, p, 12, eos)
+    n = got.lengths[r]
+    assert got.tokens[r, :n].tolist() == tokens[:n], r

@@ -23,6 +23,10 @@ KV cache: `{"k", "v"}` each [layers, B, K, S_max, hd]; a call writes its L new k
 `cache_index` (a shared scalar, or [B] per row) and attends to slots <= its own slot. Slots sit
 next to hd (not [.., S, K, hd]) so a layer's cache is a ready [B, K, S, hd] matmul operand: the
 other order made XLA transpose-copy every layer's cache every step (3x slower decode at B=16).
+Shared prefix (optional cache entries "prefix_k", "prefix_v", each [layers, K, P0, hd]): P0 keys
+and values every row attends to before its own slots, stored once, never written; the row cache's
+slots and `cache_index` then count from the end of the prefix (positions stay absolute). A decode
+step reads the prefix once for all B rows instead of B copies (`rd_jax/refill.py`).
 """
 
 from __future__ import annotations
@@ -220,7 +224,8 @@ class Attention(nn.Module):
       q_slot = jnp.broadcast_to(jnp.arange(l), (b, l))                 # [B, L]
     else:
       index = jnp.asarray(cache_index, jnp.int32)
-      cache = {"k": _write(cache["k"], k, layer, index), "v": _write(cache["v"], v, layer, index)}
+      cache = dict(cache, k=_write(cache["k"], k, layer, index),
+                   v=_write(cache["v"], v, layer, index))
       k, v = cache["k"][layer], cache["v"][layer]                      # [B, K, S, hd]
       q_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(l)             # [B or 1, L]
     s = k.shape[2]
@@ -233,8 +238,18 @@ class Attention(nn.Module):
     q = q.reshape(b, l, kh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * l, hd)
     scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(allowed, scores / jnp.sqrt(jnp.float32(hd)), _MASKED)
+    shared = cache is not None and "prefix_k" in cache
+    if shared:  # the shared prefix: one [K, B*G*L, hd] x [K, hd, P0] product, always allowed
+      pk, pv = cache["prefix_k"][layer], cache["prefix_v"][layer]     # [K, P0, hd]
+      sp = jnp.einsum("bkqd,ksd->bkqs", q, pk, preferred_element_type=jnp.float32)
+      scores = jnp.concatenate([sp / jnp.sqrt(jnp.float32(hd)), scores], -1)  # [B, K, G*L, P0+S]
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)            # fp32 softmax
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)                      # [B, K, G*L, hd]
+    if shared:
+      p0 = pk.shape[1]
+      out = (jnp.einsum("bkqs,ksd->bkqd", probs[..., :p0], pv)
+             + jnp.einsum("bkqs,bksd->bkqd", probs[..., p0:], v))      # [B, K, G*L, hd]
+    else:
+      out = jnp.einsum("bkqs,bksd->bkqd", probs, v)                    # [B, K, G*L, hd]
     out = out.reshape(b, kh, g, l, hd).transpose(0, 3, 1, 2, 4).reshape(b, l, c.num_heads * hd)
     return self.o_proj(out.astype(c.compute_dtype)), cache
 

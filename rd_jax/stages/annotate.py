@@ -5,9 +5,10 @@ in the workdir, else the base model `teacher.init` (the choice is logged and rec
 `teacher_ckpt`). Pairs: `data.path` (labels optional), split `annotate.split` (all | train | valid |
 test folds), optionally a seeded sample of `annotate.max_pairs`.
 
-Generation (`teacher/eval.sample` -> `generate.generate_texts` -> `refill.run`): one jitted call
-per shard; the prompt-v2 prefix (instructions, definitions) is prefilled once and
-`annotate.batch_size` slots take the next prompt as soon as a row ends. num_samples == 1: greedy.
+Generation (`teacher/eval.sample` -> `generate.generate_texts` -> `refill.run`): a host loop of
+jitted decode / refill / scoring steps per shard; the prompt-v2 prefix (instructions, definitions)
+is prefilled once and `annotate.batch_size` slots take the next prompts in batches as rows end.
+num_samples == 1: greedy.
 Label (`teacher.score_labels`, default): after the reasoning, every label is scored as the
 continuation of "\nLabel:" from the row's KV cache; label_probs = softmax(log p + offsets), with
 per-class offsets fitted on valid macro-F1 (`annotate.offset_pairs` valid-fold pairs, scored
