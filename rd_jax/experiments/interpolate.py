@@ -123,6 +123,9 @@ def run(cfg, workdir: str, stage: str, alphas, out: str | None = None, test: boo
     logging.info("alpha %.2f valid: %s", alpha, json.dumps(figures))
   chosen = choose(result["valid"])
   result["chosen_alpha"] = chosen
+  # for information only (not a second choice: test is read for chosen_alpha and 1 alone)
+  result["best_valid_ndcg_alpha"] = max(result["valid"],
+                                        key=lambda a: (result["valid"][a]["ndcg@10"], a))
   if test:   # read once: the chosen alpha and the student itself, offsets fitted on valid
     test_pairs = pairs("test")
     result["test"] = {}
