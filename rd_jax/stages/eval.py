@@ -34,8 +34,9 @@ from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.student import data as data_lib, predict as predict_lib
 
 
-def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> dict:
-  """metrics of the student in `ckpt`, written to <out_dir>/<prefix>metrics.json (+ confusion)."""
+def restore_student(cfg, ckpt: str):
+  """(meta, model, params, mesh): the student in `ckpt` restored replicated on cfg.mesh, after
+  checking it is a bert student trained with cfg.labels."""
   meta = checkpoint.read_meta(ckpt)
   if meta.get("model") != "bert":
     raise checkpoint.CheckpointError(f"{ckpt!r} holds a {meta.get('model')!r} model; eval needs "
@@ -52,7 +53,12 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mesh_lib.replicated(mesh)),
       abstract)
   params, _ = checkpoint.load_final(ckpt, abstract, expect_model="bert")
+  return meta, model, params, mesh
 
+
+def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> dict:
+  """metrics of the student in `ckpt`, written to <out_dir>/<prefix>metrics.json (+ confusion)."""
+  meta, model, params, mesh = restore_student(cfg, ckpt)
   pairs, source, report = data_lib.load_eval_pairs(cfg, out_dir, meta.get("item_template"))
   tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
   predict = predict_lib.make_predict_fn(model, mesh)
@@ -61,15 +67,15 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
                                max_len_std=meta.get("max_len_std"),
                                logit_offsets=meta.get("decision_offsets"))
     out.pop("logits")
-    out["prior_log_loss"] = _prior_log_loss(meta, refs, np.asarray([p.label_id for p in on]))
+    out["prior_log_loss"] = prior_log_loss(meta, refs, np.asarray([p.label_id for p in on]))
     return out
 
   result = run(pairs)
   predicted = result.pop("predictions")
-  by_split = {_split_name(cfg): _headline(result)}
+  by_split = {_split_name(cfg): headline(result)}
   if not cfg.eval.path and cfg.eval.split != "valid":   # valid too: the table shows both
-    valid = run(_pairs_of(cfg, "valid", out_dir, meta.get("item_template")))
-    by_split["valid"] = result["valid"] = _headline(valid)
+    valid = run(pairs_of(cfg, "valid", out_dir, meta.get("item_template")))
+    by_split["valid"] = result["valid"] = headline(valid)
   if refs:
     result["references"] = refs
     result["delta_vs_references"] = references.deltas(by_split, refs)
@@ -92,20 +98,20 @@ def _split_name(cfg) -> str:
   return "eval" if cfg.eval.path else cfg.eval.split
 
 
-def _pairs_of(cfg, split: str, out_dir: str, item_template):
+def pairs_of(cfg, split: str, out_dir: str, item_template):
   split_cfg = cfg.copy_and_resolve_references()
   with split_cfg.unlocked():
     split_cfg.eval.split = split
   return data_lib.load_eval_pairs(split_cfg, out_dir, item_template)[0]
 
 
-def _headline(m: dict) -> dict:
+def headline(m: dict) -> dict:
   keys = ("macro_f1", "macro_f1_argmax", "accuracy", "ndcg@10", "log_loss", "log_loss_adjusted",
           "prior_log_loss", "num_examples")
   return {k: m[k] for k in keys if k in m}
 
 
-def _prior_log_loss(meta: dict, refs: dict | None, gold) -> float | None:
+def prior_log_loss(meta: dict, refs: dict | None, gold) -> float | None:
   """Log-loss of predicting the train label frequencies (meta's train_label_counts, else the
   majority reference's) on these pairs; None when neither is known."""
   counts = meta.get("train_label_counts") or (refs or {}).get("majority", {}).get(
