@@ -108,13 +108,13 @@ def run(cfg, workdir: str, stage: str, alphas, out: str | None = None, test: boo
   valid_pairs = pairs("valid")
   norm = lambda t: float(np.sqrt(sum(np.sum(np.square(np.asarray(x))) for x in jax.tree.leaves(t))))
   moved = {k: v for k, v in finetuned.items() if k not in HEADS}
+  moved_init = {k: init[k] for k in moved}
   result = {"checkpoint": storage.abspath(ckpt), "stage": stage, "init": cfg.student.init,
             "seed": cfg.seed, "interpolated": sorted(moved), "kept_finetuned": sorted(
                 set(finetuned) & set(HEADS)), "init_freshly_initialised": info.get("initialised"),
             "checkpoint_decision_offsets": meta.get("decision_offsets"),
             # how far fine-tuning moved the interpolated weights: |theta_ft - theta_init| / |theta_init|
-            "relative_distance": norm(jax.tree.map(lambda f, i: f - i, moved, {
-                k: init[k] for k in moved})) / norm({k: init[k] for k in moved}),
+            "relative_distance": norm(jax.tree.map(np.subtract, moved, moved_init)) / norm(moved_init),
             "valid": {}}
   for alpha in sorted(float(a) for a in alphas):
     figures, _ = score(predict, interpolate(finetuned, init, alpha), valid_pairs, tokenizer,
@@ -130,11 +130,10 @@ def run(cfg, workdir: str, stage: str, alphas, out: str | None = None, test: boo
     test_pairs = pairs("test")
     result["test"] = {}
     for alpha in sorted({chosen, 1.0}):
+      params = interpolate(finetuned, init, alpha)
       if alpha not in result["valid"]:
-        result["valid"][alpha], _ = score(predict, interpolate(finetuned, init, alpha),
-                                          valid_pairs, tokenizer, cfg, meta)
-      result["test"][alpha], _ = score(predict, interpolate(finetuned, init, alpha), test_pairs,
-                                       tokenizer, cfg, meta,
+        result["valid"][alpha], _ = score(predict, params, valid_pairs, tokenizer, cfg, meta)
+      result["test"][alpha], _ = score(predict, params, test_pairs, tokenizer, cfg, meta,
                                        offsets=result["valid"][alpha]["decision_offsets"])
   result = json.loads(json.dumps(result))            # alpha keys as strings, as the file holds them
   if out and jax.process_index() == 0:
