@@ -23,7 +23,7 @@ def get_config():
   # package; train pairs it failed to annotate are dropped and counted (README, "Where the demo's
   # reasoning comes from"). data.reasoning_source=rules is the lexical stand-in.
   c.data.reasoning_source = "annotations"
-  c.data.reasoning_path = "bundled"
+  c.data.reasoning_path = "bundled_v1"   # the first (prompt v1) teacher's: what the figures below used
   c.data.on_missing_reasoning = "skip"
   c.student.init = "minilm"
   c.train.batch_size = 32
@@ -49,24 +49,26 @@ def get_config():
   c.cpt.heldout_rows = 16
   c.cpt.optim.learning_rate = 5e-5
   c.cpt.optim.warmup_steps = 3    # each teacher stage warms up over ~10% of its steps
-  c.sft.bootstrap_pairs = 96
+  c.sft.bootstrap_pairs = 384   # STaR chains: sampled, rationalised from gold where wrong
   c.sft.eval_pairs = 64
   c.sft.batch_size = 4
-  c.sft.num_steps = 48
+  c.sft.bootstrap_samples = 1    # one sample per prompt; the gold rationalisation covers misses
+  c.sft.gen_batch_size = 32
+  c.sft.num_steps = 96
   c.sft.optim.learning_rate = 5e-5
-  c.sft.optim.warmup_steps = 5
+  c.sft.optim.warmup_steps = 10
   c.reward.prompts = 32
   c.reward.valid_prompts = 16
   c.reward.batch_size = 4
-  c.reward.num_steps = 24
+  c.reward.num_steps = 32
   c.reward.optim.learning_rate = 3e-5
-  c.reward.optim.warmup_steps = 2
-  c.dpo.prompts = 32
+  c.reward.optim.warmup_steps = 3
+  c.dpo.prompts = 48
   c.dpo.eval_prompts = 32
   c.dpo.batch_size = 4
-  c.dpo.num_steps = 16
+  c.dpo.num_steps = 32
   c.dpo.optim.learning_rate = 2e-6     # 5e-7 (7B-scale default) does not move a 135M model in 16 steps
-  c.dpo.optim.warmup_steps = 2
+  c.dpo.optim.warmup_steps = 3
   c.annotate.split = "train"     # CRSD reads reasoning for its train pairs only
   c.annotate.batch_size = 32     # decode is memory-bound on this CPU: more rows per step are cheap
   return c

@@ -19,6 +19,7 @@ def _workdir(tmp_path, annotate_summary=True, data_path=None):
            "raw": "A mug.\nLabel: Exact", "votes": {"Exact": 1}, "attempts": 1},
           {"query_id": "q2", "product_id": "p2", "query": "cup", "teacher_label": "Irrelevant",
            "reasoning": "A plate.", "confidence": 1.0, "label": "Substitute", "fold": 3,
+           "label_probs": [0.1, 0.2, 0.3, 0.4], "teacher_ckpt": "/work/runs/teacher/dpo/final",
            "raw": "A plate.\nLabel: Irrelevant", "votes": {"Irrelevant": 1}, "attempts": 2}]
   (work / "annotate" / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   if annotate_summary:
@@ -36,7 +37,8 @@ def test_bundle_keeps_what_the_student_needs_and_records_provenance(tmp_path):
   with gzip.open(out / "teacher_annotations.jsonl.gz", "rt") as f:
     rows = [json.loads(line) for line in f]
   assert [r["product_id"] for r in rows] == ["p1", "p2"]
-  assert set(rows[1]) == set(bundle_annotations.KEEP)  # raw text, votes, attempts left out
+  # raw text, votes, attempts and the machine's checkpoint path left out; label_probs kept
+  assert set(rows[1]) == set(bundle_annotations.KEEP)
   saved = json.loads((out / "teacher_annotations.json").read_text())
   assert saved == prov and prov["annotations"] == 2 and prov["command"] == "python -m rd_jax.main ..."
   assert set(prov["stages"]) == {"cpt", "sft", "dpo", "annotate"} and prov["config"] == {"seed": 0}

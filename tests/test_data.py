@@ -158,12 +158,13 @@ def test_bundled_data_matches_its_stats():
 
 
 
-def test_bundled_teacher_annotations_cover_the_train_folds_with_provenance():
+@pytest.mark.parametrize("name", sorted(readers.BUNDLED_ANNOTATIONS))
+def test_bundled_teacher_annotations_cover_the_train_folds_with_provenance(name):
   """The demo's reasoning: our DPO teacher's annotations of folds 1 and 3, every train pair either
   annotated (label in the label set, non-empty reasoning) or counted as a teacher failure."""
   cfg = default_config()
-  path = readers.bundled_annotations_path()
-  with open(path.replace(".jsonl.gz", ".json")) as f:
+  path = readers.bundled_annotations_path(name)
+  with open(readers.annotations_provenance_path(path)) as f:
     provenance = json.load(f)
   assert provenance["commit"] and provenance["command"]
   assert {"cpt", "sft", "reward", "dpo", "annotate"} <= set(provenance["stages"])

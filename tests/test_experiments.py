@@ -167,8 +167,8 @@ def test_table_refuses_a_teacher_that_did_not_write_the_annotations(tmp_path, ti
   with pytest.raises(provenance.TeacherMismatchError, match="another teacher"):
     provenance.check_teacher_wrote_annotations(cfg, str(teacher), "dpo")
   # the same figures as the run that made them (copied from the provenance): accepted
-  stages = json.load(open(os.path.join(os.path.dirname(readers.bundled_annotations_path()),
-                                       "teacher_annotations.json")))["stages"]
+  stages = json.load(open(readers.annotations_provenance_path(
+      readers.bundled_annotations_path(cfg.data.reasoning_path))))["stages"]
   for step in ("cpt", "sft", "dpo"):
     (teacher / step).mkdir(exist_ok=True)
     (teacher / step / "summary.json").write_text(json.dumps({**stages[step], "seconds": 1.0}))

@@ -34,7 +34,7 @@ def _config(args):
   from rd_jax.config import default_config
   cfg = default_config()
   cfg.data.reasoning_source = "annotations"  # the demo's reasoning (configs/demo.py)
-  cfg.data.reasoning_path = "bundled"
+  cfg.data.reasoning_path = "bundled_v1"   # as configs/demo.py
   cfg.train.batch_size = args.batch_size
   cfg.seed = args.seed
   return cfg
@@ -47,7 +47,8 @@ def load_tokens(cfg, use_reasoning: bool):
   from rd_jax.data import readers, tokenize
   pairs, _ = readers.load_pairs("", cfg, require_label=True)
   train = readers.train_valid_test(pairs, cfg)["train"]
-  train, _ = readers.attach_reasoning(train, readers.bundled_annotations_path(), cfg)
+  train, _ = readers.attach_reasoning(
+      train, readers.bundled_annotations_path(cfg.data.reasoning_path), cfg)
   train = [p for p in train if p.reasoning]
   if not use_reasoning:
     import dataclasses

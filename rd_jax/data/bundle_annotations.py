@@ -4,10 +4,11 @@
       --command="<the command that made runs/teacher>"
 
 Copies <workdir>/annotate/annotations.jsonl (gzipped, keys sorted, only what the student needs:
-ids, query, teacher_label, reasoning, confidence, gold label) to
-`data/assets/esci_us_srw150/teacher_annotations.jsonl.gz` and writes `teacher_annotations.json`
-next to it: the commit, the command, the config and every teacher stage's summary figures, so a
-reader can tell which teacher wrote the demo's reasoning. Refuses a run whose annotate stage is
+ids, query, teacher_label, label_probs (scored labels), reasoning, confidence, gold label) to
+`data/assets/esci_us_srw150/teacher_annotations.jsonl.gz` (what `data.reasoning_path=bundled`
+reads) and writes `teacher_annotations.json` next to it: the commit, the command, the config and
+every teacher stage's summary figures, so a reader can tell which teacher wrote the reasoning.
+The first teacher's (prompt v1) files are kept as `teacher_annotations_v1.*` ("bundled_v1"). Refuses a run whose annotate stage is
 not complete (no summary.json) or whose annotations are not of the bundled data.
 """
 
@@ -28,8 +29,8 @@ from rd_jax.data import readers
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline workdir with a complete annotate/ stage.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the run used (recorded).")
 _COMMAND = flags.DEFINE_string("command", "", "The command that produced the workdir (recorded).")
-KEEP = ("query_id", "product_id", "query", "teacher_label", "reasoning", "confidence", "label",
-        "fold")
+KEEP = ("query_id", "product_id", "query", "teacher_label", "label_probs", "reasoning",
+        "confidence", "label", "fold")
 STAGES = ("cpt", "sft", "reward", "dpo", "annotate")
 
 
@@ -86,7 +87,8 @@ def bundle(workdir: str, command: str = "", config: dict | None = None,
   os.replace(tmp, data_path)
   provenance = {
       "what": "SmolLM2-135M-Instruct teacher (cpt -> sft -> reward -> dpo) annotations of the "
-              "bundled ESCI train folds: teacher_label, reasoning, confidence per pair",
+              "bundled ESCI train folds: teacher_label, label_probs (when its labels were "
+              "scored), reasoning, confidence per pair",
       "annotations": len(records), "commit": _commit(), "command": command,
       "config": config,
       "stages": summaries,

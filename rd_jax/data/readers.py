@@ -46,14 +46,33 @@ def bundled_pairs_path() -> str:
   return os.path.join(BUNDLED_DIR, "pairs.jsonl.gz")
 
 
-def bundled_annotations_path() -> str:
+# data.reasoning_path names of the shipped annotations -> their file stem in BUNDLED_DIR.
+# "bundled" is the newest teacher's (prompt v2, scored labels with label_probs); "bundled_v1" the
+# first teacher's (prompt v1, parsed labels), kept so figures measured with it stay reproducible.
+BUNDLED_ANNOTATIONS = {"bundled": "teacher_annotations", "bundled_v1": "teacher_annotations_v1"}
+
+
+def is_bundled_annotations(name: str) -> bool:
+  return name in BUNDLED_ANNOTATIONS
+
+
+def bundled_annotations_path(name: str = "bundled") -> str:
   """Our SmolLM2 teacher's label + reasoning for the bundled TRAIN folds (1, 3), made by
-  `--stage=annotate` after cpt -> sft -> reward -> dpo; how and by which commit: the JSON next to it."""
-  path = os.path.join(BUNDLED_DIR, "teacher_annotations.jsonl.gz")
+  `--stage=annotate` after cpt -> sft -> reward -> dpo; how and by which commit: the JSON next to
+  it (`annotations_provenance_path`). `name`: a key of BUNDLED_ANNOTATIONS."""
+  if name not in BUNDLED_ANNOTATIONS:
+    raise ValueError(f"data.reasoning_path={name!r}: the shipped annotations are "
+                     f"{sorted(BUNDLED_ANNOTATIONS)}")
+  path = os.path.join(BUNDLED_DIR, BUNDLED_ANNOTATIONS[name] + ".jsonl.gz")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: data.reasoning_path='bundled' needs the package's "
+    raise FileNotFoundError(f"{path} is missing: data.reasoning_path={name!r} needs the package's "
                             "bundled teacher annotations (reinstall rd_jax)")
   return path
+
+
+def annotations_provenance_path(path: str) -> str:
+  """The provenance JSON shipped beside bundled annotations `<stem>.jsonl.gz`: `<stem>.json`."""
+  return path[:-len(".jsonl.gz")] + ".json" if path.endswith(".jsonl.gz") else path + ".json"
 
 
 def open_text(path: str) -> io.TextIOBase:

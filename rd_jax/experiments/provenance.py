@@ -29,8 +29,8 @@ class TeacherMismatchError(ValueError):
 
 def annotations_file(cfg, teacher_workdir: str) -> str:
   from rd_jax.data import readers
-  if cfg.data.reasoning_path == "bundled":
-    return readers.bundled_annotations_path()
+  if readers.is_bundled_annotations(cfg.data.reasoning_path):
+    return readers.bundled_annotations_path(cfg.data.reasoning_path)
   return cfg.data.reasoning_path or os.path.join(teacher_workdir, "annotate", "annotations.jsonl")
 
 
@@ -65,7 +65,8 @@ def check_teacher_wrote_annotations(cfg, teacher_workdir: str, final_step: str |
   path = annotations_file(cfg, teacher_workdir)
   table_teacher = (storage.realpath(os.path.join(teacher_workdir, final_step, "final"))
                    if final_step else f"the base model {cfg.teacher.init!r}")
-  provenance_path = os.path.join(os.path.dirname(path), "teacher_annotations.json")
+  from rd_jax.data import readers
+  provenance_path = readers.annotations_provenance_path(path)
   if path.endswith(".jsonl.gz") and storage.exists(provenance_path):   # bundled, with provenance
     provenance = json.loads(storage.read_text(provenance_path))
     wrote = provenance.get("stages", {}).get("annotate", {}).get("teacher_ckpt", "")

@@ -26,6 +26,7 @@ from absl import logging
 from rd_jax import metrics as metrics_lib
 from rd_jax import stages as registry
 from rd_jax import storage
+from rd_jax.data import readers
 from rd_jax.train import run_config
 
 ORDER = ("cpt", "sft", "reward", "dpo", "annotate", "crsd", "baseline", "eval", "export")
@@ -40,12 +41,12 @@ def run(cfg, workdir: str) -> dict:
   unknown = [s for s in wanted if s not in ORDER]
   if unknown:
     raise ValueError(f"config key all.stages has unknown stages {unknown}; known: {list(ORDER)}")
-  if "annotate" in wanted and cfg.data.reasoning_path == "bundled":
+  if "annotate" in wanted and readers.is_bundled_annotations(cfg.data.reasoning_path):
     # The pipeline made its own annotations: crsd reads those, not the shipped ones.
     cfg = cfg.copy_and_resolve_references()
     cfg.data.reasoning_path = ""
     logging.info("all: annotate is in this run, so crsd reads <workdir>/annotate/annotations.jsonl"
-                 " instead of the bundled teacher annotations (data.reasoning_path='bundled')")
+                 f" instead of the bundled teacher annotations ({cfg.data.reasoning_path!r})")
   timings, results = {}, {}
   started = time.perf_counter()
   for stage in [s for s in ORDER if s in wanted]:
