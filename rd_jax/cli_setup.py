@@ -1,5 +1,7 @@
 """Process set-up shared by the command-line programs (rd_jax.main, rd_jax.experiments.*)."""
 
+from __future__ import annotations
+
 import os
 
 from absl import logging
@@ -40,3 +42,31 @@ def compilation_cache() -> None:
       os.path.expanduser("~"), ".cache", "rd_jax", "xla")
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+# Linux's default per-process limit on memory mappings. XLA:CPU maps every compiled kernel, so
+# a long process that compiles many shapes (the teacher chain's generation: one program per
+# batch of suffix chunks, per stage) can reach it; LLVM then fails with "Cannot allocate memory"
+# and the process dies with free RAM left (measured here: `--stage=all` of configs/demo.py,
+# 80 min into the run, shard 12 of 13 of annotate; it resumed from the finished shards once
+# the limit was raised).
+RECOMMENDED_MAX_MAP_COUNT = 262144
+
+
+def max_map_count_warning(path: str = "/proc/sys/vm/max_map_count") -> str | None:
+  """A warning naming the fix when the mapping limit is below RECOMMENDED_MAX_MAP_COUNT on a
+  CPU backend; None when it is enough, unreadable (not Linux) or the backend is an accelerator."""
+  import jax
+  if jax.default_backend() != "cpu":
+    return None
+  try:
+    with open(path) as f:
+      limit = int(f.read().strip())
+  except (OSError, ValueError):
+    return None
+  if limit >= RECOMMENDED_MAX_MAP_COUNT:
+    return None
+  return (f"vm.max_map_count is {limit} ({path}): a long CPU run that compiles many shapes "
+          "(the teacher stages, --stage=all) can die with 'LLVM compilation error: Cannot "
+          "allocate memory' with RAM free. Raise it first: sudo sysctl -w "
+          f"vm.max_map_count={RECOMMENDED_MAX_MAP_COUNT} (a killed run resumes where it stopped).")

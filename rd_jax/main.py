@@ -35,6 +35,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli_setup.quiet_library_logs()
   cli_setup.compilation_cache()
+  warning = cli_setup.max_map_count_warning()
+  if warning:
+    logging.warning(warning)
   cfg = _CONFIG.value
   from rd_jax import config_check
   config_check.validate(cfg)
