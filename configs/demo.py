@@ -4,9 +4,10 @@
   python -m rd_jax.main --stage=crsd --config=configs/demo.py --workdir=runs/demo
   python -m rd_jax.main --stage=eval --config=configs/demo.py --workdir=runs/demo
 
-Trains on folds 1 and 3 (3,111 pairs) with our teacher's reasoning, picks nothing on the test
-fold, reports valid macro-F1 on fold 2 and, with --stage=eval, test macro-F1 on fold 4. The
-teacher chain that made the bundled reasoning (same file, its stage sections):
+Trains on folds 1 and 3 (3,111 pairs) with our first teacher's reasoning ("bundled_v1"), picks
+nothing on the test fold, reports valid macro-F1 on fold 2 and, with --stage=eval, test macro-F1
+on fold 4. The prompt-v2 teacher chain that made the "bundled" reasoning (same file, its stage
+sections; README "The teacher chain"):
   python -m rd_jax.main --stage=all --config=configs/demo.py --workdir=runs/teacher \
       "--config.all.stages=('cpt','sft','reward','dpo','annotate')"
 Expect (measured 2026-12-02, seeds 0/1/2, README "Results so far"): valid macro-F1 0.351 +- 0.018,
