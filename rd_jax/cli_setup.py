@@ -54,10 +54,11 @@ RECOMMENDED_MAX_MAP_COUNT = 262144
 
 
 def max_map_count_warning(path: str = "/proc/sys/vm/max_map_count") -> str | None:
-  """A warning naming the fix when the mapping limit is below RECOMMENDED_MAX_MAP_COUNT on a
-  CPU backend; None when it is enough, unreadable (not Linux) or the backend is an accelerator."""
-  import jax
-  if jax.default_backend() != "cpu":
+  """A warning naming the fix when the mapping limit is below RECOMMENDED_MAX_MAP_COUNT; None
+  when it is enough, unreadable (not Linux) or $JAX_PLATFORMS leaves CPU out. It must not touch
+  the JAX backend: multi-process runs call jax.distributed.initialize after it."""
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if platforms and "cpu" not in platforms.split(","):
     return None
   try:
     with open(path) as f:

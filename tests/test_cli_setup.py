@@ -3,7 +3,8 @@
 from rd_jax import cli_setup
 
 
-def test_max_map_count_warning_names_the_limit_and_the_fix(tmp_path):
+def test_max_map_count_warning_names_the_limit_and_the_fix(tmp_path, monkeypatch):
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
   low = tmp_path / "low"
   low.write_text("65530\n")
   warning = cli_setup.max_map_count_warning(str(low))
@@ -16,3 +17,14 @@ def test_max_map_count_warning_names_the_limit_and_the_fix(tmp_path):
   garbled = tmp_path / "garbled"
   garbled.write_text("many")
   assert cli_setup.max_map_count_warning(str(garbled)) is None
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda")   # an accelerator run: not this limit's problem
+  assert cli_setup.max_map_count_warning(str(low)) is None
+
+
+def test_the_warning_leaves_the_jax_backend_uninitialised(monkeypatch):
+  """jax.distributed.initialize must come before any backend use (tests/test_gcs_workdir.py)."""
+  import subprocess
+  import sys
+  code = ("from rd_jax import cli_setup; cli_setup.max_map_count_warning(); "
+          "from jax._src import xla_bridge; assert not xla_bridge.backends_are_initialized()")
+  subprocess.run([sys.executable, "-c", code], check=True)
