@@ -19,7 +19,7 @@ def _workdir(tmp_path, annotate_summary=True, data_path=None):
            "raw": "A mug.\nLabel: Exact", "votes": {"Exact": 1}, "attempts": 1},
           {"query_id": "q2", "product_id": "p2", "query": "cup", "teacher_label": "Irrelevant",
            "reasoning": "A plate.", "confidence": 1.0, "label": "Substitute", "fold": 3,
-           "label_probs": [0.1, 0.2, 0.3, 0.4], "teacher_ckpt": "/work/runs/teacher/dpo/final",
+           "label_probs": [0.1, 0.2, 0.3, 0.4], "teacher_ckpt": str(tmp_path / "runs" / "teacher" / "dpo" / "final"),
            "raw": "A plate.\nLabel: Irrelevant", "votes": {"Irrelevant": 1}, "attempts": 2}]
   (work / "annotate" / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   if annotate_summary:

@@ -21,7 +21,7 @@ def test_max_map_count_warning_names_the_limit_and_the_fix(tmp_path, monkeypatch
   assert cli_setup.max_map_count_warning(str(low)) is None
 
 
-def test_the_warning_leaves_the_jax_backend_uninitialised(monkeypatch):
+def test_the_warning_leaves_the_jax_backend_uninitialised():
   """jax.distributed.initialize must come before any backend use (tests/test_gcs_workdir.py)."""
   import subprocess
   import sys

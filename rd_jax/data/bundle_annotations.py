@@ -8,8 +8,9 @@ ids, query, teacher_label, label_probs (scored labels), reasoning, confidence, g
 `data/assets/esci_us_srw150/teacher_annotations.jsonl.gz` (what `data.reasoning_path=bundled`
 reads) and writes `teacher_annotations.json` next to it: the commit, the command, the config and
 every teacher stage's summary figures, so a reader can tell which teacher wrote the reasoning.
-The first teacher's (prompt v1) files are kept as `teacher_annotations_v1.*` ("bundled_v1"). Refuses a run whose annotate stage is
-not complete (no summary.json) or whose annotations are not of the bundled data.
+The first teacher's (prompt v1) files are kept as `teacher_annotations_v1.*` ("bundled_v1").
+Refuses a run whose annotate stage is not complete (no summary.json) or whose annotations are not
+of the bundled data.
 """
 
 from __future__ import annotations

@@ -56,6 +56,14 @@ def is_bundled_annotations(name: str) -> bool:
   return name in BUNDLED_ANNOTATIONS
 
 
+def resolve_annotations(reasoning_path: str, default: str) -> str:
+  """The annotations file `data.reasoning_path` names: a shipped set ("bundled", "bundled_v1"),
+  a file, or `default` when empty (a workdir's annotate/annotations.jsonl)."""
+  if is_bundled_annotations(reasoning_path):
+    return bundled_annotations_path(reasoning_path)
+  return reasoning_path or default
+
+
 def bundled_annotations_path(name: str = "bundled") -> str:
   """Our SmolLM2 teacher's label + reasoning for the bundled TRAIN folds (1, 3), made by
   `--stage=annotate` after cpt -> sft -> reward -> dpo; how and by which commit: the JSON next to

@@ -45,8 +45,8 @@ def _define_flags() -> None:
   _FLAGS["config"] = config_flags.DEFINE_config_file(
       "config", None, "Pipeline config (configs/*.py).", lock_config=True)
   _FLAGS["annotations"] = flags.DEFINE_string(
-      "annotations", "bundled", "Annotations JSONL: 'bundled' (or 'bundled_v1', the first teacher's) = our teacher's "
-      "shipped annotations of the train folds; or a file.")
+      "annotations", "bundled", "Annotations JSONL: 'bundled' (or 'bundled_v1', the first "
+      "teacher's) = our teacher's shipped annotations of the train folds; or a file.")
   _FLAGS["out"] = flags.DEFINE_string("out", "diagnose.json", "JSON result (written atomically).")
   _FLAGS["null_permutations"] = flags.DEFINE_integer(
       "null_permutations", 5, "Gold-label permutations for the probe's null (0 = none).")
@@ -137,8 +137,7 @@ def probe(texts: list[str], labels: np.ndarray, folds: np.ndarray, label_names: 
 def diagnose(cfg, annotations: str, null_permutations: int = 5) -> dict:
   from rd_jax.data import readers
   label_names = list(cfg.labels)
-  path = (readers.bundled_annotations_path(annotations)
-          if readers.is_bundled_annotations(annotations) else annotations)
+  path = readers.resolve_annotations(annotations, annotations)
   pairs, _ = readers.load_pairs(cfg.data.path, cfg, require_label=True)
   train = readers.train_valid_test(pairs, cfg)["train"]
   train, report = readers.attach_reasoning(train, path, cfg)

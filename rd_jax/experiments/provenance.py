@@ -29,9 +29,8 @@ class TeacherMismatchError(ValueError):
 
 def annotations_file(cfg, teacher_workdir: str) -> str:
   from rd_jax.data import readers
-  if readers.is_bundled_annotations(cfg.data.reasoning_path):
-    return readers.bundled_annotations_path(cfg.data.reasoning_path)
-  return cfg.data.reasoning_path or os.path.join(teacher_workdir, "annotate", "annotations.jsonl")
+  return readers.resolve_annotations(cfg.data.reasoning_path,
+                                     os.path.join(teacher_workdir, "annotate", "annotations.jsonl"))
 
 
 def _figures(summary, prefix: str = "") -> dict:

@@ -43,10 +43,10 @@ def run(cfg, workdir: str) -> dict:
     raise ValueError(f"config key all.stages has unknown stages {unknown}; known: {list(ORDER)}")
   if "annotate" in wanted and readers.is_bundled_annotations(cfg.data.reasoning_path):
     # The pipeline made its own annotations: crsd reads those, not the shipped ones.
-    cfg = cfg.copy_and_resolve_references()
-    cfg.data.reasoning_path = ""
     logging.info("all: annotate is in this run, so crsd reads <workdir>/annotate/annotations.jsonl"
                  f" instead of the bundled teacher annotations ({cfg.data.reasoning_path!r})")
+    cfg = cfg.copy_and_resolve_references()
+    cfg.data.reasoning_path = ""
   timings, results = {}, {}
   started = time.perf_counter()
   for stage in [s for s in ORDER if s in wanted]:

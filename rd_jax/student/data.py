@@ -36,9 +36,8 @@ def load_tokenizer(spec: str):
 def annotations_path(cfg, workdir: str) -> str:
   """data.reasoning_path: "" = this workdir's annotate output; "bundled" / "bundled_v1" = teacher
   annotations shipped with the bundled data (readers.bundled_annotations_path); else a file."""
-  if readers.is_bundled_annotations(cfg.data.reasoning_path):
-    return readers.bundled_annotations_path(cfg.data.reasoning_path)
-  return cfg.data.reasoning_path or os.path.join(workdir, "annotate", "annotations.jsonl")
+  return readers.resolve_annotations(cfg.data.reasoning_path,
+                                     os.path.join(workdir, "annotate", "annotations.jsonl"))
 
 
 def _with_reasoning(pairs, cfg, report: dict, split: str, workdir: str):
