@@ -122,6 +122,9 @@ def default_config() -> ml_collections.ConfigDict:
   # the standard view's [CLS] onto the z-scored cosine of the query's and item's mean-pooled
   # embeddings under the initial student (student/similarity.py; 0 = off; README "Choices")
   c.student.similarity_weight = 0.0
+  # ours (#17): z-score that cosine over the whole train split ("split") or within each query's
+  # pairs ("query": how the item compares with the query's other candidates; similarity.py)
+  c.student.similarity_normalisation = "split"
   # ours (#17): distil the lexical reference (references.py) into the CE targets -- train on
   # (1 - alpha) * onehot(label) + alpha * p_lex, p_lex its out-of-fold probability of each train
   # pair from a model fitted on the other query groups (student/lexical_targets.py). alpha in

@@ -29,6 +29,7 @@ _CHOICES = {
     "teacher.prompt_version": (1, 2),
     "crsd.lambda_scale": ("absolute", "gradient_ratio"),
     "student.class_weighting": ("none", "balanced", "given"),
+    "student.similarity_normalisation": ("split", "query"),
     "mesh.multihost": ("auto", "off", "explicit"),
     "eval.split": ("test", "valid", "train"),
     "dpo.loss": ("dpo", "ipo", "simpo"),

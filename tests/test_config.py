@@ -31,6 +31,7 @@ def test_shipped_configs_validate(name):
     ("reward.dimensions", ("correctness", "fluency"), "fluency"),
     ("reward.weights", (0.5, 0.5), "reward.weights"),
     ("data.valid_folds", (1,), "share folds"),
+    ("student.similarity_normalisation", "pair", "student.similarity_normalisation"),
 ])
 def test_bad_value_names_its_key(tiny_config, key, value, message):
   cfg = tiny_config()

@@ -57,6 +57,35 @@ def test_targets_are_the_z_scored_cosine_of_each_text_encoded_alone():
   assert stats["pairs"] == 4 and abs(stats["cos_mean"] - cos.mean()) < 1e-3
 
 
+def test_within_query_standardisation_golden():
+  # query a: values 1, 3 -> mean 2, std 1 -> -1, +1; query b: 2, 2, 8 -> mean 4, std sqrt(8)
+  # -> -2/sqrt(8), -2/sqrt(8), 4/sqrt(8); query c: a single pair -> 0
+  out = similarity.standardise_within_queries(np.array([1.0, 2.0, 3.0, 2.0, 8.0, 5.0]),
+                                              ["a", "b", "a", "b", "b", "c"])
+  r8 = np.sqrt(8.0)
+  np.testing.assert_allclose(out, [-1.0, -2 / r8, 1.0, -2 / r8, 4 / r8, 0.0], atol=1e-6)
+  assert out.dtype == np.float32
+
+
+def test_query_normalised_targets_rank_each_querys_items_as_the_split_ones_do():
+  model, params = _tiny_model()
+  tok = load_tokenizer("minilm")
+  pairs = [_Pair("red shoes", "red running shoes for men"), _Pair("red shoes", "blue kettle"),
+           _Pair("red shoes", "red shoe laces"),
+           _Pair("steel kettle", "blue kettle with a very long title " * 5),
+           _Pair("steel kettle", "red running shoes for men")]
+  split, _ = similarity.similarity_targets(model, params, pairs, tok, max_len=64)
+  query, stats = similarity.similarity_targets(model, params, pairs, tok, max_len=64,
+                                               normalisation="query")
+  assert stats["normalisation"] == "query"
+  for rows in ([0, 1, 2], [3, 4]):                  # per query: mean 0, std 1, same order
+    np.testing.assert_allclose(query[rows].mean(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(query[rows].std(), 1.0, atol=1e-4)
+    assert list(np.argsort(query[rows])) == list(np.argsort(split[rows]))
+  with np.testing.assert_raises(ValueError):
+    similarity.similarity_targets(model, params, pairs, tok, max_len=64, normalisation="pair")
+
+
 def test_student_with_similarity_head_hands_over_plain_bert(tiny_config, tmp_path):
   cfg = tiny_config()
   cfg.student.similarity_weight = 1.0

@@ -130,8 +130,9 @@ def with_similarity(cfg, model, params, model_cfg, data, objective: dict):
   if not cfg.student.similarity_weight:
     return params, None
   t0 = time.perf_counter()
-  targets, stats = similarity.similarity_targets(model, params, data.train, data.tokenizer,
-                                                 int(cfg.student.max_len_std))
+  targets, stats = similarity.similarity_targets(
+      model, params, data.train, data.tokenizer, int(cfg.student.max_len_std),
+      cfg.student.get("similarity_normalisation", "split"))
   objective["similarity"] = dict(stats, seconds=round(time.perf_counter() - t0, 1))
   logging.info("similarity targets: %s", objective["similarity"])
   return similarity.with_head(params, model_cfg.hidden_size), targets
