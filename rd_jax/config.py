@@ -125,6 +125,9 @@ def default_config() -> ml_collections.ConfigDict:
   # ours (#17): z-score that cosine over the whole train split ("split") or within each query's
   # pairs ("query": how the item compares with the query's other candidates; similarity.py)
   c.student.similarity_normalisation = "split"
+  # ours (#17): the similarity head reads the [CLS] vector ("cls", v [D]) or the classifier's
+  # logits ("logits", u [C]: the cosine must then live in what the decision reads)
+  c.student.similarity_from = "cls"
   # ours (#17): distil the lexical reference (references.py) into the CE targets -- train on
   # (1 - alpha) * onehot(label) + alpha * p_lex, p_lex its out-of-fold probability of each train
   # pair from a model fitted on the other query groups (student/lexical_targets.py). alpha in

@@ -30,6 +30,7 @@ _CHOICES = {
     "crsd.lambda_scale": ("absolute", "gradient_ratio"),
     "student.class_weighting": ("none", "balanced", "given"),
     "student.similarity_normalisation": ("split", "query"),
+    "student.similarity_from": ("cls", "logits"),
     "mesh.multihost": ("auto", "off", "explicit"),
     "eval.split": ("test", "valid", "train"),
     "dpo.loss": ("dpo", "ipo", "simpo"),

@@ -32,6 +32,7 @@ def test_shipped_configs_validate(name):
     ("reward.weights", (0.5, 0.5), "reward.weights"),
     ("data.valid_folds", (1,), "share folds"),
     ("student.similarity_normalisation", "pair", "student.similarity_normalisation"),
+    ("student.similarity_from", "pooled", "student.similarity_from"),
 ])
 def test_bad_value_names_its_key(tiny_config, key, value, message):
   cfg = tiny_config()

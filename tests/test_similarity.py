@@ -100,3 +100,35 @@ def test_student_with_similarity_head_hands_over_plain_bert(tiny_config, tmp_pat
   params, _ = checkpoint.load_final(os.path.join(tmp_path, "baseline"))
   assert similarity.SIMILARITY_HEAD not in params
   assert {"embeddings", "encoder", "pooler", "classifier"} <= set(params)
+
+
+def test_similarity_head_on_the_logits_golden(tiny_config, tmp_path):
+  """student.similarity_from = "logits": the head is u [C], b [] on the standard view's logits,
+  and the loss term is the NumPy mean of (u . z_i + b - s_i)^2 over the batch's rows."""
+  from rd_jax.losses.crsd import CrsdLossConfig
+  from rd_jax.student import batches as batches_lib, data as data_lib
+  from rd_jax.student.model import initial_student
+  cfg = tiny_config()
+  cfg.student.dropout = 0.0
+  cfg.student.similarity_weight = 1.0
+  cfg.student.similarity_from = "logits"
+  data = data_lib.load_student_data(cfg, str(tmp_path), use_reasoning=False)
+  model_cfg, params, _ = initial_student(cfg, jax.random.PRNGKey(0))
+  model = bert.BertClassifier(model_cfg)
+  objective = crsd.objective_of(cfg, data.train)
+  params, targets = crsd.with_similarity(cfg, model, params, model_cfg, data, objective)
+  assert params[similarity.SIMILARITY_HEAD]["kernel"].shape == (len(cfg.labels),)
+  u = np.array([0.5, -1.0, 0.25, 2.0], np.float32)
+  params[similarity.SIMILARITY_HEAD] = {"kernel": jnp.array(u), "bias": jnp.array(0.1)}
+  loss_fn = crsd.make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd), use_reasoning=False,
+                              local_block=cfg.train.batch_size, seed=0,
+                              similarity_targets=targets, similarity_weight=1.0,
+                              similarity_from="logits")
+  batch = next(iter(batches_lib.train_batches(data.train, data.tokenizer, cfg,
+                                              use_reasoning=False)))
+  _, metrics = loss_fn(params, batch, 0)
+  logits = np.asarray(model.apply({"params": similarity.without_head(params)},
+                                  batch["std_input_ids"], batch["std_attention_mask"],
+                                  batch["std_token_type_ids"])["logits"], np.float64)
+  expected = np.mean((logits @ u + 0.1 - targets[batch["pair_index"]]) ** 2)
+  np.testing.assert_allclose(float(metrics["similarity_mse"]), expected, rtol=1e-4)

@@ -34,7 +34,8 @@ from rd_jax.train import fit
 
 def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_reasoning: bool,
                  local_block: int, seed: int, class_weights=None, logit_adjustment=None,
-                 query_log_prior=None, similarity_targets=None, similarity_weight: float = 0.0):
+                 query_log_prior=None, similarity_targets=None, similarity_weight: float = 0.0,
+                 similarity_from: str = "cls"):
   """Returns `loss_fn(params, batch, step) -> (loss, metrics)`, the objective the step descends.
 
   Both views run through the SAME params (one encoder, one classifier); each view gets its own
@@ -43,7 +44,8 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
   query_log_prior [Q, C]: beta * log p(y | query), added per row by batch["query_index"] (the
   product-of-experts objective, classification.query_log_prior); similarity_targets [N] with
   similarity_weight > 0: + weight * L_sim on the standard view's [CLS], looked up by
-  batch["pair_index"] (student/similarity.py; params then hold its head). lambda is
+  batch["pair_index"] (student/similarity.py; params then hold its head), read from the
+  [CLS] vector or from the classifier's logits (similarity_from "cls" | "logits"). lambda is
   ramped linearly from 0 over `settings.lambda_warmup_steps` and, with
   lambda_scale=gradient_ratio, rescaled every step (cls_gradient_ratio below).
   """
@@ -76,7 +78,7 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
     loss, metrics = crsd_loss(std_out, aug_out, batch, settings, lambda_multiplier=multiplier,
                               **ce_kwargs(batch))
     if sim_targets is not None:
-      sim_sum, n = similarity.similarity_loss(params, std_out["cls"],
+      sim_sum, n = similarity.similarity_loss(params, std_out[similarity_from],
                                               sim_targets[batch["pair_index"]], batch["weights"])
       sim = sim_sum / jnp.maximum(n, 1.0)
       loss = loss + similarity_weight * sim
@@ -135,7 +137,13 @@ def with_similarity(cfg, model, params, model_cfg, data, objective: dict):
       cfg.student.get("similarity_normalisation", "split"))
   objective["similarity"] = dict(stats, seconds=round(time.perf_counter() - t0, 1))
   logging.info("similarity targets: %s", objective["similarity"])
-  return similarity.with_head(params, model_cfg.hidden_size), targets
+  width = len(cfg.labels) if similarity_source(cfg) == "logits" else model_cfg.hidden_size
+  return similarity.with_head(params, width), targets
+
+
+def similarity_source(cfg) -> str:
+  """The standard-view output the similarity head reads: "cls" [B, D] or "logits" [B, C]."""
+  return cfg.student.get("similarity_from", "cls")
 
 
 def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
@@ -173,7 +181,8 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
                          logit_adjustment=objective["logit_adjustment"],
                          query_log_prior=objective.pop("query_log_prior"),
                          similarity_targets=sim_targets,
-                         similarity_weight=cfg.student.similarity_weight)
+                         similarity_weight=cfg.student.similarity_weight,
+                         similarity_from=similarity_source(cfg))
   batches = batches_lib.train_batches(data.train, data.tokenizer, cfg,
                                          use_reasoning=use_reasoning)
   trained = fit.fit(cfg, stage, workdir, params=params, loss_fn=loss_fn, batches=batches,

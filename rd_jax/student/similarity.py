@@ -108,7 +108,8 @@ def standardise_within_queries(values: np.ndarray, query_keys) -> np.ndarray:
 
 
 def with_head(params: dict, hidden_size: int) -> dict:
-  """params plus a zero-initialised SIMILARITY_HEAD (v [D], b [])."""
+  """params plus a zero-initialised SIMILARITY_HEAD (v [D], b []); D = the width of what the head
+  reads: the hidden size for [CLS], the number of classes for the logits (student.similarity_from)."""
   return {**params, SIMILARITY_HEAD: {"kernel": jnp.zeros((hidden_size,), jnp.float32),
                                       "bias": jnp.zeros((), jnp.float32)}}
 
@@ -119,7 +120,8 @@ def without_head(params: dict) -> dict:
 
 
 def similarity_loss(params: dict, cls: jax.Array, targets: jax.Array, weights: jax.Array):
-  """(sum_i w_i (v . cls_i + b - s_i)^2, sum_i w_i); cls [B, D], targets [B], weights [B]."""
+  """(sum_i w_i (v . cls_i + b - s_i)^2, sum_i w_i); cls [B, D] ([CLS], or the logits [B, C] with
+  student.similarity_from = "logits"), targets [B], weights [B]."""
   head = params[SIMILARITY_HEAD]
   pred = cls.astype(jnp.float32) @ head["kernel"] + head["bias"]                # [B]
   w = weights.astype(jnp.float32)
