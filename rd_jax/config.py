@@ -128,6 +128,10 @@ def default_config() -> ml_collections.ConfigDict:
   # ours (#17): the similarity head reads the [CLS] vector ("cls", v [D]) or the classifier's
   # logits ("logits", u [C]: the cosine must then live in what the decision reads)
   c.student.similarity_from = "cls"
+  # ours (#17): + rank_weight * a pairwise (RankNet) loss within each query of the batch on the
+  # log expected gain of the standard view (losses/pairwise_rank.py; 0 = off). It needs batches
+  # of same-query runs: set train.query_group_size > 0 with it.
+  c.student.rank_weight = 0.0
   # ours (#17): distil the lexical reference (references.py) into the CE targets -- train on
   # (1 - alpha) * onehot(label) + alpha * p_lex, p_lex its out-of-fold probability of each train
   # pair from a model fitted on the other query groups (student/lexical_targets.py). alpha in
@@ -162,6 +166,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32        # global batch, split over the data-parallel devices
   c.train.num_steps = 300
+  c.train.query_group_size = 0   # >0: batches of same-query runs of this many rows (pipeline.py)
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2

@@ -132,6 +132,10 @@ def validate(cfg) -> None:
                       "cannot be combined with crsd.label_source=teacher_soft (both set the soft "
                       "CE targets); use crsd.label_source=gold or teacher, or "
                       "student.lexical_distill=0")
+  if cfg.student.get("rank_weight", 0.0) and not cfg.train.get("query_group_size", 0):
+    # random batches of 32 from ~70 queries hold almost no same-query pairs to rank
+    raise ConfigError(f"config key student.rank_weight = {cfg.student.rank_weight} needs "
+                      "train.query_group_size > 0 (batches of same-query runs), e.g. 8")
   if cfg.train.batch_size < 2 and cfg.crsd.lambda_infonce > 0:
     raise ConfigError("config key train.batch_size must be >= 2 for in-batch InfoNCE negatives")
 
@@ -147,6 +151,8 @@ _RANGES = {
     "student.query_prior": (0.0, None, True, True, ">= 0 (0 = off)"),
     "student.query_prior_smoothing": (0.0, None, False, True, "> 0"),
     "student.similarity_weight": (0.0, None, True, True, ">= 0 (0 = off)"),
+    "student.rank_weight": (0.0, None, True, True, ">= 0 (0 = off)"),
+    "train.query_group_size": (0, None, True, True, "an integer >= 0 (0 = random batches)"),
     "student.lexical_distill": (0.0, 1.0, True, True, "in [0, 1] (0 = off)"),
     "student.lexical_distill_folds": (2, None, True, True, "an integer >= 2"),
     "crsd.lambda_infonce": (0.0, None, True, True, ">= 0"),

@@ -33,6 +33,8 @@ def test_shipped_configs_validate(name):
     ("data.valid_folds", (1,), "share folds"),
     ("student.similarity_normalisation", "pair", "student.similarity_normalisation"),
     ("student.similarity_from", "pooled", "student.similarity_from"),
+    ("student.rank_weight", 1.0, "train.query_group_size"),
+    ("train.query_group_size", -1, "train.query_group_size"),
 ])
 def test_bad_value_names_its_key(tiny_config, key, value, message):
   cfg = tiny_config()

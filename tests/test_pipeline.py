@@ -211,3 +211,24 @@ def test_eval_batches_keep_order_and_pad_with_zero_weights(tokenizer):
   common = min(std.shape[1], aug.shape[1])   # no reasoning: both views hold the same tokens
   np.testing.assert_array_equal(std[:, :common], aug[:, :common])
   assert not std[:, common:].any() and not aug[:, common:].any()
+
+
+def test_grouped_epoch_plan_batches_same_query_runs():
+  from rd_jax.data.pipeline import grouped_epoch_plan
+  rng = np.random.default_rng(0)
+  query_index = np.repeat(np.arange(9), rng.integers(3, 20, size=9))        # [N] 9 queries
+  plan = grouped_epoch_plan(query_index, batch_size=16, group_size=4, seed=3, epoch=1)
+  n = len(query_index)
+  assert plan.shape == (n // 16, 16)
+  flat = plan.reshape(-1)
+  assert len(set(flat.tolist())) == len(flat)                 # each row at most once per epoch
+  # the order is a concatenation of same-query runs of <= 4 rows: count the query changes
+  changes = int((query_index[flat][1:] != query_index[flat][:-1]).sum())
+  runs_needed = sum(-(-int((query_index == q).sum()) // 4) for q in range(9))
+  assert changes <= runs_needed
+  # most batches hold several rows of one query (what the ranking term needs)
+  same_query_pairs = [sum(int(c) * (int(c) - 1) // 2 for c in np.bincount(query_index[b]))
+                      for b in plan]
+  assert min(same_query_pairs) >= 4                           # >= 4 runs of <= 4 rows each
+  np.testing.assert_array_equal(plan, grouped_epoch_plan(query_index, 16, 4, seed=3, epoch=1))
+  assert not np.array_equal(plan, grouped_epoch_plan(query_index, 16, 4, seed=3, epoch=2))

@@ -17,6 +17,12 @@ N mod B rows of that permutation (different rows each epoch); cut the rest into 
 `WINDOW_BATCHES` batches; sort each window by (aug length, std length); cut it into batches of B
 rows; shuffle the order of all the epoch's batches. Deterministic given (seed, epoch).
 
+Query groups (`train.query_group_size` = k > 0, for the within-query ranking term,
+losses/pairwise_rank.py): epoch e permutes each query's rows and cuts them into runs of k (a
+query's last run may be shorter), shuffles the runs, concatenates them, drops the last N mod B rows
+and cuts the rest into batches of B in order: a batch holds ~B/k same-query runs. No length sort
+(the runs would be broken up); deterministic given (seed, epoch).
+
 Bucket choice (`student.bucket_compile_tokens` > 0): before training, `choose_buckets` looks at
 the run's batches (the plan above, which does not depend on the buckets) and keeps the subset of
 each view's buckets that minimises padded tokens + bucket_compile_tokens x number of distinct
@@ -85,6 +91,20 @@ def epoch_plan(std_lengths: np.ndarray, aug_lengths: np.ndarray, batch_size: int
   return batches[rng.permutation(num_batches)]
 
 
+def grouped_epoch_plan(query_index: np.ndarray, batch_size: int, group_size: int, seed: int,
+                       epoch: int) -> np.ndarray:
+  """Row indices of every batch of `epoch` in query runs of `group_size` (docstring rule):
+  [N // batch_size, batch_size] int64."""
+  rng = np.random.default_rng([seed, epoch, group_size])
+  runs = []
+  for query in np.unique(query_index):
+    rows = rng.permutation(np.flatnonzero(query_index == query))
+    runs.extend(rows[start:start + group_size] for start in range(0, len(rows), group_size))
+  order = np.concatenate([runs[i] for i in rng.permutation(len(runs))])
+  num_batches = len(order) // batch_size
+  return order[:num_batches * batch_size].reshape(num_batches, batch_size).astype(np.int64)
+
+
 def _tokens_for(pairs, tokenizer, cfg) -> TokenizedPairs:
   if isinstance(pairs, TokenizedPairs):
     return pairs
@@ -140,6 +160,7 @@ class _BatchBuilder:
   def __init__(self, tokens: TokenizedPairs, cfg, seed: int, batch_size: int, process_index: int,
                process_count: int, with_aug: bool = True):
     self.tokens, self.seed, self.batch_size = tokens, seed, batch_size
+    self.group_size = int(cfg.train.get("query_group_size", 0))
     self.std_buckets, self.aug_buckets = _view_buckets(cfg)
     self.std_lengths, self.aug_lengths = tokens.std.lengths, tokens.aug.lengths
     per_host = batch_size // process_count
@@ -165,7 +186,11 @@ class _BatchBuilder:
     """epoch_plan of `epoch`, cached for it and the epoch before (swapped whole: thread-safe)."""
     plans = self._plans
     if epoch not in plans:
-      plan = epoch_plan(self.std_lengths, self.aug_lengths, self.batch_size, self.seed, epoch)
+      if self.group_size > 0:
+        plan = grouped_epoch_plan(self.tokens.query_index, self.batch_size, self.group_size,
+                                  self.seed, epoch)
+      else:
+        plan = epoch_plan(self.std_lengths, self.aug_lengths, self.batch_size, self.seed, epoch)
       self._plans = {**{e: p for e, p in plans.items() if e == epoch - 1}, epoch: plan}
       return plan
     return plans[epoch]

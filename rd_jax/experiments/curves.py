@@ -79,7 +79,8 @@ def main(argv):
                               query_log_prior=objective["query_log_prior"],
                               similarity_targets=sim_targets,
                               similarity_weight=cfg.student.similarity_weight,
-                              similarity_from=crsd.similarity_source(cfg))
+                              similarity_from=crsd.similarity_source(cfg),
+                              **crsd.rank_kwargs(cfg))
   state, _, step_fn = fit.compile_step(loss_fn, params, cfg.student.optim, num_steps,
                                        rules=sharding.BERT_RULES, mesh=mesh,
                                        optim_key="student.optim", with_step=True)

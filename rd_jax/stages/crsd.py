@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rd_jax import decision, metrics as metrics_lib
+from rd_jax import decision, metrics as metrics_lib, ranking
 from rd_jax import storage
 from rd_jax.data import tokenize
-from rd_jax.losses import classification
+from rd_jax.losses import classification, pairwise_rank
 from rd_jax.losses.crsd import CrsdLossConfig, crsd_loss
 from rd_jax.models import bert, remat
 from rd_jax.parallel import mesh as mesh_lib
@@ -35,7 +35,7 @@ from rd_jax.train import fit
 def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_reasoning: bool,
                  local_block: int, seed: int, class_weights=None, logit_adjustment=None,
                  query_log_prior=None, similarity_targets=None, similarity_weight: float = 0.0,
-                 similarity_from: str = "cls"):
+                 similarity_from: str = "cls", rank_weight: float = 0.0, gains=None):
   """Returns `loss_fn(params, batch, step) -> (loss, metrics)`, the objective the step descends.
 
   Both views run through the SAME params (one encoder, one classifier); each view gets its own
@@ -45,7 +45,9 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
   product-of-experts objective, classification.query_log_prior); similarity_targets [N] with
   similarity_weight > 0: + weight * L_sim on the standard view's [CLS], looked up by
   batch["pair_index"] (student/similarity.py; params then hold its head), read from the
-  [CLS] vector or from the classifier's logits (similarity_from "cls" | "logits"). lambda is
+  [CLS] vector or from the classifier's logits (similarity_from "cls" | "logits"); rank_weight
+  > 0: + weight * the pairwise ranking loss within each query of the batch on the standard view's
+  logits with label gains `gains` [C] (losses/pairwise_rank.py). lambda is
   ramped linearly from 0 over `settings.lambda_warmup_steps` and, with
   lambda_scale=gradient_ratio, rescaled every step (cls_gradient_ratio below).
   """
@@ -83,6 +85,12 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
       sim = sim_sum / jnp.maximum(n, 1.0)
       loss = loss + similarity_weight * sim
       metrics = {**metrics, "similarity_mse": sim, "loss": loss}
+    if rank_weight:
+      rank_sum, pairs = pairwise_rank.pairwise_rank_loss(
+          std_out["logits"], batch["labels"], batch["query_index"], batch["weights"], gains)
+      rank = rank_sum / jnp.maximum(pairs, 1.0)
+      loss = loss + rank_weight * rank
+      metrics = {**metrics, "rank_loss": rank, "rank_pairs": pairs, "loss": loss}
     return loss, metrics
 
   def cls_gradient_ratio(params, cls_s, cls_t, batch):
@@ -141,6 +149,15 @@ def with_similarity(cfg, model, params, model_cfg, data, objective: dict):
   return similarity.with_head(params, width), targets
 
 
+def rank_kwargs(cfg) -> dict:
+  """make_loss_fn's ranking arguments: student.rank_weight and the labels' gains (eval.gains or
+  the ESCI ones, ranking.label_gains: what eval ranks by)."""
+  weight = float(cfg.student.get("rank_weight", 0.0))
+  if not weight:
+    return {}
+  return {"rank_weight": weight, "gains": ranking.label_gains(cfg.labels, cfg.eval.get("gains"))}
+
+
 def similarity_source(cfg) -> str:
   """The standard-view output the similarity head reads: "cls" [B, D] or "logits" [B, C]."""
   return cfg.student.get("similarity_from", "cls")
@@ -182,7 +199,8 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
                          query_log_prior=objective.pop("query_log_prior"),
                          similarity_targets=sim_targets,
                          similarity_weight=cfg.student.similarity_weight,
-                         similarity_from=similarity_source(cfg))
+                         similarity_from=similarity_source(cfg),
+                         **rank_kwargs(cfg))
   batches = batches_lib.train_batches(data.train, data.tokenizer, cfg,
                                          use_reasoning=use_reasoning)
   trained = fit.fit(cfg, stage, workdir, params=params, loss_fn=loss_fn, batches=batches,
