@@ -20,10 +20,13 @@ def test_probe_on_the_cue_task(tiny_config, tmp_path):
   cfg.data.path = write_cue_pairs(tmp_path / "cue.jsonl", queries=40, items_per_query=12)
   out = zero_shot.cosine_probe(cfg)
   assert set(out) == {"init", "cosine_split_z", "cosine_within_query",
-                      "lexical_plus_cosine_within_query", "lexical_reference"}
+                      "lexical_plus_cosine_within_query", "embedding_product",
+                      "embedding_product_absdiff", "lexical_plus_embedding_product",
+                      "lexical_reference"}
   # the cue word is a lexical feature: the lexical reference and the probe that holds its
   # features find the label; the cosine of a random tiny BERT does not name it
   assert out["lexical_reference"]["valid_macro_f1"] > 0.9
   assert out["lexical_plus_cosine_within_query"]["valid_macro_f1"] > 0.9
   assert out["lexical_plus_cosine_within_query"]["test_macro_f1"] > 0.9
+  assert out["lexical_plus_embedding_product"]["valid_macro_f1"] > 0.9
   assert out["cosine_split_z"]["valid_macro_f1"] < 0.6

@@ -10,8 +10,9 @@ order's. A cosine is not a label, so `--probe` asks how much of the label it car
 logistic regressions (C chosen on valid macro-F1, test read for the chosen C) fitted on the train
 split's cosine features -- (a) the cosine z-scored with the train split's mean and sd; (b) (a) plus
 where the item stands among its query's candidates (cosine minus the query's mean, that over the
-query's sd, its rank fraction within the query); (c) the lexical reference's features plus (b)'s --
-beside the lexical reference itself. (b) and (c) use each query's other candidates, which a
+query's sd, its rank fraction within the query); (c) the lexical reference's features plus (b)'s;
+(d) the pointwise interaction of the two embeddings, e_q * e_i [D], and that with |e_q - e_i| [2D];
+(e) the lexical reference's features plus e_q * e_i -- beside the lexical reference itself. (b) and (c) use each query's other candidates, which a
 pointwise model does not see: they bound what the cosine can add, they are not a servable model.
 """
 
@@ -79,8 +80,10 @@ def cosine_probe(cfg) -> dict:
   tokenizer = load_tokenizer(cfg.student.tokenizer)
   pairs_of = references.config_splits(cfg)
   names = ("train", "valid", "test")
-  cos = {n: similarity.pair_cosines(model, params, pairs_of[n], tokenizer,
-                                    int(cfg.student.max_len_std)) for n in names}
+  emb = {n: similarity.pair_embeddings(model, params, pairs_of[n], tokenizer,
+                                       int(cfg.student.max_len_std)) for n in names}
+  cos = {n: np.sum(emb[n][0].astype(np.float64) * emb[n][1], axis=1) for n in names}
+  product = {n: emb[n][0] * emb[n][1] for n in names}                         # [N, D]
   mean, std = float(cos["train"].mean()), float(cos["train"].std()) or 1.0
   feats = {n: _within_query(cos[n], similarity.query_keys(pairs_of[n]), mean, std) for n in names}
   gold = {n: np.asarray([p.label_id for p in pairs_of[n]]) for n in names}
@@ -105,6 +108,11 @@ def cosine_probe(cfg) -> dict:
       "cosine_within_query": probe(feats),
       "lexical_plus_cosine_within_query": probe(
           {n: sparse.hstack([lex[n], sparse.csr_matrix(feats[n])]).tocsr() for n in names}),
+      "embedding_product": probe(product),
+      "embedding_product_absdiff": probe(
+          {n: np.hstack([product[n], np.abs(emb[n][0] - emb[n][1])]) for n in names}),
+      "lexical_plus_embedding_product": probe(
+          {n: sparse.hstack([lex[n], sparse.csr_matrix(product[n])]).tocsr() for n in names}),
       "lexical_reference": {"C": lexical.info["C"],
                             "valid_macro_f1": round(f1("valid", lexical.model.predict(lex["valid"])), 4),
                             "test_macro_f1": round(f1("test", lexical.model.predict(lex["test"])), 4)},

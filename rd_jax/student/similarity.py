@@ -52,8 +52,9 @@ def _embed(apply_fn, params, tokenizer, texts: list[str], max_len: int) -> np.nd
   return pooled
 
 
-def pair_cosines(model, params, pairs, tokenizer, max_len: int) -> np.ndarray:
-  """cos(e_query, e_item) [N] float64 of each pair under `params`, each text encoded alone."""
+def pair_embeddings(model, params, pairs, tokenizer, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """(e_query, e_item), each [N, D] float32 unit rows: the mean-pooled embedding of each pair's
+  query and item under `params`, each text encoded alone (a distinct text once)."""
   @jax.jit
   def hidden_of(p, ids, mask):
     return model.apply({"params": p}, ids, mask, jnp.zeros_like(ids), deterministic=True)["hidden"]
@@ -63,7 +64,16 @@ def pair_cosines(model, params, pairs, tokenizer, max_len: int) -> np.ndarray:
   unit = lambda e: e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
   q_emb = dict(zip(queries, unit(_embed(hidden_of, params, tokenizer, queries, max_len))))
   i_emb = dict(zip(items, unit(_embed(hidden_of, params, tokenizer, items, max_len))))
-  return np.asarray([float(q_emb[p.query] @ i_emb[p.item_text]) for p in pairs], np.float64)
+  if not pairs:
+    return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+  return (np.stack([q_emb[p.query] for p in pairs]).astype(np.float32),
+          np.stack([i_emb[p.item_text] for p in pairs]).astype(np.float32))
+
+
+def pair_cosines(model, params, pairs, tokenizer, max_len: int) -> np.ndarray:
+  """cos(e_query, e_item) [N] float64 of each pair under `params`, each text encoded alone."""
+  q, i = pair_embeddings(model, params, pairs, tokenizer, max_len)
+  return np.sum(q.astype(np.float64) * i.astype(np.float64), axis=1)
 
 
 def query_keys(pairs) -> list[str]:
