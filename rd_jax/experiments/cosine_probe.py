@@ -28,7 +28,7 @@ def within_query_features(cos: np.ndarray, keys: list[str], mean: float, std: fl
 
 
 def cosine_probe(cfg) -> dict:
-  """Macro-F1 (valid, test) of the module docstring's probes (a), (b), (c) and the lexical one."""
+  """Macro-F1 (valid, test) of zero_shot's probes (a)-(e) and of the lexical reference."""
   from scipy import sparse
   from sklearn.linear_model import LogisticRegression
   from rd_jax import metrics as metrics_lib
@@ -39,8 +39,8 @@ def cosine_probe(cfg) -> dict:
   names = ("train", "valid", "test")
   emb = {n: similarity.pair_embeddings(model, params, pairs_of[n], tokenizer,
                                        int(cfg.student.max_len_std)) for n in names}
-  cos = {n: np.sum(emb[n][0].astype(np.float64) * emb[n][1], axis=1) for n in names}
   product = {n: emb[n][0] * emb[n][1] for n in names}                         # [N, D]
+  cos = {n: np.sum(emb[n][0].astype(np.float64) * emb[n][1], axis=1) for n in names}  # [N]
   mean, std = float(cos["train"].mean()), float(cos["train"].std()) or 1.0
   feats = {n: within_query_features(cos[n], similarity.query_keys(pairs_of[n]), mean, std) for n in names}
   gold = {n: np.asarray([p.label_id for p in pairs_of[n]]) for n in names}

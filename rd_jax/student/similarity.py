@@ -77,6 +77,7 @@ def pair_cosines(model, params, pairs, tokenizer, max_len: int) -> np.ndarray:
 
 
 def query_keys(pairs) -> list[str]:
+  """Each pair's query id (its text when it has none): the groups of the within-query features."""
   return [getattr(p, "query_id", None) or p.query for p in pairs]
 
 
@@ -98,7 +99,7 @@ def similarity_targets(model, params, pairs, tokenizer, max_len: int,
   return ((cos - mean) / std).astype(np.float32), stats
 
 
-def standardise_within_queries(values: np.ndarray, query_keys) -> np.ndarray:
+def standardise_within_queries(values: np.ndarray, keys) -> np.ndarray:
   """(v_i - mean_q) / std_q over the pairs of i's query q [N] float32; 0 for a query whose pairs
   all share one value (a single pair included).
 
@@ -108,7 +109,7 @@ def standardise_within_queries(values: np.ndarray, query_keys) -> np.ndarray:
   A cross-encoder sees one pair, so this target asks it to infer the query's spread from the
   query text: a pointwise target, no query-grouped batches needed."""
   values = np.asarray(values, np.float64)
-  _, group = np.unique(np.asarray(query_keys, dtype=object).astype(str), return_inverse=True)
+  _, group = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
   count = np.bincount(group)
   mean = np.bincount(group, values) / count
   var = np.maximum(np.bincount(group, values ** 2) / count - mean ** 2, 0.0)
