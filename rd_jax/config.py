@@ -138,6 +138,9 @@ def default_config() -> ml_collections.ConfigDict:
   # [0, 1], 0 = off (the plain one-hot path); refused with crsd.label_source=teacher_soft.
   c.student.lexical_distill = 0.0
   c.student.lexical_distill_folds = 5   # query-disjoint groups of train pairs (>= 2)
+  # which lexical model: "reference" (the reference itself) | "overlap" (its 9 overlap features
+  # alone, unweighted = calibrated probabilities; references.fit_overlap)
+  c.student.lexical_distill_model = "reference"
   c.student.fit_offsets = True   # after training, fit per-class logit offsets on valid macro-F1
                                  #   (rd_jax/decision.py); stored in meta.json, folded into the export
 

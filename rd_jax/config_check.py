@@ -31,6 +31,7 @@ _CHOICES = {
     "student.class_weighting": ("none", "balanced", "given"),
     "student.similarity_normalisation": ("split", "query"),
     "student.similarity_from": ("cls", "logits"),
+    "student.lexical_distill_model": ("reference", "overlap"),
     "mesh.multihost": ("auto", "off", "explicit"),
     "eval.split": ("test", "valid", "train"),
     "dpo.loss": ("dpo", "ipo", "simpo"),

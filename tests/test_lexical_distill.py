@@ -138,3 +138,54 @@ def test_teacher_soft_labels_are_refused(tiny_config):
     config_check.validate(cfg)
   cfg.crsd.label_source = "gold"
   config_check.validate(cfg)
+
+
+def test_overlap_model_is_calibrated_and_chooses_c_on_valid_log_loss(tiny_config):
+  """references.fit_overlap (student.lexical_distill_model=overlap): unweighted, so at the optimum
+  the intercepts' gradient vanishes and its mean train probability is the train label mix (a
+  class-balanced model's is not); C is the grid's best valid log-loss, recomputed here."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.preprocessing import StandardScaler
+  cfg = tiny_config()
+  train, valid = _splits(cfg, train_queries=8, valid_pairs=120)
+  labels = list(cfg.labels)
+  grid = (0.03, 1.0)
+  ref = references.fit_overlap(train, valid, labels, c_grid=grid)
+  gold = np.asarray([p.label_id for p in train])
+  probs = ref.predict_proba(train)                                      # [N, C]
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-9)
+  np.testing.assert_allclose(probs.mean(0), np.bincount(gold, minlength=4) / len(gold), atol=2e-3)
+  x = np.asarray([references.overlap_features(p.query, p.item_text) for p in train])
+  xv = np.asarray([references.overlap_features(p.query, p.item_text) for p in valid])
+  yv = np.asarray([p.label_id for p in valid])
+  scaler = StandardScaler().fit(x)
+  losses = {}
+  for c in grid:
+    m = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), gold)
+    pv = np.zeros((len(valid), 4))
+    pv[:, m.classes_] = m.predict_proba(scaler.transform(xv))
+    losses[c] = -np.mean(np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-12, None)))
+  assert ref.info["C"] == min(grid, key=lambda c: losses[c])
+  assert ref.info["class_weight"] is None and ref.info["features"] == {"overlap": 9}
+  for c in grid:
+    assert abs(ref.info["valid_log_loss_by_C"][str(c)] - losses[c]) < 1e-3
+
+
+def test_distilling_the_overlap_model(tiny_config, tmp_path):
+  cfg = tiny_config()
+  cfg.data.max_train_pairs = 160
+  cfg.student.lexical_distill = 0.5
+  cfg.student.lexical_distill_folds = 3
+  cfg.student.lexical_distill_model = "overlap"
+  data = student_data.load_student_data(cfg, str(tmp_path), use_reasoning=False)
+  stats = data.report["lexical_distill"]
+  assert stats["model"] == "overlap" and all(f["C"] in references.C_GRID for f in stats["per_fold"])
+  soft = np.asarray([p.soft_label for p in data.train])
+  gold = np.asarray([p.label_id for p in data.train])
+  assert (soft[np.arange(len(gold)), gold] >= 0.5 - 1e-6).all()
+  off_gold = soft.copy()
+  off_gold[np.arange(len(gold)), gold] -= 0.5                      # = 0.5 * p_overlap
+  np.testing.assert_allclose(off_gold.sum(-1), 0.5, atol=1e-6)
+  cfg.student.lexical_distill_model = "tfidf"
+  with pytest.raises(config_check.ConfigError, match="student.lexical_distill_model"):
+    config_check.validate(cfg)

@@ -13,6 +13,10 @@ the sorted query ids, dealt round-robin: group sizes differ by at most one query
 pairs are predicted by `references.fit_lexical` fitted on the other groups (out-of-fold, as in
 stacking). Its C is chosen on valid macro-F1, as the reference's is: a choice made on valid.
 
+`student.lexical_distill_model` says which lexical model: "reference" (the reference itself:
+class-balanced, TF-IDF + overlap, C on valid macro-F1) or "overlap" (references.fit_overlap: the
+9 overlap features alone, unweighted so its probabilities are calibrated, C on valid log-loss).
+
 The CE keeps weighting each row by its label's class weight (losses/classification.py); alpha = 0
 leaves the pairs untouched: no soft targets, the plain one-hot path.
 """
@@ -28,6 +32,10 @@ import numpy as np
 from rd_jax import errors
 from rd_jax import metrics as metrics_lib
 from rd_jax import references
+
+
+# student.lexical_distill_model -> the fit function (train, valid, labels, seed=) -> .predict_proba
+DISTILL_MODELS = {"reference": references.fit_lexical, "overlap": references.fit_overlap}
 
 
 def query_folds(query_ids: Sequence[str], folds: int, seed: int) -> dict[str, int]:
@@ -88,9 +96,11 @@ def with_lexical_targets(train_pairs, valid_pairs, cfg, report: dict) -> list:
   alpha = float(cfg.student.lexical_distill)
   if not alpha:
     return train_pairs
+  which = cfg.student.get("lexical_distill_model", "reference")
   probs, stats = out_of_fold_probs(train_pairs, valid_pairs, list(cfg.labels),
-                                   int(cfg.student.lexical_distill_folds), int(cfg.seed))
+                                   int(cfg.student.lexical_distill_folds), int(cfg.seed),
+                                   fit_fn=DISTILL_MODELS[which])
   targets = soft_targets(np.asarray([p.label_id for p in train_pairs]), probs, alpha)
-  report["lexical_distill"] = {"alpha": alpha, **stats}
+  report["lexical_distill"] = {"alpha": alpha, "model": which, **stats}
   return [dataclasses.replace(p, soft_label=tuple(float(x) for x in t))
           for p, t in zip(train_pairs, targets)]
