@@ -189,3 +189,22 @@ def test_distilling_the_overlap_model(tiny_config, tmp_path):
   cfg.student.lexical_distill_model = "tfidf"
   with pytest.raises(config_check.ConfigError, match="student.lexical_distill_model"):
     config_check.validate(cfg)
+
+
+def test_overlap_probe_scores_both_overlap_models_beside_the_references(tiny_config):
+  from rd_jax.experiments import overlap_probe
+  cfg = tiny_config()
+  cfg.data.max_train_pairs = 300
+  out = overlap_probe.run(cfg)
+  assert set(out) == {"overlap_balanced", "overlap_calibrated", "majority", "lexical"}
+  splits = references.config_splits(cfg)
+  labels = list(cfg.labels)
+  calibrated = references.fit_overlap(splits["train"], splits["valid"], labels)
+  gold = np.asarray([p.label_id for p in splits["test"]])
+  assert out["overlap_calibrated"]["C"] == calibrated.info["C"]
+  assert out["overlap_calibrated"]["test"]["log_loss"] == round(
+      references.log_loss(calibrated.predict_proba(splits["test"]), gold), 4)
+  balanced = overlap_probe.fit_balanced_overlap(splits["train"], splits["valid"], labels)
+  by_c = balanced.info["valid_macro_f1_by_C"]
+  assert by_c[str(balanced.info["C"])] == max(by_c.values())
+  assert out["overlap_balanced"]["valid"]["macro_f1"] == by_c[str(balanced.info["C"])]

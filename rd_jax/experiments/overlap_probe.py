@@ -1,0 +1,90 @@
+"""What the lexical reference's 9 overlap features alone know: logistic regressions on them.
+
+  python -m rd_jax.experiments.overlap_probe --config=configs/demo.py
+
+No JAX, seconds. On the config's train split (references.config_splits) it fits the 9 query-item
+overlap features of references.py (no TF-IDF terms: nothing that can name a query or an item) in
+two logistic regressions, C chosen on valid from references.C_GRID, test read for that C:
+  balanced    class_weight="balanced", C on valid macro-F1 -- the lexical reference minus its
+              TF-IDF features, decided by the argmax as the reference is;
+  calibrated  unweighted, C on valid log-loss (references.fit_overlap) -- the model
+              `student.lexical_distill_model=overlap` distils into the student.
+Beside them, in the same run, the lexical reference and the train prior. Prints JSON: macro-F1 and
+log-loss per split, and each probe's C. Why (#17, README "Results so far"): if the 9 features
+match the whole reference on unseen queries, then what transfers is the overlap, and that is what
+a student trained on ~70 queries must learn instead of the queries' own label mixes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+
+from rd_jax import metrics as metrics_lib
+from rd_jax import references
+
+
+def _figures(probs: np.ndarray, gold: np.ndarray, labels: Sequence[str]) -> dict:
+  return {"macro_f1": round(metrics_lib.classification_metrics(
+              gold, probs.argmax(-1), list(labels))["macro_f1"], 4),
+          "log_loss": round(references.log_loss(probs, gold), 4)}
+
+
+def fit_balanced_overlap(train_pairs, valid_pairs, labels: Sequence[str],
+                         c_grid: Sequence[float] = references.C_GRID):
+  """A references.OverlapModel: the overlap features in a class-balanced LR, C on valid
+  macro-F1 (the first of equals wins)."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.preprocessing import StandardScaler
+  scaler = StandardScaler()
+  x = scaler.fit_transform(references._overlap_matrix(train_pairs, lambda p: p.item_text))
+  y = np.asarray([p.label_id for p in train_pairs])
+  xv = scaler.transform(references._overlap_matrix(valid_pairs, lambda p: p.item_text))
+  yv = np.asarray([p.label_id for p in valid_pairs])
+  best, by_c = None, {}
+  for c in c_grid:
+    m = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(x, y)
+    f1 = metrics_lib.classification_metrics(yv, m.predict(xv), list(labels))["macro_f1"]
+    by_c[str(c)] = round(f1, 4)
+    if best is None or f1 > best[0]:
+      best = (f1, c, m)
+  return references.OverlapModel(scaler, best[2], lambda p: p.item_text, len(labels),
+                                 {"C": best[1], "valid_macro_f1_by_C": by_c,
+                                  "class_weight": "balanced"})
+
+
+def run(cfg) -> dict:
+  splits = references.config_splits(cfg)
+  labels = list(cfg.labels)
+  train, valid = splits["train"], splits["valid"]
+  refs = references.fit_references(train, valid, labels)
+  models = {"overlap_balanced": fit_balanced_overlap(train, valid, labels),
+            "overlap_calibrated": references.fit_overlap(train, valid, labels),
+            **refs}
+  out = {}
+  for name, model in models.items():
+    row = {s: _figures(model.predict_proba(splits[s]),
+                       np.asarray([p.label_id for p in splits[s]]), labels)
+           for s in ("valid", "test") if splits.get(s)}
+    row["C"] = model.info.get("C")
+    out[name] = row
+  return out
+
+
+_FLAGS = {}
+
+
+def main(argv):
+  del argv
+  print(json.dumps(run(_FLAGS["config"].value), indent=1))
+
+
+if __name__ == "__main__":
+  from absl import app
+  from ml_collections import config_flags
+  # defined only when run as a program: importing the probe (tests) defines no absl flag
+  _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "Config file.",
+                                                     lock_config=True)
+  app.run(main)
