@@ -156,6 +156,7 @@ _RANGES = {
     "train.query_group_size": (0, None, True, True, "an integer >= 0 (0 = random batches)"),
     "student.lexical_distill": (0.0, 1.0, True, True, "in [0, 1] (0 = off)"),
     "student.lexical_distill_folds": (2, None, True, True, "an integer >= 2"),
+    "student.offsets_crossfit_folds": (0, None, True, True, "an integer >= 0 (0 = off)"),
     "crsd.lambda_infonce": (0.0, None, True, True, ">= 0"),
     "crsd.lambda_warmup_steps": (0, None, True, True, ">= 0 (0 = off)"),
     "export.atol": (0.0, None, False, True, "> 0"),
