@@ -49,6 +49,10 @@ def test_crsd_writes_the_contract(trained):
   assert len(meta["decision_offsets"]) == len(cfg.labels) and meta["decision_offsets"][0] == 0.0
   assert sum(meta["train_label_counts"]) == summary["data"]["train_pairs"]
   assert summary["valid_macro_f1"] >= summary["valid_macro_f1_argmax"]   # fitted to be no worse
+  # the honest valid figure: each query fold decided by offsets fitted on the other folds
+  valid = json.load(open(os.path.join(stage, "valid_metrics.json")))
+  assert valid["macro_f1_crossfit"] == summary["valid_macro_f1_crossfit"]
+  assert 0.0 <= summary["valid_macro_f1_crossfit"] <= 1.0
 
 
 def test_resume_reaches_the_same_params(trained, tmp_path, tiny_config):
