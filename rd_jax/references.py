@@ -90,7 +90,7 @@ def _features(ref, pairs, fit: bool):
   from scipy import sparse
   queries = [p.query for p in pairs]
   items = [ref.item_text_fn(p) for p in pairs]
-  dense = _overlap_matrix(pairs, ref.item_text_fn)
+  dense = overlap_matrix(pairs, ref.item_text_fn)
   if fit:
     return sparse.hstack([ref.query_vec.fit_transform(queries), ref.item_vec.fit_transform(items),
                           ref.scaler.fit_transform(dense)]).tocsr()
@@ -141,7 +141,8 @@ def fit_lexical(train_pairs, valid_pairs, labels: Sequence[str],
 
 @dataclasses.dataclass
 class OverlapModel:
-  """A calibrated (unweighted) logistic regression on the 9 overlap features alone."""
+  """A logistic regression on the 9 overlap features alone (fit_overlap's is unweighted, so its
+  probabilities are calibrated; experiments/overlap_probe.py also builds a class-balanced one)."""
   scaler: object             # StandardScaler of the overlap features
   model: object              # LogisticRegression
   item_text_fn: Callable
@@ -149,7 +150,7 @@ class OverlapModel:
   info: dict
 
   def features(self, pairs) -> np.ndarray:
-    return self.scaler.transform(_overlap_matrix(pairs, self.item_text_fn))
+    return self.scaler.transform(overlap_matrix(pairs, self.item_text_fn))
 
   def predict_proba(self, pairs) -> np.ndarray:
     """[N, C] probabilities in class-id order (a class absent from train gets 0)."""
@@ -158,7 +159,8 @@ class OverlapModel:
     return out
 
 
-def _overlap_matrix(pairs, item_text_fn: Callable) -> np.ndarray:
+def overlap_matrix(pairs, item_text_fn: Callable) -> np.ndarray:
+  """[N, 9] float64: overlap_features of each pair (item text from item_text_fn)."""
   return np.asarray([overlap_features(p.query, item_text_fn(p)) for p in pairs],
                     np.float64).reshape(len(pairs), 9)
 
@@ -178,9 +180,9 @@ def fit_overlap(train_pairs, valid_pairs, labels: Sequence[str],
   from sklearn.preprocessing import StandardScaler
   t0 = time.perf_counter()
   scaler = StandardScaler()
-  x_train = scaler.fit_transform(_overlap_matrix(train_pairs, item_text_fn))
+  x_train = scaler.fit_transform(overlap_matrix(train_pairs, item_text_fn))
   y_train = np.asarray([p.label_id for p in train_pairs])
-  x_valid = scaler.transform(_overlap_matrix(valid_pairs, item_text_fn))
+  x_valid = scaler.transform(overlap_matrix(valid_pairs, item_text_fn))
   y_valid = np.asarray([p.label_id for p in valid_pairs])
   by_c, best = {}, None
   for c in c_grid:

@@ -39,9 +39,9 @@ def fit_balanced_overlap(train_pairs, valid_pairs, labels: Sequence[str],
   from sklearn.linear_model import LogisticRegression
   from sklearn.preprocessing import StandardScaler
   scaler = StandardScaler()
-  x = scaler.fit_transform(references._overlap_matrix(train_pairs, lambda p: p.item_text))
+  x = scaler.fit_transform(references.overlap_matrix(train_pairs, lambda p: p.item_text))
   y = np.asarray([p.label_id for p in train_pairs])
-  xv = scaler.transform(references._overlap_matrix(valid_pairs, lambda p: p.item_text))
+  xv = scaler.transform(references.overlap_matrix(valid_pairs, lambda p: p.item_text))
   yv = np.asarray([p.label_id for p in valid_pairs])
   best, by_c = None, {}
   for c in c_grid:

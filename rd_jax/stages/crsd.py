@@ -178,6 +178,9 @@ def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
     if len(set(queries)) >= folds:
       valid["macro_f1_crossfit"] = decision.macro_f1(
           gold, decision.cross_fitted_predictions(logits, gold, queries, folds), len(cfg.labels))
+    else:   # reported as null, and said why
+      logging.info("valid has %d queries, fewer than student.offsets_crossfit_folds = %d: no "
+                   "cross-fitted valid figure", len(set(queries)), folds)
   offsets = offsets or [0.0] * len(cfg.labels)
   valid["decision_offsets"] = offsets
   return valid, offsets
