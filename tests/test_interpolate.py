@@ -36,6 +36,9 @@ def test_alpha_one_is_the_evaluated_student(trained):
   assert ours["decision_offsets"] == result["checkpoint_decision_offsets"]
   for key, value in evaluated["valid"].items():
     assert ours[key] == value, key
+  # the honest valid figure of the rule (offsets cross-fitted over query folds), as crsd reports it
+  summary = json.load(open(os.path.join(workdir, "crsd", "summary.json")))
+  assert ours["macro_f1_crossfit"] == summary["valid_macro_f1_crossfit"]
   for key in ("macro_f1", "macro_f1_argmax", "accuracy", "ndcg@10", "log_loss", "prior_log_loss"):
     assert result["test"]["1.0"][key] == evaluated[key], key
   assert set(result["valid"]) == {"0.0", "0.5", "1.0"}

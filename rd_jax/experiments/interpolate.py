@@ -76,15 +76,25 @@ def initial_params(cfg, meta: dict, like: dict) -> tuple[dict, dict]:
 
 def score(predict, params, pairs, tokenizer, cfg, meta, offsets=None) -> tuple[dict, np.ndarray]:
   """(figures, raw logits [N, C]) of `params` on `pairs` as the stages score a student: offsets
-  None = fitted on these pairs (student.fit_offsets, as stages/crsd.fit_decision_rule fits them)."""
+  None = fitted on these pairs (student.fit_offsets, as stages/crsd.fit_decision_rule fits them),
+  and then also macro_f1_crossfit (student.offsets_crossfit_folds: each query fold decided by
+  offsets fitted on the other folds)."""
   logits, gold = predict_lib.predict_logits(predict, params, pairs, tokenizer, cfg,
                                             max_len_std=meta.get("max_len_std"))
+  crossfit = None
   if offsets is None:
     offsets = (decision.fit_offsets(logits, gold) if cfg.student.fit_offsets
                else np.zeros(logits.shape[1]))
+    folds = int(cfg.student.get("offsets_crossfit_folds", 0))
+    queries = [p.query_id for p in pairs]
+    if cfg.student.fit_offsets and folds and len(set(queries)) >= folds:   # as stages/crsd.py
+      crossfit = decision.macro_f1(gold, decision.cross_fitted_predictions(
+          logits, gold, queries, folds), logits.shape[1])
   m = predict_lib.score_logits(logits, gold, pairs, cfg, np.asarray(offsets).tolist())
   m["prior_log_loss"] = eval_stage.prior_log_loss(meta, None, gold)
   out = eval_stage.headline(m)
+  if crossfit is not None:
+    out["macro_f1_crossfit"] = crossfit
   out.update(decision_offsets=m["decision_offsets"],
              per_class_f1={k: v["f1"] for k, v in m["per_class"].items()},
              predicted=np.bincount(m["predictions"], minlength=len(cfg.labels)).tolist())
@@ -145,8 +155,9 @@ def main(argv):
   del argv
   result = run(_FLAGS["config"].value, _FLAGS["workdir"].value, _FLAGS["stage"].value,
                _FLAGS["alphas"].value, _FLAGS["out"].value, _FLAGS["test"].value)
-  keys = ("macro_f1", "macro_f1_argmax", "ndcg@10", "log_loss")
-  table = {split: {a: {k: round(m[k], 4) for k in keys} for a, m in result[split].items()}
+  keys = ("macro_f1", "macro_f1_crossfit", "macro_f1_argmax", "ndcg@10", "log_loss")
+  table = {split: {a: {k: round(m[k], 4) for k in keys if k in m}
+                   for a, m in result[split].items()}
            for split in ("valid", "test") if split in result}
   print(json.dumps({"chosen_alpha": result["chosen_alpha"], **table, "out": _FLAGS["out"].value},
                    indent=1))
