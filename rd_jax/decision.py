@@ -81,3 +81,13 @@ def cross_fitted_predictions(logits, labels, groups, folds: int = 3) -> np.ndarr
     offsets = fit_offsets(logits[~held], labels[~held])
     preds[held] = predict(logits[held], offsets)
   return preds
+
+
+def crossfit_macro_f1(logits, labels, groups, folds: int) -> float | None:
+  """Macro-F1 of cross_fitted_predictions, or None when folds is 0 (off) or the split has fewer
+  distinct groups than folds (the stages and experiments.interpolate report it so)."""
+  if not folds or len(set(map(str, groups))) < folds:
+    return None
+  labels = np.asarray(labels, int)
+  return macro_f1(labels, cross_fitted_predictions(logits, labels, groups, folds),
+                  np.asarray(logits).shape[1])

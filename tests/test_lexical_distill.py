@@ -204,7 +204,7 @@ def test_overlap_probe_scores_both_overlap_models_beside_the_references(tiny_con
   assert out["overlap_calibrated"]["C"] == calibrated.info["C"]
   assert out["overlap_calibrated"]["test"]["log_loss"] == round(
       references.log_loss(calibrated.predict_proba(splits["test"]), gold), 4)
-  balanced = overlap_probe.fit_balanced_overlap(splits["train"], splits["valid"], labels)
+  balanced = references.fit_overlap(splits["train"], splits["valid"], labels, balanced=True)
   by_c = balanced.info["valid_macro_f1_by_C"]
   assert by_c[str(balanced.info["C"])] == max(by_c.values())
   assert out["overlap_balanced"]["valid"]["macro_f1"] == by_c[str(balanced.info["C"])]

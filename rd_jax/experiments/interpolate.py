@@ -85,11 +85,9 @@ def score(predict, params, pairs, tokenizer, cfg, meta, offsets=None) -> tuple[d
   if offsets is None:
     offsets = (decision.fit_offsets(logits, gold) if cfg.student.fit_offsets
                else np.zeros(logits.shape[1]))
-    folds = int(cfg.student.get("offsets_crossfit_folds", 0))
-    queries = [p.query_id for p in pairs]
-    if cfg.student.fit_offsets and folds and len(set(queries)) >= folds:   # as stages/crsd.py
-      crossfit = decision.macro_f1(gold, decision.cross_fitted_predictions(
-          logits, gold, queries, folds), logits.shape[1])
+    if cfg.student.fit_offsets:   # as stages/crsd.fit_decision_rule reports it
+      crossfit = decision.crossfit_macro_f1(logits, gold, [p.query_id for p in pairs],
+                                            int(cfg.student.get("offsets_crossfit_folds", 0)))
   m = predict_lib.score_logits(logits, gold, pairs, cfg, np.asarray(offsets).tolist())
   m["prior_log_loss"] = eval_stage.prior_log_loss(meta, None, gold)
   out = eval_stage.headline(m)

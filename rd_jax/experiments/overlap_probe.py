@@ -5,8 +5,8 @@
 No JAX, seconds. On the config's train split (references.config_splits) it fits the 9 query-item
 overlap features of references.py (no TF-IDF terms: nothing that can name a query or an item) in
 two logistic regressions, C chosen on valid from references.C_GRID, test read for that C:
-  balanced    class_weight="balanced", C on valid macro-F1 -- the lexical reference minus its
-              TF-IDF features, decided by the argmax as the reference is;
+  balanced    class_weight="balanced", C on valid macro-F1 (references.fit_overlap, balanced=True)
+              -- the lexical reference minus its TF-IDF features, decided by the argmax as it is;
   calibrated  unweighted, C on valid log-loss (references.fit_overlap) -- the model
               `student.lexical_distill_model=overlap` distils into the student.
 Beside them, in the same run, the lexical reference and the train prior. Prints JSON: macro-F1 and
@@ -32,35 +32,12 @@ def _figures(probs: np.ndarray, gold: np.ndarray, labels: Sequence[str]) -> dict
           "log_loss": round(references.log_loss(probs, gold), 4)}
 
 
-def fit_balanced_overlap(train_pairs, valid_pairs, labels: Sequence[str],
-                         c_grid: Sequence[float] = references.C_GRID):
-  """A references.OverlapModel: the overlap features in a class-balanced LR, C on valid
-  macro-F1 (the first of equals wins)."""
-  from sklearn.linear_model import LogisticRegression
-  from sklearn.preprocessing import StandardScaler
-  scaler = StandardScaler()
-  x = scaler.fit_transform(references.overlap_matrix(train_pairs, lambda p: p.item_text))
-  y = np.asarray([p.label_id for p in train_pairs])
-  xv = scaler.transform(references.overlap_matrix(valid_pairs, lambda p: p.item_text))
-  yv = np.asarray([p.label_id for p in valid_pairs])
-  best, by_c = None, {}
-  for c in c_grid:
-    m = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(x, y)
-    f1 = metrics_lib.classification_metrics(yv, m.predict(xv), list(labels))["macro_f1"]
-    by_c[str(c)] = round(f1, 4)
-    if best is None or f1 > best[0]:
-      best = (f1, c, m)
-  return references.OverlapModel(scaler, best[2], lambda p: p.item_text, len(labels),
-                                 {"C": best[1], "valid_macro_f1_by_C": by_c,
-                                  "class_weight": "balanced"})
-
-
 def run(cfg) -> dict:
   splits = references.config_splits(cfg)
   labels = list(cfg.labels)
   train, valid = splits["train"], splits["valid"]
   refs = references.fit_references(train, valid, labels)
-  models = {"overlap_balanced": fit_balanced_overlap(train, valid, labels),
+  models = {"overlap_balanced": references.fit_overlap(train, valid, labels, balanced=True),
             "overlap_calibrated": references.fit_overlap(train, valid, labels),
             **refs}
   out = {}

@@ -174,13 +174,11 @@ def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
   valid.pop("logits")
   folds = int(cfg.student.get("offsets_crossfit_folds", 0))
   if offsets and folds:   # an honest valid figure of the rule: offsets fitted on the other queries
-    queries = [p.query_id for p in data.valid]
-    if len(set(queries)) >= folds:
-      valid["macro_f1_crossfit"] = decision.macro_f1(
-          gold, decision.cross_fitted_predictions(logits, gold, queries, folds), len(cfg.labels))
-    else:   # reported as null, and said why
-      logging.info("valid has %d queries, fewer than student.offsets_crossfit_folds = %d: no "
-                   "cross-fitted valid figure", len(set(queries)), folds)
+    valid["macro_f1_crossfit"] = decision.crossfit_macro_f1(
+        logits, gold, [p.query_id for p in data.valid], folds)
+    if valid["macro_f1_crossfit"] is None:
+      logging.info("valid has fewer queries than student.offsets_crossfit_folds = %d: no "
+                   "cross-fitted valid figure", folds)
   offsets = offsets or [0.0] * len(cfg.labels)
   valid["decision_offsets"] = offsets
   return valid, offsets
