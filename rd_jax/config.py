@@ -128,6 +128,10 @@ def default_config() -> ml_collections.ConfigDict:
   # ours (#17): the similarity head reads the [CLS] vector ("cls", v [D]) or the classifier's
   # logits ("logits", u [C]: the cosine must then live in what the decision reads)
   c.student.similarity_from = "cls"
+  # ours (#17): weight of a regression of the standard view's [CLS] onto each train pair's 9
+  # z-scored lexical overlap features (references.overlap_features: what carries the lexical
+  # reference's skill to unseen queries; student/overlap_targets.py; 0 = off; README "Results")
+  c.student.overlap_weight = 0.0
   # ours (#17): + rank_weight * a pairwise (RankNet) loss within each query of the batch on the
   # log expected gain of the standard view (losses/pairwise_rank.py; 0 = off). It needs batches
   # of same-query runs: set train.query_group_size > 0 with it.

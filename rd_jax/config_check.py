@@ -152,6 +152,7 @@ _RANGES = {
     "student.query_prior": (0.0, None, True, True, ">= 0 (0 = off)"),
     "student.query_prior_smoothing": (0.0, None, False, True, "> 0"),
     "student.similarity_weight": (0.0, None, True, True, ">= 0 (0 = off)"),
+    "student.overlap_weight": (0.0, None, True, True, ">= 0 (0 = off)"),
     "student.rank_weight": (0.0, None, True, True, ">= 0 (0 = off)"),
     "train.query_group_size": (0, None, True, True, "an integer >= 0 (0 = random batches)"),
     "student.lexical_distill": (0.0, 1.0, True, True, "in [0, 1] (0 = off)"),

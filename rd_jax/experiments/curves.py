@@ -72,6 +72,7 @@ def main(argv):
   model_cfg, params, _ = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
   model = bert.BertClassifier(model_cfg)
   params, sim_targets = crsd.with_similarity(cfg, model, params, model_cfg, data, objective)
+  params, overlap_kwargs = crsd.with_overlap(cfg, params, model_cfg, data, objective)
   loss_fn = crsd.make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd),
                               use_reasoning=use_reasoning, local_block=cfg.train.batch_size,
                               seed=cfg.seed, class_weights=objective["class_weights"],
@@ -80,7 +81,7 @@ def main(argv):
                               similarity_targets=sim_targets,
                               similarity_weight=cfg.student.similarity_weight,
                               similarity_from=crsd.similarity_source(cfg),
-                              **crsd.rank_kwargs(cfg))
+                              **crsd.rank_kwargs(cfg), **overlap_kwargs)
   state, _, step_fn = fit.compile_step(loss_fn, params, cfg.student.optim, num_steps,
                                        rules=sharding.BERT_RULES, mesh=mesh,
                                        optim_key="student.optim", with_step=True)

@@ -27,7 +27,7 @@ from rd_jax.models import bert, remat
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
 from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
-from rd_jax.student import similarity
+from rd_jax.student import overlap_targets, similarity
 from rd_jax.student.model import initial_student, student_meta
 from rd_jax.train import fit
 
@@ -35,7 +35,8 @@ from rd_jax.train import fit
 def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_reasoning: bool,
                  local_block: int, seed: int, class_weights=None, logit_adjustment=None,
                  query_log_prior=None, similarity_targets=None, similarity_weight: float = 0.0,
-                 similarity_from: str = "cls", rank_weight: float = 0.0, gains=None):
+                 similarity_from: str = "cls", rank_weight: float = 0.0, gains=None,
+                 overlap_targets=None, overlap_weight: float = 0.0):
   """Returns `loss_fn(params, batch, step) -> (loss, metrics)`, the objective the step descends.
 
   Both views run through the SAME params (one encoder, one classifier); each view gets its own
@@ -47,7 +48,9 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
   batch["pair_index"] (student/similarity.py; params then hold its head), read from the
   [CLS] vector or from the classifier's logits (similarity_from "cls" | "logits"); rank_weight
   > 0: + weight * the pairwise ranking loss within each query of the batch on the standard view's
-  logits with label gains `gains` [C] (losses/pairwise_rank.py). lambda is
+  logits with label gains `gains` [C] (losses/pairwise_rank.py); overlap_targets [N, 9] with
+  overlap_weight > 0: + weight * L_ovl, the standard view's [CLS] regressed onto each pair's
+  z-scored lexical overlap features (student/overlap_targets.py; params hold its head). lambda is
   ramped linearly from 0 over `settings.lambda_warmup_steps` and, with
   lambda_scale=gradient_ratio, rescaled every step (cls_gradient_ratio below).
   """
@@ -56,6 +59,8 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
   table = None if query_log_prior is None else jnp.asarray(query_log_prior, jnp.float32)
   sim_targets = (jnp.asarray(similarity_targets, jnp.float32)
                  if similarity_weight and similarity_targets is not None else None)
+  ovl_targets = (jnp.asarray(overlap_targets, jnp.float32)
+                 if overlap_weight and overlap_targets is not None else None)
 
   def ce_kwargs(batch):
     adjustment = None if logit_adjustment is None else jnp.asarray(logit_adjustment, jnp.float32)
@@ -85,6 +90,13 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
       sim = sim_sum / jnp.maximum(n, 1.0)
       loss = loss + similarity_weight * sim
       metrics = {**metrics, "similarity_mse": sim, "loss": loss}
+    if ovl_targets is not None:
+      ovl_sum, n = similarity.similarity_loss(params, std_out["cls"],
+                                              ovl_targets[batch["pair_index"]], batch["weights"],
+                                              name=similarity.OVERLAP_HEAD)
+      ovl = ovl_sum / jnp.maximum(n, 1.0)
+      loss = loss + overlap_weight * ovl
+      metrics = {**metrics, "overlap_mse": ovl, "loss": loss}
     if rank_weight:
       rank_sum, pairs = pairwise_rank.pairwise_rank_loss(
           std_out["logits"], batch["labels"], batch["query_index"], batch["weights"], gains)
@@ -149,6 +161,21 @@ def with_similarity(cfg, model, params, model_cfg, data, objective: dict):
   return similarity.with_head(params, width), targets
 
 
+def with_overlap(cfg, params, model_cfg, data, objective: dict) -> tuple[dict, dict]:
+  """(params, make_loss_fn kwargs): with student.overlap_weight > 0, each train pair's z-scored
+  overlap features (student/overlap_targets.py) and params + their head on [CLS]; the targets'
+  stats go to objective["overlap"]. ({} and params unchanged when off.)"""
+  weight = float(cfg.student.get("overlap_weight", 0.0))
+  if not weight:
+    return params, {}
+  targets, stats = overlap_targets.overlap_targets(data.train)
+  objective["overlap"] = stats
+  logging.info("overlap targets: %s", stats)
+  params = similarity.with_head(params, model_cfg.hidden_size, name=similarity.OVERLAP_HEAD,
+                                outputs=targets.shape[1])
+  return params, {"overlap_targets": targets, "overlap_weight": weight}
+
+
 def rank_kwargs(cfg) -> dict:
   """make_loss_fn's ranking arguments: student.rank_weight and the labels' gains (eval.gains or
   the ESCI ones, ranking.label_gains: what eval ranks by)."""
@@ -200,6 +227,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   model = bert.BertClassifier(remat.configure(model_cfg, cfg.student))  # remat: training only
   objective = objective_of(cfg, data.train)
   params, sim_targets = with_similarity(cfg, model, params, model_cfg, data, objective)
+  params, overlap_kwargs = with_overlap(cfg, params, model_cfg, data, objective)
   loss_fn = make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd), use_reasoning=use_reasoning,
                          local_block=cfg.train.batch_size // dp, seed=cfg.seed,
                          class_weights=objective["class_weights"],
@@ -208,7 +236,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
                          similarity_targets=sim_targets,
                          similarity_weight=cfg.student.similarity_weight,
                          similarity_from=similarity_source(cfg),
-                         **rank_kwargs(cfg))
+                         **rank_kwargs(cfg), **overlap_kwargs)
   batches = batches_lib.train_batches(data.train, data.tokenizer, cfg,
                                          use_reasoning=use_reasoning)
   trained = fit.fit(cfg, stage, workdir, params=params, loss_fn=loss_fn, batches=batches,

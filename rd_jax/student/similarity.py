@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 SIMILARITY_HEAD = "similarity_head"
+OVERLAP_HEAD = "overlap_head"          # student/overlap_targets.py: the same kind of head, K = 9
+AUX_HEADS = (SIMILARITY_HEAD, OVERLAP_HEAD)
 _BUCKETS = (16, 32, 64, 128, 256, 512)
 _BATCH = 64
 
@@ -118,22 +120,32 @@ def standardise_within_queries(values: np.ndarray, keys) -> np.ndarray:
   return np.where(std > 1e-8, centred / np.where(std > 1e-8, std, 1.0), 0.0).astype(np.float32)
 
 
-def with_head(params: dict, hidden_size: int) -> dict:
-  """params plus a zero-initialised SIMILARITY_HEAD (v [D], b []); D = the width of what the head
-  reads: the hidden size for [CLS], the number of classes for the logits (student.similarity_from)."""
-  return {**params, SIMILARITY_HEAD: {"kernel": jnp.zeros((hidden_size,), jnp.float32),
-                                      "bias": jnp.zeros((), jnp.float32)}}
+def with_head(params: dict, hidden_size: int, name: str = SIMILARITY_HEAD,
+              outputs: int | None = None) -> dict:
+  """params plus a zero-initialised regression head `name`: v [D], b [] (outputs None: one
+  scalar target, the similarity) or V [D, K], b [K] (outputs K: K targets, the overlap head);
+  D = the width of what the head reads: the hidden size for [CLS], the number of classes for the
+  logits (student.similarity_from)."""
+  shape = () if outputs is None else (int(outputs),)
+  return {**params, name: {"kernel": jnp.zeros((hidden_size, *shape), jnp.float32),
+                           "bias": jnp.zeros(shape, jnp.float32)}}
 
 
 def without_head(params: dict) -> dict:
-  """The student's own params: what predicts, is saved to final/ and exported."""
-  return {k: v for k, v in params.items() if k != SIMILARITY_HEAD}
+  """The student's own params (every training-only head in AUX_HEADS dropped): what predicts, is
+  saved to final/ and exported."""
+  return {k: v for k, v in params.items() if k not in AUX_HEADS}
 
 
-def similarity_loss(params: dict, cls: jax.Array, targets: jax.Array, weights: jax.Array):
+def similarity_loss(params: dict, cls: jax.Array, targets: jax.Array, weights: jax.Array,
+                    name: str = SIMILARITY_HEAD):
   """(sum_i w_i (v . cls_i + b - s_i)^2, sum_i w_i); cls [B, D] ([CLS], or the logits [B, C] with
-  student.similarity_from = "logits"), targets [B], weights [B]."""
-  head = params[SIMILARITY_HEAD]
-  pred = cls.astype(jnp.float32) @ head["kernel"] + head["bias"]                # [B]
+  student.similarity_from = "logits"), targets [B], weights [B]. A head with K outputs
+  (targets [B, K]) takes the mean of the K squared errors per row."""
+  head = params[name]
+  pred = cls.astype(jnp.float32) @ head["kernel"] + head["bias"]          # [B] or [B, K]
+  err = jnp.square(pred - targets)
+  if err.ndim == 2:
+    err = err.mean(axis=1)                                                 # [B]
   w = weights.astype(jnp.float32)
-  return jnp.sum(w * jnp.square(pred - targets)), jnp.sum(w)
+  return jnp.sum(w * err), jnp.sum(w)
