@@ -76,3 +76,35 @@ def test_choose_prefers_the_larger_alpha_on_ties():
   valid = {0.5: {"macro_f1": 0.3}, 0.8: {"macro_f1": 0.4}, 1.0: {"macro_f1": 0.4}}
   assert interpolate.choose(valid) == 1.0
   assert interpolate.choose({0.5: {"macro_f1": 0.5}, 1.0: {"macro_f1": 0.4}}) == 0.5
+
+
+def test_decision_gap_reproduces_eval_and_bounds_the_rule(trained):
+  """experiments.decision_gap: its shipped-rule and argmax figures are eval's test figures for
+  the student and the lexical reference; the in-sample (oracle) offsets are never below them."""
+  from rd_jax.experiments import decision_gap
+  cfg, workdir = trained
+  out = decision_gap.run(cfg, [os.path.join(workdir, "crsd")], "test", folds=2)
+  evaluated = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
+  row = out["students"][os.path.join(workdir, "crsd")]
+  assert row["valid_offsets"] == round(evaluated["macro_f1"], 4)
+  assert row["argmax"] == round(evaluated["macro_f1_argmax"], 4)
+  assert row["oracle"] >= max(row["argmax"], row["valid_offsets"])
+  from rd_jax import ranking, references
+  refs, splits = references.fit_for_config(cfg)          # as eval fits it (off in tiny's eval)
+  lexical = references.score(refs["lexical"], splits["test"], list(cfg.labels),
+                             ranking.label_gains(cfg.labels))["macro_f1"]
+  assert out["lexical_reference"]["argmax"] == round(lexical, 4)
+  assert out["lexical_reference"]["oracle"] >= out["lexical_reference"]["argmax"]
+
+
+def test_decide_four_ways_golden():
+  from rd_jax.experiments import decision_gap
+  # class 0 dominates every row by 1.0; the true class is the runner-up in rows 2-5. An offset of
+  # +1.1..+1.5 on class 1 decides every row right (the oracle); the given offsets [0, 0] = argmax.
+  logits = np.array([[2.0, 0.0], [2.0, 0.5], [2.0, 1.0], [2.0, 1.0], [2.0, 1.2], [2.0, 1.1]])
+  gold = np.array([0, 0, 1, 1, 1, 1])
+  row = decision_gap.decide_four_ways(logits, gold, ["a", "a", "b", "b", "c", "c"], [0.0, 0.0], 3)
+  # argmax: all 0 -> F1(0) = 2*2/(2+6) = 0.5, F1(1) = 0 -> macro 0.25
+  assert row["argmax"] == row["valid_offsets"] == 0.25
+  assert row["oracle"] == 1.0          # 1.0 + o > 2.0 >= 0.5 + o for o in (1.0, 1.5]
+  assert row["crossfit"] is not None and row["crossfit"] <= row["oracle"]
