@@ -4,8 +4,8 @@ logits: the same logits decided four ways, beside the lexical reference decided 
   python -m rd_jax.experiments.decision_gap --config=configs/demo.py \
       --checkpoints=<run>/crsd,<run2>/crsd [--split=test] [--out=gap.json]
 
-For each student checkpoint (and the lexical reference, references.py, fitted on the config's
-train split as eval fits it) on the `--split` pairs (default test), macro-F1 of:
+For each student checkpoint (and the lexical reference, references.py, fitted once on the config's
+train split with the config's item template) on the `--split` pairs (default test), macro-F1 of:
   argmax          the plain argmax;
   valid_offsets   the shipped rule: per-class offsets fitted on valid (the student's meta.json
                   `decision_offsets`; for the reference, fitted on its valid log-probabilities);
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 
@@ -68,12 +69,9 @@ def student_row(cfg, ckpt: str, split: str, folds: int, scratch: str) -> dict:
 
 
 def run(cfg, checkpoints, split: str = "test", folds: int = 3, scratch: str = "") -> dict:
-  import tempfile
   scratch = scratch or tempfile.mkdtemp(prefix="rd_jax_gap_")
   out = {"split": split, "folds": folds, "lexical_reference": reference_row(cfg, split, folds)}
-  students = {}
-  for ckpt in checkpoints:
-    students[ckpt] = student_row(cfg, ckpt, split, folds, scratch)
+  students = {ckpt: student_row(cfg, ckpt, split, folds, scratch) for ckpt in checkpoints}
   out["students"] = students
   if students:
     out["students_mean"] = {k: round(float(np.mean([r[k] for r in students.values()

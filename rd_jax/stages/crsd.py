@@ -84,19 +84,16 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
       multiplier = multiplier * cls_gradient_ratio(params, std_out["cls"], aug_out["cls"], batch)
     loss, metrics = crsd_loss(std_out, aug_out, batch, settings, lambda_multiplier=multiplier,
                               **ce_kwargs(batch))
-    if sim_targets is not None:
-      sim_sum, n = similarity.similarity_loss(params, std_out[similarity_from],
-                                              sim_targets[batch["pair_index"]], batch["weights"])
-      sim = sim_sum / jnp.maximum(n, 1.0)
-      loss = loss + similarity_weight * sim
-      metrics = {**metrics, "similarity_mse": sim, "loss": loss}
-    if ovl_targets is not None:
-      ovl_sum, n = similarity.similarity_loss(params, std_out["cls"],
-                                              ovl_targets[batch["pair_index"]], batch["weights"],
-                                              name=similarity.OVERLAP_HEAD)
-      ovl = ovl_sum / jnp.maximum(n, 1.0)
-      loss = loss + overlap_weight * ovl
-      metrics = {**metrics, "overlap_mse": ovl, "loss": loss}
+    for targets, weight, head, x, metric in (
+        (sim_targets, similarity_weight, similarity.SIMILARITY_HEAD, std_out[similarity_from],
+         "similarity_mse"),
+        (ovl_targets, overlap_weight, similarity.OVERLAP_HEAD, std_out["cls"], "overlap_mse")):
+      if targets is not None:   # a training-only regression head: the weighted mean squared error
+        total, n = similarity.similarity_loss(params, x, targets[batch["pair_index"]],
+                                              batch["weights"], name=head)
+        mse = total / jnp.maximum(n, 1.0)
+        loss = loss + weight * mse
+        metrics = {**metrics, metric: mse, "loss": loss}
     if rank_weight:
       rank_sum, pairs = pairwise_rank.pairwise_rank_loss(
           std_out["logits"], batch["labels"], batch["query_index"], batch["weights"], gains)

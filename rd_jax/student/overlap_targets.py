@@ -25,9 +25,7 @@ from rd_jax import references
 def overlap_targets(pairs) -> tuple[np.ndarray, dict]:
   """(targets [N, 9] float32 in the order of `pairs`, stats): each pair's overlap features of its
   query and the student's item text, z-scored over `pairs`."""
-  x = references.overlap_matrix(pairs, lambda p: p.item_text)                  # [N, 9]
-  if not len(pairs):
-    return np.zeros((0, 9), np.float32), {"pairs": 0}
+  x = references.overlap_matrix(pairs, lambda p: p.item_text)                  # [N, 9], N > 0
   mean, std = x.mean(axis=0), x.std(axis=0)
   std = np.where(std > 1e-8, std, 1.0)
   return ((x - mean) / std).astype(np.float32), {
