@@ -228,6 +228,10 @@ def default_config() -> ml_collections.ConfigDict:
   # ours: the label is scored, not parsed: after the reasoning, log p("\nLabel: <label>") for
   # every label from the row's KV cache (rd_jax/refill.py); the text gets the argmax appended
   c.teacher.score_labels = True
+  # ours: greedy generation also feeds up to this many n-gram guesses per row and step (prompt
+  # lookup + continuations of rows that ended; rd_jax/drafts.py) and keeps those the model's
+  # argmax agrees with: the same tokens in fewer steps. 0 = off; sampled generation ignores it
+  c.teacher.draft_tokens = 4
 
   c.cpt = ml_collections.ConfigDict()
   c.cpt.corpus_paths = ()        # user text files (one document per line); () = bundled items+queries

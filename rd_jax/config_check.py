@@ -163,6 +163,7 @@ _RANGES = {
     "export.atol": (0.0, None, False, True, "> 0"),
     "teacher.rms_norm_eps": (0.0, None, False, True, "> 0"),
     "teacher.rope_theta": (0.0, None, False, True, "> 0"),
+    "teacher.draft_tokens": (0, None, True, True, "an integer >= 0 (0 = off)"),
     "student.bucket_compile_tokens": (0, None, True, True, ">= 0"),
     "train.stop_after_step": (0, None, True, True, ">= 0 (0 = off)"),
     "annotate.stop_after_shards": (0, None, True, True, ">= 0 (0 = off)"),

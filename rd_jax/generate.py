@@ -154,7 +154,7 @@ def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, 
                    batch_size: int = 16, temperature: float = 0.0, num_samples: int = 1, seed: int = 0,
                    buckets: Sequence[int] = DEFAULT_BUCKETS, eos_ids: Sequence[int] | None = None,
                    score_labels: Sequence[str] | None = None, cue: str = LABEL_CUE,
-                   chunk_prompts: int = 1024) -> list[Sample]:
+                   chunk_prompts: int = 1024, draft_tokens: int = 0) -> list[Sample]:
   """Prompts (chat-rendered strings, or token-id lists) -> Samples, prompt-major, k per prompt.
 
   Strings are tokenised without extra special tokens (the chat template already has them).
@@ -164,6 +164,8 @@ def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, 
   each label is scored as its continuation: `Sample.label_logprobs` [K] (log-softmax over the
   labels) and the text ends "<reasoning>\nLabel: <argmax label>" (what `prompts.parse_response`
   reads); a row cut at max tokens keeps its text (a "truncated" failure) and its scores.
+  draft_tokens: greedy speculative decoding with n-gram guesses (`teacher.draft_tokens`; the
+  same tokens in fewer steps, `rd_jax/drafts.py`); sampling ignores it.
   """
   from rd_jax import refill
   if eos_ids is None:
@@ -184,7 +186,8 @@ def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, 
     rng, key = jax.random.split(rng)
     res = refill.run(config, params, [ids[i] for i, _ in part], slots=batch_size,
                      max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                     temperature=temperature, rng=key, stop_ids=stop, candidates=cands)
+                     temperature=temperature, rng=key, stop_ids=stop, candidates=cands,
+                     draft_tokens=draft_tokens)
     for r, (i, k) in enumerate(part):
       row = res.tokens[r, :res.lengths[r]].tolist()
       text = tokenizer.decode(row, skip_special_tokens=True)

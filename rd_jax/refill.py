@@ -46,12 +46,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rd_jax import drafts
 from rd_jax.models.decoder import Decoder, DecoderConfig, init_cache
 
 ROUND = 16          # P0 is rounded down to a multiple of this (fewer distinct compiles)
@@ -68,6 +70,9 @@ class Result:
   stopped: np.ndarray    # [N] bool: ended by the stop cue
   scores: np.ndarray | None  # [N, K] fp32 log p(candidate k | ...), None without candidates
   prefix_len: int        # P0: tokens prefilled once and shared
+  steps: int = 0         # decode calls (plain or speculative)
+  accepted: int = 0      # draft guesses kept (tokens that cost no step of their own)
+  seconds: dict = dataclasses.field(default_factory=dict)  # wall time per phase (host-measured)
 
 
 def common_prefix(rows: Sequence[Sequence[int]]) -> int:
@@ -125,6 +130,21 @@ def _decode(params, cache, prefix, last, pos, start, key, temperature, p0, *,
   mask = _valid(cache["k"].shape[3], start, w + 1)                           # [B, S]
   h, cache = _forward(config, params, last[:, None], pos[:, None], mask, cache, w, prefix)
   return _pick(config, params, h[:, 0], key, temperature, greedy), cache
+
+
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnums=(1,))
+def _verify(params, cache, prefix, toks, pos, start, p0, *, config: DecoderConfig):
+  """Greedy speculative step: `toks` [B, 1 + D] (each slot's last token and D guesses, none yet
+  in the cache) at positions pos .. pos + D -> the argmax after each [B, 1 + D] (`drafts.accept`).
+  Written slots beyond what a slot keeps are rewritten by its next step (and masked until then:
+  a query attends only to slots <= its own)."""
+  l = toks.shape[1]
+  w = pos + start - p0                                                       # [B] first write slot
+  mask = _valid(cache["k"].shape[3], start, w + l)                           # [B, S]
+  h, cache = _forward(config, params, toks, pos[:, None] + jnp.arange(l)[None], mask, cache, w,
+                      prefix)
+  logits = Decoder(config).apply({"params": params}, h, method=Decoder.head)  # [B, 1+D, V] fp32
+  return jnp.argmax(logits, -1).astype(jnp.int32), cache
 
 
 @jax.jit
@@ -189,7 +209,7 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
         max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, temperature: float = 0.0,
         rng: jax.Array | None = None, stop_ids: Sequence[int] = (),
         candidates: Sequence[Sequence[int]] = (), prefix_len: int | None = None,
-        refill_at: int | None = None) -> Result:
+        refill_at: int | None = None, draft_tokens: int = 0, draft_ngram: int = 3) -> Result:
   """Generates for token-id `prompts` (no padding) with `slots` rows decoding at a time.
 
   stop_ids: a token sequence that ends a row (the cue before the label; kept in its tokens).
@@ -198,6 +218,9 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   prefix_len: tokens to share (default: the prompts' common prefix, rounded down to 16).
   refill_at: free slots that trigger a batched refill (default slots // 8, at least 1; fewer
   when fewer prompts remain, and always when no row is active).
+  draft_tokens: D > 0 with greedy decoding: each step also feeds up to D n-gram guesses per slot
+  (`rd_jax/drafts.py`, n-grams of up to `draft_ngram` tokens) and keeps those the model agrees
+  with; the tokens are the same as with D = 0 (sampling ignores D).
   """
   prompts = [list(map(int, p)) for p in prompts]
   if not prompts or min(map(len, prompts)) < 1:
@@ -221,11 +244,15 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
       raise ValueError(f"candidate {j} {list(c)} must be the stop cue {list(stop_ids)} + >= 1 "
                        "label token")
     cand[j, :len(c)], cand_mask[j, :len(c)], label_mask[j, cue:len(c)] = c, 1, 1.0
-  s_ = ls + max_new + a                             # row-cache slots (after the shared prefix)
+  greedy = temperature <= 0.0
+  d_ = int(draft_tokens) if greedy else 0
+  if d_ < 0 or int(draft_ngram) < 1:
+    raise ValueError(f"draft_tokens {draft_tokens} must be >= 0 and draft_ngram {draft_ngram} >= 1")
+  # row-cache slots (after the shared prefix): a step writes up to D slots past a row's last token
+  s_ = ls + max_new + max(a, d_ + 1)
   if p0 + s_ > config.max_position:
     raise ValueError(f"prompt {p0 + ls} + {max_new} new + {a} scored tokens > max_position "
                      f"{config.max_position}")
-  greedy = temperature <= 0.0
   temp, jp0 = np.float32(max(temperature, 1e-6)), np.int32(p0)
   eos = set(int(e) for e in eos_ids)
   rng = jax.random.PRNGKey(0) if rng is None else rng
@@ -250,6 +277,10 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   active = np.zeros(b_, bool)
   window = np.full((b_, c_), NEVER, np.int32)       # last C tokens, for the stop cue
   queue = sorted(range(n), key=lambda i: -len(tails[i]))   # longest suffix first: less padding
+  ctx: list = [None] * b_                           # per slot: drafts.Context (with D > 0)
+  table = drafts.Table(int(draft_ngram), d_)        # continuations seen in rows that ended
+  steps = accepted = 0
+  seconds = dict.fromkeys(("prefix", "refill", "decode", "score", "tail"), 0.0)
 
   def take(b, tok):
     """Records token `tok` as slot b's next; ends the row on EOS, the cue or max_new."""
@@ -261,18 +292,25 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
     lengths[i], finished[i], stopped[i] = t[b], eos_hit or stop_hit, stop_hit
     last[b] = tok
     active[b] = not (eos_hit or stop_hit or t[b] >= max_new)
+    if d_:
+      ctx[b].append(tok)
+      if not active[b]:
+        table.add(tails[i][-CHUNK:] + out[i, :t[b]].tolist())
 
   def score(held):
     if k == 0 or a <= 1:
       return
+    t0 = time.perf_counter()
     for g in _pow2_groups(held):
       back = (c_ - 1) * stopped[prompt[g]]          # a cue-stopped row is rewound to the cue
       s = _score(params, cache, prefix, g.astype(np.int32), start[g], pos[g] - back, jp0, cand,
                  cand_mask, label_mask, config=config)
       scores[prompt[g]] = np.asarray(s)
+    seconds["score"] += time.perf_counter() - t0
 
   def refill(free):
     nonlocal cache
+    t0 = time.perf_counter()
     ids = [queue.pop(0) for _ in free]
     # rows grouped by their count of CHUNKs (a group pays for its longest row), each group split
     # into power-of-two batches: no [R, CHUNK] pass runs on rows that are all padding there
@@ -299,9 +337,15 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
       for r, b in enumerate(g):
         prompt[b], t[b], start[b], pos[b] = ids[r], 0, st[r], p0 + lens[r]
         window[b] = NEVER
+        if d_:
+          ctx[b] = drafts.Context(prompts[ids[r]], int(draft_ngram))
         take(b, int(first[r]))
+    seconds["refill"] += time.perf_counter() - t0
 
+  t0 = time.perf_counter()
   prefix = _prefix(params, np.asarray(prompts[0][:p0], np.int32), config=config) if p0 else None
+  jax.block_until_ready(prefix)
+  seconds["prefix"] = time.perf_counter() - t0
   cache = init_cache(config, b_, s_)                # [layers, B, K, S, hd] each, after the prefix
   while True:
     if not active.any() or (queue and (~active).sum() >= min(refill_at, len(queue))):
@@ -319,14 +363,37 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
       score(held)
       prompt[held] = -1
       b_ //= 2
+      t0 = time.perf_counter()
       keep = np.concatenate([np.flatnonzero(active), np.flatnonzero(~active)])[:b_]
-      cache = _gather(cache, keep.astype(np.int32))
+      cache = jax.block_until_ready(_gather(cache, keep.astype(np.int32)))
+      seconds["tail"] += time.perf_counter() - t0
       prompt, t, last, pos = prompt[keep], t[keep], last[keep], pos[keep]
       start, active, window = start[keep], active[keep], window[keep]
+      ctx = [ctx[j] for j in keep]
+    t0 = time.perf_counter()
+    guesses = {b: ctx[b].draft(d_, table) for b in np.flatnonzero(active)} if d_ else {}
+    if any(guesses.values()):
+      toks = np.repeat(last[:, None], 1 + d_, 1)    # a slot without guesses feeds filler
+      for b, g in guesses.items():
+        toks[b, 1:1 + len(g)] = g
+      pred, cache = _verify(params, cache, prefix, toks, pos, start, jp0, config=config)
+      pred, steps = np.asarray(pred), steps + 1
+      for b, g in guesses.items():
+        emit = drafts.accept(g, pred[b])
+        accepted += len(emit) - 1
+        for tok in emit:
+          pos[b] += 1                               # the token before `tok` is now in the cache
+          take(b, tok)
+          if not active[b]:
+            break
+      seconds["decode"] += time.perf_counter() - t0
+      continue
     nxt, cache = _decode(params, cache, prefix, last, pos, start, key(), temp, jp0, config=config,
                          greedy=greedy)
-    nxt = np.asarray(nxt)
+    nxt, steps = np.asarray(nxt), steps + 1
     pos += active                                   # `last` of an active row is now in the cache
     for b in np.flatnonzero(active):
       take(b, int(nxt[b]))
-  return Result(out, lengths, finished, stopped, scores if k else None, p0)
+    seconds["decode"] += time.perf_counter() - t0
+  return Result(out, lengths, finished, stopped, scores if k else None, p0, steps, accepted,
+                seconds)

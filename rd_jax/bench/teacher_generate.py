@@ -6,7 +6,9 @@
 pairs of the bundled data, greedy, up to `--max_new_tokens` (default 96 = teacher.max_response_len)
 with EOS, three ways in one run:
   ours      `refill.run` with prompt v2: shared prefix prefilled once, `--slots` rows refilled as
-            they end, stop at "\nLabel:", the K labels scored from the cache (what annotate runs);
+            they end, `--draft_tokens` n-gram guesses checked per row and step, stop at
+            "\nLabel:", the K labels scored from the cache (what annotate runs);
+  ours_no_drafts  the same without guesses (with --draft_tokens > 0; the same tokens expected);
   plain_v1  what annotation ran before (prompt v1, `generate.generate` in batches of
             `--hf_batch`, each decoding to its longest row);
   hf        HF `generate` on the same prompt-v2 prompts in batches of `--hf_batch` (default 16),
@@ -60,6 +62,9 @@ def add_args(parser) -> None:
   parser.add_argument("--pairs", type=int, default=64, help="annotation: valid-fold pairs")
   # 32: a decode step streams all weights, so 32 slots cost ~1.4x a 16-slot step for 2x the rows
   parser.add_argument("--slots", type=int, default=32, help="annotation: our decode slots")
+  parser.add_argument("--draft_tokens", type=int, default=4,
+                      help="annotation: our n-gram guesses per row and step (teacher.draft_tokens); "
+                           "> 0 also times ours without them (ours_no_drafts)")
   parser.add_argument("--hf_batch", type=int, default=16, help="annotation: HF / plain batch")
   parser.add_argument("--no_plain", action="store_true", help="annotation: skip plain_v1")
   parser.add_argument("--batch_sizes", default="1,16", help="comma list (at most 16: the prompt set)")
@@ -203,10 +208,10 @@ def run_annotation(args) -> dict:
   cands = [tok(f"{gen.LABEL_CUE} {l}", add_special_tokens=False)["input_ids"] for l in labels]
   outputs = {}
 
-  def ours():
+  def ours(d=args.draft_tokens, name="ours"):
     r = refill.run(config, params, v2, slots=args.slots, max_new_tokens=n_new, eos_ids=[eos],
-                   pad_id=pad, stop_ids=stop, candidates=cands)
-    outputs["ours"] = r
+                   pad_id=pad, stop_ids=stop, candidates=cands, draft_tokens=d)
+    outputs[name] = r
     return r.tokens
 
   def plain():
@@ -233,6 +238,8 @@ def run_annotation(args) -> dict:
     return out
 
   fns = {"ours": ours, "hf": hf}
+  if args.draft_tokens > 0:
+    fns["ours_no_drafts"] = lambda: ours(0, "ours_no_drafts")
   if not args.no_plain:
     fns["plain_v1"] = plain
   if args.no_hf:
@@ -259,12 +266,24 @@ def run_annotation(args) -> dict:
     summary["ours_vs_plain_v1"] = summary["ours_pairs_per_s"] / summary["plain_v1_pairs_per_s"]
     summary["plain_v1_mean_new_tokens"] = float(np.mean(outputs["plain_v1"]))
   summary["ours_mean_new_tokens"] = float(np.mean(r.lengths))
+  summary["ours_decode_steps"], summary["ours_draft_tokens_kept"] = r.steps, r.accepted
+  summary["ours_seconds_by_phase"] = {k: round(v, 3) for k, v in r.seconds.items()}
+  if "ours_no_drafts" in outputs:
+    r0 = outputs["ours_no_drafts"]
+    summary["ours_vs_no_drafts"] = summary["ours_pairs_per_s"] / summary["ours_no_drafts_pairs_per_s"]
+    summary["ours_no_drafts_decode_steps"] = r0.steps
+    summary["ours_no_drafts_seconds_by_phase"] = {k: round(v, 3) for k, v in r0.seconds.items()}
+    # rows whose tokens and end equal the run without guesses (greedy: should be all)
+    summary["drafts_rows_identical"] = float(np.mean([
+        r.lengths[i] == r0.lengths[i] and np.array_equal(r.tokens[i], r0.tokens[i])
+        for i in range(n)]))
+    summary["drafts_max_score_diff"] = float(np.max(np.abs(r.scores - r0.scores)))
   summary["ours_stopped_on_cue"] = float(np.mean(r.stopped))
   summary["ours_label_distribution"] = dict(zip(labels, np.bincount(
       np.argmax(r.scores, -1), minlength=len(labels)).tolist()))
   cfg_out = {"teacher": args.teacher, "size": getattr(args, "size", None), "mode": "annotation",
              "model_config": config.to_dict(), "dtype": dtype, "max_new_tokens": n_new,
-             "pairs": n, "slots": args.slots, "hf_batch": args.hf_batch, "repeats": args.repeats,
+             "pairs": n, "slots": args.slots, "draft_tokens": args.draft_tokens, "hf_batch": args.hf_batch, "repeats": args.repeats,
              "warmup": args.warmup, "threads": common.cores(), "torch_threads": torch.get_num_threads(),
              "shared_prefix_tokens": r.prefix_len,
              "prompt_tokens_v2_mean": float(np.mean([len(x) for x in v2])),

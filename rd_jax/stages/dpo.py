@@ -158,7 +158,7 @@ def teacher_quality(params, teacher, records, rm, cfg) -> dict:
       teacher.config, params, teacher.tokenizer, [r["prompt"] for r in records], num_samples=1,
       temperature=0.0, seed=cfg.seed, batch_size=cfg.dpo.generate_batch_size,
       max_new_tokens=cfg.teacher.max_response_len, max_prompt_len=cfg.teacher.max_prompt_len,
-      score_labels=te.score_labels(cfg))]
+      score_labels=te.score_labels(cfg), draft_tokens=cfg.teacher.draft_tokens)]
   labels = list(cfg.labels)
   scored = [sampling.score_record(dict(r, responses=[x]), labels, cfg.reward.dimensions,
                                   cfg.teacher.max_response_len)["responses"][0]

@@ -101,7 +101,8 @@ def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg,
                             batch_size=int(batch_size), temperature=float(temperature),
                             num_samples=int(num_samples), seed=int(seed),
                             buckets=buckets(cfg.teacher.max_prompt_len),
-                            score_labels=score_labels(cfg))
+                            score_labels=score_labels(cfg),
+                            draft_tokens=int(cfg.teacher.draft_tokens))
 
 
 ANSWER_CUE = "\nLabel:"
