@@ -154,7 +154,8 @@ def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, 
                    batch_size: int = 16, temperature: float = 0.0, num_samples: int = 1, seed: int = 0,
                    buckets: Sequence[int] = DEFAULT_BUCKETS, eos_ids: Sequence[int] | None = None,
                    score_labels: Sequence[str] | None = None, cue: str = LABEL_CUE,
-                   chunk_prompts: int = 1024, draft_tokens: int = 0) -> list[Sample]:
+                   chunk_prompts: int = 1024, draft_tokens: int = 0,
+                   matmul_dtype: str = "") -> list[Sample]:
   """Prompts (chat-rendered strings, or token-id lists) -> Samples, prompt-major, k per prompt.
 
   Strings are tokenised without extra special tokens (the chat template already has them).
@@ -166,8 +167,12 @@ def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, 
   reads); a row cut at max tokens keeps its text (a "truncated" failure) and its scores.
   draft_tokens: greedy speculative decoding with n-gram guesses (`teacher.draft_tokens`; the
   same tokens in fewer steps, `rd_jax/drafts.py`); sampling ignores it.
+  matmul_dtype: "" = the config's; "bfloat16" = bf16-input fp32-output matmuls with fp32
+  activations and cache (`teacher.generate_matmul_dtype`, models/decoder.py).
   """
   from rd_jax import refill
+  if matmul_dtype and matmul_dtype != config.dtype:
+    config = dataclasses.replace(config, matmul_dtype=matmul_dtype)
   if eos_ids is None:
     eos_ids = [tokenizer.eos_token_id]
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]

@@ -13,11 +13,14 @@ longest row (<= 96 tokens) while the average answer is ~35. Here:
      at least `refill_at` slots are free, their rows are scored (3.) and the free slots take the
      next prompts together: one [R, CHUNK] prefill per CHUNK of the batch's longest suffix (query
      + item), so R rows share each pass over the weights;
-  3. scoring: with `candidates` (the token ids of the cue "\\nLabel:" + each label name), the ended
-     rows' caches are gathered K times and the K candidates fed in one pass from where the
-     reasoning ended, giving  score_k = sum_j log p(label_k token j | prompt, reasoning, cue, ...).
+  3. scoring: with `candidates` (the token ids of the cue "\\nLabel:" + each label name), each
+     ended row's cache is gathered once and the K candidates are fed as ONE packed row (`Packing`:
+     the cue, then every label's tokens, each label seeing only the cue and itself), giving
+     score_k = sum_j log p(label_k token j | prompt, reasoning, cue, label_k tokens < j).
      A row that stopped on the cue is rewound to the cue's start (the same tokens are rewritten);
      a row that ended otherwise gets the cue appended. No parsing decides the label.
+  4. drafts (greedy, `draft_tokens` D > 0): each step feeds every slot's last token and up to D
+     n-gram guesses (`rd_jax/drafts.py`) and keeps the guesses the argmax agrees with.
 
 Why (issue #19, SmolLM2-135M fp32 on 2 CPU cores): a decode step streams all weights (B=1:
 30 ms) plus every slot's cache (~1.8 ms a slot at 229 slots): B=16 86 ms, B=32 122 ms, B=64 211 ms
@@ -54,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rd_jax import drafts
-from rd_jax.models.decoder import Decoder, DecoderConfig, init_cache
+from rd_jax.models.decoder import Decoder, DecoderConfig, cast_matmul_params, init_cache
 
 ROUND = 16          # P0 is rounded down to a multiple of this (fewer distinct compiles)
 CHUNK = 32          # refills prefill their suffixes in [R, CHUNK] passes (Ls: a multiple)
@@ -170,25 +173,66 @@ def _first(params, h, key, temperature, *, config: DecoderConfig, greedy: bool):
   return _pick(config, params, h, key, temperature, greedy)
 
 
+@dataclasses.dataclass(frozen=True)
+class Packing:
+  """The K candidates (cue + label_k tokens) packed into one row of T tokens per ended slot.
+
+  Row: the cue, then each label's tokens but its last ([cue | l1[:-1] | l2[:-1] | ...]): the
+  hidden state after the cue predicts every label's first token, the one after l_k[j] predicts
+  l_k[j+1]. Label k's tokens see the context, the cue and their own earlier tokens only (a
+  per-query mask), at the positions they would have alone (cue end + j). T = C + sum(m_k - 1)
+  rows of work instead of K x (C + max m_k), and the slot's cache is read once, not copied K times.
+  """
+  tokens: np.ndarray     # [T] int32
+  offset: np.ndarray     # [T] position of each token after the cue's first (q)
+  visible: np.ndarray    # [T, T] bool: token i attends to packed token i'
+  source: np.ndarray     # [N] packed index whose hidden predicts target n
+  target: np.ndarray     # [N] the label token predicted
+  owner: np.ndarray      # [N, K] one-hot: candidate of target n
+
+  @classmethod
+  def build(cls, cue: Sequence[int], labels: Sequence[Sequence[int]]) -> "Packing":
+    c_ = len(cue)
+    tokens, offset, group = list(cue), list(range(c_)), [0] * c_
+    source, target, owner = [], [], []
+    for k, lab in enumerate(labels):
+      first = len(tokens)
+      for j, tok in enumerate(lab):
+        source.append(c_ - 1 if j == 0 else first + j - 1)
+        target.append(tok)
+        owner.append(k)
+      tokens += list(lab[:-1])
+      offset += [c_ + j for j in range(len(lab) - 1)]
+      group += [k + 1] * (len(lab) - 1)
+    g = np.asarray(group)
+    t = len(tokens)
+    visible = (np.arange(t)[None] <= np.arange(t)[:, None]) & ((g[None] == 0) | (g[None] == g[:, None]))
+    return cls(np.asarray(tokens, np.int32), np.asarray(offset, np.int32), visible,
+               np.asarray(source, np.int32), np.asarray(target, np.int32),
+               np.eye(len(labels), dtype=np.float32)[owner])
+
+
 @functools.partial(jax.jit, static_argnames=("config",))
-def _score(params, cache, prefix, rows, start, q, p0, cand, cand_mask, label_mask, *,
-           config: DecoderConfig):
-  """Scores [R, K] of the K candidates fed from position q [R] (slot e = q + start - p0) on."""
-  (k_, a_), r_ = cand.shape, rows.shape[0]
-  sub = jax.tree.map(lambda x: x[:, jnp.repeat(rows, k_)], cache)            # [layers, R*K, ..]
-  e = jnp.repeat(q + start - p0, k_)                                         # [R*K] the cue's slot
+def _score(params, cache, prefix, rows, start, q, p0, tokens, offset, visible, source, target,
+           owner, *, config: DecoderConfig):
+  """Scores [R, K]: the packed candidates (`Packing`) fed from position q [R] (slot
+  e = q + start - p0) on, each row's cache gathered once."""
+  sub = jax.tree.map(lambda x: x[:, rows], cache)                            # [layers, R, ...]
+  r_, t_ = rows.shape[0], tokens.shape[0]
+  e = q + start - p0                                                         # [R] the cue's slot
   s_ = sub["k"].shape[3]
-  slot = jnp.arange(s_)[None]
-  rel = jnp.clip(slot - e[:, None], 0, a_ - 1)                               # [R*K, S]
-  mine = jnp.take_along_axis(jnp.tile(cand_mask, (r_, 1)), rel, 1) > 0       # candidate slots
-  mask = _valid(s_, jnp.repeat(start, k_), e) | (
-      (slot >= e[:, None]) & (slot < e[:, None] + a_) & mine)
-  tokens = jnp.tile(cand, (r_, 1))                                           # [R*K, A]
-  positions = jnp.repeat(q, k_)[:, None] + jnp.arange(a_)[None]
-  h, _ = _forward(config, params, tokens, positions, mask.astype(jnp.int32), sub, e, prefix)
-  logits = Decoder(config).apply({"params": params}, h[:, :-1], method=Decoder.head)  # fp32
-  lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
-  return jnp.sum(lp * jnp.tile(label_mask, (r_, 1))[:, 1:], -1).reshape(r_, k_)
+  slot = jnp.arange(s_)[None, None]                                          # [1, 1, S]
+  context = (slot >= start[:, None, None]) & (slot < e[:, None, None])       # [R, 1, S]
+  rel = slot - e[:, None, None]                                              # packed index
+  packed = jnp.take_along_axis(jnp.broadcast_to(visible, (r_, t_, t_)),
+                               jnp.broadcast_to(jnp.clip(rel, 0, t_ - 1), (r_, t_, s_)), 2)
+  mask = context | ((rel >= 0) & (rel < t_) & packed)                        # [R, T, S]
+  h, _ = _forward(config, params, jnp.broadcast_to(tokens, (r_, t_)), q[:, None] + offset[None],
+                  mask.astype(jnp.int32), sub, e, prefix)
+  logits = Decoder(config).apply({"params": params}, h[:, source], method=Decoder.head)  # [R, N, V]
+  lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), jnp.broadcast_to(
+      target[None, :, None], (r_, target.shape[0], 1)), -1)[..., 0]          # [R, N] fp32
+  return lp @ owner                                                          # [R, K]
 
 
 def _pow2_groups(idx: np.ndarray) -> list[np.ndarray]:
@@ -222,6 +266,7 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   (`rd_jax/drafts.py`, n-grams of up to `draft_ngram` tokens) and keeps those the model agrees
   with; the tokens are the same as with D = 0 (sampling ignores D).
   """
+  params = cast_matmul_params(config, params)       # once per call, not per step
   prompts = [list(map(int, p)) for p in prompts]
   if not prompts or min(map(len, prompts)) < 1:
     raise ValueError("refill.run needs at least one non-empty prompt")
@@ -237,13 +282,14 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   c_, k = len(stop), len(candidates)
   a = max((len(c) for c in candidates), default=0)
   cue = len(stop_ids)
-  cand = np.full((k, a), pad_id, np.int32)
-  cand_mask, label_mask = np.zeros((k, a), np.int32), np.zeros((k, a), np.float32)
+  if k and not cue:
+    raise ValueError("scoring candidates needs a non-empty stop cue (stop_ids)")
   for j, c in enumerate(candidates):
     if list(c[:cue]) != list(stop_ids) or len(c) <= cue:
       raise ValueError(f"candidate {j} {list(c)} must be the stop cue {list(stop_ids)} + >= 1 "
                        "label token")
-    cand[j, :len(c)], cand_mask[j, :len(c)], label_mask[j, cue:len(c)] = c, 1, 1.0
+  packing = Packing.build(stop_ids, [list(c[cue:]) for c in candidates]) if k else None
+  a = max(a, len(packing.tokens)) if k else a       # slots the scoring pass writes
   greedy = temperature <= 0.0
   d_ = int(draft_tokens) if greedy else 0
   if d_ < 0 or int(draft_ngram) < 1:
@@ -298,13 +344,14 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
         table.add(tails[i][-CHUNK:] + out[i, :t[b]].tolist())
 
   def score(held):
-    if k == 0 or a <= 1:
+    if k == 0:
       return
     t0 = time.perf_counter()
     for g in _pow2_groups(held):
       back = (c_ - 1) * stopped[prompt[g]]          # a cue-stopped row is rewound to the cue
-      s = _score(params, cache, prefix, g.astype(np.int32), start[g], pos[g] - back, jp0, cand,
-                 cand_mask, label_mask, config=config)
+      s = _score(params, cache, prefix, g.astype(np.int32), start[g], pos[g] - back, jp0,
+                 packing.tokens, packing.offset, packing.visible, packing.source, packing.target,
+                 packing.owner, config=config)
       scores[prompt[g]] = np.asarray(s)
     seconds["score"] += time.perf_counter() - t0
 

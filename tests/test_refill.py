@@ -167,3 +167,48 @@ def test_tail_batch_halves_when_slots_idle(params, monkeypatch):
     tokens, _ = _alone(params, p, 12, eos)
     n = got.lengths[r]
     assert got.tokens[r, :n].tolist() == tokens[:n], r
+
+
+def test_packing_layout_by_hand():
+  """cue [14, 15]; labels [24], [25, 26], [27, 28, 29] -> one row [14 15 | 25 | 27 28]."""
+  p = refill.Packing.build([14, 15], [[24], [25, 26], [27, 28, 29]])
+  assert p.tokens.tolist() == [14, 15, 25, 27, 28]
+  assert p.offset.tolist() == [0, 1, 2, 2, 3]          # each label at the positions it has alone
+  assert p.source.tolist() == [1, 1, 2, 1, 3, 4]       # the cue's end predicts every first token
+  assert p.target.tolist() == [24, 25, 26, 27, 28, 29]
+  assert p.owner.argmax(1).tolist() == [0, 1, 1, 2, 2, 2]
+  want = np.array([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0],
+                   [1, 1, 0, 1, 1]], bool)              # 27 and 28 never see 25
+  np.testing.assert_array_equal(p.visible, want)
+
+
+def test_candidates_need_a_stop_cue(params):
+  with pytest.raises(ValueError, match="stop cue"):
+    refill.run(TINY, params, [PREFIX + [1]], slots=1, max_new_tokens=2, eos_ids=[], pad_id=PAD,
+               candidates=[[24], [25]])
+
+
+def test_bf16_matmuls_stay_close_to_fp32(params):
+  """matmul_dtype=bfloat16 (bf16 inputs, fp32 accumulation and activations): logits within bf16
+  rounding of fp32's, the matrices cast once, norms kept fp32; refill runs with it."""
+  import dataclasses
+  from rd_jax.models.decoder import cast_matmul_params
+  mixed = dataclasses.replace(TINY, matmul_dtype="bfloat16")
+  cast = cast_matmul_params(mixed, params)
+  assert cast["layers_0"]["mlp"]["up_proj"]["kernel"].dtype == np.dtype("bfloat16")
+  assert cast["norm"]["scale"].dtype == np.float32
+  assert cast_matmul_params(TINY, params) is params
+  seq = np.asarray([PREFIX + TAILS[1]], np.int32)
+  pos = np.arange(seq.shape[1])[None]
+  want, _ = Decoder(TINY).apply({"params": params}, seq, pos)
+  got, _ = Decoder(mixed).apply({"params": cast}, seq, pos)
+  assert got.dtype == np.float32
+  # the reference for "bf16 rounding only": the all-bf16 compute path (dtype=bfloat16); fp32
+  # activations and accumulation must be at least as close to fp32 as it is
+  full_bf16, _ = Decoder(dataclasses.replace(TINY, dtype="bfloat16")).apply({"params": params}, seq, pos)
+  err = lambda x: np.abs(np.asarray(x, np.float32) - np.asarray(want)).mean()
+  assert 0 < err(got) <= err(full_bf16), (err(got), err(full_bf16))
+  prompts = [PREFIX + t for t in TAILS]
+  a = refill.run(TINY, params, prompts, slots=4, max_new_tokens=8, eos_ids=[], pad_id=PAD)
+  b = refill.run(mixed, params, prompts, slots=4, max_new_tokens=8, eos_ids=[], pad_id=PAD)
+  assert (a.tokens[:, 0] == b.tokens[:, 0]).mean() >= 0.5   # mostly the same first tokens

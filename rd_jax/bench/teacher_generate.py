@@ -65,6 +65,9 @@ def add_args(parser) -> None:
   parser.add_argument("--draft_tokens", type=int, default=4,
                       help="annotation: our n-gram guesses per row and step (teacher.draft_tokens); "
                            "> 0 also times ours without them (ours_no_drafts)")
+  parser.add_argument("--matmul_dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="annotation: our matmul inputs (teacher.generate_matmul_dtype); bfloat16 "
+                           "also times ours in float32 (ours_fp32) for the speed and token agreement")
   parser.add_argument("--hf_batch", type=int, default=16, help="annotation: HF / plain batch")
   parser.add_argument("--no_plain", action="store_true", help="annotation: skip plain_v1")
   parser.add_argument("--batch_sizes", default="1,16", help="comma list (at most 16: the prompt set)")
@@ -182,6 +185,8 @@ def _valid_pairs(n: int, seed: int):
 
 
 def run_annotation(args) -> dict:
+  import dataclasses
+
   import jax
   import jax.numpy as jnp
   import torch
@@ -208,7 +213,9 @@ def run_annotation(args) -> dict:
   cands = [tok(f"{gen.LABEL_CUE} {l}", add_special_tokens=False)["input_ids"] for l in labels]
   outputs = {}
 
-  def ours(d=args.draft_tokens, name="ours"):
+  mixed = dataclasses.replace(config, matmul_dtype=args.matmul_dtype)
+
+  def ours(d=args.draft_tokens, name="ours", config=mixed):
     r = refill.run(config, params, v2, slots=args.slots, max_new_tokens=n_new, eos_ids=[eos],
                    pad_id=pad, stop_ids=stop, candidates=cands, draft_tokens=d)
     outputs[name] = r
@@ -240,6 +247,8 @@ def run_annotation(args) -> dict:
   fns = {"ours": ours, "hf": hf}
   if args.draft_tokens > 0:
     fns["ours_no_drafts"] = lambda: ours(0, "ours_no_drafts")
+  if args.matmul_dtype != "float32":
+    fns["ours_fp32"] = lambda: ours(args.draft_tokens, "ours_fp32", config)
   if not args.no_plain:
     fns["plain_v1"] = plain
   if args.no_hf:
@@ -278,12 +287,22 @@ def run_annotation(args) -> dict:
         r.lengths[i] == r0.lengths[i] and np.array_equal(r.tokens[i], r0.tokens[i])
         for i in range(n)]))
     summary["drafts_max_score_diff"] = float(np.max(np.abs(r.scores - r0.scores)))
+  if "ours_fp32" in outputs:
+    r1 = outputs["ours_fp32"]
+    summary["ours_vs_fp32"] = summary["ours_pairs_per_s"] / summary["ours_fp32_pairs_per_s"]
+    # bf16 matmul inputs change some greedy tokens: rows identical to fp32's, scored-label agreement
+    summary["matmul_rows_identical_to_fp32"] = float(np.mean([
+        r.lengths[i] == r1.lengths[i] and np.array_equal(r.tokens[i], r1.tokens[i])
+        for i in range(n)]))
+    summary["matmul_label_agreement_with_fp32"] = float(np.mean(
+        np.argmax(r.scores, -1) == np.argmax(r1.scores, -1)))
   summary["ours_stopped_on_cue"] = float(np.mean(r.stopped))
   summary["ours_label_distribution"] = dict(zip(labels, np.bincount(
       np.argmax(r.scores, -1), minlength=len(labels)).tolist()))
   cfg_out = {"teacher": args.teacher, "size": getattr(args, "size", None), "mode": "annotation",
              "model_config": config.to_dict(), "dtype": dtype, "max_new_tokens": n_new,
-             "pairs": n, "slots": args.slots, "draft_tokens": args.draft_tokens, "hf_batch": args.hf_batch, "repeats": args.repeats,
+             "pairs": n, "slots": args.slots, "draft_tokens": args.draft_tokens,
+             "matmul_dtype": args.matmul_dtype, "hf_batch": args.hf_batch, "repeats": args.repeats,
              "warmup": args.warmup, "threads": common.cores(), "torch_threads": torch.get_num_threads(),
              "shared_prefix_tokens": r.prefix_len,
              "prompt_tokens_v2_mean": float(np.mean([len(x) for x in v2])),

@@ -16,6 +16,12 @@ Block i (pre-norm, as HF `LlamaDecoderLayer`):
 Parameter names mirror HF's (`layers_3/self_attn/q_proj/kernel` <-> `model.layers.3.self_attn.
 q_proj.weight`, transposed), so `convert/hf_decoder.py` needs one name map. Params are fp32;
 `config.dtype` is the compute dtype. Norm statistics, RoPE, softmax and the LM head run in fp32.
+`config.matmul_dtype="bfloat16"` with dtype float32 (generation on CPU): the projections, MLP and
+LM head take bf16 inputs (weights cast once by `cast_matmul_params`) and accumulate and return
+fp32; activations, norms, attention and the KV cache stay fp32. Why: XLA:CPU runs a bf16 x bf16
+-> fp32 matmul on AMX / AVX512-BF16 2-4x faster than fp32, but a bf16-output matmul (dtype
+bfloat16) ~4x slower than fp32, and a scatter into a bf16 cache converts the whole cache
+(README "Performance").
 
 Padding: prompts are LEFT-padded; `attention_mask` [B, S] marks valid slots (1) and positions
 count valid tokens only (`positions_from_mask`), so a padded row computes what it would alone.
@@ -85,6 +91,7 @@ class DecoderConfig:
   rope_original_max_position: int = 8192
   remat: str = "none"     # none | per_layer (models/remat.py); params identical either way
   remat_policy: str = "nothing_saveable"
+  matmul_dtype: str = ""  # "" = dtype; "bfloat16" (with dtype float32): bf16-input fp32-output matmuls
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -93,6 +100,8 @@ class DecoderConfig:
       raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
     if self.dtype not in _DTYPES:
       raise ValueError(f"dtype {self.dtype!r} not one of {sorted(_DTYPES)}")
+    if self.matmul_dtype not in ("",) + tuple(_DTYPES):
+      raise ValueError(f"matmul_dtype {self.matmul_dtype!r} not one of {['', *sorted(_DTYPES)]}")
     if self.rope_scaling not in ("none", "llama3"):
       raise ValueError(f"rope_scaling {self.rope_scaling!r} not one of ['llama3', 'none']")
     remat.check(self.remat, self.remat_policy)
@@ -104,6 +113,17 @@ class DecoderConfig:
   @property
   def compute_dtype(self):
     return _DTYPES[self.dtype]
+
+  @property
+  def mixed_matmuls(self) -> bool:
+    """matmul inputs in matmul_dtype, fp32 accumulation and outputs (see the module doc)."""
+    return self.matmul_dtype not in ("", self.dtype)
+
+  def dense(self, n: int, name: str, bias: bool = False) -> nn.Dense:
+    if self.mixed_matmuls:
+      return nn.Dense(n, use_bias=bias, dtype=_DTYPES[self.matmul_dtype], param_dtype=jnp.float32,
+                      dot_general=_dot_fp32_out, name=name)
+    return nn.Dense(n, use_bias=bias, dtype=self.compute_dtype, param_dtype=jnp.float32, name=name)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -117,6 +137,19 @@ class DecoderConfig:
     if extra and strict:
       raise ValueError(f"unknown DecoderConfig key(s) {extra}; known: {sorted(names)}")
     return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _dot_fp32_out(x, w, dims, precision=None, **kw):
+  return lax.dot_general(x, w, dims, precision=precision, preferred_element_type=jnp.float32)
+
+
+def cast_matmul_params(config: DecoderConfig, params):
+  """With `config.mixed_matmuls`, every matrix (kernels, the embedding) in matmul_dtype once, so
+  no step converts them; norm scales and biases stay fp32. Otherwise params unchanged."""
+  if not config.mixed_matmuls:
+    return params
+  dt = _DTYPES[config.matmul_dtype]
+  return jax.tree.map(lambda x: x.astype(dt) if x.ndim >= 2 else x, params)
 
 
 def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype=None) -> dict:
@@ -203,8 +236,7 @@ class Attention(nn.Module):
 
   def setup(self):
     c = self.config
-    dense = lambda n, name, bias=False: nn.Dense(n, use_bias=bias, dtype=c.compute_dtype,
-                                                 param_dtype=jnp.float32, name=name)
+    dense = c.dense
     self.q_proj = dense(c.num_heads * c.head_dim, "q_proj", c.qkv_bias)
     self.k_proj = dense(c.num_kv_heads * c.head_dim, "k_proj", c.qkv_bias)
     self.v_proj = dense(c.num_kv_heads * c.head_dim, "v_proj", c.qkv_bias)
@@ -230,8 +262,8 @@ class Attention(nn.Module):
       q_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(l)             # [B or 1, L]
     s = k.shape[2]
     allowed = jnp.arange(s)[None, None, :] <= q_slot[:, :, None]       # causal, [B, L, S]
-    if mask is not None:
-      allowed = allowed & mask[:, None, :].astype(bool)                # valid key slots
+    if mask is not None:   # [B, S] valid key slots, or [B, L, S] per query (packed scoring)
+      allowed = allowed & (mask[:, None, :] if mask.ndim == 2 else mask).astype(bool)
     allowed = jnp.broadcast_to(allowed[:, None, None], (b, 1, g, l, s)).reshape(b, 1, g * l, s)
     # The G query heads sharing a K/V head are stacked as rows: [B, K, G*L, hd], so both
     # products are plain batched matmuls over (B, K) with the cache in its stored layout.
@@ -260,7 +292,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.config
-    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32, name=name)
+    dense = c.dense
     return dense(c.hidden_size, "down_proj")(nn.silu(dense(c.intermediate_size, "gate_proj")(x))
                                              * dense(c.intermediate_size, "up_proj")(x))
 
@@ -283,7 +315,8 @@ class Decoder(nn.Module):
   """Causal LM. `__call__` -> (logits [B, L, V] fp32, new_cache or None).
 
   tokens, positions: [B, L] int. attention_mask: [B, S] validity of every key slot (S = L without
-  a cache, S = cache length with one); None = all valid. cache: `init_cache(...)` pytree;
+  a cache, S = cache length with one), or [B, L, S] per query (and-ed with causality); None = all
+  valid. cache: `init_cache(...)` pytree;
   cache_index: slot of tokens[:, 0], an int scalar (all rows) or [B] (per row).
   Outputs at pad positions are finite but meaningless (a pad query may attend to nothing).
   """
@@ -298,7 +331,8 @@ class Decoder(nn.Module):
     self.layers = [block(c, name=f"layers_{i}") for i in range(c.num_layers)]
     self.norm = RMSNorm(c.rms_norm_eps, c.compute_dtype)
     if not c.tie_embeddings:
-      self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32)
+      self.lm_head = (c.dense(c.vocab_size, "lm_head") if c.mixed_matmuls else
+                      nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32))
 
   def __call__(self, tokens, positions, *, attention_mask=None, cache=None, cache_index=None):
     h, cache = self.hidden_states(tokens, positions, attention_mask=attention_mask, cache=cache,
@@ -309,13 +343,23 @@ class Decoder(nn.Module):
     """Final-norm hidden states [B, L, D] (compute dtype) and the new cache."""
     if cache is not None and cache_index is None:
       raise ValueError("a cache needs cache_index (the slot of tokens[:, 0])")
-    x = self.embed_tokens(tokens.astype(jnp.int32))
+    if self.config.mixed_matmuls:   # a gather of the rows, not a conversion of the whole table
+      x = jnp.take(self.embed_tokens.embedding, tokens.astype(jnp.int32), axis=0)
+      x = x.astype(self.config.compute_dtype)
+    else:
+      x = self.embed_tokens(tokens.astype(jnp.int32))
     for i, layer in enumerate(self.layers):
       x, cache = layer(x, positions, attention_mask, cache, cache_index, i)
     return self.norm(x), cache
 
   def head(self, h):
     """LM head in fp32: logits feed log-softmax, whose differences (DPO, votes) need the digits."""
+    if self.config.mixed_matmuls:
+      if self.config.tie_embeddings:
+        dt = _DTYPES[self.config.matmul_dtype]
+        return jnp.einsum("...d,vd->...v", h.astype(dt), self.embed_tokens.embedding.astype(dt),
+                          preferred_element_type=jnp.float32)
+      return self.lm_head(h)
     h = h.astype(jnp.float32)
     if self.config.tie_embeddings:
       return jnp.einsum("...d,vd->...v", h, self.embed_tokens.embedding.astype(jnp.float32))

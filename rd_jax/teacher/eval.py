@@ -102,7 +102,8 @@ def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg,
                             num_samples=int(num_samples), seed=int(seed),
                             buckets=buckets(cfg.teacher.max_prompt_len),
                             score_labels=score_labels(cfg),
-                            draft_tokens=int(cfg.teacher.draft_tokens))
+                            draft_tokens=int(cfg.teacher.draft_tokens),
+                            matmul_dtype=cfg.teacher.generate_matmul_dtype)
 
 
 ANSWER_CUE = "\nLabel:"

@@ -41,7 +41,7 @@ def select_prompts(pairs, tokenizer, labels, max_prompt_len: int, limit: int,
 def sample_responses(config, params, tokenizer, prompts, *, num_samples: int, temperature: float,
                      seed: int, batch_size: int, max_new_tokens: int,
                      max_prompt_len: int, score_labels=None,
-                     draft_tokens: int = 0) -> list[list[dict]]:
+                     draft_tokens: int = 0, matmul_dtype: str = "") -> list[list[dict]]:
   """Per prompt, `num_samples` responses {"text", "finished", "num_tokens"} (temperature 0 =
   greedy; `score_labels`: the label is scored, `teacher_eval.score_labels(cfg)`). Tests replace
   this function to script the responses."""
@@ -49,7 +49,8 @@ def sample_responses(config, params, tokenizer, prompts, *, num_samples: int, te
                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
                                     temperature=temperature, num_samples=num_samples, seed=seed,
                                     buckets=teacher_eval.buckets(max_prompt_len),
-                                    score_labels=score_labels, draft_tokens=draft_tokens)
+                                    score_labels=score_labels, draft_tokens=draft_tokens,
+                                    matmul_dtype=matmul_dtype)
   out = [[] for _ in prompts]
   for s in samples:
     out[s.prompt_index].append({"text": s.text, "finished": s.finished,
