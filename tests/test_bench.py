@@ -160,3 +160,16 @@ def test_accel_check_smoke(tmp_path):
   assert m["sharded_crsd"]["devices"] >= 1 and m["sharded_crsd"]["tokens_per_s_per_device"] > 0
   assert m["teacher_remat"]["per_layer"]["residual_bytes"] < m["teacher_remat"]["none"]["residual_bytes"]
   assert r["summary"]["student_train_mfu"]["target"] == ">= 0.5"
+
+
+def test_teacher_generate_annotation_tiny(tmp_path):
+  """Annotation mode on a tiny random decoder: ours with guesses gives exactly the rows ours
+  without them gives (fp32), in no more steps; every contender is timed in the same run."""
+  r = run_bench("teacher_generate", tmp_path, "--pairs=8", "--slots=4", "--max_new_tokens=8",
+                "--no_plain")
+  s = r["summary"]
+  assert {"ours", "ours_no_drafts", "hf"} <= {row["run"] for row in r["table"]}
+  assert s["drafts_rows_identical"] == 1.0 and s["drafts_max_score_diff"] < 1e-3
+  assert s["ours_decode_steps"] <= s["ours_no_drafts_decode_steps"]
+  assert set(s["ours_seconds_by_phase"]) == {"prefix", "refill", "decode", "score", "tail"}
+  assert s["ours_vs_hf"] > 0 and r["config"]["draft_tokens"] == 4

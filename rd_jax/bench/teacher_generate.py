@@ -7,7 +7,7 @@ pairs of the bundled data, greedy, up to `--max_new_tokens` (default 96 = teache
 with EOS, three ways in one run:
   ours      `refill.run` with prompt v2: shared prefix prefilled once, `--slots` rows refilled as
             they end, `--draft_tokens` n-gram guesses checked per row and step, stop at
-            "\nLabel:", the K labels scored from the cache (what annotate runs);
+            "\\nLabel:", the K labels scored from the cache (what annotate runs);
   ours_no_drafts  the same without guesses (with --draft_tokens > 0; the same tokens expected);
   plain_v1  what annotation ran before (prompt v1, `generate.generate` in batches of
             `--hf_batch`, each decoding to its longest row);
@@ -68,6 +68,8 @@ def add_args(parser) -> None:
   parser.add_argument("--matmul_dtype", default="float32", choices=("float32", "bfloat16"),
                       help="annotation: our matmul inputs (teacher.generate_matmul_dtype); bfloat16 "
                            "also times ours in float32 (ours_fp32) for the speed and token agreement")
+  parser.add_argument("--hf_bf16", action="store_true",
+                      help="annotation: also time HF generate with its weights in bf16 (hf_bf16)")
   parser.add_argument("--hf_batch", type=int, default=16, help="annotation: HF / plain batch")
   parser.add_argument("--no_plain", action="store_true", help="annotation: skip plain_v1")
   parser.add_argument("--batch_sizes", default="1,16", help="comma list (at most 16: the prompt set)")
@@ -232,16 +234,16 @@ def run_annotation(args) -> dict:
     outputs["plain_v1"] = out
     return out
 
-  def hf():
+  def hf(model=hf_model, name="hf"):
     out = []
     with torch.inference_mode():
       for i in range(0, len(v2), args.hf_batch):
         rows = v2[i:i + args.hf_batch]
         t, m = (torch.from_numpy(a.astype(np.int64)) for a in gen.left_pad(rows, max(map(len, rows)), pad))
-        g = hf_model.generate(input_ids=t, attention_mask=m, max_new_tokens=n_new, do_sample=False,
+        g = model.generate(input_ids=t, attention_mask=m, max_new_tokens=n_new, do_sample=False,
                               pad_token_id=pad, eos_token_id=eos)[:, t.shape[1]:].numpy()
         out += [g[j] for j in range(len(rows))]
-    outputs["hf"] = out
+    outputs[name] = out
     return out
 
   fns = {"ours": ours, "hf": hf}
@@ -253,6 +255,10 @@ def run_annotation(args) -> dict:
     fns["plain_v1"] = plain
   if args.no_hf:
     del fns["hf"]
+  elif args.hf_bf16:
+    import copy
+    hf16 = copy.deepcopy(hf_model).to(torch.bfloat16)
+    fns["hf_bf16"] = lambda: hf(hf16, "hf_bf16")
   timings = common.measure(fns, repeats=args.repeats, calls=1, warmup=args.warmup)
   n = len(pairs)
   r = outputs["ours"]
@@ -271,6 +277,8 @@ def run_annotation(args) -> dict:
     summary["greedy_prefix_agreement"] = float(np.mean([
         np.array_equal(r.tokens[i, :r.lengths[i] - 1], outputs["hf"][i][:r.lengths[i] - 1])
         for i in range(n)]))
+  if "hf_bf16" in timings:
+    summary["ours_vs_hf_bf16"] = summary["ours_pairs_per_s"] / summary["hf_bf16_pairs_per_s"]
   if "plain_v1" in timings:
     summary["ours_vs_plain_v1"] = summary["ours_pairs_per_s"] / summary["plain_v1_pairs_per_s"]
     summary["plain_v1_mean_new_tokens"] = float(np.mean(outputs["plain_v1"]))
