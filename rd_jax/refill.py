@@ -291,9 +291,9 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
   packing = Packing.build(stop_ids, [list(c[cue:]) for c in candidates]) if k else None
   a = max(a, len(packing.tokens)) if k else a       # slots the scoring pass writes
   greedy = temperature <= 0.0
-  d_ = int(draft_tokens) if greedy else 0
-  if d_ < 0 or int(draft_ngram) < 1:
+  if int(draft_tokens) < 0 or int(draft_ngram) < 1:
     raise ValueError(f"draft_tokens {draft_tokens} must be >= 0 and draft_ngram {draft_ngram} >= 1")
+  d_ = int(draft_tokens) if greedy else 0
   # row-cache slots (after the shared prefix): a step writes up to D slots past a row's last token
   s_ = ls + max_new + max(a, d_ + 1)
   if p0 + s_ > config.max_position:

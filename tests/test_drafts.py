@@ -75,3 +75,12 @@ def test_negative_draft_tokens_is_refused(params):
   with pytest.raises(ValueError, match="draft_tokens"):
     refill.run(TINY, params, [PREFIX + [1]], slots=1, max_new_tokens=2, eos_ids=[], pad_id=PAD,
                draft_tokens=-1)
+
+
+@pytest.mark.parametrize("key,value", [("draft_tokens", -1), ("generate_matmul_dtype", "int8")])
+def test_config_refuses_bad_generation_keys(key, value):
+  from rd_jax import config as config_lib, config_check
+  cfg = config_lib.default_config()
+  cfg.teacher[key] = value
+  with pytest.raises(config_check.ConfigError, match=f"teacher.{key}"):
+    config_check.validate(cfg)
