@@ -233,10 +233,11 @@ def default_config() -> ml_collections.ConfigDict:
   # argmax agrees with: the same tokens in fewer steps. 0 = off; sampled generation ignores it
   c.teacher.draft_tokens = 4
   # ours: the matmul inputs of generation (every teacher stage's sampling, evaluation and
-  # annotation; training keeps teacher.dtype). "bfloat16": bf16 x bf16 -> fp32 matmuls, fp32
-  # activations and KV cache (models/decoder.py); pays on CPUs with AMX / AVX512-BF16 and on
-  # accelerators; changes some greedy tokens (README "Performance"). "float32": exact
-  c.teacher.generate_matmul_dtype = "float32"
+  # annotation; training keeps teacher.dtype). "" = teacher.dtype's (fp32 here: exact; bf16 on
+  # pods). "bfloat16" with teacher.dtype float32: bf16 x bf16 -> fp32 matmuls, fp32 activations
+  # and KV cache (models/decoder.py); pays on CPUs with AMX / AVX512-BF16; changes some greedy
+  # tokens (README "Performance")
+  c.teacher.generate_matmul_dtype = ""
 
   c.cpt = ml_collections.ConfigDict()
   c.cpt.corpus_paths = ()        # user text files (one document per line); () = bundled items+queries

@@ -25,7 +25,7 @@ _CHOICES = {
     "data.reasoning_source": ("annotations", "rules"),
     "student.dtype": ("float32", "bfloat16"),
     "teacher.dtype": ("float32", "bfloat16"),
-    "teacher.generate_matmul_dtype": ("float32", "bfloat16"),
+    "teacher.generate_matmul_dtype": ("", "float32", "bfloat16"),
     "crsd.label_source": ("gold", "teacher", "teacher_soft"),
     "teacher.prompt_version": (1, 2),
     "crsd.lambda_scale": ("absolute", "gradient_ratio"),

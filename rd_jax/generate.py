@@ -167,8 +167,9 @@ def generate_texts(config: DecoderConfig, params, tokenizer, prompts: Sequence, 
   reads); a row cut at max tokens keeps its text (a "truncated" failure) and its scores.
   draft_tokens: greedy speculative decoding with n-gram guesses (`teacher.draft_tokens`; the
   same tokens in fewer steps, `rd_jax/drafts.py`); sampling ignores it.
-  matmul_dtype: "" = the config's; "bfloat16" = bf16-input fp32-output matmuls with fp32
-  activations and cache (`teacher.generate_matmul_dtype`, models/decoder.py).
+  matmul_dtype: "" = the config's dtype (no change); "bfloat16" with a float32 config =
+  bf16-input fp32-output matmuls with fp32 activations and cache (`teacher.generate_matmul_dtype`,
+  models/decoder.py).
   """
   from rd_jax import refill
   if matmul_dtype and matmul_dtype != config.dtype:
