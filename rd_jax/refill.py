@@ -63,6 +63,7 @@ ROUND = 16          # P0 is rounded down to a multiple of this (fewer distinct c
 CHUNK = 32          # refills prefill their suffixes in [R, CHUNK] passes (Ls: a multiple)
 NEVER = -2          # a token id no window ever holds (empty stop cue / window fill)
 MIN_TAIL = 4        # the tail's decode batch is halved while it is >= 2 x this (one compile each)
+TABLE_PROMPT = 32   # an ended row gives the guess table its text and its prompt's last 32 tokens
 
 
 @dataclasses.dataclass
@@ -341,7 +342,7 @@ def run(config: DecoderConfig, params, prompts: Sequence[Sequence[int]], *, slot
     if d_:
       ctx[b].append(tok)
       if not active[b]:
-        table.add(tails[i][-CHUNK:] + out[i, :t[b]].tolist())
+        table.add(tails[i][-TABLE_PROMPT:] + out[i, :t[b]].tolist())
 
   def score(held):
     if k == 0:

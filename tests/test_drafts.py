@@ -84,3 +84,30 @@ def test_config_refuses_bad_generation_keys(key, value):
   cfg.teacher[key] = value
   with pytest.raises(config_check.ConfigError, match=f"teacher.{key}"):
     config_check.validate(cfg)
+
+
+def test_default_generation_keeps_the_teacher_dtype(params, monkeypatch):
+  """teacher.generate_matmul_dtype "" (the default) leaves a bf16 teacher (configs/pod.py) in bf16
+  and an fp32 one in fp32; "bfloat16" turns an fp32 teacher's matmuls mixed. What reaches
+  refill.run is the config generate_texts decides with."""
+  import dataclasses
+  from rd_jax import config as config_lib, generate as gen
+  from rd_jax.teacher import eval as te
+  seen = []
+  monkeypatch.setattr(refill, "run", lambda config, *a, **k: seen.append(config) or refill.Result(
+      np.zeros((1, 1), np.int32), np.ones(1, np.int32), np.ones(1, bool), np.zeros(1, bool), None, 0))
+
+  class Tok:
+    eos_token_id, pad_token_id = 3, PAD
+
+    def decode(self, ids, skip_special_tokens=True):
+      return ""
+
+  cfg = config_lib.default_config()
+  opts = te.generation_options(cfg)
+  assert opts["matmul_dtype"] == "" and opts["draft_tokens"] == cfg.teacher.draft_tokens
+  bf16 = dataclasses.replace(TINY, dtype="bfloat16")
+  for config, dtype, mixed in [(bf16, "", False), (TINY, "", False), (TINY, "bfloat16", True)]:
+    gen.generate_texts(config, params, Tok(), [PREFIX], max_new_tokens=1, buckets=(64,),
+                       matmul_dtype=dtype)
+    assert seen[-1].mixed_matmuls == mixed and seen[-1].dtype == config.dtype

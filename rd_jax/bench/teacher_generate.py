@@ -186,6 +186,12 @@ def _valid_pairs(n: int, seed: int):
   return readers.seeded_subset(readers.train_valid_test(pairs, cfg)["valid"], n, seed), cfg
 
 
+def _rows_identical(a, b) -> float:
+  """Share of rows whose tokens and length equal between two `refill.Result`s."""
+  return float(np.mean([x == y and np.array_equal(s, t) for x, y, s, t in
+                        zip(a.lengths, b.lengths, a.tokens, b.tokens)]))
+
+
 def run_annotation(args) -> dict:
   import dataclasses
 
@@ -290,18 +296,13 @@ def run_annotation(args) -> dict:
     summary["ours_vs_no_drafts"] = summary["ours_pairs_per_s"] / summary["ours_no_drafts_pairs_per_s"]
     summary["ours_no_drafts_decode_steps"] = r0.steps
     summary["ours_no_drafts_seconds_by_phase"] = {k: round(v, 3) for k, v in r0.seconds.items()}
-    # rows whose tokens and end equal the run without guesses (greedy: should be all)
-    summary["drafts_rows_identical"] = float(np.mean([
-        r.lengths[i] == r0.lengths[i] and np.array_equal(r.tokens[i], r0.tokens[i])
-        for i in range(n)]))
+    summary["drafts_rows_identical"] = _rows_identical(r, r0)   # fp32 greedy: should be 1
     summary["drafts_max_score_diff"] = float(np.max(np.abs(r.scores - r0.scores)))
   if "ours_fp32" in outputs:
     r1 = outputs["ours_fp32"]
     summary["ours_vs_fp32"] = summary["ours_pairs_per_s"] / summary["ours_fp32_pairs_per_s"]
     # bf16 matmul inputs change some greedy tokens: rows identical to fp32's, scored-label agreement
-    summary["matmul_rows_identical_to_fp32"] = float(np.mean([
-        r.lengths[i] == r1.lengths[i] and np.array_equal(r.tokens[i], r1.tokens[i])
-        for i in range(n)]))
+    summary["matmul_rows_identical_to_fp32"] = _rows_identical(r, r1)
     summary["matmul_label_agreement_with_fp32"] = float(np.mean(
         np.argmax(r.scores, -1) == np.argmax(r1.scores, -1)))
   summary["ours_stopped_on_cue"] = float(np.mean(r.stopped))

@@ -158,8 +158,7 @@ def teacher_quality(params, teacher, records, rm, cfg) -> dict:
       teacher.config, params, teacher.tokenizer, [r["prompt"] for r in records], num_samples=1,
       temperature=0.0, seed=cfg.seed, batch_size=cfg.dpo.generate_batch_size,
       max_new_tokens=cfg.teacher.max_response_len, max_prompt_len=cfg.teacher.max_prompt_len,
-      score_labels=te.score_labels(cfg), draft_tokens=cfg.teacher.draft_tokens,
-      matmul_dtype=cfg.teacher.generate_matmul_dtype)]
+      **te.generation_options(cfg))]
   labels = list(cfg.labels)
   scored = [sampling.score_record(dict(r, responses=[x]), labels, cfg.reward.dimensions,
                                   cfg.teacher.max_response_len)["responses"][0]
@@ -188,8 +187,7 @@ def make_pairs(policy, rm, train, cfg, weights) -> list[dict]:
       policy.config, policy.params, policy.tokenizer, [r["prompt"] for r in train],
       num_samples=d.samples_per_prompt, temperature=d.temperature, seed=cfg.seed + 3,
       batch_size=d.generate_batch_size, max_new_tokens=cfg.teacher.max_response_len,
-      max_prompt_len=cfg.teacher.max_prompt_len, score_labels=te.score_labels(cfg),
-      matmul_dtype=cfg.teacher.generate_matmul_dtype)
+      max_prompt_len=cfg.teacher.max_prompt_len, **te.generation_options(cfg))
   flat = [(r["prompt"], x["text"], x["finished"]) for r, rs in zip(train, responses) for x in rs]
   prompts, texts, finished = zip(*flat)
   scores = reward_model.score_responses(rm.params, rm.config, rm.tokenizer, prompts, texts,

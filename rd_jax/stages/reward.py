@@ -182,8 +182,7 @@ def prepare_samples(cfg, teacher, path: str) -> tuple[list[dict], dict]:
           teacher.config, teacher.params, teacher.tokenizer, [x["prompt"] for x in part],
           num_samples=r.samples_per_prompt, temperature=r.temperature, seed=cfg.seed + seed,
           batch_size=r.generate_batch_size, max_new_tokens=cfg.teacher.max_response_len,
-          max_prompt_len=cfg.teacher.max_prompt_len, score_labels=te.score_labels(cfg),
-          matmul_dtype=cfg.teacher.generate_matmul_dtype)
+          max_prompt_len=cfg.teacher.max_prompt_len, **te.generation_options(cfg))
       records += [dict(x, responses=rs) for x, rs in zip(part, responses)]
   records = [sampling.score_record(x, cfg.labels, r.dimensions, cfg.teacher.max_response_len)
              for x in records]  # scorers are cheap: rescored on reuse too

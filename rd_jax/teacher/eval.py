@@ -89,6 +89,13 @@ def score_labels(cfg) -> list[str] | None:
   return list(cfg.labels) if cfg.teacher.score_labels else None
 
 
+def generation_options(cfg) -> dict:
+  """The `generate.generate_texts` options every teacher stage takes from the config: label
+  scoring, n-gram guesses (greedy generation only) and the matmul dtype."""
+  return {"score_labels": score_labels(cfg), "draft_tokens": int(cfg.teacher.draft_tokens),
+          "matmul_dtype": cfg.teacher.generate_matmul_dtype}
+
+
 def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg, *,
            batch_size: int, temperature: float = 0.0, num_samples: int = 1,
            seed: int = 0) -> list[gen.Sample]:
@@ -101,9 +108,7 @@ def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg,
                             batch_size=int(batch_size), temperature=float(temperature),
                             num_samples=int(num_samples), seed=int(seed),
                             buckets=buckets(cfg.teacher.max_prompt_len),
-                            score_labels=score_labels(cfg),
-                            draft_tokens=int(cfg.teacher.draft_tokens),
-                            matmul_dtype=cfg.teacher.generate_matmul_dtype)
+                            **generation_options(cfg))
 
 
 ANSWER_CUE = "\nLabel:"

@@ -43,7 +43,8 @@ def sample_responses(config, params, tokenizer, prompts, *, num_samples: int, te
                      max_prompt_len: int, score_labels=None,
                      draft_tokens: int = 0, matmul_dtype: str = "") -> list[list[dict]]:
   """Per prompt, `num_samples` responses {"text", "finished", "num_tokens"} (temperature 0 =
-  greedy; `score_labels`: the label is scored, `teacher_eval.score_labels(cfg)`). Tests replace
+  greedy; `score_labels`, `draft_tokens`, `matmul_dtype`: `teacher_eval.generation_options(cfg)`,
+  passed to `generate.generate_texts`). Tests replace
   this function to script the responses."""
   samples = generate.generate_texts(config, params, tokenizer, prompts,
                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
