@@ -132,6 +132,10 @@ def default_config() -> ml_collections.ConfigDict:
   # z-scored lexical overlap features (references.overlap_features: what carries the lexical
   # reference's skill to unseen queries; student/overlap_targets.py; 0 = off; README "Results")
   c.student.overlap_weight = 0.0
+  # ours (#17): "missing" writes a lexical-match line before the item in both views ("match: 2 of
+  # 4 query words; missing: red, 64gb."; data/match_hint.py); part of the input format, recorded
+  # in the export's rd_jax.json. "" = the bare item.
+  c.student.match_hint = ""
   # ours (#17): + rank_weight * a pairwise (RankNet) loss within each query of the batch on the
   # log expected gain of the standard view (losses/pairwise_rank.py; 0 = off). It needs batches
   # of same-query runs: set train.query_group_size > 0 with it.

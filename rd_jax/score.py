@@ -17,6 +17,9 @@ file imports nothing that needs JAX): format the template with missing or null f
 drop every line whose value — the text after its first ": ", or the whole line if it has none — is
 empty after stripping whitespace; join the remaining lines with "\\n".
 
+An export whose rd_jax.json has a "match_hint" gets the student's lexical-match line before each
+item (`rd_jax.data.match_hint.hinted_item`, standard library only), as in training.
+
 Imports only the standard library, numpy, torch/transformers (backend=torch) and onnxruntime
 (and, for an export without `gains` in rd_jax.json, rd_jax.ranking: numpy only).
 """
@@ -30,6 +33,8 @@ import string
 import sys
 
 import numpy as np
+
+from rd_jax.data.match_hint import hinted_item
 
 ID_FIELDS = ("query_id", "product_id")
 EXPORT_META = "rd_jax.json"
@@ -96,8 +101,12 @@ def load_export_meta(model_dir: str) -> dict:
 
 
 def tokenize_pairs(tokenizer, queries: list[str], items: list[str], max_len: int,
-                   min_item_tokens: int = MIN_ITEM_TOKENS) -> list[tuple[list[int], list[int]]]:
+                   min_item_tokens: int = MIN_ITEM_TOKENS,
+                   match_hint: str = "") -> list[tuple[list[int], list[int]]]:
   """[CLS] query [SEP] item [SEP] in at most max_len tokens -> [(input_ids, token_type_ids)].
+
+  match_hint: the export's rd_jax.json "match_hint" (the student's `student.match_hint`): the item
+  segment is `match_hint.hinted_item(query, item, match_hint)`, as in training.
 
   Truncation is training's standard view (rd_jax.data.tokenize): with over = |q| + |i| + 3 - max_len,
   the item is cut first (to |i| - over, but never below min(|i|, min_item_tokens)), then the query.
@@ -106,6 +115,7 @@ def tokenize_pairs(tokenizer, queries: list[str], items: list[str], max_len: int
   cut = lambda texts: tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_len,
                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
   cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+  items = [hinted_item(q, i, match_hint) for q, i in zip(queries, items)]
   out = []
   for q, i in zip(cut(queries), cut(items)):
     over = len(q) + len(i) + 3 - max_len
@@ -161,7 +171,7 @@ def score_pairs(model_dir: str, rows: list[dict], batch_size: int = 64,
   labels = meta["labels"]
   tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
   encoded = tokenize_pairs(tokenizer, [r["query"] for r in rows], [r["item"] for r in rows], meta["max_len"],
-                           meta.get("min_item_tokens", MIN_ITEM_TOKENS))
+                           meta.get("min_item_tokens", MIN_ITEM_TOKENS), meta.get("match_hint", ""))
   run = make_backend(model_dir, backend)
   order = sorted(range(len(rows)), key=lambda i: len(encoded[i][0]))  # similar lengths batch together
   logits = np.zeros((len(rows), len(labels)), np.float32)

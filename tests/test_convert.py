@@ -268,7 +268,8 @@ def test_render_item_and_bad_rows(tmp_path, capsys):
   assert "bad.jsonl:1: no item text" in capsys.readouterr().err
 
 
-def test_score_tokenisation_matches_the_training_pipeline():
+@pytest.mark.parametrize("match_hint", ["", "missing"])
+def test_score_tokenisation_matches_the_training_pipeline(match_hint):
   from rd_jax.data import tokenize as data_tokenize
   from rd_jax.data.schema import Pair
   tokenizer = data_tokenize.load_tokenizer("minilm")
@@ -277,9 +278,11 @@ def test_score_tokenisation_matches_the_training_pipeline():
            ("x " * 100, "y " * 100)]
   pairs = [Pair(query=q, item_text=i, label_id=None, reasoning=None, query_id="", product_id="", fold=0, raw={})
            for q, i in texts]
-  std = data_tokenize.tokenize_pairs(pairs, tokenizer, max_len_std=24, max_len_aug=48).std
+  std = data_tokenize.tokenize_pairs(pairs, tokenizer, max_len_std=24, max_len_aug=48,
+                                     match_hint=match_hint).std
   ids, mask, types = std.pad(np.arange(len(texts)), 24)
-  mine = score.pad_batch(score.tokenize_pairs(tokenizer, *map(list, zip(*texts)), 24), tokenizer.pad_token_id)
+  mine = score.pad_batch(score.tokenize_pairs(tokenizer, *map(list, zip(*texts)), 24,
+                                              match_hint=match_hint), tokenizer.pad_token_id)
   width = mine["input_ids"].shape[1]
   np.testing.assert_array_equal(mine["input_ids"], ids[:, :width])
   np.testing.assert_array_equal(mine["attention_mask"], mask[:, :width])
@@ -315,3 +318,30 @@ def test_decision_offsets_are_folded_into_the_exported_bias(student, tmp_path):
   assert gains == [1.0, 0.1, 0.01, 0.0]
   np.testing.assert_allclose([r["expected_gain"] for r in got],
                              [sum(r["scores"][c] * g for c, g in zip(ESCI_LABELS, gains)) for r in got])
+
+
+def test_match_hint_travels_with_the_export(student, tmp_path):
+  """A student trained with student.match_hint: the export records it and rd_jax.score renders the
+  hint before each item, so its logits equal Flax's on the training pipeline's hinted tokens."""
+  from rd_jax.data import tokenize as data_tokenize
+  from rd_jax.data.schema import Pair
+  final = tmp_path / "hinted" / "final"
+  shutil.copytree(os.path.join(student["checkpoint"], "final"), final)
+  meta = json.load(open(final / "meta.json"))
+  json.dump({**meta, "match_hint": "missing"}, open(final / "meta.json", "w"))
+  out = str(tmp_path / "export")
+  report = export_student(str(final.parent), out, onnx=False, pairs=student["pairs"])
+  assert report["prediction_agreement"] == 1.0
+  assert json.load(open(os.path.join(out, "rd_jax.json")))["match_hint"] == "missing"
+  rows = [{"query": p["query"], "item": score.render_item(p, ITEM_TEMPLATE)} for p in PAIRS]
+  pairs = [Pair(query=r["query"], item_text=r["item"], label_id=None, reasoning=None, query_id="",
+                product_id="", fold=0, raw={}) for r in rows]
+  tokenizer = data_tokenize.load_tokenizer("minilm")
+  hinted = data_tokenize.tokenize_pairs(pairs, tokenizer, max_len_std=32, max_len_aug=32,
+                                        match_hint="missing").std
+  bare = data_tokenize.tokenize_pairs(pairs, tokenizer, max_len_std=32, max_len_aug=32).std
+  apply = jax.jit(BertClassifier(STUDENT).apply)
+  logits = lambda std: np.asarray(apply({"params": student["params"]}, *std.pad(np.arange(len(rows)), 32))["logits"])
+  got = [r["logits"] for r in score.score_pairs(out, rows, backend="torch")]
+  np.testing.assert_allclose(got, logits(hinted), atol=1e-4)
+  assert np.abs(logits(bare) - logits(hinted)).max() > 1e-3   # the hint changed the inputs

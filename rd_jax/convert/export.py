@@ -107,12 +107,15 @@ def check_all_weights_loaded(model, written: dict[str, np.ndarray], loading_info
                       f"({len(changed)} differ)")
 
 
-def tokenized_pairs(folder: str, rows: list[dict], template: str, max_len: int) -> dict[str, np.ndarray]:
-  """Rows rendered and tokenised by the exported tokenizer -> padded [B, L] int64 arrays."""
+def tokenized_pairs(folder: str, rows: list[dict], template: str, max_len: int,
+                    match_hint: str = "") -> dict[str, np.ndarray]:
+  """Rows rendered (+ the match hint) and tokenised by the exported tokenizer -> padded [B, L]
+  int64 arrays."""
   from transformers import AutoTokenizer
   tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
   items = [row["item"] if "item" in row else render_item(row, template) for row in rows]
-  encoded = tokenize_pairs(tokenizer, [row["query"] for row in rows], items, max_len)
+  encoded = tokenize_pairs(tokenizer, [row["query"] for row in rows], items, max_len,
+                           match_hint=match_hint)
   return pad_batch(encoded, tokenizer.pad_token_id)
 
 
@@ -187,6 +190,7 @@ Distilled with CRSD (arXiv 2510.11056) by rd_jax, stage `{meta.get('stage')}`, s
 
 **Input**: `[CLS] query [SEP] item [SEP]`, item text rendered from the template in `rd_jax.json`
 (lines with an empty field dropped), cut to {meta['max_len_std']} tokens item first, then query.
+Match hint before the item (`rd_jax.data.match_hint.hinted_item`): {meta.get('match_hint') or 'none'}.
 **Training data**: {meta.get('data', 'see the rd_jax run configuration')}.
 
 | metric (valid) | value |
@@ -253,6 +257,7 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   tokenizer.save_pretrained(tmp)
   export_meta = {"labels": labels, "item_template": meta["item_template"], "max_len": meta["max_len_std"],
                  "truncation": "item_first", "min_item_tokens": MIN_ITEM_TOKENS,
+                 "match_hint": meta.get("match_hint", ""),
                  "pair": ["query", "item"], "id_fields": list(ID_FIELDS),
                  "source": storage.abspath(checkpoint), "step": meta.get("step"),
                  "folded_decision_offsets": offsets,
@@ -264,7 +269,8 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
     rows = read_pairs(pairs, meta["item_template"])[:max_pairs]
   else:
     rows, pairs = bundled_rows(max_pairs), "bundled"
-  batch = tokenized_pairs(tmp, rows, meta["item_template"], meta["max_len_std"])
+  batch = tokenized_pairs(tmp, rows, meta["item_template"], meta["max_len_std"],
+                          meta.get("match_hint", ""))
   report = {"output": output, "num_pairs": len(rows), "pairs": pairs,
             **verify_export(tmp, params, config, batch, written, atol, offsets)}
   if onnx:

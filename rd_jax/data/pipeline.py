@@ -109,7 +109,8 @@ def _tokens_for(pairs, tokenizer, cfg) -> TokenizedPairs:
   if isinstance(pairs, TokenizedPairs):
     return pairs
   tokens = tokenize_pairs(pairs, tokenizer, max_len_std=cfg.student.max_len_std,
-                          max_len_aug=cfg.student.max_len_aug)
+                          max_len_aug=cfg.student.max_len_aug,
+                          match_hint=cfg.student.get("match_hint", ""))
   logging.info("tokenised %d pairs: %s", len(tokens), tokens.stats)
   return tokens
 

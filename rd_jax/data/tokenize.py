@@ -20,6 +20,7 @@ import zlib
 
 import numpy as np
 
+from rd_jax.data.match_hint import hinted_item
 from rd_jax.data.schema import Pair
 
 MIN_ITEM_TOKENS = 8  # an over-long query is cut so that the item keeps at least this many tokens
@@ -136,25 +137,28 @@ def _fit(query: list[int], item: list[int], reasoning: list[int], max_len: int, 
 
 
 def tokenize_pairs(pairs: list[Pair], tokenizer, *, max_len_std: int,
-                   max_len_aug: int) -> TokenizedPairs:
+                   max_len_aug: int, match_hint: str = "") -> TokenizedPairs:
   """Both views of every pair, truncated to `max_len_std` / `max_len_aug` tokens (specials incl.).
 
   labels: Pair.label_id, -1 where None. A student trained on the teacher's labels gets them by
   its pairs' label_id (student/data._label_source), so held-out pairs keep gold.
   stats: {"pairs", "std_item_cut", "std_query_cut", "aug_reasoning_cut", "aug_reasoning_dropped",
   "aug_item_cut", "aug_query_cut", "no_reasoning"}.
+  match_hint: `student.match_hint`; the item segment of both views is
+  `match_hint.hinted_item(query, item_text, match_hint)` (item_key stays the bare item's).
   """
   cap = max(max_len_std, max_len_aug)  # a segment longer than this is cut anyway
   queries = _encode_unique(tokenizer, [p.query for p in pairs], cap)
-  items = _encode_unique(tokenizer, [p.item_text for p in pairs], cap)
+  item_segments = [hinted_item(p.query, p.item_text, match_hint) for p in pairs]
+  items = _encode_unique(tokenizer, item_segments, cap)
   reasons = _encode_unique(tokenizer, [p.reasoning or "" for p in pairs], cap)
   cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
 
   counts = {k: 0 for k in ("std_item_cut", "std_query_cut", "aug_reasoning_cut",
                            "aug_reasoning_dropped", "aug_item_cut", "aug_query_cut")}
   std_rows, std_b, aug_rows, aug_b = [], [], [], []
-  for p in pairs:
-    query, item, reasoning = queries[p.query], items[p.item_text], reasons[p.reasoning or ""]
+  for p, segment in zip(pairs, item_segments):
+    query, item, reasoning = queries[p.query], items[segment], reasons[p.reasoning or ""]
     q, i, _ = _fit(query, item, [], max_len_std, counts, "std")
     std_rows.append([cls, *q, sep, *i, sep])
     std_b.append(len(q) + 2)

@@ -62,7 +62,8 @@ def student_row(cfg, ckpt: str, split: str, folds: int, scratch: str) -> dict:
   pairs = eval_stage.pairs_of(cfg, split, scratch, meta.get("item_template"))
   logits, gold = predict_lib.predict_logits(
       predict_lib.make_predict_fn(model, mesh), params, pairs,
-      data_lib.load_tokenizer(meta["tokenizer"]), cfg, max_len_std=meta.get("max_len_std"))
+      data_lib.load_tokenizer(meta["tokenizer"]), cfg, max_len_std=meta.get("max_len_std"),
+      match_hint=meta.get("match_hint", ""))
   offsets = meta.get("decision_offsets") or [0.0] * len(cfg.labels)
   return decide_four_ways(np.asarray(logits), np.asarray(gold), [p.query_id for p in pairs],
                           offsets, folds)

@@ -80,7 +80,8 @@ def score(predict, params, pairs, tokenizer, cfg, meta, offsets=None) -> tuple[d
   and then also macro_f1_crossfit (student.offsets_crossfit_folds: each query fold decided by
   offsets fitted on the other folds)."""
   logits, gold = predict_lib.predict_logits(predict, params, pairs, tokenizer, cfg,
-                                            max_len_std=meta.get("max_len_std"))
+                                            max_len_std=meta.get("max_len_std"),
+                                            match_hint=meta.get("match_hint", ""))
   crossfit = None
   if offsets is None:
     offsets = (decision.fit_offsets(logits, gold) if cfg.student.fit_offsets

@@ -65,7 +65,8 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
   def run(on):
     out = predict_lib.evaluate(predict, params, on, tokenizer, cfg,
                                max_len_std=meta.get("max_len_std"),
-                               logit_offsets=meta.get("decision_offsets"))
+                               logit_offsets=meta.get("decision_offsets"),
+                               match_hint=meta.get("match_hint", ""))
     out.pop("logits")
     out["prior_log_loss"] = prior_log_loss(meta, refs, np.asarray([p.label_id for p in on]))
     return out

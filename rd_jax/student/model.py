@@ -8,7 +8,8 @@ from rd_jax.models import bert
 def student_meta(cfg, model_cfg, tokenizer_dir: str, *, stage: str, step: int, valid: dict) -> dict:
   return {"model": "bert", "model_config": model_cfg.to_dict(), "labels": list(cfg.labels),
           "tokenizer": tokenizer_dir, "item_template": cfg.data.item_template,
-          "max_len_std": int(cfg.student.max_len_std), "stage": stage, "step": step,
+          "max_len_std": int(cfg.student.max_len_std),
+          "match_hint": cfg.student.get("match_hint", ""), "stage": stage, "step": step,
           "init": cfg.student.init, "data": cfg.data.path or "bundled esci_us_srw150",
           "train_folds": list(cfg.data.train_folds),
           "metrics": {"valid_macro_f1": valid["macro_f1"], "valid_accuracy": valid["accuracy"]}}

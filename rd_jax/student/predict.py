@@ -37,7 +37,7 @@ def make_predict_fn(model, mesh) -> Callable:
 
 
 def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=None,
-             logit_offsets=None) -> dict:
+             logit_offsets=None, match_hint=None) -> dict:
   """Metrics of the standard-view predictions on labelled `pairs` (input order).
 
   logit_offsets: the decision rule, C floats added to the logits before the argmax (None = 0);
@@ -47,22 +47,31 @@ def evaluate(predict: Callable, params, pairs, tokenizer, cfg, *, max_len_std=No
   softmax(logits + offsets): what the export, whose bias holds the offsets, serves.
   "predictions" (class ids) and "logits" (raw, [N, C] float32) are for the caller to pop.
   """
-  logits, gold = predict_logits(predict, params, pairs, tokenizer, cfg, max_len_std=max_len_std)
+  logits, gold = predict_logits(predict, params, pairs, tokenizer, cfg, max_len_std=max_len_std,
+                                match_hint=match_hint)
   return score_logits(logits, gold, pairs, cfg, logit_offsets)
 
 
 def predict_logits(predict: Callable, params, pairs, tokenizer, cfg, *,
-                   max_len_std=None) -> tuple[np.ndarray, np.ndarray]:
-  """(raw logits [N, C] float32, gold class ids [N]) of the standard view, input order."""
+                   max_len_std=None, match_hint=None) -> tuple[np.ndarray, np.ndarray]:
+  """(raw logits [N, C] float32, gold class ids [N]) of the standard view, input order.
+
+  max_len_std / match_hint: the student's input format as its checkpoint's meta.json records it
+  (None = cfg.student's), so a checkpoint is scored on the inputs it was trained on."""
   if not pairs:
     raise ValueError("no pairs to evaluate")
   logging.info("validating/evaluating %d pairs (the first batch of each shape compiles) ...",
                len(pairs))
   eval_cfg = cfg
+  overrides = {}
   if max_len_std and max_len_std != cfg.student.max_len_std:
+    overrides["max_len_std"] = int(max_len_std)
+  if match_hint is not None and match_hint != cfg.student.get("match_hint", ""):
+    overrides["match_hint"] = match_hint
+  if overrides:
     eval_cfg = cfg.copy_and_resolve_references()
     with eval_cfg.unlocked():
-      eval_cfg.student.max_len_std = int(max_len_std)
+      eval_cfg.student.update(overrides)
   batch_size = cfg.eval.batch_size + (-cfg.eval.batch_size) % jax.device_count()  # divisible
   all_logits, labels = [], []
   for batch in pipeline.eval_batches(pairs, tokenizer, eval_cfg, batch_size=batch_size):
