@@ -55,7 +55,8 @@ def load_tokens(cfg, use_reasoning: bool):
     train = [dataclasses.replace(p, reasoning=None) for p in train]
   tokenizer = tokenize.load_tokenizer(cfg.student.tokenizer)
   tokens = tokenize.tokenize_pairs(train, tokenizer, max_len_std=cfg.student.max_len_std,
-                                   max_len_aug=cfg.student.max_len_aug)
+                                   max_len_aug=cfg.student.max_len_aug,
+                                   match_hint=cfg.student.get("match_hint", ""))
   return tokenizer, tokens
 
 
