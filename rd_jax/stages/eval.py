@@ -59,6 +59,10 @@ def restore_student(cfg, ckpt: str):
 def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> dict:
   """metrics of the student in `ckpt`, written to <out_dir>/<prefix>metrics.json (+ confusion)."""
   meta, model, params, mesh = restore_student(cfg, ckpt)
+  if meta.get("match_hint", "") != cfg.student.get("match_hint", ""):
+    logging.warning("%s was trained with student.match_hint = %r (its meta.json), the config says "
+                    "%r: scoring it on the inputs it was trained on", ckpt,
+                    meta.get("match_hint", ""), cfg.student.get("match_hint", ""))
   pairs, source, report = data_lib.load_eval_pairs(cfg, out_dir, meta.get("item_template"))
   tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
   predict = predict_lib.make_predict_fn(model, mesh)
