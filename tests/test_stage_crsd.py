@@ -207,3 +207,26 @@ def test_eval_applies_the_checkpoints_decision_offsets(trained, tmp_path):
   assert m["log_loss"] == pytest.approx(plain["log_loss"], rel=1e-5)
   assert m["log_loss_adjusted"] > m["log_loss"] and m["decision_offsets"][2] == 100.0
   assert "references" not in m
+
+
+def test_match_hint_is_recorded_and_eval_scores_the_checkpoints_inputs(tmp_path, tiny_config):
+  """student.match_hint: final/meta.json records it, and eval scores the checkpoint on its own
+  input format even under a config without the hint (valid figures equal the stage's own)."""
+  cfg = small_data(tiny_config())
+  cfg.train.num_steps = 2
+  cfg.student.match_hint = "missing"
+  crsd.run_baseline(cfg, str(tmp_path))
+  assert checkpoint.read_meta(str(tmp_path / "baseline" / "final"))["match_hint"] == "missing"
+  stage_valid = json.load(open(tmp_path / "baseline" / "valid_metrics.json"))
+  import shutil
+  as_crsd = tmp_path / "as_crsd"   # eval reads <workdir>/crsd/final
+  shutil.copytree(tmp_path / "baseline" / "final", as_crsd / "crsd" / "final")
+  plain_cfg = cfg.copy_and_resolve_references()
+  plain_cfg.student.match_hint = ""
+  plain_cfg.eval.references = False
+  eval_stage.run(plain_cfg, str(as_crsd))
+  m = json.load(open(as_crsd / "eval" / "metrics.json"))
+  # the same program on the same tokens: equal to float precision (bare items move the tiny
+  # model's log-loss by ~5e-6 relative and its nDCG@10 by ~0.01)
+  assert m["valid"]["log_loss"] == pytest.approx(stage_valid["log_loss"], rel=1e-9)
+  assert m["valid"]["ndcg@10"] == pytest.approx(stage_valid["ndcg@10"], abs=1e-9)
