@@ -17,10 +17,10 @@ render pairs the same way. A serving stack that feeds the exported model must ca
 (pure Python, no dependencies beyond `re`) on each (query, item) pair, as it renders
 `item_template`.
 
-Matching rule (lowercased [a-z0-9]+ words): a query word is covered when it or its singular (a trailing
-"s" or "es" dropped from words of 4+ letters) equals an item word or that word's singular, or it
-equals two adjacent item words joined ("64gb" in "64 GB"). Stopwords are neither counted nor listed. The list keeps query order,
-without repeats, at most MAX_LISTED words.
+Matching rule (lowercased [a-z0-9]+ words): a query word is covered when it or its singular (a
+trailing "s" or "es" dropped from words of 4+ letters) equals an item word or that word's singular,
+or it equals two adjacent item words joined ("64gb" in "64 GB"). Stopwords are neither counted nor
+listed. The list keeps query order, without repeats, at most MAX_LISTED words.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def hint(query: str, item_text: str) -> str:
 
 
 def hinted_item(query: str, item_text: str, mode: str) -> str:
-  """The item segment the student reads: `item_text` itself for mode "", else hint + newline + item."""
+  """The item segment the student reads: `item_text` for mode "", else hint, newline, item."""
   if mode == "":
     return item_text
   if mode == "missing":

@@ -59,10 +59,11 @@ def restore_student(cfg, ckpt: str):
 def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> dict:
   """metrics of the student in `ckpt`, written to <out_dir>/<prefix>metrics.json (+ confusion)."""
   meta, model, params, mesh = restore_student(cfg, ckpt)
-  if meta.get("match_hint", "") != cfg.student.get("match_hint", ""):
+  match_hint = meta.get("match_hint", "")   # the input format the student was trained on
+  if match_hint != cfg.student.match_hint:
     logging.warning("%s was trained with student.match_hint = %r (its meta.json), the config says "
-                    "%r: scoring it on the inputs it was trained on", ckpt,
-                    meta.get("match_hint", ""), cfg.student.get("match_hint", ""))
+                    "%r: scoring it on the inputs it was trained on", ckpt, match_hint,
+                    cfg.student.match_hint)
   pairs, source, report = data_lib.load_eval_pairs(cfg, out_dir, meta.get("item_template"))
   tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
   predict = predict_lib.make_predict_fn(model, mesh)
@@ -70,7 +71,7 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
     out = predict_lib.evaluate(predict, params, on, tokenizer, cfg,
                                max_len_std=meta.get("max_len_std"),
                                logit_offsets=meta.get("decision_offsets"),
-                               match_hint=meta.get("match_hint", ""))
+                               match_hint=match_hint)
     out.pop("logits")
     out["prior_log_loss"] = prior_log_loss(meta, refs, np.asarray([p.label_id for p in on]))
     return out
