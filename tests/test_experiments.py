@@ -37,6 +37,19 @@ def test_table_runs_and_reports_mean_and_std(tmp_path):
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   assert len(summaries) == 8 and [p.stat().st_mtime_ns for p in summaries] == stamps
+  # --only_complete trains nothing: it assembles the complete runs and lists the missing ones
+  partial = [a for a in cmd if not a.startswith(("--seeds", "--variants"))] + [
+      "--seeds=0,1,2", "--variants=baseline_gold,crsd_ce_only", "--only_complete"]
+  r = subprocess.run(partial, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  table = json.load(open(tmp_path / "table.json"))
+  assert table["missing_runs"] == ["baseline_gold/seed2", "crsd_ce_only/seed0",
+                                   "crsd_ce_only/seed1", "crsd_ce_only/seed2"]
+  assert set(table["students"]) == {"baseline_gold"} and table["students"]["baseline_gold"][
+      "seeds"] == 2 and not (tmp_path / "crsd_ce_only").exists()
+  assert "Not run yet (--only_complete), left out: baseline_gold/seed2" in (
+      tmp_path / "table.md").read_text()
+  assert sorted(tmp_path.glob("*/seed*/*/summary.json")) == summaries
 
 
 def test_teacher_rows_are_kept_and_recomputed_when_the_checkpoint_changes(tmp_path, tiny_config,
@@ -107,6 +120,7 @@ def test_reference_rows_and_per_class_columns(tiny_config):
   teacher = {"sft": {"macro_f1": 0.4, "accuracy": 0.5, "parse_rate": 1.0,
                      "per_class_f1": {c: 0.1 * i for i, c in enumerate(cfg.labels)}}}
   runs = {s: {"test_macro_f1": 0.2 + s / 10, "test_accuracy": 0.5, "valid_macro_f1": 0.3,
+              "valid_macro_f1_crossfit": 0.26 + s / 25,
               "per_class_f1": {c: 0.2 + s / 10 for c in cfg.labels},
               "teacher_pairs_macro_f1": 0.1 + s / 5} for s in (0, 1)}
   rows = table.summarise({"crsd": runs}, teacher)
@@ -122,7 +136,11 @@ def test_reference_rows_and_per_class_columns(tiny_config):
   assert any(line.startswith(f"| always {majority} (train prior; reference) |") for line in lines)
   assert any(line.startswith("| lexical TF-IDF + overlap LR, C=") for line in lines)
   crsd = next(line for line in lines if line.startswith("| crsd |"))
-  assert crsd.count("|") == 9 + len(cfg.labels) and "| 0.250 |" in crsd and "| 0.2000 |" in crsd
+  assert crsd.count("|") == 10 + len(cfg.labels) and "| 0.250 |" in crsd and "| 0.2000 |" in crsd
+  assert "| 0.2500 ± 0.0707 | 0.3000 | 0.2800 |" in crsd   # mean ± sd, valid, cross-fitted valid
+  one = table.markdown(table.summarise({"crsd": {0: runs[0]}}, teacher), teacher, refs,
+                       list(cfg.labels))
+  assert "| crsd | 1 | 0.2000 (one seed) | 0.3000 | 0.2600 |" in one   # no ± 0 for one seed
 
 
 def test_student_f1_on_the_teachers_pairs_reads_predictions_in_test_order(tmp_path, tiny_config):

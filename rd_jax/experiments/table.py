@@ -73,7 +73,11 @@ def _define_flags() -> None:
       teacher_valid_pairs=flags.DEFINE_integer(
           "teacher_valid_pairs", 256, "Valid-fold pairs (seeded sample; 0 = none) each teacher "
           "step is scored on first: its label offsets are fitted there (rd_jax/decision.py) and "
-          "applied on test."))
+          "applied on test."),
+      only_complete=flags.DEFINE_bool(
+          "only_complete", False, "Train nothing: assemble the table from the (variant, seed) "
+          "runs already complete under --workdir; the missing ones are listed in table.md and "
+          "table.json (`missing_runs`), and a variant with none is left out."))
 
 
 def _override(cfg, overrides: dict, seed: int):
@@ -86,6 +90,11 @@ def _override(cfg, overrides: dict, seed: int):
   return cfg
 
 
+def run_is_complete(workdir: str, variant: str, seed: int) -> bool:
+  """True once run_student has evaluated (variant, seed) under `workdir`."""
+  return storage.exists(os.path.join(workdir, variant, f"seed{seed}", "eval", "summary.json"))
+
+
 def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) -> dict:
   """Trains + evaluates one (variant, seed); reuses a complete run.
 
@@ -96,12 +105,11 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   from rd_jax.stages import eval as eval_stage
   stage, overrides = VARIANTS[variant]
   run_dir = os.path.join(workdir, variant, f"seed{seed}")
-  done = os.path.join(run_dir, "eval", "summary.json")
   predictions = os.path.join(run_dir, "eval", "predictions.jsonl")
   run_cfg = _override(cfg, dict(overrides, **{"eval.split": "test"}), seed)
   with run_cfg.unlocked():
     run_cfg.eval.checkpoint = os.path.join(run_dir, stage)
-  if storage.exists(done):   # reused only if trained with this config (raises naming the keys)
+  if run_is_complete(workdir, variant, seed):   # reused only if trained with this config (raises naming the keys)
     if run_config.check(os.path.join(run_dir, stage), run_config.for_stage(run_cfg, stage),
                         what="reuse", folder=run_dir) is None:
       logging.warning("%s predates run_config.json: reused unchecked", run_dir)
@@ -115,7 +123,8 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   test = json.loads(storage.read_text(os.path.join(run_dir, "eval", "metrics.json")))
   train = json.loads(storage.read_text(os.path.join(run_dir, stage, "summary.json")))
   row = {"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
-         "valid_macro_f1": train["valid_macro_f1"], "test_ndcg@10": test.get("ndcg@10"),
+         "valid_macro_f1": train["valid_macro_f1"],
+         "valid_macro_f1_crossfit": train.get("valid_macro_f1_crossfit"), "test_ndcg@10": test.get("ndcg@10"),
          "per_class_f1": {k: v["f1"] for k, v in test["per_class"].items()},
          "train_seconds": train.get("train_seconds")}
   if teacher_pairs is not None:
@@ -255,6 +264,8 @@ def summarise(student: dict, teacher: dict) -> dict:
     row = {"seeds": len(f1), "test_macro_f1_mean": float(f1.mean()),
            "test_macro_f1_std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
            "valid_macro_f1_mean": float(valid.mean()),
+           "valid_macro_f1_crossfit_mean": _mean_or_none(
+               [r.get("valid_macro_f1_crossfit") for r in seeds.values()]),
            "test_ndcg@10_mean": _mean_or_none([r.get("test_ndcg@10") for r in seeds.values()]),
            "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in seeds.values()])),
            "per_class_f1_mean": {c: float(np.mean([r["per_class_f1"][c] for r in seeds.values()]))
@@ -298,10 +309,11 @@ def markdown(rows: dict, teacher: dict, references: dict | None = None,
           f"{_per_class(r.get('per_class_f1', {}), labels)} |"
           for s, r in teacher.items()] or ["| (no teacher rows) | | | | | | |" + " |" * len(labels)]
   out += ["", "| student variant | seeds | test macro-F1 (mean ± std) | valid macro-F1 | "
-          "test accuracy | test nDCG@10 | macro-F1 on the teacher's pairs | retention (same pairs) |"
-          + head, f"| --- | --- | --- | --- | --- | --- | --- | --- |{rule}"]
+          "valid cross-fitted | test accuracy | test nDCG@10 | macro-F1 on the teacher's pairs | "
+          "retention (same pairs) |" + head,
+          f"| --- | --- | --- | --- | --- | --- | --- | --- | --- |{rule}"]
   for ref in (references or {}).values():
-    out.append(f"| {ref['label']} | — | {ref['test_macro_f1']:.4f} | {_fmt(ref.get('valid_macro_f1'))} | "
+    out.append(f"| {ref['label']} | — | {ref['test_macro_f1']:.4f} | {_fmt(ref.get('valid_macro_f1'))} | — | "
                f"{ref['test_accuracy']:.4f} | {_fmt(ref.get('test_ndcg@10'))} | — | — | "
                f"{_per_class(ref['per_class_f1'], labels)} |")
   for v, r in rows.items():
@@ -309,8 +321,10 @@ def markdown(rows: dict, teacher: dict, references: dict | None = None,
            else "—")
     on_teacher = (f"{r['teacher_pairs_macro_f1_mean']:.4f}" if "teacher_pairs_macro_f1_mean" in r
                   else "—")
-    out.append(f"| {v} | {r['seeds']} | {r['test_macro_f1_mean']:.4f} ± "
-               f"{r['test_macro_f1_std']:.4f} | {r['valid_macro_f1_mean']:.4f} | "
+    spread = f" ± {r['test_macro_f1_std']:.4f}" if r["seeds"] > 1 else " (one seed)"
+    out.append(f"| {v} | {r['seeds']} | {r['test_macro_f1_mean']:.4f}{spread} | "
+               f"{r['valid_macro_f1_mean']:.4f} | "
+               f"{_fmt(r.get('valid_macro_f1_crossfit_mean'))} | "
                f"{r['test_accuracy_mean']:.4f} | {_fmt(r.get('test_ndcg@10_mean'))} | "
                f"{on_teacher} | {ret} | "
                f"{_per_class(r.get('per_class_f1_mean', {}), labels)} |")
@@ -367,16 +381,25 @@ def main(argv):
   sample = teacher_sample(cfg, max_pairs) if teacher_workdir else None
   teacher = (run_teacher_rows(cfg, teacher_workdir, max_pairs, workdir, sample,
                               _FLAGS["teacher_valid_pairs"].value) if sample else {})
-  student = {}
+  student, missing = {}, []
   for variant in variants:
     if VARIANTS[variant][1].get("crsd.label_source") == "teacher" and cfg.data.reasoning_source != "annotations":
       logging.warning("%s skipped: it needs teacher annotations (data.reasoning_source)", variant)
       continue
-    student[variant] = {int(s): run_student(cfg, workdir, variant, int(s), sample)
-                        for s in seeds}
+    runs = {}
+    for s in map(int, seeds):
+      if _FLAGS["only_complete"].value and not run_is_complete(workdir, variant, s):
+        missing.append(f"{variant}/seed{s}")
+        continue
+      runs[s] = run_student(cfg, workdir, variant, s, sample)
+    if runs:
+      student[variant] = runs
+  if missing:
+    logging.warning("--only_complete: %d runs not complete, left out: %s", len(missing), missing)
   rows = summarise(student, teacher)
   references = reference_rows(cfg)
   result = {"teacher": teacher, "students": rows, "runs": student, "references": references,
+            "missing_runs": missing,
             "teacher_check": teacher_check,
             "config": {"seeds": seeds, "reasoning_source": cfg.data.reasoning_source,
                        "teacher_pairs": int(len(sample[1])) if sample else 0,
@@ -388,6 +411,9 @@ def main(argv):
              f"{references['majority']['test_pairs']} test pairs, {len(seeds)} seeds, "
              f"{cfg.train.num_steps} steps; retention = the student's macro-F1 on the teacher's "
              "pairs / the last teacher step's." if sample else "")
+  if missing:
+    caption += (" " if caption else "") + (f"Not run yet (--only_complete), left out: "
+                                           f"{', '.join(missing)}.")
   text = markdown(rows, teacher, references, list(cfg.labels), caption)
   storage.write_text_atomic(os.path.join(workdir, "table.md"), text)
   if rows:
