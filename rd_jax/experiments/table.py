@@ -8,6 +8,8 @@ then evaluated on the test folds; valid-fold macro-F1 is reported next to it bec
 made on valid, never on test. Each (variant, seed) run lives in <workdir>/<variant>/seed<k>/ and
 is skipped when complete, so an interrupted table resumes; a complete run is only reused with the
 config it was trained with (its run_config.json): other values stop the table naming the keys.
+--only_complete trains nothing and assembles the complete runs (the missing ones listed): runs of
+different variants can then be made by separate invocations with their own --seeds.
 Teacher rows evaluate, on the same test folds, the base model and each of cpt/sft/dpo final/
 found in --teacher_workdir.
 retention = student macro-F1 / teacher macro-F1 (the last teacher step found), both on the SAME
