@@ -111,7 +111,8 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   run_cfg = _override(cfg, dict(overrides, **{"eval.split": "test"}), seed)
   with run_cfg.unlocked():
     run_cfg.eval.checkpoint = os.path.join(run_dir, stage)
-  if run_is_complete(workdir, variant, seed):   # reused only if trained with this config (raises naming the keys)
+  # a complete run is reused only if trained with this config (raises naming the keys)
+  if run_is_complete(workdir, variant, seed):
     if run_config.check(os.path.join(run_dir, stage), run_config.for_stage(run_cfg, stage),
                         what="reuse", folder=run_dir) is None:
       logging.warning("%s predates run_config.json: reused unchecked", run_dir)
@@ -126,7 +127,8 @@ def run_student(cfg, workdir: str, variant: str, seed: int, teacher_pairs=None) 
   train = json.loads(storage.read_text(os.path.join(run_dir, stage, "summary.json")))
   row = {"test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
          "valid_macro_f1": train["valid_macro_f1"],
-         "valid_macro_f1_crossfit": train.get("valid_macro_f1_crossfit"), "test_ndcg@10": test.get("ndcg@10"),
+         "valid_macro_f1_crossfit": train.get("valid_macro_f1_crossfit"),
+         "test_ndcg@10": test.get("ndcg@10"),
          "per_class_f1": {k: v["f1"] for k, v in test["per_class"].items()},
          "train_seconds": train.get("train_seconds")}
   if teacher_pairs is not None:
@@ -315,7 +317,8 @@ def markdown(rows: dict, teacher: dict, references: dict | None = None,
           "retention (same pairs) |" + head,
           f"| --- | --- | --- | --- | --- | --- | --- | --- | --- |{rule}"]
   for ref in (references or {}).values():
-    out.append(f"| {ref['label']} | — | {ref['test_macro_f1']:.4f} | {_fmt(ref.get('valid_macro_f1'))} | — | "
+    out.append(f"| {ref['label']} | — | {ref['test_macro_f1']:.4f} | "
+               f"{_fmt(ref.get('valid_macro_f1'))} | — | "   # no cross-fitted offsets: no offsets
                f"{ref['test_accuracy']:.4f} | {_fmt(ref.get('test_ndcg@10'))} | — | — | "
                f"{_per_class(ref['per_class_f1'], labels)} |")
   for v, r in rows.items():
