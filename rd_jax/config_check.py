@@ -150,6 +150,7 @@ _RANGES = {
     "data.max_item_chars": (1, None, True, True, "a positive number of characters"),
     "data.max_reasoning_chars": (1, None, True, True, "a positive number of characters"),
     "student.dropout": (0.0, 1.0, True, False, "a probability in [0, 1)"),
+    "student.attention_dropout": (0.0, 1.0, True, False, "a probability in [0, 1)"),
     "student.logit_adjustment": (0.0, None, True, True, ">= 0 (0 = off)"),
     "student.query_prior": (0.0, None, True, True, ">= 0 (0 = off)"),
     "student.query_prior_smoothing": (0.0, None, False, True, "> 0"),

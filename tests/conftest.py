@@ -1,10 +1,24 @@
-"""Test set-up: CPU only, 1 host device by default (multi-device tests run in a subprocess)."""
+"""Test set-up: CPU only, 1 host device by default (multi-device tests run in a subprocess).
+
+One persistent XLA compilation cache for the whole session, in a fresh temporary folder that the
+session removes: the tiny configs compile the same programs in many tests and in the subprocesses
+the kill/resume, multi-process and GCS tests start (they inherit the environment). CI starts cold,
+so a test never reads a program compiled by another version of the code. Set
+JAX_COMPILATION_CACHE_DIR yourself to keep or place it.
+"""
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="rd_jax_tests_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import pytest  # noqa: E402
 
@@ -52,3 +66,8 @@ def gcs():
       os.environ.pop(k, None)
     else:
       os.environ[k] = v
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)

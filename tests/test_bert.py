@@ -127,6 +127,28 @@ def test_dropout_projection_and_bf16():
   np.testing.assert_allclose(bf16["logits"], det["logits"], atol=5e-2)
 
 
+def test_attention_dropout_is_its_own_rate():
+  rbg = lambda seed: jax.random.key(seed, impl="rbg")
+  params = init_params(TINY, rbg(0))
+  ids, mask, types = _batch(np.random.default_rng(3))
+  det = _apply(TINY, params, ids, mask, types)["logits"]
+  def train_mode(dropout, attention_dropout):
+    config = dataclasses.replace(TINY, dropout=dropout, attention_dropout=attention_dropout)
+    return _apply(config, params, ids, mask, types, deterministic=False,
+                  rngs={"dropout": rbg(1)})["logits"]
+  np.testing.assert_allclose(train_mode(0.0, 0.0), det, atol=1e-6)   # no mask anywhere
+  assert not np.allclose(train_mode(0.0, 0.5), det)                  # the attention mask alone
+  assert not np.allclose(train_mode(0.5, 0.0), det)                  # the hidden masks alone
+  # HF's two rates round-trip through the export's config
+  from rd_jax.convert import export, hf_bert
+  hf = export.hf_config(dataclasses.replace(TINY, attention_dropout=0.0), ["a", "b", "c", "d"])
+  assert (hf.hidden_dropout_prob, hf.attention_probs_dropout_prob) == (0.1, 0.0)
+  back = hf_bert.config_from_hf({**hf.to_dict(), "model_type": "bert"}, num_labels=4,
+                                dropout=0.1, attention_dropout=hf.attention_probs_dropout_prob)
+  assert back.attention_dropout == 0.0 and back.dropout == 0.1
+  assert hf_bert.config_from_hf(hf.to_dict(), num_labels=4, dropout=0.2).attention_dropout == 0.2
+
+
 def test_config_dict_round_trip_and_errors():
   assert BertConfig.from_dict(TINY.to_dict()) == TINY
   with pytest.raises(ValueError, match="no field"):

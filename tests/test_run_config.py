@@ -31,6 +31,19 @@ def test_differences_name_each_key_with_both_values():
       "a: 0.5 -> 0.1", "b: 1 -> (absent)", 'c: (absent) -> "x"']
 
 
+def test_a_record_from_before_an_added_key_reads_as_its_old_value(tmp_path, tiny_config):
+  cfg = tiny_config()
+  wanted = run_config.for_stage(cfg, "crsd")
+  assert wanted["student.attention_dropout"] == 0.1 == run_config.ADDED_KEYS[
+      "student.attention_dropout"]
+  old = {k: v for k, v in wanted.items() if k != "student.attention_dropout"}
+  run_config.write(str(tmp_path), old)                  # a run recorded before the key existed
+  assert run_config.check(str(tmp_path), wanted)["student.attention_dropout"] == 0.1
+  cfg.student.attention_dropout = 0.0                   # it trained with 0.1: a new value differs
+  with pytest.raises(run_config.RunConfigMismatch, match=r"student.attention_dropout: 0.1 -> 0.0"):
+    run_config.check(str(tmp_path), run_config.for_stage(cfg, "crsd"))
+
+
 def test_resume_with_a_changed_key_is_refused_and_cadence_may_change(tmp_path, tiny_config):
   first = tiny_config()
   first.train.num_steps, first.train.checkpoint_every = 4, 2

@@ -78,7 +78,7 @@ def hf_config(config: BertConfig, labels: list[str]):
       num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
       intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position,
       type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layer_norm_eps,
-      hidden_act="gelu", hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
+      hidden_act="gelu", hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.attention_dropout,
       architectures=["BertForSequenceClassification"], problem_type="single_label_classification",
       id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
 
@@ -298,6 +298,7 @@ def import_hf_folder(folder: str) -> tuple[BertConfig, dict]:
   hf = hf_bert.read_hf_config(folder)
   num_labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)
   config = hf_bert.config_from_hf(hf, num_labels=num_labels, dropout=hf.get("hidden_dropout_prob", 0.1),
+                                  attention_dropout=hf.get("attention_probs_dropout_prob"),
                                   where=os.path.join(folder, "config.json"))
   params, _ = hf_bert.convert_hf_state_dict(hf_bert.read_safetensors(folder), config, rng=None)
   return config, params

@@ -179,8 +179,10 @@ def flax_to_hf(params: dict, config: BertConfig) -> dict[str, np.ndarray]:
 
 
 def config_from_hf(hf: dict, *, num_labels: int, dropout: float = 0.1, dtype: str = "float32",
-                   projection_dim: int = 0, where: str = "config.json") -> BertConfig:
-  """A BertConfig from an HF config.json dict; errors on a non-BERT or non-standard layout."""
+                   projection_dim: int = 0, where: str = "config.json",
+                   attention_dropout: float | None = None) -> BertConfig:
+  """A BertConfig from an HF config.json dict; errors on a non-BERT or non-standard layout.
+  attention_dropout None = `dropout` (one rate for both, the training default)."""
   checks = {"model_type": ("bert",), "hidden_act": ("gelu",),
             "position_embedding_type": ("absolute", None)}
   for key, allowed in checks.items():
@@ -191,8 +193,9 @@ def config_from_hf(hf: dict, *, num_labels: int, dropout: float = 0.1, dtype: st
       num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
       intermediate_size=hf["intermediate_size"],
       max_position=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
-      layer_norm_eps=hf.get("layer_norm_eps", 1e-12), dropout=dropout, num_labels=num_labels,
-      dtype=dtype, projection_dim=projection_dim)
+      layer_norm_eps=hf.get("layer_norm_eps", 1e-12), dropout=dropout,
+      attention_dropout=dropout if attention_dropout is None else attention_dropout,
+      num_labels=num_labels, dtype=dtype, projection_dim=projection_dim)
 
 
 def resolve_bert_folder(spec: str) -> str:
@@ -237,7 +240,8 @@ def read_hf_config(folder: str) -> dict:
 
 
 def load_hf_bert(spec: str, num_labels: int, rng: jax.Array, dropout: float = 0.1,
-                 dtype: str = "float32", projection_dim: int = 0) -> tuple[BertConfig, dict, dict]:
+                 dtype: str = "float32", projection_dim: int = 0,
+                 attention_dropout: float | None = None) -> tuple[BertConfig, dict, dict]:
   """Reads config.json + model.safetensors of an HF BERT -> (BertConfig, params, info).
 
   info: folder, initialised (Flax paths freshly initialised from rng: the classifier of a base
@@ -245,6 +249,7 @@ def load_hf_bert(spec: str, num_labels: int, rng: jax.Array, dropout: float = 0.
   """
   folder = resolve_bert_folder(spec)
   config = config_from_hf(read_hf_config(folder), num_labels=num_labels, dropout=dropout, dtype=dtype,
-                          projection_dim=projection_dim, where=os.path.join(folder, "config.json"))
+                          projection_dim=projection_dim, where=os.path.join(folder, "config.json"),
+                          attention_dropout=attention_dropout)
   params, info = convert_hf_state_dict(read_safetensors(folder), config, rng)
   return config, params, {"folder": folder, **info}

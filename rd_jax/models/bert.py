@@ -43,7 +43,11 @@ class BertConfig:
   max_position: int = 512
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
-  dropout: float = 0.1
+  dropout: float = 0.1            # hidden states: embeddings, each block's output, the pooler
+  # on the attention probabilities [B, H, L, L] (HF attention_probs_dropout_prob): at L = 192 the
+  # largest tensor dropped per layer (H·L / D = 6x the hidden states), so its masks are most of
+  # dropout's cost on CPU (README "Choices": student.attention_dropout)
+  attention_dropout: float = 0.1
   num_labels: int = 4
   dtype: str = "float32"
   projection_dim: int = 0  # >0: CRSD projection head on [CLS] (training only, never exported)
@@ -115,7 +119,7 @@ class BertAttention(nn.Module):
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)          # [B, H, L, L]
     # Softmax in fp32: bf16 logits lose the small differences that the attention pattern is made of.
     probs = jax.nn.softmax(scores * c.head_dim ** -0.5 + mask_bias, axis=-1)
-    probs = nn.Dropout(c.dropout)(probs, deterministic=deterministic).astype(dtype)
+    probs = nn.Dropout(c.attention_dropout)(probs, deterministic=deterministic).astype(dtype)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, c.hidden_size)  # [B, L, D]
     out = nn.Dropout(c.dropout)(_dense(c.hidden_size, dtype, "output")(context),
                                 deterministic=deterministic)

@@ -24,14 +24,15 @@ def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
         vocab_size=cfg.student.vocab_size, hidden_size=cfg.student.hidden_size,
         num_layers=cfg.student.num_layers, num_heads=cfg.student.num_heads,
         intermediate_size=cfg.student.intermediate_size, max_position=cfg.student.max_position,
-        dropout=cfg.student.dropout, num_labels=num_labels, dtype=cfg.student.dtype,
-        projection_dim=projection_dim)
+        dropout=cfg.student.dropout, attention_dropout=cfg.student.attention_dropout,
+        num_labels=num_labels, dtype=cfg.student.dtype, projection_dim=projection_dim)
     return model_cfg, bert.init_params(model_cfg, rng), {"init": "random"}
   from rd_jax.convert import hf_bert
   # The classifier (and the projection head, ours) are not in the HF weights: freshly
   # initialised and listed in info["initialised"]; everything else is imported.
   model_cfg, params, info = hf_bert.load_hf_bert(cfg.student.init, num_labels, rng,
                                                  dropout=cfg.student.dropout,
+                                                 attention_dropout=cfg.student.attention_dropout,
                                                  dtype=cfg.student.dtype,
                                                  projection_dim=projection_dim)
   return model_cfg, params, dict(info, init=cfg.student.init)

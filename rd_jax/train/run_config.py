@@ -45,6 +45,10 @@ _STUDENT_DATA_KEYS = frozenset({"data.reasoning_path", "data.reasoning_source",
                                 "data.on_missing_reasoning", "data.max_reasoning_chars",
                                 "data.max_train_pairs"})
 
+# Keys added after runs were recorded, each with the value every run before it trained with: a
+# record without the key reads as that value, so adding a key does not orphan older runs.
+ADDED_KEYS = {"student.attention_dropout": 0.1}   # 2026-12-04; the one rate was student.dropout's
+
 
 class RunConfigMismatch(ValueError):
   """A stage folder holds a run made with a different config; the message names the keys."""
@@ -104,6 +108,7 @@ def check(stage_dir: str, wanted: dict, what: str = "resume", folder: str = "",
   recorded = read(stage_dir)
   if recorded is None:
     return None
+  recorded = {**{k: v for k, v in ADDED_KEYS.items() if k in wanted}, **recorded}
   diff = differences({k: v for k, v in recorded.items() if k not in may_differ},
                      {k: v for k, v in wanted.items() if k not in may_differ})
   if diff:
