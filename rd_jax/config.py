@@ -92,8 +92,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.student.intermediate_size = 1536
   c.student.max_position = 512
   c.student.dropout = 0.1
-  # dropout on the attention probabilities (HF attention_probs_dropout_prob; BERT's 0.1). Its
-  # masks over [B, H, L, L] are most of dropout's cost on CPU (models/bert.py; README "Choices").
+  # dropout on the attention probabilities (HF attention_probs_dropout_prob; BERT's 0.1); its cost
+  # on CPU, measured: README "Choices".
   c.student.attention_dropout = 0.1
   c.student.dtype = "float32"    # compute dtype: float32 | bfloat16 (params stay fp32)
   # none | per_layer: recompute each BERT layer's activations in the backward pass (models/remat.py;

@@ -45,8 +45,8 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   dropout: float = 0.1            # hidden states: embeddings, each block's output, the pooler
   # on the attention probabilities [B, H, L, L] (HF attention_probs_dropout_prob): at L = 192 the
-  # largest tensor dropped per layer (H·L / D = 6x the hidden states), so its masks are most of
-  # dropout's cost on CPU (README "Choices": student.attention_dropout)
+  # largest tensor dropped per layer (H·L / D = 6x the hidden states); its cost on CPU is in
+  # README "Choices" (student.attention_dropout)
   attention_dropout: float = 0.1
   num_labels: int = 4
   dtype: str = "float32"
