@@ -80,6 +80,10 @@ def validate(cfg) -> None:
     if not (isinstance(value, (int, float)) and 0 < value <= 1):
       raise ConfigError(f"config key {section}.optim.layer_decay = {value!r}; must be in (0, 1] "
                         "(1 = off)")
+    value = _get(cfg, f"{section}.optim").get("ema_decay", 0.0)
+    if not (isinstance(value, (int, float)) and 0 <= value < 1):
+      raise ConfigError(f"config key {section}.optim.ema_decay = {value!r}; must be in [0, 1) "
+                        "(0 = off)")
   for key, allowed in _CHOICES.items():
     value = _get(cfg, key)
     if value not in allowed:

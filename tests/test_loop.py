@@ -13,10 +13,11 @@ from rd_jax.teacher import rows as rows_lib
 from rd_jax.train import fit
 
 
-def _toy(tiny_config, steps=6, stop_after=0):
+def _toy(tiny_config, steps=6, stop_after=0, ema_decay=0.0):
   """fit() on y = x @ w_true with the cpt stage's name, section and folder (nothing else of it)."""
   cfg = tiny_config()
   cfg.cpt.num_steps, cfg.cpt.optim.warmup_steps = steps, 2
+  cfg.cpt.optim.ema_decay = ema_decay
   cfg.cpt.optim.learning_rate, cfg.cpt.optim.weight_decay = 0.1, 0.0
   cfg.train.log_every, cfg.train.checkpoint_every = 1, 2
   cfg.train.stop_after_step = stop_after
@@ -45,17 +46,24 @@ def test_fit_trains_logs_the_schedule_and_records_its_section(tmp_path, tiny_con
   assert recorded["cpt.optim.learning_rate"] == 0.1 and "student.optim.learning_rate" not in recorded
 
 
-def test_fit_interrupted_then_resumed_equals_straight(tmp_path, tiny_config):
-  cfg, parts = _toy(tiny_config, stop_after=2)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5])
+def test_fit_interrupted_then_resumed_equals_straight(tmp_path, tiny_config, ema_decay):
+  """Also with a weight average: it lives in the checkpointed optimiser state."""
+  cfg, parts = _toy(tiny_config, stop_after=2, ema_decay=ema_decay)
   stopped = fit.fit(cfg, "cpt", str(tmp_path / "a"), **parts)
   assert stopped.interrupted and fit.interrupted(cfg, "cpt") == {"stage": "cpt",
                                                                  "interrupted_at": 2}
-  cfg, parts = _toy(tiny_config)
+  cfg, parts = _toy(tiny_config, ema_decay=ema_decay)
   resumed = fit.fit(cfg, "cpt", str(tmp_path / "a"), **parts)
-  cfg, parts = _toy(tiny_config)
+  cfg, parts = _toy(tiny_config, ema_decay=ema_decay)
   straight = fit.fit(cfg, "cpt", str(tmp_path / "b"), **parts)
   assert resumed.stats["resumed_from"] == 2
   np.testing.assert_array_equal(np.asarray(resumed.params["w"]), np.asarray(straight.params["w"]))
+  last = np.asarray(straight.state["params"]["w"])
+  if ema_decay:      # the hand-off is the average, not the last update's parameters
+    assert not np.allclose(np.asarray(straight.params["w"]), last)
+  else:
+    np.testing.assert_array_equal(np.asarray(straight.params["w"]), last)
 
 
 def test_warmup_as_long_as_the_run_stops_before_training(tmp_path, tiny_config):

@@ -116,3 +116,54 @@ def test_layer_decay_out_of_range_names_its_key(tiny_config, decay):
   cfg.student.optim.layer_decay = decay
   with pytest.raises(config_check.ConfigError, match=r"student\.optim\.layer_decay"):
     config_check.validate(cfg)
+
+
+def _trajectory(ema_decay, steps=5):
+  """(params after each update, final opt_state) of the student section's AdamW on a toy tree."""
+  import jax.numpy as jnp
+  import optax
+  section = default_config().student.optim
+  section.ema_decay, section.warmup_steps = ema_decay, 2
+  tx, _ = optim.make_optimizer(section, 20, "student.optim")
+  rng = np.random.default_rng(0)
+  params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+                      "bias": jnp.zeros(2, jnp.float32)}}
+  state, seen = tx.init(params), []
+  for _ in range(steps):
+    grads = {"dense": {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+                       "bias": jnp.asarray(rng.normal(size=2), jnp.float32)}}
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    seen.append(params)
+  return seen, state
+
+
+def test_weight_average_is_the_debiased_ema_of_the_updated_parameters():
+  """Golden (NumPy): m_T / w_T = sum_t (1-a) a^(T-t) theta_t / (1 - a^T) over the T updates."""
+  a, steps = 0.8, 5
+  seen, state = _trajectory(a, steps)
+  plain, _ = _trajectory(0.0, steps)
+  for leaf in ("kernel", "bias"):   # the average does not change the updates themselves
+    np.testing.assert_array_equal(np.asarray(seen[-1]["dense"][leaf]),
+                                  np.asarray(plain[-1]["dense"][leaf]))
+  averaged = optim.averaged_params(state, seen[-1])
+  for leaf in ("kernel", "bias"):
+    thetas = np.stack([np.asarray(p["dense"][leaf], np.float64) for p in seen])
+    weights = np.asarray([(1 - a) * a ** (steps - 1 - t) for t in range(steps)])
+    expected = np.tensordot(weights, thetas, axes=1) / (1 - a ** steps)
+    np.testing.assert_allclose(np.asarray(averaged["dense"][leaf]), expected, rtol=1e-5,
+                               atol=1e-6)
+    assert not np.allclose(expected, thetas[-1])     # the test can tell the two apart
+
+
+def test_no_weight_average_hands_on_the_last_parameters():
+  seen, state = _trajectory(0.0)
+  assert optim.averaged_params(state, seen[-1]) is seen[-1]
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1, 1.5])
+def test_ema_decay_out_of_range_names_its_key(tiny_config, decay):
+  cfg = tiny_config()
+  cfg.sft.optim.ema_decay = decay
+  with pytest.raises(config_check.ConfigError, match=r"sft\.optim\.ema_decay"):
+    config_check.validate(cfg)

@@ -63,7 +63,9 @@ class Fitted:
 
   @property
   def params(self):
-    return self.state["params"]
+    """What the stage hands on: the weight average when its optimiser keeps one (`ema_decay`),
+    else the last update's parameters."""
+    return optim.averaged_params(self.state["opt_state"], self.state["params"])
 
   @property
   def step(self) -> int:

@@ -16,13 +16,26 @@ lr(s) * d^(L + 1 - k), where the embeddings are depth 0, layer i (`layer_i` / `l
 path) depth i + 1, and everything above the last layer (pooler, classifier, heads, final norm)
 depth L + 1 (the full rate). The lower layers -- general language knowledge a few thousand pairs
 cannot improve -- then move little.
+
+Polyak / exponential averaging of the weights (`ema_decay` = a, 0 = off; Polyak & Juditsky 1992,
+and the usual "EMA of the weights" of fine-tuning recipes): after every update t the optimiser
+state also holds
+
+    m_t = a m_{t-1} + (1 - a) theta_t,    w_t = a w_{t-1} + (1 - a) = 1 - a^t,    m_0 = w_0 = 0
+
+and the stage hands on m_t / w_t (the debiased average, `averaged_params`) instead of theta_t. It
+lives in the optimiser state, so it is checkpointed, sharded like its parameters (the paths hold
+the parameter paths) and resumed exactly, with no change to the train step.
 """
 
 from __future__ import annotations
 
 import re
 
+from typing import Any, NamedTuple
+
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -90,6 +103,44 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+class ParamsEmaState(NamedTuple):
+  weight: jax.Array   # [] float32: 1 - a^t, the average's total weight (its debiasing divisor)
+  ema: Any            # like params: the running sum m_t (module docstring)
+
+
+def track_params_ema(decay: float) -> optax.GradientTransformation:
+  """Leaves the updates as they are and folds the updated parameters into an exponential average.
+
+  Last in the chain, so `params + updates` are the parameters the step produces.
+  """
+  def init(params):
+    return ParamsEmaState(weight=jnp.zeros((), jnp.float32),
+                          ema=jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("track_params_ema needs the parameters: call tx.update(grads, state, params)")
+    new_params = optax.apply_updates(params, updates)
+    ema = jax.tree.map(lambda m, p: (decay * m + (1.0 - decay) * p).astype(m.dtype), state.ema,
+                       new_params)
+    return updates, ParamsEmaState(weight=decay * state.weight + (1.0 - decay), ema=ema)
+  return optax.GradientTransformation(init, update)
+
+
+def averaged_params(opt_state, params):
+  """The debiased weight average m_t / w_t if `opt_state` tracks one (and has been updated at
+  least once), else `params` unchanged."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ParamsEmaState))
+           if isinstance(s, ParamsEmaState)]
+  if not found:
+    return params
+  state = found[0]
+  weight = float(state.weight)
+  if weight <= 0.0:
+    return params
+  return jax.tree.map(lambda m, p: (m / weight).astype(p.dtype), state.ema, params)
+
+
 def make_optimizer(optim_cfg, total_steps: int, key: str = "optim"):
   """(optax transform, schedule) from one optimiser section (`key`: its dotted name, for errors)."""
   schedule = learning_rate_schedule(optim_cfg.learning_rate, optim_cfg.warmup_steps, total_steps,
@@ -98,11 +149,17 @@ def make_optimizer(optim_cfg, total_steps: int, key: str = "optim"):
   if not 0.0 < layer_decay <= 1.0:
     raise ValueError(f"config key {key}.layer_decay = {layer_decay} must be in (0, 1] "
                      "(1 = every layer at the full learning rate)")
+  ema_decay = float(optim_cfg.get("ema_decay", 0.0))
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"config key {key}.ema_decay = {ema_decay} must be in [0, 1) "
+                     "(0 = no weight average)")
   tx = optax.chain(
       optax.clip_by_global_norm(optim_cfg.grad_clip) if optim_cfg.grad_clip else optax.identity(),
       optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
                   weight_decay=optim_cfg.weight_decay, mask=decay_mask),
       # after AdamW (whose update already holds -lr * ...): the per-depth factor scales the step,
       # weight decay included, exactly as a per-layer learning rate would
-      scale_by_layer_decay(layer_decay) if layer_decay != 1.0 else optax.identity())
+      scale_by_layer_decay(layer_decay) if layer_decay != 1.0 else optax.identity(),
+      # last: it needs the final updates to know the parameters this step produces
+      track_params_ema(ema_decay) if ema_decay else optax.identity())
   return tx, schedule

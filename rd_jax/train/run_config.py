@@ -22,7 +22,7 @@ import os
 
 from rd_jax import metrics as metrics_lib
 from rd_jax import storage
-from rd_jax.config import TRAINING
+from rd_jax.config import OPTIM_SECTIONS, TRAINING
 
 FILENAME = "run_config.json"
 
@@ -47,7 +47,9 @@ _STUDENT_DATA_KEYS = frozenset({"data.reasoning_path", "data.reasoning_source",
 
 # Keys added after runs were recorded, each with the value every run before it trained with: a
 # record without the key reads as that value, so adding a key does not orphan older runs.
-ADDED_KEYS = {"student.attention_dropout": 0.1}   # 2026-12-04; the one rate was student.dropout's
+ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was student.dropout's
+              # 2026-12-04: no stage averaged its weights before the key existed
+              **{f"{section}.optim.ema_decay": 0.0 for section in OPTIM_SECTIONS}}
 
 
 class RunConfigMismatch(ValueError):
