@@ -153,13 +153,16 @@ def make_optimizer(optim_cfg, total_steps: int, key: str = "optim"):
   if not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"config key {key}.ema_decay = {ema_decay} must be in [0, 1) "
                      "(0 = no weight average)")
-  tx = optax.chain(
+  parts = [
       optax.clip_by_global_norm(optim_cfg.grad_clip) if optim_cfg.grad_clip else optax.identity(),
       optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
                   weight_decay=optim_cfg.weight_decay, mask=decay_mask),
       # after AdamW (whose update already holds -lr * ...): the per-depth factor scales the step,
       # weight decay included, exactly as a per-layer learning rate would
-      scale_by_layer_decay(layer_decay) if layer_decay != 1.0 else optax.identity(),
-      # last: it needs the final updates to know the parameters this step produces
-      track_params_ema(ema_decay) if ema_decay else optax.identity())
-  return tx, schedule
+      scale_by_layer_decay(layer_decay) if layer_decay != 1.0 else optax.identity()]
+  if ema_decay:
+    # last: it needs the final updates to know the parameters this step produces. Only when on,
+    # so the optimiser state of a run without it keeps the structure its checkpoints were
+    # written with before the key existed (a resume restores into that structure).
+    parts.append(track_params_ema(ema_decay))
+  return optax.chain(*parts), schedule
