@@ -167,3 +167,16 @@ def test_ema_decay_out_of_range_names_its_key(tiny_config, decay):
   cfg.sft.optim.ema_decay = decay
   with pytest.raises(config_check.ConfigError, match=r"sft\.optim\.ema_decay"):
     config_check.validate(cfg)
+
+
+def test_without_ema_the_optimiser_state_keeps_its_checkpointed_structure():
+  """Checkpoints written before `ema_decay` existed restore into the state of a run without it."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+  before = optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.adamw(optax.constant_schedule(1e-3), mask=optim.decay_mask),
+                       optax.identity())
+  tx, _ = optim.make_optimizer(default_config().student.optim, 100, "student.optim")
+  assert jax.tree.structure(tx.init(params)) == jax.tree.structure(before.init(params))
