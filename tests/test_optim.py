@@ -180,3 +180,19 @@ def test_without_ema_the_optimiser_state_keeps_its_checkpointed_structure():
                        optax.identity())
   tx, _ = optim.make_optimizer(default_config().student.optim, 100, "student.optim")
   assert jax.tree.structure(tx.init(params)) == jax.tree.structure(before.init(params))
+
+
+def test_the_weight_average_of_bf16_parameters_is_kept_in_float32():
+  import jax
+  import jax.numpy as jnp
+  params = {"w": jnp.full((4,), 1.0, jnp.bfloat16)}
+  tx = optim.track_params_ema(0.99)
+  state = tx.init(params)
+  updates = {"w": jnp.full((4,), 1e-3, jnp.bfloat16)}       # below bf16's resolution near 1.0
+  for _ in range(3):
+    _, state = tx.update(updates, state, params)
+  assert state.ema["w"].dtype == jnp.float32
+  averaged = optim.averaged_params((state,), params)
+  assert averaged["w"].dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(state.ema["w"], np.float64) / float(state.weight), 1.0,
+                             rtol=1e-5)

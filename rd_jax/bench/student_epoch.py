@@ -24,7 +24,8 @@ from rd_jax.bench import common, student_train
 
 
 def add_args(parser) -> None:
-  parser.add_argument("--batch_size", type=int, default=32, help="global batch (the README figures: 32; configs/demo.py trains at 12)")
+  parser.add_argument("--batch_size", type=int, default=32,
+                      help="global batch (the README figures: 32; configs/demo.py trains at 12)")
   parser.add_argument("--modes", default="crsd,baseline", help="comma list of crsd, baseline")
   parser.add_argument("--max_batches", type=int, default=0,
                       help="stop each epoch after this many batches (0 = the whole epoch)")

@@ -31,7 +31,6 @@ the parameter paths) and resumed exactly, with no change to the train step.
 from __future__ import annotations
 
 import re
-
 from typing import Any, NamedTuple
 
 import jax
@@ -105,7 +104,7 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
 
 class ParamsEmaState(NamedTuple):
   weight: jax.Array   # [] float32: 1 - a^t, the average's total weight (its debiasing divisor)
-  ema: Any            # like params: the running sum m_t (module docstring)
+  ema: Any            # like params, float32: the running sum m_t (module docstring)
 
 
 def track_params_ema(decay: float) -> optax.GradientTransformation:
@@ -114,14 +113,15 @@ def track_params_ema(decay: float) -> optax.GradientTransformation:
   Last in the chain, so `params + updates` are the parameters the step produces.
   """
   def init(params):
+    # float32 whatever the parameters' dtype: in bf16, (1 - a) * theta below ~1/256 of m is lost
     return ParamsEmaState(weight=jnp.zeros((), jnp.float32),
-                          ema=jax.tree.map(jnp.zeros_like, params))
+                          ema=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
 
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("track_params_ema needs the parameters: call tx.update(grads, state, params)")
     new_params = optax.apply_updates(params, updates)
-    ema = jax.tree.map(lambda m, p: (decay * m + (1.0 - decay) * p).astype(m.dtype), state.ema,
+    ema = jax.tree.map(lambda m, p: decay * m + (1.0 - decay) * p.astype(jnp.float32), state.ema,
                        new_params)
     return updates, ParamsEmaState(weight=decay * state.weight + (1.0 - decay), ema=ema)
   return optax.GradientTransformation(init, update)
