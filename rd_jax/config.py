@@ -45,7 +45,7 @@ def optim_section(learning_rate: float, warmup_steps: int) -> ml_collections.Con
       b1=0.9,
       b2=0.999,
       layer_decay=1.0,            # lr x decay^(L+1-depth) per layer (train/optim.py); 1 = off
-      ema_decay=0.0))             # hand on an EMA of the weights with this decay (train/optim.py); 0 = off
+      ema_decay=0.0))             # hand on an EMA of the weights (train/optim.py); 0 = off
 
 
 def default_config() -> ml_collections.ConfigDict:

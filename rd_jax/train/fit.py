@@ -19,6 +19,7 @@ the sharding tests time and check, so they measure exactly the stages' step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Iterator
 
@@ -61,10 +62,10 @@ class Fitted:
   state: dict              # {"params", "opt_state", "step"}
   stats: dict              # loop.run's: steps, resumed_from, last_metrics, interrupted, ...
 
-  @property
+  @functools.cached_property
   def params(self):
     """What the stage hands on: the weight average when its optimiser keeps one (`ema_decay`),
-    else the last update's parameters."""
+    else the last update's parameters. Computed once (stages read it more than once)."""
     return optim.averaged_params(self.state["opt_state"], self.state["params"])
 
   @property

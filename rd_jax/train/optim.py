@@ -119,7 +119,8 @@ def track_params_ema(decay: float) -> optax.GradientTransformation:
 
   def update(updates, state, params=None):
     if params is None:
-      raise ValueError("track_params_ema needs the parameters: call tx.update(grads, state, params)")
+      raise ValueError("track_params_ema needs the parameters: "
+                       "call tx.update(grads, state, params)")
     new_params = optax.apply_updates(params, updates)
     ema = jax.tree.map(lambda m, p: decay * m + (1.0 - decay) * p.astype(jnp.float32), state.ema,
                        new_params)
