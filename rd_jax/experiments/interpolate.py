@@ -82,6 +82,11 @@ def score(predict, params, pairs, tokenizer, cfg, meta, offsets=None) -> tuple[d
   logits, gold = predict_lib.predict_logits(predict, params, pairs, tokenizer, cfg,
                                             max_len_std=meta.get("max_len_std"),
                                             match_hint=meta.get("match_hint", ""))
+  return figures_of_logits(logits, gold, pairs, cfg, meta, offsets), logits
+
+
+def figures_of_logits(logits, gold, pairs, cfg, meta, offsets=None) -> dict:
+  """score()'s figures from logits [N, C] already computed (experiments/ensemble.py reuses it)."""
   crossfit = None
   if offsets is None:
     offsets = (decision.fit_offsets(logits, gold) if cfg.student.fit_offsets
@@ -97,7 +102,7 @@ def score(predict, params, pairs, tokenizer, cfg, meta, offsets=None) -> tuple[d
   out.update(decision_offsets=m["decision_offsets"],
              per_class_f1={k: v["f1"] for k, v in m["per_class"].items()},
              predicted=np.bincount(m["predictions"], minlength=len(cfg.labels)).tolist())
-  return out, logits
+  return out
 
 
 def choose(valid: dict) -> float:
