@@ -259,6 +259,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.sft.chains_path = ""         # user chain-of-thought JSONL; "" = bootstrap (STaR) from teacher
   c.sft.bootstrap_pairs = 256    # ours: train pairs the STaR bootstrap samples rationales for
   c.sft.shuffle_definitions = True  # ours: prompt v2 SFT rows list the definitions in a random order
+  # ours: the prompt tokens every SFT row shares (chat template, instructions, definitions) run once
+  # per batch, not once per row (teacher/model.shared_prefix_logits: the same loss and gradients).
+  # With shuffle_definitions the order of the definitions is drawn per batch, not per chain.
+  c.sft.shared_prefix = False
   c.sft.bootstrap_samples = 2    # samples per prompt (and per rationalisation prompt)
   c.sft.bootstrap_temperature = 0.7
   c.sft.answer_extraction = True  # ours: a sample without a label line gets "\nLabel:" appended

@@ -204,3 +204,14 @@ def test_teacher_generate_annotation_tiny(tmp_path):
   assert s["ours_decode_steps"] <= s["ours_no_drafts_decode_steps"]
   assert set(s["ours_seconds_by_phase"]) == {"prefix", "refill", "decode", "score", "tail"}
   assert s["ours_vs_hf"] > 0 and r["config"]["draft_tokens"] == 4
+
+
+def test_sft_step(tmp_path):
+  result = run_bench("sft_step", tmp_path, "--batch_sizes=2,4", "--prefix_len=16", "--row_len=8")
+  s = result["summary"]
+  # token passes per step: plain B (P + L), shared P + B L
+  assert s["token_ratio_b2"] == pytest.approx(2 * 24 / (16 + 16))
+  assert s["token_ratio_b4"] == pytest.approx(4 * 24 / (16 + 32))
+  assert s["speedup_b2"] > 0 and s["speedup_b4"] > 0
+  assert {row["step"] for row in result["table"]} == {"plain_b2", "shared_b2", "plain_b4", "shared_b4"}
+  assert result["measurements"]["shared_b4"]["flops_per_step"] < result["measurements"]["plain_b4"]["flops_per_step"]

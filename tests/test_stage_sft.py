@@ -23,7 +23,7 @@ from rd_jax.data import prompts, readers
 from rd_jax.data.schema import DataError
 from rd_jax.models.decoder import Decoder, DecoderConfig
 from rd_jax.stages import sft
-from rd_jax.teacher import model as teacher_model, rows as rows_lib
+from rd_jax.teacher import eval as te, model as teacher_model, rows as rows_lib
 
 # prompt v2: the item ends the user turn (or precedes the rationalisation hint)
 _PROMPT = re.compile(r"Query: (.*?)\n\nProduct:\n(.*?)(?:\n\nHint:|<\|im_end\|>)", re.S)
@@ -246,3 +246,69 @@ def test_sft_bootstrap_is_reused_after_an_interruption(tiny_config, data, tmp_pa
   cfg.sft.bootstrap_pairs = 16  # the chains on disk were made with 8: refuse to mix
   with pytest.raises(ValueError, match="bootstrap_pairs"):
     sft.run(cfg, str(tmp_path))
+
+
+def _matched(data, n):
+  chains = ["The title names the queried item.", "Wrong colour.", "A case for it, not it."]
+  train = data[1]["train"]
+  return [(p, {"reasoning": chains[i % 3], "label": ("Exact", "Irrelevant", "Complement")[i % 3]})
+          for i, p in enumerate(train[:n])]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shared_prefix_rows_are_the_plain_rows_split(tiny_config, tokenizer, data, shuffle):
+  cfg = tiny_config()
+  cfg.sft.shuffle_definitions = shuffle
+  matched = _matched(data, 6)
+  rows, prefixes, report = sft.shared_prefix_rows(matched, tokenizer, cfg)
+  p = report["shared_prefix_tokens"]
+  assert prefixes.shape == (24 if shuffle else 1, p) and p > 100   # chat template + instructions + definitions
+  assert report["definition_orders"] == len(prefixes)
+  orders = sft.definition_orders(cfg)
+  for (pair, chain), tokens, attn, loss in zip(matched, rows["tokens"], rows["attention_mask"],
+                                               rows["loss_mask"]):
+    n = int(attn.sum())
+    target, _ = sft.target_ids(tokenizer, chain["reasoning"], chain["label"], cfg.teacher.max_response_len)
+    assert loss[0] == 0 and loss[:n].sum() == len(target) and tokens[n - len(target):n].tolist() == target
+    for order, prefix in zip(orders, prefixes):   # every order: its prefix, then the same row
+      prompt = te.fit_prompt(tokenizer, pair, cfg, order=order)[0]
+      assert prefix.tolist() + tokens[:n].tolist() == prompt + target
+  plain, plain_report = sft.sft_rows(matched, tokenizer, in_labels_order(cfg))
+  assert report["tokens"] == plain_report["tokens"] and report["response_tokens"] == plain_report["response_tokens"]
+  assert report["row_tokens_after_prefix"] == plain_report["tokens"] - p * len(matched)
+
+
+def in_labels_order(cfg):
+  """The same config with the definitions in the labels' order (sft_rows shuffles per chain)."""
+  cfg = cfg.copy_and_resolve_references()
+  cfg.sft.shuffle_definitions = False
+  return cfg
+
+
+def test_sft_shared_prefix_trains_as_the_plain_rows(tiny_config, data, tmp_path):
+  """The stage end to end both ways (definitions in one order, so the batches hold the same rows):
+  the same losses step by step and the same final weights, to float rounding."""
+  _, splits = data
+  path = tmp_path / "chains.jsonl"
+  path.write_text("".join(json.dumps({"query_id": p.query_id, "product_id": p.product_id,
+                                      "reasoning": "It matches.", "label": "Exact"}) + "\n"
+                          for p in splits["train"][:8]))
+  finals, losses = [], []
+  for shared in (False, True):
+    cfg = tiny_config()
+    cfg.sft.chains_path, cfg.sft.eval_pairs = str(path), 0
+    cfg.sft.shuffle_definitions, cfg.sft.shared_prefix = False, shared
+    cfg.sft.num_steps, cfg.train.log_every = 3, 1
+    workdir = str(tmp_path / f"shared_{shared}")
+    summary = sft.run(cfg, workdir)
+    assert ("shared_prefix_tokens" in summary["rows"]) == shared
+    losses.append([json.loads(line)["loss"] for line in
+                   open(os.path.join(workdir, "sft", "metrics.jsonl")) if '"loss"' in line])
+    meta = checkpoint.read_meta(os.path.join(workdir, "sft"))
+    config = DecoderConfig.from_dict(meta["model_config"])
+    abstract = jax.eval_shape(lambda: teacher_model.decoder.init_params(config, jax.random.PRNGKey(0)))
+    finals.append(checkpoint.load_final(os.path.join(workdir, "sft"), abstract, expect_model="decoder")[0])
+  assert len(losses[0]) == 3
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
+               finals[1], finals[0])

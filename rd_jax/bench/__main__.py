@@ -28,6 +28,8 @@ BENCHMARKS = {
               "per-layer remat: XLA temp bytes of the student / teacher train step with and without"),
     "accel_check": ("rd_jax.bench.accel_check",
                     "GPU/TPU check (launch/gpu_check.sh): student bf16 MFU, teacher tokens/s, sharded step"),
+    "sft_step": ("rd_jax.bench.sft_step",
+                 "SFT step: the shared prompt prefix run once per batch vs once per row (ratio)"),
     "scaling": ("rd_jax.bench.scaling",
                 "sharded CRSD step on 1, 2, 4, 8 devices: step time, tokens/s per device"),
 }

@@ -13,6 +13,12 @@ Loss: token-mean next-token CE on the response tokens and the EOS only; prompt a
 masked (`loss_mask`). A response longer than `teacher.max_response_len` tokens (EOS included) has
 its reasoning cut at the end so that the label line survives; cut targets are counted.
 
+With `sft.shared_prefix` the prompt tokens every row shares (chat template, instructions,
+definitions: ~170 of the demo's ~250) are cut off the rows and run once per batch
+(`shared_prefix_rows`, `teacher/model.shared_prefix_logits`): the same loss and gradients for
+P + B L token passes instead of B (P + L). The definitions' order is then drawn per batch (one of
+the orders' prefixes, `rows.row_batches(prefixes=...)`), not fixed per chain.
+
 Chains (a reasoning + label per TRAIN pair) come from:
 - `sft.chains_path`: a user JSONL, one object per line: `query_id` + `product_id` (or `query` +
   `product_id`), `reasoning` (non-empty string), `label` (one of cfg.labels). Each line is matched
@@ -39,6 +45,7 @@ metrics.jsonl, tb/, summary.json (last).
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import time
@@ -48,7 +55,7 @@ import numpy as np
 from absl import logging
 
 from rd_jax import metrics as metrics_lib
-from rd_jax import storage
+from rd_jax import refill, storage
 from rd_jax.data import prompts, readers
 from rd_jax.data.schema import DataError, match_label
 from rd_jax.models import decoder
@@ -227,6 +234,60 @@ def sft_rows(matched: list, tokenizer, cfg) -> tuple[dict, dict]:
                 "targets_cut": cut_targets}
 
 
+def definition_orders(cfg) -> list:
+  """The orders of the definitions SFT trains under: [None] (the labels' order) unless prompt v2
+  shuffles them, then every permutation (at most 24, seeded, when there are more)."""
+  k = len(cfg.labels)
+  if not (cfg.sft.shuffle_definitions and cfg.teacher.prompt_version >= 2):
+    return [None]
+  perms = [list(p) for p in itertools.permutations(range(k))] if k <= 4 else [
+      np.random.default_rng([cfg.seed, 8]).permutation(k).tolist() for _ in range(24)]
+  return perms
+
+
+def shared_prefix_rows(matched: list, tokenizer, cfg) -> tuple[dict, np.ndarray, dict]:
+  """`sft.shared_prefix`: (rows after the shared prefix [N, row_length - P], prefixes [O, P] (one
+  per definition order), report).
+
+  P = the prompts' common token prefix under the labels' order, less one token if a prompt would
+  be left empty (a row must start inside its prompt, so every loss target stays in the row:
+  teacher/model.shared_prefix_logits). Each other order o must render every prompt as its own
+  P-token prefix followed by the same tokens; this is checked on up to 64 rows per order and a
+  mismatch stops naming `sft.shared_prefix`.
+  """
+  seqs, masks, prompts_, cut_prompts, cut_targets = [], [], [], 0, 0
+  for pair, chain in matched:
+    p_ids, p_cut = te.fit_prompt(tokenizer, pair, cfg)
+    t_ids, t_cut = target_ids(tokenizer, chain["reasoning"], chain["label"],
+                              int(cfg.teacher.max_response_len))
+    prompts_.append(p_ids)
+    seqs.append(p_ids + t_ids)
+    masks.append([0] * len(p_ids) + [1] * len(t_ids))
+    cut_prompts, cut_targets = cut_prompts + p_cut, cut_targets + t_cut
+  p = min(refill.common_prefix(prompts_), min(len(x) for x in prompts_) - 1)
+  prefixes = []
+  check = np.random.default_rng([cfg.seed, 9]).permutation(len(matched))[:64]
+  for order in definition_orders(cfg):
+    prefix = None
+    for i in check:
+      ids = te.fit_prompt(tokenizer, matched[i][0], cfg, order=order)[0]
+      prefix = ids[:p] if prefix is None else prefix
+      if ids[:p] != prefix or ids[p:] != prompts_[i][p:]:
+        raise ValueError(
+            f"sft.shared_prefix: under definition order {order} the prompt of query "
+            f"{matched[i][0].query!r} is not the shared {p}-token prefix followed by the tokens it "
+            "has under the labels' order; set sft.shared_prefix=False")
+    prefixes.append(prefix)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  rows = rows_lib.right_pad([x[p:] for x in seqs], [m[p:] for m in masks], row_length(cfg) - p, pad)
+  report = {"rows": len(seqs), "tokens": int(rows["attention_mask"].sum()) + p * len(seqs),
+            "response_tokens": int(rows["loss_mask"].sum()), "prompts_cut": cut_prompts,
+            "targets_cut": cut_targets, "shared_prefix_tokens": p,
+            "definition_orders": len(prefixes),
+            "row_tokens_after_prefix": int(rows["attention_mask"].sum())}
+  return rows, np.asarray(prefixes, np.int32).reshape(len(prefixes), p), report
+
+
 # ------------------------------------------------------------------------------------ stage
 def load_or_bootstrap(cfg, teacher, pairs, train, stage_dir) -> tuple[list, dict]:
   """[(Pair, chain)] and the chains report; bootstraps once, then reuses chains.jsonl."""
@@ -275,7 +336,12 @@ def run(cfg, workdir: str) -> dict:
     raise ValueError(f"only {len(matched)} usable chains ({chains}), fewer than sft.batch_size="
                      f"{cfg.sft.batch_size}: raise sft.bootstrap_pairs / sft.bootstrap_samples or "
                      "give sft.chains_path")
-  rows, row_report = sft_rows(matched, teacher.tokenizer, cfg)
+  if cfg.sft.shared_prefix:
+    rows, prefixes, row_report = shared_prefix_rows(matched, teacher.tokenizer, cfg)
+    longest = row_length(cfg) - row_report["shared_prefix_tokens"]
+    buckets = sorted(set(range(64, longest, 64)) | {longest})
+  else:
+    (rows, row_report), prefixes, buckets = sft_rows(matched, teacher.tokenizer, cfg), None, length_buckets(cfg)
   valid = splits["valid"]
   pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(valid))[:int(cfg.sft.eval_pairs)])
   eval_pairs = [valid[i] for i in pick]
@@ -297,7 +363,7 @@ def run(cfg, workdir: str) -> dict:
 
   model = decoder.Decoder(teacher.config)
   batches = rows_lib.row_batches(rows, batch_size=cfg.sft.batch_size, seed=cfg.seed,
-                                 length_buckets=length_buckets(cfg))
+                                 length_buckets=buckets, prefixes=prefixes)
   trained = fit.fit(cfg, "sft", workdir, params=teacher.params,
                     loss_fn=teacher_model.lm_loss(model), batches=batches, mesh=mesh,
                     rules=teacher_model.TEACHER_RULES)

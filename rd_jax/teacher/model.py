@@ -107,11 +107,39 @@ def lm_loss(model: decoder.Decoder):
   """
   def loss_fn(params, batch):
     mask = batch["attention_mask"]
-    logits, _ = model.apply({"params": params}, batch["tokens"],
-                            decoder.positions_from_mask(mask), attention_mask=mask)
+    if "prefix" in batch:   # SFT rows after a shared prompt prefix (stages/sft.py)
+      logits = shared_prefix_logits(model, params, batch["prefix"], batch["tokens"], mask)
+    else:
+      logits, _ = model.apply({"params": params}, batch["tokens"],
+                              decoder.positions_from_mask(mask), attention_mask=mask)
     targets, target_mask = lm.next_token_targets(batch["tokens"], batch["loss_mask"])
     total, count = lm.masked_lm_loss(logits, targets, target_mask)
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count, "perplexity": jnp.exp(loss)}
 
   return loss_fn
+
+
+def shared_prefix_logits(model: decoder.Decoder, params, prefix, tokens, mask):
+  """Logits [B, L, V] of rows `tokens` [B, L] (right-padded, validity `mask`) that all follow the
+  same P prompt tokens `prefix` [B, P] (every row holds the same tokens; row 0 is read).
+
+  The prefix runs once, as one row: its keys/values [layers, K, P, hd] are attended by every row
+  through the decoder's shared-prefix cache entries, and the rows' positions start at P. This is
+  exactly the full rows' forward (prefix + row) with the prefix's logits dropped, and autodiff
+  sums the rows' gradients through the one prefix pass: a batch of B rows costs P + B * L token
+  passes instead of B * (P + L). The first row token's prediction (from the prefix's last
+  position) is dropped, so the caller keeps every loss target inside the rows (sft.py: a row starts
+  inside the prompt).
+  """
+  p = prefix.shape[1]
+  one = prefix[:1]                                                          # [1, P]
+  _, cache = model.apply({"params": params}, one, jnp.arange(p)[None],
+                         cache=decoder.init_cache(model.config, 1, p), cache_index=0,
+                         method=decoder.Decoder.hidden_states)
+  b, l = tokens.shape
+  rows = dict(decoder.init_cache(model.config, b, l),
+              prefix_k=cache["k"][:, 0], prefix_v=cache["v"][:, 0])       # [layers, K, P, hd]
+  logits, _ = model.apply({"params": params}, tokens, p + decoder.positions_from_mask(mask),
+                          attention_mask=mask, cache=rows, cache_index=0)
+  return logits

@@ -16,8 +16,10 @@ class _RowBatch:
   """index -> this host's slice of global batch `index` (epoch-wise reshuffled rows)."""
 
   def __init__(self, rows: dict[str, np.ndarray], batch_size: int, seed: int,
-               process_index: int, process_count: int, trim_to: Sequence[int] = ()):
+               process_index: int, process_count: int, trim_to: Sequence[int] = (),
+               prefixes: np.ndarray | None = None):
     self.rows, self.batch_size, self.seed = rows, batch_size, seed
+    self.prefixes = prefixes
     self.n = len(next(iter(rows.values())))
     self.per_epoch = self.n // batch_size
     if self.per_epoch == 0:
@@ -37,13 +39,24 @@ class _RowBatch:
       longest = int(batch["attention_mask"].sum(1).max())
       length = next((b for b in self.trim_to if b >= longest), batch["tokens"].shape[1])
       batch = {k: v[:, :length] if v.ndim == 2 else v for k, v in batch.items()}
+    if self.prefixes is not None:  # one of the shared prefixes for the whole global batch
+      pick = np.random.default_rng([self.seed, epoch, slot, 1]).integers(len(self.prefixes))
+      batch["prefix"] = np.repeat(self.prefixes[pick][None], self.batch_size, axis=0)
     return {k: v[self.local] for k, v in batch.items()}
 
 
 def row_batches(rows: dict[str, np.ndarray], *, batch_size: int, seed: int,
-                length_buckets: Sequence[int] = ()) -> grain.DatasetIterator:
-  """Endless checkpointable iterator (get_state/set_state) of host-local batches of `rows`."""
-  fn = _RowBatch(rows, batch_size, seed, jax.process_index(), jax.process_count(), length_buckets)
+                length_buckets: Sequence[int] = (),
+                prefixes: np.ndarray | None = None) -> grain.DatasetIterator:
+  """Endless checkpointable iterator (get_state/set_state) of host-local batches of `rows`.
+
+  prefixes: [O, P] token rows, or None. When given, every batch also holds "prefix" [b, P]: one
+  of the O rows, drawn per global batch from (seed, epoch, slot) and repeated on every row (a
+  batch-sized array so each host slices it as it slices the rows), the prompt prefix the rows
+  follow (stages/sft.py, `sft.shared_prefix`).
+  """
+  fn = _RowBatch(rows, batch_size, seed, jax.process_index(), jax.process_count(), length_buckets,
+                 prefixes)
   dataset = grain.MapDataset.range(fn.per_epoch).repeat().map_with_index(lambda i, _: fn(i))
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 

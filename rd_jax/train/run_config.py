@@ -49,7 +49,8 @@ _STUDENT_DATA_KEYS = frozenset({"data.reasoning_path", "data.reasoning_source",
 # record without the key reads as that value, so adding a key does not orphan older runs.
 ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was student.dropout's
               # 2026-12-04: no stage averaged its weights before the key existed
-              **{f"{section}.optim.ema_decay": 0.0 for section in OPTIM_SECTIONS}}
+              **{f"{section}.optim.ema_decay": 0.0 for section in OPTIM_SECTIONS},
+              "sft.shared_prefix": False}    # 2026-12-04: every SFT row ran its whole prompt
 
 
 class RunConfigMismatch(ValueError):
