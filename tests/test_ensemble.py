@@ -45,7 +45,8 @@ def test_a_student_with_itself_is_that_student(two_students):
     for name in ("member_0", "member_1", "ensemble", "soup"):
       got = result[split][name]
       for key in ("macro_f1", "macro_f1_argmax", "ndcg@10", "log_loss", "decision_offsets"):
-        np.testing.assert_allclose(got[key], alone[split][key], atol=1e-6, err_msg=f"{split} {name} {key}")
+        np.testing.assert_allclose(got[key], alone[split][key], atol=1e-6,
+                                   err_msg=f"{split} {name} {key}")
   assert "macro_f1_crossfit" in result["valid"]["ensemble"]
 
 
@@ -66,7 +67,8 @@ def test_ensemble_is_the_mean_of_the_logits_and_soup_the_mean_of_the_weights(two
   assert result["valid"]["ensemble"]["macro_f1"] == pytest.approx(mean["macro_f1"], abs=1e-9)
   # the two seeds' heads differ, so the soup is not either member
   soup = ensemble.soup([r[2] for r in restored])
-  k0, k1, ks = (np.asarray(p["classifier"]["kernel"]) for p in (restored[0][2], restored[1][2], soup))
+  k0, k1, ks = (np.asarray(p["classifier"]["kernel"])
+                for p in (restored[0][2], restored[1][2], soup))
   assert not np.allclose(k0, k1)
   np.testing.assert_allclose(ks, (k0 + k1) / 2, rtol=1e-6)
   assert jax.tree.structure(soup) == jax.tree.structure(restored[0][2])

@@ -34,7 +34,8 @@ def _rows(prefix, bodies, losses, length):
 def test_shared_prefix_loss_and_grads_equal_the_full_rows(tied):
   config = dataclasses.replace(TINY, tie_embeddings=tied)
   params = init_params(config, jax.random.PRNGKey(0))
-  params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+  noise = lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  params = jax.tree.map(noise, params)                     # no zero biases or unit norms
   rng = np.random.RandomState(0)
   p = 7
   prefix = rng.randint(1, config.vocab_size, p)

@@ -21,7 +21,7 @@ from rd_jax import checkpoint, generate
 from rd_jax.convert import hf_decoder
 from rd_jax.data import prompts, readers
 from rd_jax.data.schema import DataError
-from rd_jax.models.decoder import Decoder, DecoderConfig
+from rd_jax.models.decoder import Decoder, DecoderConfig, init_params
 from rd_jax.stages import sft
 from rd_jax.teacher import eval as te, model as teacher_model, rows as rows_lib
 
@@ -262,19 +262,23 @@ def test_shared_prefix_rows_are_the_plain_rows_split(tiny_config, tokenizer, dat
   matched = _matched(data, 6)
   rows, prefixes, report = sft.shared_prefix_rows(matched, tokenizer, cfg)
   p = report["shared_prefix_tokens"]
-  assert prefixes.shape == (24 if shuffle else 1, p) and p > 100   # chat template + instructions + definitions
+  # the chat template, the instructions and the definitions
+  assert prefixes.shape == (24 if shuffle else 1, p) and p > 100
   assert report["definition_orders"] == len(prefixes)
   orders = sft.definition_orders(cfg)
   for (pair, chain), tokens, attn, loss in zip(matched, rows["tokens"], rows["attention_mask"],
                                                rows["loss_mask"]):
     n = int(attn.sum())
-    target, _ = sft.target_ids(tokenizer, chain["reasoning"], chain["label"], cfg.teacher.max_response_len)
-    assert loss[0] == 0 and loss[:n].sum() == len(target) and tokens[n - len(target):n].tolist() == target
+    target, _ = sft.target_ids(tokenizer, chain["reasoning"], chain["label"],
+                               cfg.teacher.max_response_len)
+    assert loss[0] == 0 and loss[:n].sum() == len(target)
+    assert tokens[n - len(target):n].tolist() == target
     for order, prefix in zip(orders, prefixes):   # every order: its prefix, then the same row
       prompt = te.fit_prompt(tokenizer, pair, cfg, order=order)[0]
       assert prefix.tolist() + tokens[:n].tolist() == prompt + target
   plain, plain_report = sft.sft_rows(matched, tokenizer, in_labels_order(cfg))
-  assert report["tokens"] == plain_report["tokens"] and report["response_tokens"] == plain_report["response_tokens"]
+  assert report["tokens"] == plain_report["tokens"]
+  assert report["response_tokens"] == plain_report["response_tokens"]
   assert report["row_tokens_after_prefix"] == plain_report["tokens"] - p * len(matched)
 
 
@@ -306,8 +310,9 @@ def test_sft_shared_prefix_trains_as_the_plain_rows(tiny_config, data, tmp_path)
                    open(os.path.join(workdir, "sft", "metrics.jsonl")) if '"loss"' in line])
     meta = checkpoint.read_meta(os.path.join(workdir, "sft"))
     config = DecoderConfig.from_dict(meta["model_config"])
-    abstract = jax.eval_shape(lambda: teacher_model.decoder.init_params(config, jax.random.PRNGKey(0)))
-    finals.append(checkpoint.load_final(os.path.join(workdir, "sft"), abstract, expect_model="decoder")[0])
+    abstract = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    finals.append(checkpoint.load_final(os.path.join(workdir, "sft"), abstract,
+                                        expect_model="decoder")[0])
   assert len(losses[0]) == 3
   np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),

@@ -22,7 +22,8 @@ from rd_jax.bench import common
 def add_args(parser) -> None:
   parser.add_argument("--batch_sizes", default="4,16", help="comma list of global batch sizes")
   parser.add_argument("--prefix_len", type=int, default=168, help="shared prompt tokens P")
-  parser.add_argument("--row_len", type=int, default=192, help="padded row tokens L after the prefix")
+  parser.add_argument("--row_len", type=int, default=192,
+                      help="padded row tokens L after the prefix")
 
 
 def _config(size: str):
@@ -44,12 +45,13 @@ def _rows(b: int, p: int, l: int, vocab: int, seed: int) -> tuple[dict, dict]:
   n = (3 * l) // 4
   body = rng.integers(1, vocab, (b, n))
   shared = {"tokens": np.zeros((b, l), np.int32), "attention_mask": np.zeros((b, l), np.int32),
-            "loss_mask": np.zeros((b, l), np.int32), "prefix": np.tile(prefix, (b, 1)).astype(np.int32)}
+            "loss_mask": np.zeros((b, l), np.int32),
+            "prefix": np.tile(prefix, (b, 1)).astype(np.int32)}
   shared["tokens"][:, :n], shared["attention_mask"][:, :n] = body, 1
   shared["loss_mask"][:, n // 2:n] = 1
-  plain = {k: np.concatenate([np.tile(prefix, (b, 1)) if k == "tokens" else
-                              np.full((b, p), 1 if k == "attention_mask" else 0), v], 1).astype(np.int32)
-           for k, v in shared.items() if k != "prefix"}
+  head = {"tokens": np.tile(prefix, (b, 1)), "attention_mask": np.ones((b, p)),
+          "loss_mask": np.zeros((b, p))}
+  plain = {k: np.concatenate([head[k], shared[k]], 1).astype(np.int32) for k in head}
   return plain, shared
 
 

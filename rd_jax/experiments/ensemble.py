@@ -66,8 +66,8 @@ def check_compatible(metas: list[dict], checkpoints: list[str]) -> None:
 def soup(params_list: list) -> dict:
   """The uniform average of every parameter (fp32 sum, then / k), in the first member's dtypes."""
   k = float(len(params_list))
-  return jax.tree.map(lambda *xs: (sum(np.asarray(x, np.float32) for x in xs) / k).astype(xs[0].dtype),
-                      *params_list)
+  mean = lambda *xs: (sum(np.asarray(x, np.float32) for x in xs) / k).astype(xs[0].dtype)
+  return jax.tree.map(mean, *params_list)
 
 
 def run(cfg, checkpoints: list[str], out: str | None = None, with_soup: bool = True,

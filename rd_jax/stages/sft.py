@@ -341,7 +341,8 @@ def run(cfg, workdir: str) -> dict:
     longest = row_length(cfg) - row_report["shared_prefix_tokens"]
     buckets = sorted(set(range(64, longest, 64)) | {longest})
   else:
-    (rows, row_report), prefixes, buckets = sft_rows(matched, teacher.tokenizer, cfg), None, length_buckets(cfg)
+    rows, row_report = sft_rows(matched, teacher.tokenizer, cfg)
+    prefixes, buckets = None, length_buckets(cfg)
   valid = splits["valid"]
   pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(valid))[:int(cfg.sft.eval_pairs)])
   eval_pairs = [valid[i] for i in pick]
