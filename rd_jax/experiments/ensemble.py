@@ -122,10 +122,7 @@ def main(argv):
   del argv
   result = run(_FLAGS["config"].value, _FLAGS["checkpoints"].value, _FLAGS["out"].value,
                _FLAGS["soup"].value, _FLAGS["test"].value)
-  keys = ("macro_f1", "macro_f1_crossfit", "macro_f1_argmax", "ndcg@10", "log_loss")
-  table = {split: {name: {k: round(m[k], 4) for k in keys if k in m}
-                   for name, m in result[split].items()}
-           for split in ("valid", "test") if split in result}
+  table = interpolate.headline_table(result)
   print(json.dumps({**table, "members_mean": result["members_mean"], "out": _FLAGS["out"].value},
                    indent=1))
 

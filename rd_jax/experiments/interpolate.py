@@ -105,6 +105,14 @@ def figures_of_logits(logits, gold, pairs, cfg, meta, offsets=None) -> dict:
   return out
 
 
+def headline_table(result: dict) -> dict:
+  """{split: {model: {figure: rounded}}} of a result's "valid" / "test" (what main prints)."""
+  keys = ("macro_f1", "macro_f1_crossfit", "macro_f1_argmax", "ndcg@10", "log_loss")
+  return {split: {name: {k: round(m[k], 4) for k in keys if k in m}
+                  for name, m in result[split].items()}
+          for split in ("valid", "test") if split in result}
+
+
 def choose(valid: dict) -> float:
   """The alpha with the best valid macro-F1 (offsets fitted on valid); ties: the larger alpha."""
   return max(valid, key=lambda a: (round(valid[a]["macro_f1"], 12), a))
@@ -159,10 +167,7 @@ def main(argv):
   del argv
   result = run(_FLAGS["config"].value, _FLAGS["workdir"].value, _FLAGS["stage"].value,
                _FLAGS["alphas"].value, _FLAGS["out"].value, _FLAGS["test"].value)
-  keys = ("macro_f1", "macro_f1_crossfit", "macro_f1_argmax", "ndcg@10", "log_loss")
-  table = {split: {a: {k: round(m[k], 4) for k in keys if k in m}
-                   for a, m in result[split].items()}
-           for split in ("valid", "test") if split in result}
+  table = headline_table(result)
   print(json.dumps({"chosen_alpha": result["chosen_alpha"], **table, "out": _FLAGS["out"].value},
                    indent=1))
 

@@ -215,23 +215,33 @@ def sft_rows(matched: list, tokenizer, cfg) -> tuple[dict, dict]:
 
   loss_mask is 1 exactly on the response tokens and the EOS (next_token_targets shifts it).
   """
-  seqs, masks, cut_prompts, cut_targets = [], [], 0, 0
   rng = np.random.default_rng([cfg.seed, 7])
-  for pair, chain in matched:
-    # prompt v2: each chain under its own order of the definitions, so no position is the answer
-    order = (rng.permutation(len(cfg.labels)).tolist()
-             if cfg.sft.shuffle_definitions and cfg.teacher.prompt_version >= 2 else None)
+  shuffle = cfg.sft.shuffle_definitions and cfg.teacher.prompt_version >= 2
+  # prompt v2: each chain under its own order of the definitions, so no position is the answer
+  orders = [rng.permutation(len(cfg.labels)).tolist() if shuffle else None for _ in matched]
+  _, seqs, masks, counts = _sequences(matched, tokenizer, cfg, orders)
+  rows = rows_lib.right_pad(seqs, masks, row_length(cfg), _pad_id(tokenizer))
+  return rows, {"rows": len(seqs), "tokens": int(rows["attention_mask"].sum()),
+                "response_tokens": int(rows["loss_mask"].sum()), **counts}
+
+
+def _sequences(matched: list, tokenizer, cfg, orders: list) -> tuple[list, list, list, dict]:
+  """(prompt ids, prompt + target ids, their loss masks, cut counts) of each (pair, chain), the
+  i-th prompt under definition order orders[i] (None: the labels' order)."""
+  prompts_, seqs, masks, cut_prompts, cut_targets = [], [], [], 0, 0
+  for (pair, chain), order in zip(matched, orders):
     p_ids, p_cut = te.fit_prompt(tokenizer, pair, cfg, order=order)
     t_ids, t_cut = target_ids(tokenizer, chain["reasoning"], chain["label"],
                               int(cfg.teacher.max_response_len))
+    prompts_.append(p_ids)
     seqs.append(p_ids + t_ids)
     masks.append([0] * len(p_ids) + [1] * len(t_ids))
     cut_prompts, cut_targets = cut_prompts + p_cut, cut_targets + t_cut
-  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-  rows = rows_lib.right_pad(seqs, masks, row_length(cfg), pad)
-  return rows, {"rows": len(seqs), "tokens": int(rows["attention_mask"].sum()),
-                "response_tokens": int(rows["loss_mask"].sum()), "prompts_cut": cut_prompts,
-                "targets_cut": cut_targets}
+  return prompts_, seqs, masks, {"prompts_cut": cut_prompts, "targets_cut": cut_targets}
+
+
+def _pad_id(tokenizer) -> int:
+  return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def definition_orders(cfg) -> list:
@@ -255,15 +265,7 @@ def shared_prefix_rows(matched: list, tokenizer, cfg) -> tuple[dict, np.ndarray,
   P-token prefix followed by the same tokens; this is checked on up to 64 rows per order and a
   mismatch stops naming `sft.shared_prefix`.
   """
-  seqs, masks, prompts_, cut_prompts, cut_targets = [], [], [], 0, 0
-  for pair, chain in matched:
-    p_ids, p_cut = te.fit_prompt(tokenizer, pair, cfg)
-    t_ids, t_cut = target_ids(tokenizer, chain["reasoning"], chain["label"],
-                              int(cfg.teacher.max_response_len))
-    prompts_.append(p_ids)
-    seqs.append(p_ids + t_ids)
-    masks.append([0] * len(p_ids) + [1] * len(t_ids))
-    cut_prompts, cut_targets = cut_prompts + p_cut, cut_targets + t_cut
+  prompts_, seqs, masks, counts = _sequences(matched, tokenizer, cfg, [None] * len(matched))
   p = min(refill.common_prefix(prompts_), min(len(x) for x in prompts_) - 1)
   prefixes = []
   check = np.random.default_rng([cfg.seed, 9]).permutation(len(matched))[:64]
@@ -278,11 +280,10 @@ def shared_prefix_rows(matched: list, tokenizer, cfg) -> tuple[dict, np.ndarray,
             f"{matched[i][0].query!r} is not the shared {p}-token prefix followed by the tokens it "
             "has under the labels' order; set sft.shared_prefix=False")
     prefixes.append(prefix)
-  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-  rows = rows_lib.right_pad([x[p:] for x in seqs], [m[p:] for m in masks], row_length(cfg) - p, pad)
+  rows = rows_lib.right_pad([x[p:] for x in seqs], [m[p:] for m in masks], row_length(cfg) - p,
+                            _pad_id(tokenizer))
   report = {"rows": len(seqs), "tokens": int(rows["attention_mask"].sum()) + p * len(seqs),
-            "response_tokens": int(rows["loss_mask"].sum()), "prompts_cut": cut_prompts,
-            "targets_cut": cut_targets, "shared_prefix_tokens": p,
+            "response_tokens": int(rows["loss_mask"].sum()), **counts, "shared_prefix_tokens": p,
             "definition_orders": len(prefixes),
             "row_tokens_after_prefix": int(rows["attention_mask"].sum())}
   return rows, np.asarray(prefixes, np.int32).reshape(len(prefixes), p), report
