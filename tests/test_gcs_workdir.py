@@ -142,6 +142,8 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow   # 114 s / 83 s of CI; its local twin (test_multiprocess.py /
+# test_kill_resume.py) and test_every_stage_on_gcs run by default
 def test_two_processes_share_a_gcs_workdir(gcs, tmp_path):
   """crsd, baseline, eval and export of `--stage=all` as 2 JAX processes writing one gs://
   workdir. The export is process 0's alone: its restore must not wait for process 1, which has
@@ -171,6 +173,8 @@ def test_two_processes_share_a_gcs_workdir(gcs, tmp_path):
   assert list(cwd.iterdir()) == []
 
 
+@pytest.mark.slow   # 114 s / 83 s of CI; its local twin (test_multiprocess.py /
+# test_kill_resume.py) and test_every_stage_on_gcs run by default
 def test_sigkill_then_restart_on_gcs_equals_uninterrupted(gcs, tmp_path):
   """CRSD killed mid-training on a gs:// workdir resumes from the bucket's checkpoint and its
   lease, and ends with the params of an uninterrupted local run."""
