@@ -204,9 +204,10 @@ def row_length(cfg) -> int:
   return int(cfg.teacher.max_prompt_len) + int(cfg.teacher.max_response_len)
 
 
-def length_buckets(cfg) -> list[int]:
-  """Padded row lengths: multiples of 64 below the longest possible row, and that row."""
-  longest = row_length(cfg)
+def length_buckets(cfg, prefix_len: int = 0) -> list[int]:
+  """Padded row lengths: multiples of 64 below the longest possible row (after a shared prefix
+  of `prefix_len` tokens), and that row."""
+  longest = row_length(cfg) - prefix_len
   return sorted(set(range(64, longest, 64)) | {longest})
 
 
@@ -339,8 +340,7 @@ def run(cfg, workdir: str) -> dict:
                      "give sft.chains_path")
   if cfg.sft.shared_prefix:
     rows, prefixes, row_report = shared_prefix_rows(matched, teacher.tokenizer, cfg)
-    longest = row_length(cfg) - row_report["shared_prefix_tokens"]
-    buckets = sorted(set(range(64, longest, 64)) | {longest})
+    buckets = length_buckets(cfg, row_report["shared_prefix_tokens"])
   else:
     rows, row_report = sft_rows(matched, teacher.tokenizer, cfg)
     prefixes, buckets = None, length_buckets(cfg)
