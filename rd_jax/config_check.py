@@ -30,6 +30,7 @@ _CHOICES = {
     "teacher.prompt_version": (1, 2),
     "crsd.lambda_scale": ("absolute", "gradient_ratio"),
     "student.class_weighting": ("none", "balanced", "given"),
+    "student.head_init": ("normal", "zeros"),
     "student.similarity_normalisation": ("split", "query"),
     "student.match_hint": ("", "missing"),
     "student.similarity_from": ("cls", "logits"),

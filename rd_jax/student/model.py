@@ -26,7 +26,8 @@ def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
         intermediate_size=cfg.student.intermediate_size, max_position=cfg.student.max_position,
         dropout=cfg.student.dropout, attention_dropout=cfg.student.attention_dropout,
         num_labels=num_labels, dtype=cfg.student.dtype, projection_dim=projection_dim)
-    return model_cfg, bert.init_params(model_cfg, rng), {"init": "random"}
+    params = bert.init_params(model_cfg, rng)
+    return model_cfg, _head_init(cfg, params, ["classifier/kernel"]), {"init": "random"}
   from rd_jax.convert import hf_bert
   # The classifier (and the projection head, ours) are not in the HF weights: freshly
   # initialised and listed in info["initialised"]; everything else is imported.
@@ -35,4 +36,14 @@ def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
                                                  attention_dropout=cfg.student.attention_dropout,
                                                  dtype=cfg.student.dtype,
                                                  projection_dim=projection_dim)
-  return model_cfg, params, dict(info, init=cfg.student.init)
+  return model_cfg, _head_init(cfg, params, info["initialised"]), dict(info, init=cfg.student.init)
+
+
+def _head_init(cfg, params: dict, fresh_paths: list[str]) -> dict:
+  """student.head_init="zeros": a freshly initialised classifier kernel [D, C] set to 0 (its
+  bias is 0 already). A classifier imported from the init folder is kept whatever the key says."""
+  if cfg.student.get("head_init", "normal") == "normal" or "classifier/kernel" not in fresh_paths:
+    return params
+  import numpy as np
+  classifier = dict(params["classifier"], kernel=np.zeros_like(np.asarray(params["classifier"]["kernel"])))
+  return dict(params, classifier=classifier)
