@@ -31,7 +31,7 @@ TRAINING = {"cpt": ("cpt", "cpt.num_steps"), "sft": ("sft", "sft.num_steps"),
 OPTIM_SECTIONS = tuple(dict.fromkeys(section for section, _ in TRAINING.values()))
 # The keys of every optimiser section.
 OPTIM_KEYS = ("learning_rate", "warmup_steps", "schedule", "weight_decay", "grad_clip", "b1", "b2",
-              "layer_decay", "ema_decay")
+              "layer_decay", "ema_decay", "head_lr_multiplier")
 
 
 def optim_section(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
@@ -45,7 +45,8 @@ def optim_section(learning_rate: float, warmup_steps: int) -> ml_collections.Con
       b1=0.9,
       b2=0.999,
       layer_decay=1.0,            # lr x decay^(L+1-depth) per layer (train/optim.py); 1 = off
-      ema_decay=0.0))             # hand on an EMA of the weights (train/optim.py); 0 = off
+      ema_decay=0.0,              # hand on an EMA of the weights (train/optim.py); 0 = off
+      head_lr_multiplier=1.0))    # the output head's lr = this x learning_rate (train/optim.py)
 
 
 def default_config() -> ml_collections.ConfigDict:

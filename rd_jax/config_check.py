@@ -85,6 +85,10 @@ def validate(cfg) -> None:
     if not (isinstance(value, (int, float)) and 0 <= value < 1):
       raise ConfigError(f"config key {section}.optim.ema_decay = {value!r}; must be in [0, 1) "
                         "(0 = off)")
+    value = _get(cfg, f"{section}.optim").get("head_lr_multiplier", 1.0)
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+      raise ConfigError(f"config key {section}.optim.head_lr_multiplier = {value!r}; must be > 0 "
+                        "(1 = the output head at the section's learning rate)")
   for key, allowed in _CHOICES.items():
     value = _get(cfg, key)
     if value not in allowed:

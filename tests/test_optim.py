@@ -110,6 +110,50 @@ def test_layer_decay_scales_each_update_by_decay_to_its_distance_from_the_top(ti
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("layer_decay", [1.0, 0.5])
+def test_head_lr_multiplier_scales_only_the_output_head(tiny_config, layer_decay):
+  """Golden: with multiplier m the classifier's AdamW updates (weight decay included) are m times
+  the unscaled ones and every other leaf's are unchanged, with or without layer decay."""
+  import jax
+  import jax.numpy as jnp
+  _, params = _student(tiny_config)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01) + 0.001 * p, params)
+  section = default_config().student.optim
+  section.layer_decay = layer_decay
+  updates = {}
+  for m in (1.0, 10.0):
+    section.head_lr_multiplier = m
+    tx, _ = optim.make_optimizer(section, 100, "student.optim")
+    updates[m], _ = tx.update(grads, tx.init(params), params)
+  flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v)
+                       for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  one, ten = flat(updates[1.0]), flat(updates[10.0])
+  assert any(name.startswith("['classifier']") for name in one)
+  for name in one:
+    factor = 10.0 if name.startswith("['classifier']") else 1.0
+    assert np.abs(one[name]).max() > 0, name
+    np.testing.assert_allclose(ten[name], one[name] * factor, rtol=1e-6, atol=1e-12,
+                               err_msg=name)
+
+
+def test_head_lr_multiplier_on_a_model_without_an_output_head_is_an_error():
+  section = default_config().cpt.optim
+  section.head_lr_multiplier = 10.0
+  tx, _ = optim.make_optimizer(section, 100, "cpt.optim")
+  decoder = {"embed_tokens": {"embedding": np.zeros((4, 2), np.float32)},
+             "lm_head": {"kernel": np.zeros((2, 4), np.float32)}}
+  with pytest.raises(ValueError, match="head_lr_multiplier"):
+    tx.init(decoder)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_head_lr_multiplier_out_of_range_names_its_key(tiny_config, value):
+  cfg = tiny_config()
+  cfg.student.optim.head_lr_multiplier = value
+  with pytest.raises(config_check.ConfigError, match=r"student\.optim\.head_lr_multiplier"):
+    config_check.validate(cfg)
+
+
 @pytest.mark.parametrize("decay", [0.0, 1.5, -0.2])
 def test_layer_decay_out_of_range_names_its_key(tiny_config, decay):
   cfg = tiny_config()
@@ -180,6 +224,13 @@ def test_without_ema_the_optimiser_state_keeps_its_checkpointed_structure():
                        optax.identity())
   tx, _ = optim.make_optimizer(default_config().student.optim, 100, "student.optim")
   assert jax.tree.structure(tx.init(params)) == jax.tree.structure(before.init(params))
+  # nor with the per-parameter factors on: they share one stateless slot
+  section = default_config().student.optim
+  section.layer_decay, section.head_lr_multiplier = 0.8, 10.0
+  tx, _ = optim.make_optimizer(section, 100, "student.optim")
+  params = {"classifier": params["dense"], "layer_0": params["dense"]}
+  before_state = before.init(params)
+  assert jax.tree.structure(tx.init(params)) == jax.tree.structure(before_state)
 
 
 def test_the_weight_average_of_bf16_parameters_is_kept_in_float32():

@@ -50,6 +50,8 @@ _STUDENT_DATA_KEYS = frozenset({"data.reasoning_path", "data.reasoning_source",
 ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was student.dropout's
               # 2026-12-04: no stage averaged its weights before the key existed
               **{f"{section}.optim.ema_decay": 0.0 for section in OPTIM_SECTIONS},
+              # 2026-12-04: every output head trained at its section's learning rate
+              **{f"{section}.optim.head_lr_multiplier": 1.0 for section in OPTIM_SECTIONS},
               "sft.shared_prefix": False,    # 2026-12-04: every SFT row ran its whole prompt
               "student.head_init": "normal"}  # 2026-12-04: the classifier was always N(0, 0.02)
 
