@@ -20,6 +20,7 @@ import numpy as np
 from rd_jax import metrics as metrics_lib
 
 GRID = np.round(np.arange(-4.0, 4.0001, 0.1), 4)   # offsets tried per class (logit units)
+TAU_GRID = np.round(np.arange(-2.0, 2.0001, 0.1), 4)  # fit_prior_scale's strengths
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
@@ -50,6 +51,25 @@ def fit_offsets(logits, labels, *, rounds: int = 3, grid=GRID) -> np.ndarray:
   return offsets
 
 
+def fit_prior_scale(logits, labels, log_prior, *, grid=TAU_GRID) -> np.ndarray:
+  """One parameter instead of C - 1: offsets b = tau * (-log p) - (its first entry), so b_0 = 0,
+  with tau the grid value of best macro-F1 on (logits [N, C], labels [N]); ties keep the smallest
+  |tau|. Logit adjustment (Menon et al. 2021) with its strength fitted: fewer degrees of freedom
+  to spend on the noise of a small valid split. log_prior [C]: log train label frequencies."""
+  logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
+  if len(labels) == 0:
+    raise ValueError("cannot fit a decision rule on an empty split")
+  direction = -np.asarray(log_prior, np.float64)
+  direction = direction - direction[0]
+  c = logits.shape[1]
+  best_tau, best = 0.0, macro_f1(labels, np.argmax(logits, -1), c)
+  for tau in grid[np.argsort(np.abs(grid), kind="stable")]:
+    score = macro_f1(labels, np.argmax(logits + tau * direction, -1), c)
+    if score > best + 1e-12:
+      best_tau, best = float(tau), score
+  return best_tau * direction
+
+
 def predict(logits, offsets=None) -> np.ndarray:
   logits = np.asarray(logits, np.float64)
   return np.argmax(logits if offsets is None else logits + np.asarray(offsets), -1)
@@ -67,18 +87,20 @@ def group_folds(groups, folds: int) -> np.ndarray:
   return np.asarray([fold_of[g] for g in keys], int)
 
 
-def cross_fitted_predictions(logits, labels, groups, folds: int = 3) -> np.ndarray:
+def cross_fitted_predictions(logits, labels, groups, folds: int = 3, fit=None) -> np.ndarray:
   """predictions [N]: each query-disjoint fold's rows decided by offsets fitted (fit_offsets) on
   the OTHER folds' rows. Why: the offsets are parameters fitted on valid, so valid macro-F1 under
   offsets fitted on the same pairs is optimistic, the more so the more the decision rests on the
   offsets (a student whose argmax is the prior: all of it). The pooled cross-fitted macro-F1 is an
-  honest valid estimate of the rule the student ships with (offsets fitted on all of valid)."""
+  honest valid estimate of the rule the student ships with (offsets fitted on all of valid).
+  `fit(logits, labels) -> offsets [C]`: the rule's fitter (default fit_offsets)."""
   logits, labels = np.asarray(logits, np.float64), np.asarray(labels, int)
+  fit = fit or fit_offsets
   fold = group_folds(groups, folds)
   preds = np.empty(len(labels), int)
   for k in range(folds):
     held = fold == k
-    offsets = fit_offsets(logits[~held], labels[~held])
+    offsets = fit(logits[~held], labels[~held])
     preds[held] = predict(logits[held], offsets)
   return preds
 

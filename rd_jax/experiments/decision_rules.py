@@ -1,0 +1,126 @@
+"""Decision rules compared on finished students, by what they give on queries they were not fitted on.
+
+  python -m rd_jax.experiments.decision_rules --config=configs/demo.py \
+      --checkpoints=runs/s0/crsd,runs/s1/crsd,runs/s2/crsd --out=runs/rules.json [--test]
+
+Each rule turns a student's logits z [N, C] into labels argmax_c (z + b)_c with offsets b [C]
+fitted on valid (rd_jax/decision.py):
+  argmax       b = 0: nothing fitted
+  offsets      C - 1 free offsets by coordinate ascent on valid macro-F1 (decision.fit_offsets:
+               the rule the stages ship)
+  prior_scale  b = tau * (-log p_train), one strength tau on valid macro-F1 (decision.fit_prior_scale)
+The in-sample valid figure favours the rule with more parameters, so it cannot choose between
+rules; the cross-fitted one (each query-disjoint fold of valid decided by the rule fitted on the
+other folds, `student.offsets_crossfit_folds` of them) can. With --test, test is scored with each
+rule fitted on all of valid: read afterwards, never used to choose. An experiment: it writes no
+checkpoint and changes no student.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from ml_collections import config_flags
+
+from rd_jax import decision, metrics as metrics_lib, storage
+from rd_jax.stages import eval as eval_stage
+from rd_jax.student import data as data_lib, predict as predict_lib
+
+RULES = ("argmax", "offsets", "prior_scale")
+_FLAGS = {}
+
+
+def _define_flags() -> None:
+  """Flags only when run as a program: importing this module (tests) defines none."""
+  _FLAGS["config"] = config_flags.DEFINE_config_file(
+      "config", None, "The config the students were trained with.", lock_config=True)
+  _FLAGS["checkpoints"] = flags.DEFINE_list(
+      "checkpoints", None, "Student stage folders (<workdir>/crsd, <workdir>/baseline) or final/.")
+  _FLAGS["out"] = flags.DEFINE_string("out", None, "JSON result (written atomically).")
+  _FLAGS["test"] = flags.DEFINE_bool("test", False, "Also score test, each rule fitted on valid.")
+
+
+def fitters(log_prior) -> dict:
+  """{rule: fit(logits [N, C], labels [N]) -> offsets [C]}."""
+  return {"argmax": lambda z, y: np.zeros(np.shape(z)[1]),
+          "offsets": decision.fit_offsets,
+          "prior_scale": lambda z, y: decision.fit_prior_scale(z, y, log_prior)}
+
+
+def compare(logits: dict, gold: dict, groups, log_prior, folds: int) -> dict:
+  """{rule: figures} for one student. logits/gold: {"valid": [N, C] / [N], optionally "test"};
+  groups: valid's query ids [N]."""
+  if folds < 2:
+    raise ValueError(f"student.offsets_crossfit_folds = {folds}: comparing rules needs >= 2 folds")
+  c = np.shape(logits["valid"])[1]
+  out = {}
+  for rule, fit in fitters(log_prior).items():
+    offsets = fit(logits["valid"], gold["valid"])
+    crossfit = decision.cross_fitted_predictions(logits["valid"], gold["valid"], groups, folds,
+                                                 fit=fit)
+    figures = {"offsets": np.round(offsets, 4).tolist(),
+               "valid_macro_f1": decision.macro_f1(gold["valid"],
+                                                   decision.predict(logits["valid"], offsets), c),
+               "valid_macro_f1_crossfit": decision.macro_f1(gold["valid"], crossfit, c)}
+    if "test" in logits:
+      figures["test_macro_f1"] = decision.macro_f1(gold["test"],
+                                                   decision.predict(logits["test"], offsets), c)
+    out[rule] = figures
+  return out
+
+
+def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False) -> dict:
+  if not checkpoints:
+    raise ValueError("--checkpoints needs at least one student")
+  out_dir = os.path.dirname(storage.abspath(out)) if out else tempfile.mkdtemp(prefix="rules")
+  storage.makedirs(out_dir)
+  splits = ("valid", "test") if test else ("valid",)
+  folds = int(cfg.student.get("offsets_crossfit_folds", 0))
+  result = {"checkpoints": [storage.abspath(c) for c in checkpoints], "rules": list(RULES),
+            "crossfit_folds": folds, "students": {}}
+  for ckpt in checkpoints:
+    meta, model, params, mesh = eval_stage.restore_student(cfg, ckpt)
+    counts = meta.get("train_label_counts")
+    if not counts:
+      raise ValueError(f"{ckpt}: its final/meta.json has no train_label_counts (the prior_scale "
+                       "rule needs the train label frequencies)")
+    log_prior = np.log(np.maximum(np.asarray(counts, np.float64), 1.0) / max(sum(counts), 1))
+    predict = predict_lib.make_predict_fn(model, mesh)
+    tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
+    pairs = {s: eval_stage.pairs_of(cfg, s, out_dir, meta.get("item_template")) for s in splits}
+    logits = {s: predict_lib.predict_logits(predict, params, pairs[s], tokenizer, cfg,
+                                            max_len_std=meta.get("max_len_std"),
+                                            match_hint=meta.get("match_hint", ""))[0]
+              for s in splits}
+    gold = {s: np.asarray([p.label_id for p in pairs[s]]) for s in splits}
+    result["students"][storage.abspath(ckpt)] = compare(
+        logits, gold, [p.query_id for p in pairs["valid"]], log_prior, folds)
+  students = list(result["students"].values())
+  result["mean"] = {rule: {k: float(np.mean([s[rule][k] for s in students]))
+                           for k in students[0][rule] if k != "offsets"}
+                    for rule in RULES}
+  result = json.loads(json.dumps(result))
+  if out and jax.process_index() == 0:
+    metrics_lib.write_json_atomic(result, out)
+  return result
+
+
+def main(argv):
+  del argv
+  result = run(_FLAGS["config"].value, _FLAGS["checkpoints"].value, _FLAGS["out"].value,
+               _FLAGS["test"].value)
+  print(json.dumps({"mean": {r: {k: round(v, 4) for k, v in m.items()}
+                             for r, m in result["mean"].items()},
+                    "out": _FLAGS["out"].value}, indent=1))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  flags.mark_flags_as_required(["config", "checkpoints", "out"])
+  app.run(main)
