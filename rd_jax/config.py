@@ -164,6 +164,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.student.lexical_distill_model = "reference"
   c.student.fit_offsets = True   # after training, fit per-class logit offsets on valid macro-F1
                                  #   (rd_jax/decision.py); stored in meta.json, folded into the export
+  # ours (#17): how the offsets are fitted: "offsets" (C - 1 free offsets) | "prior_scale" (one
+  # strength tau of -log p_train: b = tau * -log p; decision.fit_prior_scale). Compared by
+  # cross-fitted valid macro-F1 with experiments/decision_rules.py (README "Results so far").
+  c.student.decision_rule = "offsets"
   # ours (#17): also report valid macro-F1 with the offsets cross-fitted over this many
   # query-disjoint folds of valid (each fold decided by offsets fitted on the others; 0 = off):
   # the in-sample figure is optimistic, most for students whose argmax is the prior

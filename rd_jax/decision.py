@@ -67,7 +67,22 @@ def fit_prior_scale(logits, labels, log_prior, *, grid=TAU_GRID) -> np.ndarray:
     score = macro_f1(labels, np.argmax(logits + tau * direction, -1), c)
     if score > best + 1e-12:
       best_tau, best = float(tau), score
-  return best_tau * direction
+  return best_tau * direction + 0.0     # + 0.0: no -0.0 entries in what meta.json records
+
+
+RULES = ("offsets", "prior_scale")
+
+
+def fitter(rule: str, train_label_counts):
+  """fit(logits [N, C], labels [N]) -> offsets [C] of `student.decision_rule`: "offsets" (C - 1
+  free offsets, fit_offsets) or "prior_scale" (one tau of -log p_train, fit_prior_scale)."""
+  if rule == "offsets":
+    return fit_offsets
+  if rule == "prior_scale":
+    counts = np.asarray(train_label_counts, np.float64)
+    log_prior = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
+    return lambda logits, labels: fit_prior_scale(logits, labels, log_prior)
+  raise ValueError(f"config key student.decision_rule = {rule!r}; allowed: {', '.join(RULES)}")
 
 
 def predict(logits, offsets=None) -> np.ndarray:
@@ -105,11 +120,11 @@ def cross_fitted_predictions(logits, labels, groups, folds: int = 3, fit=None) -
   return preds
 
 
-def crossfit_macro_f1(logits, labels, groups, folds: int) -> float | None:
+def crossfit_macro_f1(logits, labels, groups, folds: int, fit=None) -> float | None:
   """Macro-F1 of cross_fitted_predictions, or None when folds is 0 (off) or the split has fewer
   distinct groups than folds (the stages and experiments.interpolate report it so)."""
   if not folds or len(set(map(str, groups))) < folds:
     return None
   labels = np.asarray(labels, int)
-  return macro_f1(labels, cross_fitted_predictions(logits, labels, groups, folds),
+  return macro_f1(labels, cross_fitted_predictions(logits, labels, groups, folds, fit=fit),
                   np.asarray(logits).shape[1])

@@ -73,3 +73,35 @@ def test_a_single_fold_is_refused():
   logits, labels, log_prior = _three_class_rows()
   with pytest.raises(ValueError, match="offsets_crossfit_folds"):
     decision_rules.compare({"valid": logits}, {"valid": labels}, ["a"] * 8, log_prior, folds=1)
+
+
+def test_the_stage_fits_the_configured_rule(tiny_config, tmp_path):
+  """student.decision_rule = prior_scale: the crsd stage's offsets are tau * -log p_train (b_0 =
+  0), in meta.json, and its figures equal the experiment's prior_scale rule on the same student."""
+  from rd_jax import checkpoint
+  cfg = tiny_config()
+  cfg.train.num_steps = 4
+  cfg.student.decision_rule = "prior_scale"
+  summary = crsd.run(cfg, str(tmp_path / "s0"))
+  meta = checkpoint.read_meta(str(tmp_path / "s0" / "crsd"))
+  counts = np.asarray(meta["train_label_counts"], float)
+  direction = -np.log(counts / counts.sum())
+  direction -= direction[0]
+  offsets = np.asarray(meta["decision_offsets"])
+  tau = offsets[1] / direction[1]
+  np.testing.assert_allclose(offsets, tau * direction, atol=1e-9)
+  result = decision_rules.run(cfg, [str(tmp_path / "s0" / "crsd")], str(tmp_path / "r.json"))
+  (student,) = result["students"].values()
+  np.testing.assert_allclose(student["prior_scale"]["offsets"], np.round(offsets, 4), atol=1e-9)
+  np.testing.assert_allclose(student["prior_scale"]["valid_macro_f1"], summary["valid_macro_f1"],
+                             atol=1e-9)
+  np.testing.assert_allclose(student["prior_scale"]["valid_macro_f1_crossfit"],
+                             summary["valid_macro_f1_crossfit"], atol=1e-9)
+
+
+def test_an_unknown_rule_is_a_config_error(tiny_config):
+  from rd_jax import config_check
+  cfg = tiny_config()
+  cfg.student.decision_rule = "oracle"
+  with pytest.raises(ValueError, match="student.decision_rule"):
+    config_check.validate(cfg)

@@ -89,11 +89,16 @@ def figures_of_logits(logits, gold, pairs, cfg, meta, offsets=None) -> dict:
   """score()'s figures from logits [N, C] already computed (experiments/ensemble.py reuses it)."""
   crossfit = None
   if offsets is None:
-    offsets = (decision.fit_offsets(logits, gold) if cfg.student.fit_offsets
-               else np.zeros(logits.shape[1]))
+    rule = cfg.student.get("decision_rule", "offsets")
+    if rule != "offsets" and not meta.get("train_label_counts"):
+      raise ValueError(f"student.decision_rule = {rule!r} needs the train label counts, and this "
+                       "student's final/meta.json has no train_label_counts")
+    fit = decision.fitter(rule, meta.get("train_label_counts"))
+    offsets = fit(logits, gold) if cfg.student.fit_offsets else np.zeros(logits.shape[1])
     if cfg.student.fit_offsets:   # as stages/crsd.fit_decision_rule reports it
       crossfit = decision.crossfit_macro_f1(logits, gold, [p.query_id for p in pairs],
-                                            int(cfg.student.get("offsets_crossfit_folds", 0)))
+                                            int(cfg.student.get("offsets_crossfit_folds", 0)),
+                                            fit=fit)
   m = predict_lib.score_logits(logits, gold, pairs, cfg, np.asarray(offsets).tolist())
   m["prior_log_loss"] = eval_stage.prior_log_loss(meta, None, gold)
   out = eval_stage.headline(m)

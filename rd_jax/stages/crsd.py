@@ -189,17 +189,19 @@ def similarity_source(cfg) -> str:
 
 def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
   """Valid metrics under the decision rule, and the rule: per-class logit offsets fitted on valid
-  macro-F1 (rd_jax/decision.py) when student.fit_offsets, else zeros. The plain argmax's figure
+  macro-F1 (rd_jax/decision.py; student.decision_rule says how) when student.fit_offsets, else zeros. The plain argmax's figure
   stays as macro_f1_argmax; macro_f1_crossfit (student.offsets_crossfit_folds > 0) is the
   rule's valid macro-F1 with each query fold decided by offsets fitted on the other folds."""
   logits, gold = predict_lib.predict_logits(predict, params, data.valid, data.tokenizer, cfg)
-  offsets = decision.fit_offsets(logits, gold).tolist() if cfg.student.fit_offsets else None
+  counts = np.bincount([p.label_id for p in data.train], minlength=len(cfg.labels))
+  fit = decision.fitter(cfg.student.get("decision_rule", "offsets"), counts)
+  offsets = fit(logits, gold).tolist() if cfg.student.fit_offsets else None
   valid = predict_lib.score_logits(logits, gold, data.valid, cfg, offsets)  # + macro_f1_argmax
   valid.pop("logits")
   folds = int(cfg.student.get("offsets_crossfit_folds", 0))
   if offsets and folds:   # an honest valid figure of the rule: offsets fitted on the other queries
     valid["macro_f1_crossfit"] = decision.crossfit_macro_f1(
-        logits, gold, [p.query_id for p in data.valid], folds)
+        logits, gold, [p.query_id for p in data.valid], folds, fit=fit)
     if valid["macro_f1_crossfit"] is None:
       logging.info("valid has fewer queries than student.offsets_crossfit_folds = %d: no "
                    "cross-fitted valid figure", folds)
