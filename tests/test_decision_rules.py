@@ -50,6 +50,7 @@ def test_cross_fitting_with_a_fitter_that_fits_nothing_is_the_argmax():
 def test_the_experiment_reproduces_the_stage_and_orders_the_rules(tiny_config, tmp_path):
   cfg = tiny_config()
   cfg.train.num_steps = 4
+  cfg.student.decision_rule = "offsets"     # the stage fits the free offsets, as the experiment's
   summary = crsd.run(cfg, str(tmp_path / "s0"))
   out = str(tmp_path / "rules.json")
   result = decision_rules.run(cfg, [str(tmp_path / "s0" / "crsd")], out, test=True)
