@@ -11,9 +11,10 @@ sections; README "The teacher chain"):
   python -m rd_jax.main --stage=all --config=configs/demo.py --workdir=runs/teacher \
       "--config.all.stages=('cpt','sft','reward','dpo','annotate')"
 Expect (time measured 2026-12-04 session 19 with the CPU to itself, seeds 0/1/2: crsd 642-661 s
-+ eval 118-124 s = 12.8-13.1 min; figures of session 20's recipe, lr 6e-5, the same compute;
-README "Results so far"): valid macro-F1 0.382 +- 0.021, test 0.310 +- 0.037 -- above the prior
-(0.1546) but below the lexical reference that eval prints beside it (test 0.3263).
++ eval 118-124 s = 12.8-13.1 min; figures of session 20's recipe, lr 6e-5, the same compute, with
+session 22's decision rule, one strength tau of -log p_train; README "Results so far"): valid
+macro-F1 0.362 +- 0.026 (cross-fitted 0.343), test 0.303 +- 0.010 -- above the prior (0.1546)
+but below the lexical reference that eval prints beside it (test 0.3263).
 """
 
 from rd_jax.config import default_config
