@@ -7,10 +7,15 @@ fit one additive offset per class, b [C] with b_0 = 0 (only differences matter),
 
     prediction_i = argmax_c (z_ic + b_c)            z [N, C]: valid logits
 
-by coordinate ascent on valid macro-F1 over a fixed grid (deterministic; ties keep the offset
-closest to 0, so a class whose offset does not matter keeps 0). Because the rule is "add a
-constant to each logit", it folds exactly into the classifier's bias: an exported model predicts
-what eval reports with no code at serving time.
+`student.decision_rule` says how b is fitted on valid macro-F1:
+  offsets      C - 1 free offsets by coordinate ascent over a fixed grid (fit_offsets;
+               deterministic; ties keep the offset closest to 0, so a class whose offset does not
+               matter keeps 0): the rule until session 22;
+  prior_scale  b = tau * (-log p_train) - (its first entry), one strength tau on a grid
+               (fit_prior_scale): the default since session 22, chosen by cross-fitted valid
+               macro-F1 (experiments/decision_rules.py), where the free offsets fitted valid's noise.
+Because either rule is "add a constant to each logit", it folds exactly into the classifier's
+bias: an exported model predicts what eval reports with no code at serving time.
 """
 
 from __future__ import annotations

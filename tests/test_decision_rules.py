@@ -71,9 +71,9 @@ def test_the_experiment_reproduces_the_stage_and_orders_the_rules(tiny_config, t
 
 
 def test_a_single_fold_is_refused():
-  logits, labels, log_prior = _three_class_rows()
+  logits, labels, _ = _three_class_rows()
   with pytest.raises(ValueError, match="offsets_crossfit_folds"):
-    decision_rules.compare({"valid": logits}, {"valid": labels}, ["a"] * 8, log_prior, folds=1)
+    decision_rules.compare({"valid": logits}, {"valid": labels}, ["a"] * 8, [2, 1, 1], folds=1)
 
 
 def test_the_stage_fits_the_configured_rule(tiny_config, tmp_path):

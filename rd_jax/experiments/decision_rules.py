@@ -32,7 +32,7 @@ from rd_jax import decision, metrics as metrics_lib, storage
 from rd_jax.stages import eval as eval_stage
 from rd_jax.student import data as data_lib, predict as predict_lib
 
-RULES = ("argmax", "offsets", "prior_scale")
+RULES = ("argmax",) + decision.RULES
 _FLAGS = {}
 
 
@@ -46,21 +46,20 @@ def _define_flags() -> None:
   _FLAGS["test"] = flags.DEFINE_bool("test", False, "Also score test, each rule fitted on valid.")
 
 
-def fitters(log_prior) -> dict:
-  """{rule: fit(logits [N, C], labels [N]) -> offsets [C]}."""
+def fitters(train_label_counts) -> dict:
+  """{rule: fit(logits [N, C], labels [N]) -> offsets [C]}: the argmax and decision.fitter's."""
   return {"argmax": lambda z, y: np.zeros(np.shape(z)[1]),
-          "offsets": decision.fit_offsets,
-          "prior_scale": lambda z, y: decision.fit_prior_scale(z, y, log_prior)}
+          **{rule: decision.fitter(rule, train_label_counts) for rule in decision.RULES}}
 
 
-def compare(logits: dict, gold: dict, groups, log_prior, folds: int) -> dict:
+def compare(logits: dict, gold: dict, groups, train_label_counts, folds: int) -> dict:
   """{rule: figures} for one student. logits/gold: {"valid": [N, C] / [N], optionally "test"};
-  groups: valid's query ids [N]."""
+  groups: valid's query ids [N]; train_label_counts [C]."""
   if folds < 2:
     raise ValueError(f"student.offsets_crossfit_folds = {folds}: comparing rules needs >= 2 folds")
   c = np.shape(logits["valid"])[1]
   out = {}
-  for rule, fit in fitters(log_prior).items():
+  for rule, fit in fitters(train_label_counts).items():
     offsets = fit(logits["valid"], gold["valid"])
     crossfit = decision.cross_fitted_predictions(logits["valid"], gold["valid"], groups, folds,
                                                  fit=fit)
@@ -90,7 +89,6 @@ def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False)
     if not counts:
       raise ValueError(f"{ckpt}: its final/meta.json has no train_label_counts (the prior_scale "
                        "rule needs the train label frequencies)")
-    log_prior = np.log(np.maximum(np.asarray(counts, np.float64), 1.0) / max(sum(counts), 1))
     predict = predict_lib.make_predict_fn(model, mesh)
     tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
     pairs = {s: eval_stage.pairs_of(cfg, s, out_dir, meta.get("item_template")) for s in splits}
@@ -100,7 +98,7 @@ def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False)
               for s in splits}
     gold = {s: np.asarray([p.label_id for p in pairs[s]]) for s in splits}
     result["students"][storage.abspath(ckpt)] = compare(
-        logits, gold, [p.query_id for p in pairs["valid"]], log_prior, folds)
+        logits, gold, [p.query_id for p in pairs["valid"]], counts, folds)
   students = list(result["students"].values())
   result["mean"] = {rule: {k: float(np.mean([s[rule][k] for s in students]))
                            for k in students[0][rule] if k != "offsets"}
