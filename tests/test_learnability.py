@@ -7,22 +7,12 @@ import pytest
 
 from rd_jax.stages import crsd
 
-from cue_data import write_cue_pairs
+from cue_data import cue_config, write_cue_pairs
 
 
 @pytest.fixture(scope="module")
 def cue_path(tmp_path_factory):
   return write_cue_pairs(tmp_path_factory.mktemp("cue") / "cue.jsonl")
-
-
-def cue_config(tiny_config, path):
-  cfg = tiny_config()
-  cfg.data.path = path
-  cfg.train.num_steps = 100
-  cfg.train.batch_size = 16
-  cfg.train.log_every = 50
-  cfg.train.checkpoint_every = 100
-  return cfg
 
 
 @pytest.mark.parametrize("stage,query_prior", [("baseline", 0.0), ("crsd", 0.0), ("crsd", 1.0)])
