@@ -29,6 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rd_jax import decision, metrics as metrics_lib, storage
+from rd_jax.experiments import interpolate
 from rd_jax.stages import eval as eval_stage
 from rd_jax.student import data as data_lib, predict as predict_lib
 
@@ -92,11 +93,10 @@ def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False)
     predict = predict_lib.make_predict_fn(model, mesh)
     tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
     pairs = {s: eval_stage.pairs_of(cfg, s, out_dir, meta.get("item_template")) for s in splits}
-    logits = {s: predict_lib.predict_logits(predict, params, pairs[s], tokenizer, cfg,
-                                            max_len_std=meta.get("max_len_std"),
-                                            match_hint=meta.get("match_hint", ""))[0]
+    scored = {s: interpolate.student_logits(predict, params, pairs[s], tokenizer, cfg, meta)
               for s in splits}
-    gold = {s: np.asarray([p.label_id for p in pairs[s]]) for s in splits}
+    logits = {s: z for s, (z, _) in scored.items()}
+    gold = {s: np.asarray(y) for s, (_, y) in scored.items()}
     result["students"][storage.abspath(ckpt)] = compare(
         logits, gold, [p.query_id for p in pairs["valid"]], counts, folds)
   students = list(result["students"].values())

@@ -88,9 +88,7 @@ def run(cfg, checkpoints: list[str], out: str | None = None, with_soup: bool = T
   gold = {s: np.asarray([p.label_id for p in pairs[s]]) for s in splits}
 
   def logits_of(params, split):
-    return predict_lib.predict_logits(predict, params, pairs[split], tokenizer, cfg,
-                                      max_len_std=meta.get("max_len_std"),
-                                      match_hint=meta.get("match_hint", ""))[0]
+    return interpolate.student_logits(predict, params, pairs[split], tokenizer, cfg, meta)[0]
 
   models = {f"member_{i}": r[2] for i, r in enumerate(restored)}
   if with_soup:

@@ -74,14 +74,20 @@ def initial_params(cfg, meta: dict, like: dict) -> tuple[dict, dict]:
                       params, like), info
 
 
+def student_logits(predict, params, pairs, tokenizer, cfg, meta) -> tuple[np.ndarray, np.ndarray]:
+  """(raw logits [N, C], gold [N]) of a restored student, fed as its final/meta.json says (its
+  standard-view length and match hint), as eval feeds it. The experiments' one forward pass."""
+  return predict_lib.predict_logits(predict, params, pairs, tokenizer, cfg,
+                                    max_len_std=meta.get("max_len_std"),
+                                    match_hint=meta.get("match_hint", ""))
+
+
 def score(predict, params, pairs, tokenizer, cfg, meta, offsets=None) -> tuple[dict, np.ndarray]:
   """(figures, raw logits [N, C]) of `params` on `pairs` as the stages score a student: offsets
   None = fitted on these pairs (student.fit_offsets, as stages/crsd.fit_decision_rule fits them),
   and then also macro_f1_crossfit (student.offsets_crossfit_folds: each query fold decided by
   offsets fitted on the other folds)."""
-  logits, gold = predict_lib.predict_logits(predict, params, pairs, tokenizer, cfg,
-                                            max_len_std=meta.get("max_len_std"),
-                                            match_hint=meta.get("match_hint", ""))
+  logits, gold = student_logits(predict, params, pairs, tokenizer, cfg, meta)
   return figures_of_logits(logits, gold, pairs, cfg, meta, offsets), logits
 
 

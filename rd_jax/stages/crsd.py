@@ -187,14 +187,14 @@ def similarity_source(cfg) -> str:
   return cfg.student.get("similarity_from", "cls")
 
 
-def fit_decision_rule(cfg, predict, params, data) -> tuple[dict, list[float]]:
+def fit_decision_rule(cfg, predict, params, data, train_label_counts) -> tuple[dict, list[float]]:
   """Valid metrics under the decision rule, and the rule: per-class logit offsets fitted on valid
-  macro-F1 (rd_jax/decision.py; student.decision_rule says how) when student.fit_offsets, else zeros. The plain argmax's figure
+  macro-F1 (rd_jax/decision.py; student.decision_rule says how, prior_scale reading the train
+  split's label counts [C]) when student.fit_offsets, else zeros. The plain argmax's figure
   stays as macro_f1_argmax; macro_f1_crossfit (student.offsets_crossfit_folds > 0) is the
   rule's valid macro-F1 with each query fold decided by offsets fitted on the other folds."""
   logits, gold = predict_lib.predict_logits(predict, params, data.valid, data.tokenizer, cfg)
-  counts = np.bincount([p.label_id for p in data.train], minlength=len(cfg.labels))
-  fit = decision.fitter(cfg.student.get("decision_rule", "offsets"), counts)
+  fit = decision.fitter(cfg.student.get("decision_rule", "offsets"), train_label_counts)
   offsets = fit(logits, gold).tolist() if cfg.student.fit_offsets else None
   valid = predict_lib.score_logits(logits, gold, data.valid, cfg, offsets)  # + macro_f1_argmax
   valid.pop("logits")
@@ -245,7 +245,8 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
 
   predict = predict_lib.make_predict_fn(model, mesh)
   trained_params = similarity.without_head(trained.params)   # the student itself: no aux head
-  valid, offsets = fit_decision_rule(cfg, predict, trained_params, data)
+  valid, offsets = fit_decision_rule(cfg, predict, trained_params, data,
+                                     objective["train_label_counts"])
   predicted = valid.pop("predictions")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from rd_jax.models import bert
 
 
@@ -44,6 +46,5 @@ def _head_init(cfg, params: dict, fresh_paths: list[str]) -> dict:
   bias is 0 already). A classifier imported from the init folder is kept whatever the key says."""
   if cfg.student.get("head_init", "normal") == "normal" or "classifier/kernel" not in fresh_paths:
     return params
-  import numpy as np
   classifier = dict(params["classifier"], kernel=np.zeros_like(np.asarray(params["classifier"]["kernel"])))
   return dict(params, classifier=classifier)
