@@ -123,6 +123,10 @@ def default_config() -> ml_collections.ConfigDict:
   # learns (valid 0.97 with offsets, 0.95 with the normal head; argmax 0.30 vs 0.57); with InfoNCE
   # at lambda 0.5 (gradient ratio) it stayed at the prior (0.36), where the normal head reached 0.97.
   c.student.head_init = "normal"
+  # ours (#17): what the pooler and classifier read: "cls" (token 0's last hidden state; exported
+  # as HF BertForSequenceClassification) or "mean" (the mean of the row's last hidden states,
+  # sentence-transformers' pooling, what all-MiniLM-L6-v2 was trained with: its [CLS] never was).
+  c.student.pooling = "cls"
   c.student.class_weighting = "none"  # none | balanced (n / (C n_c)) | given (class_weights)
   c.student.class_weights = ()   # [C] with class_weighting=given
   c.student.logit_adjustment = 0.0  # tau of Menon et al.'s logit-adjusted CE (train on z + tau log prior)

@@ -31,6 +31,7 @@ _CHOICES = {
     "crsd.lambda_scale": ("absolute", "gradient_ratio"),
     "student.class_weighting": ("none", "balanced", "given"),
     "student.head_init": ("normal", "zeros"),
+    "student.pooling": ("cls", "mean"),
     "student.decision_rule": ("offsets", "prior_scale"),
     "student.similarity_normalisation": ("split", "query"),
     "student.match_hint": ("", "missing"),

@@ -232,6 +232,13 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   if missing:
     raise CheckpointError(f"{checkpoint!r}: meta.json lacks {missing} (needed for the export)")
   config = BertConfig.from_dict(meta["model_config"])
+  if config.pooling != "cls":
+    # HF BertForSequenceClassification's pooler reads token 0: a mean-pooled student would be
+    # exported as a different model, so the export refuses rather than writing a folder that
+    # does not score what eval scored.
+    raise CheckpointError(f"{checkpoint!r}: model_config.pooling = {config.pooling!r}; the Hugging "
+                          "Face BertForSequenceClassification export needs pooling 'cls' "
+                          "(student.pooling)")
   expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   check_tree_matches(params, expected, where=checkpoint)  # names the first key/shape that differs
   labels = list(meta["labels"])

@@ -30,6 +30,7 @@ from rd_jax.models import remat
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _INIT = nn.initializers.normal(stddev=0.02)  # BERT's initializer_range
+POOLINGS = ("cls", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,10 @@ class BertConfig:
   projection_dim: int = 0  # >0: CRSD projection head on [CLS] (training only, never exported)
   remat: str = "none"      # none | per_layer (models/remat.py); params identical either way
   remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, used by per_layer
+  # What the pooler reads: "cls" = the last hidden state of token 0 (HF BertForSequenceClassification);
+  # "mean" = the mean of the last hidden states over the row's real tokens (sentence-transformers'
+  # pooling, what all-MiniLM-L6-v2 was trained with). Ours; student.pooling.
+  pooling: str = "cls"
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -60,6 +65,8 @@ class BertConfig:
     if self.dtype not in _DTYPES:
       raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(_DTYPES)}")
     remat.check(self.remat, self.remat_policy)
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
 
   @property
   def head_dim(self) -> int:
@@ -175,11 +182,23 @@ def attention_bias(attention_mask) -> jax.Array:
   return jnp.where(mask > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
+def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """Mean of the last hidden states over each row's real tokens.   hidden [B, L, D], mask [B, L] -> [B, D]
+
+  Padding (mask 0) contributes nothing, so a row's vector does not depend on how far it is padded.
+  """
+  m = jnp.asarray(attention_mask).astype(jnp.float32)[..., None]             # [B, L, 1]
+  total = jnp.sum(hidden.astype(jnp.float32) * m, axis=1)                     # [B, D]
+  return total / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
 class BertClassifier(nn.Module):
-  """BERT encoder -> [CLS] -> pooler -> dropout -> classifier, as HF BertForSequenceClassification.
+  """BERT encoder -> [CLS] (or the mean of the tokens) -> pooler -> dropout -> classifier; with
+  pooling "cls" exactly HF BertForSequenceClassification.
 
   Returns a dict (all fp32):
-    logits [B, C], cls [B, D] (last hidden state of token 0), pooled [B, D] (tanh(W_p cls + b_p)),
+    logits [B, C], cls [B, D] (what the pooler reads: the last hidden state of token 0, or with
+    pooling "mean" the masked mean of the last hidden states), pooled [B, D] (tanh(W_p cls + b_p)),
     hidden [B, L, D] (last hidden states), proj [B, P] (only when projection_dim > 0).
   cls_positions [B, S] (optional): read S [CLS] positions per row (packed rows) instead of token 0;
     cls, pooled, logits and proj then gain a segment axis: [B, S, ...].
@@ -194,7 +213,12 @@ class BertClassifier(nn.Module):
       position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)  # [B, L]
     x = BertEmbeddings(c, name="embeddings")(input_ids, token_type_ids, position_ids, deterministic)
     hidden = BertEncoder(c, name="encoder")(x, attention_bias(attention_mask), deterministic)
-    if cls_positions is None:
+    if c.pooling == "mean":
+      if cls_positions is not None or jnp.ndim(attention_mask) != 2:
+        raise ValueError("pooling='mean' reads one row per example: packed rows (cls_positions, "
+                         "a [B, L, L] attention_mask) need pooling='cls'")
+      cls = mean_pool(hidden, attention_mask)                                # [B, D]
+    elif cls_positions is None:
       cls = hidden[:, 0]                                                     # [B, D]
     else:
       cls = jnp.take_along_axis(hidden, cls_positions[..., None], axis=1)  # [B, S, D]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from rd_jax.models import bert
@@ -27,7 +29,8 @@ def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
         num_layers=cfg.student.num_layers, num_heads=cfg.student.num_heads,
         intermediate_size=cfg.student.intermediate_size, max_position=cfg.student.max_position,
         dropout=cfg.student.dropout, attention_dropout=cfg.student.attention_dropout,
-        num_labels=num_labels, dtype=cfg.student.dtype, projection_dim=projection_dim)
+        num_labels=num_labels, dtype=cfg.student.dtype, projection_dim=projection_dim,
+        pooling=cfg.student.get("pooling", "cls"))
     params = bert.init_params(model_cfg, rng)
     return model_cfg, _head_init(cfg, params, ["classifier/kernel"]), {"init": "random"}
   from rd_jax.convert import hf_bert
@@ -38,6 +41,8 @@ def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
                                                  attention_dropout=cfg.student.attention_dropout,
                                                  dtype=cfg.student.dtype,
                                                  projection_dim=projection_dim)
+  # The pooling is not in an HF config.json: it comes from ours (the weights do not depend on it).
+  model_cfg = dataclasses.replace(model_cfg, pooling=cfg.student.get("pooling", "cls"))
   return model_cfg, _head_init(cfg, params, info["initialised"]), dict(info, init=cfg.student.init)
 
 

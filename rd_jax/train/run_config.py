@@ -54,7 +54,8 @@ ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was
               **{f"{section}.optim.head_lr_multiplier": 1.0 for section in OPTIM_SECTIONS},
               "sft.shared_prefix": False,    # 2026-12-04: every SFT row ran its whole prompt
               "student.head_init": "normal",  # 2026-12-04: the classifier was always N(0, 0.02)
-              "student.decision_rule": "offsets"}  # 2026-12-04: C - 1 free offsets before
+              "student.decision_rule": "offsets",  # 2026-12-04: C - 1 free offsets before
+              "student.pooling": "cls"}  # 2026-12-05: the pooler always read token 0
 
 
 class RunConfigMismatch(ValueError):
