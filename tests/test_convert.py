@@ -199,6 +199,10 @@ def test_bad_checkpoints_and_mismatches_fail_clearly(student, tmp_path):
       "config mismatch": (lambda f: (f / "meta.json").write_text(json.dumps(
           {**json.load(open(f / "meta.json")),
            "model_config": {**STUDENT.to_dict(), "intermediate_size": 48}})), r"\['intermediate'\]\['bias'\]: shape \(32,\) != expected \(48,\)"),
+      # HF's pooler reads token 0: a mean-pooled student is refused, not exported as another model
+      "mean pooling": (lambda f: (f / "meta.json").write_text(json.dumps(
+          {**json.load(open(f / "meta.json")),
+           "model_config": {**STUDENT.to_dict(), "pooling": "mean"}})), r"model_config.pooling = 'mean'.*student.pooling"),
   }
   for name, (damage, message) in cases.items():
     with pytest.raises(CheckpointError, match=message):
