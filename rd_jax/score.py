@@ -143,9 +143,8 @@ def make_backend(model_dir: str, backend: str):
   """A function batch (dict of [B, L] int64) -> logits [B, C] float32."""
   if backend == "torch":
     import torch
-    from transformers import AutoModelForSequenceClassification
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, use_safetensors=True, trust_remote_code=False).eval()
+    from rd_jax.convert.torch_mean_pooled import load_torch_classifier
+    model = load_torch_classifier(model_dir).eval()
 
     def run(batch):
       with torch.inference_mode():

@@ -199,10 +199,6 @@ def test_bad_checkpoints_and_mismatches_fail_clearly(student, tmp_path):
       "config mismatch": (lambda f: (f / "meta.json").write_text(json.dumps(
           {**json.load(open(f / "meta.json")),
            "model_config": {**STUDENT.to_dict(), "intermediate_size": 48}})), r"\['intermediate'\]\['bias'\]: shape \(32,\) != expected \(48,\)"),
-      # HF's pooler reads token 0: a mean-pooled student is refused, not exported as another model
-      "mean pooling": (lambda f: (f / "meta.json").write_text(json.dumps(
-          {**json.load(open(f / "meta.json")),
-           "model_config": {**STUDENT.to_dict(), "pooling": "mean"}})), r"model_config.pooling = 'mean'.*student.pooling"),
   }
   for name, (damage, message) in cases.items():
     with pytest.raises(CheckpointError, match=message):
@@ -212,6 +208,53 @@ def test_bad_checkpoints_and_mismatches_fail_clearly(student, tmp_path):
   assert not os.path.exists(tmp_path / "strict")  # nothing unverified is published
   result = _run("-m", "rd_jax.convert", f"--checkpoint={tmp_path / 'no COMPLETE'}", f"--output={tmp_path / 'x'}")
   assert result.returncode != 0 and "incomplete" in result.stderr
+
+
+def test_a_mean_pooled_student_exports_and_serves_with_the_same_logits(student, tmp_path):
+  """student.pooling=mean: the folder's class is BertMeanPooledForSequenceClassification, its
+  modeling file travels with it, and Flax, PyTorch (ours and remote code), ONNX, CrossEncoder and
+  rd_jax.score give the logits eval scores; the folder imports back as a mean-pooled student."""
+  import dataclasses
+  import torch
+  from sentence_transformers import CrossEncoder
+  from transformers import AutoModelForSequenceClassification
+  mean = dataclasses.replace(STUDENT, pooling="mean")
+  params = student["params"]
+  meta = {"model": "bert", "model_config": mean.to_dict(), "labels": list(ESCI_LABELS),
+          "tokenizer": "minilm", "item_template": ITEM_TEMPLATE, "max_len_std": 32, "stage": "crsd",
+          "step": 7, "metrics": {"macro_f1": 0.42}, "decision_offsets": [0.0, 0.5, -0.25, 0.1]}
+  save_final(str(tmp_path / "run" / "crsd" / "final"), params, meta)
+  out = str(tmp_path / "export")
+  report = export_student(str(tmp_path / "run" / "crsd"), out, pairs=student["pairs"])
+  assert report["max_abs_logit_diff"] <= 1e-4 and report["onnx_max_abs_diff"] <= 1e-4
+  hf = json.load(open(os.path.join(out, "config.json")))
+  assert hf["architectures"] == ["BertMeanPooledForSequenceClassification"]
+  assert hf["auto_map"]["AutoModelForSequenceClassification"] == (
+      "modeling_rd_jax.BertMeanPooledForSequenceClassification")
+  assert os.path.isfile(os.path.join(out, "modeling_rd_jax.py"))
+  assert json.load(open(os.path.join(out, "rd_jax.json")))["pooling"] == "mean"
+  # Flax + offsets, what eval argmaxes, against a serving stack that only has transformers
+  batch = tokenized_pairs(out, PAIRS, ITEM_TEMPLATE, 32)
+  ids, mask, types = (batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))
+  flax = np.asarray(BertClassifier(mean).apply({"params": params}, ids, mask, types)["logits"])
+  flax = flax + np.asarray(meta["decision_offsets"], np.float32)
+  remote = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
+  assert type(remote).__name__ == "BertMeanPooledForSequenceClassification"
+  with torch.inference_mode():
+    torch_logits = remote(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+  np.testing.assert_allclose(torch_logits, flax, atol=1e-4)
+  # the same weights read through token 0 would score differently: the parity is not vacuous
+  cls = np.asarray(BertClassifier(STUDENT).apply({"params": params}, ids, mask, types)["logits"])
+  assert np.abs(cls + np.asarray(meta["decision_offsets"]) - flax).max() > 1e-2
+  rows = [{"query": p["query"], "item": score.render_item(p, ITEM_TEMPLATE)} for p in PAIRS[:3]]
+  scored = np.array([r["logits"] for r in score.score_pairs(out, rows)])
+  onnx = np.array([r["logits"] for r in score.score_pairs(out, rows, backend="onnx")])
+  cross = CrossEncoder(out, device="cpu", trust_remote_code=True).predict(
+      [(r["query"], r["item"]) for r in rows])
+  np.testing.assert_allclose(onnx, scored, atol=1e-4)
+  np.testing.assert_allclose(cross, scored, atol=1e-4)
+  config, imported = import_hf_folder(out)
+  assert config.pooling == "mean"
 
 
 def test_cross_encoder_loads_and_scores(exported):

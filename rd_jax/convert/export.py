@@ -2,6 +2,9 @@
 
 The export folder (written as `<dir>.tmp`, verified, then renamed to `<dir>`):
   config.json          BertForSequenceClassification, id2label / label2id from the labels
+                       (a mean-pooled student, student.pooling=mean: its subclass
+                       BertMeanPooledForSequenceClassification, with modeling_rd_jax.py beside
+                       it and config.json's auto_map naming it; convert/torch_mean_pooled.py)
   model.safetensors    fp32 weights (`flax_to_hf`; the CRSD projection head is training-only)
   tokenizer files      AutoTokenizer.save_pretrained of the tokenizer the student was trained with
   rd_jax.json          labels, item_template, max_len, truncation: how `rd_jax.score` renders pairs
@@ -37,7 +40,7 @@ from safetensors.numpy import save_file
 from rd_jax.checkpoint import CheckpointError, check_tree_matches, load_final
 from rd_jax import ranking
 from rd_jax import storage
-from rd_jax.convert import hf_bert
+from rd_jax.convert import hf_bert, torch_mean_pooled
 from rd_jax.models.bert import BertClassifier, BertConfig, init_params
 from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, pad_batch, read_pairs, render_item,
                           tokenize_pairs)
@@ -71,16 +74,22 @@ def _tokenizer_folder(spec: str) -> str:
 
 
 def hf_config(config: BertConfig, labels: list[str]):
-  """transformers.BertConfig of the exported BertForSequenceClassification."""
+  """transformers.BertConfig of the exported BertForSequenceClassification (pooling "mean": of
+  its mean-pooled subclass, convert/torch_mean_pooled.py, named in auto_map for remote code)."""
   import transformers
+  mean = config.pooling == "mean"
+  extra = ({"auto_map": {"AutoModelForSequenceClassification":
+                         f"{torch_mean_pooled.MODULE}.{torch_mean_pooled.ARCHITECTURE}"}}
+           if mean else {})
   return transformers.BertConfig(
       vocab_size=config.vocab_size, hidden_size=config.hidden_size,
       num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
       intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position,
       type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layer_norm_eps,
       hidden_act="gelu", hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.attention_dropout,
-      architectures=["BertForSequenceClassification"], problem_type="single_label_classification",
-      id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+      architectures=[torch_mean_pooled.ARCHITECTURE if mean else "BertForSequenceClassification"],
+      problem_type="single_label_classification",
+      id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}, **extra)
 
 
 def check_all_weights_loaded(model, written: dict[str, np.ndarray], loading_info: dict) -> None:
@@ -148,9 +157,7 @@ def verify_export(folder: str, params: dict, config: BertConfig, batch: dict[str
   """Checks 1 and 2 of the module docstring: {"max_abs_logit_diff" (Flax fp32 + offsets vs
   PyTorch), "prediction_agreement", "prediction_ties"}."""
   import torch
-  from transformers import AutoModelForSequenceClassification
-  model, info = AutoModelForSequenceClassification.from_pretrained(
-      folder, use_safetensors=True, trust_remote_code=False, output_loading_info=True)
+  model, info = torch_mean_pooled.load_torch_classifier(folder, output_loading_info=True)
   model.eval()
   check_all_weights_loaded(model, written, info)
   fp32 = dataclasses.replace(config, dtype="float32")
@@ -173,6 +180,14 @@ def verify_export(folder: str, params: dict, config: BertConfig, batch: dict[str
           "prediction_ties": agree["ties"]}
 
 
+def _pooling_line(meta: dict) -> str:
+  if meta.get("model_config", {}).get("pooling", "cls") == "cls":
+    return "**Pooling**: token 0 ([CLS]), as `BertForSequenceClassification`."
+  return (f"**Pooling**: the mean of the last hidden states over the real tokens "
+          f"(`{torch_mean_pooled.MODULE}.py`): load with `trust_remote_code=True`, or with "
+          f"`rd_jax.convert.torch_mean_pooled.load_torch_classifier`.")
+
+
 def _model_card(meta: dict, report: dict) -> str:
   offsets = meta.get("decision_offsets") or "none"
   labels = ", ".join(f"{i}: {name}" for i, name in enumerate(meta["labels"]))
@@ -191,6 +206,7 @@ Distilled with CRSD (arXiv 2510.11056) by rd_jax, stage `{meta.get('stage')}`, s
 **Input**: `[CLS] query [SEP] item [SEP]`, item text rendered from the template in `rd_jax.json`
 (lines with an empty field dropped), cut to {meta['max_len_std']} tokens item first, then query.
 Match hint before the item (`rd_jax.data.match_hint.hinted_item`): {meta.get('match_hint') or 'none'}.
+{_pooling_line(meta)}
 **Training data**: {meta.get('data', 'see the rd_jax run configuration')}.
 
 | metric (valid) | value |
@@ -232,13 +248,6 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   if missing:
     raise CheckpointError(f"{checkpoint!r}: meta.json lacks {missing} (needed for the export)")
   config = BertConfig.from_dict(meta["model_config"])
-  if config.pooling != "cls":
-    # HF BertForSequenceClassification's pooler reads token 0: a mean-pooled student would be
-    # exported as a different model, so the export refuses rather than writing a folder that
-    # does not score what eval scored.
-    raise CheckpointError(f"{checkpoint!r}: model_config.pooling = {config.pooling!r}; the Hugging "
-                          "Face BertForSequenceClassification export needs pooling 'cls' "
-                          "(student.pooling)")
   expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   check_tree_matches(params, expected, where=checkpoint)  # names the first key/shape that differs
   labels = list(meta["labels"])
@@ -256,6 +265,8 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
 
   from transformers import AutoTokenizer
   hf_config(config, labels).save_pretrained(tmp)
+  if config.pooling == "mean":   # the serving class, for AutoModel... with trust_remote_code=True
+    shutil.copyfile(torch_mean_pooled.__file__, os.path.join(tmp, torch_mean_pooled.MODULE + ".py"))
   offsets = meta.get("decision_offsets")
   written = fold_offsets(hf_bert.flax_to_hf(params, config), offsets)
   save_file(written, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
@@ -264,7 +275,7 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   tokenizer.save_pretrained(tmp)
   export_meta = {"labels": labels, "item_template": meta["item_template"], "max_len": meta["max_len_std"],
                  "truncation": "item_first", "min_item_tokens": MIN_ITEM_TOKENS,
-                 "match_hint": meta.get("match_hint", ""),
+                 "match_hint": meta.get("match_hint", ""), "pooling": config.pooling,
                  "pair": ["query", "item"], "id_fields": list(ID_FIELDS),
                  "source": storage.abspath(checkpoint), "step": meta.get("step"),
                  "folded_decision_offsets": offsets,
@@ -307,5 +318,7 @@ def import_hf_folder(folder: str) -> tuple[BertConfig, dict]:
   config = hf_bert.config_from_hf(hf, num_labels=num_labels, dropout=hf.get("hidden_dropout_prob", 0.1),
                                   attention_dropout=hf.get("attention_probs_dropout_prob"),
                                   where=os.path.join(folder, "config.json"))
+  if torch_mean_pooled.ARCHITECTURE in (hf.get("architectures") or []):
+    config = dataclasses.replace(config, pooling="mean")
   params, _ = hf_bert.convert_hf_state_dict(hf_bert.read_safetensors(folder), config, rng=None)
   return config, params

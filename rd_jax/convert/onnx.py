@@ -73,9 +73,8 @@ def export_onnx(folder: str, batch: dict[str, np.ndarray], *, int8: bool = True,
   OnnxCheckError when fp32 differs by more than atol or int8 agrees on fewer argmaxes than asked.
   """
   import torch
-  from transformers import AutoModelForSequenceClassification
-  model = AutoModelForSequenceClassification.from_pretrained(
-      folder, use_safetensors=True, trust_remote_code=False).eval()
+  from rd_jax.convert.torch_mean_pooled import load_torch_classifier
+  model = load_torch_classifier(folder).eval()
   batch = {k: np.asarray(batch[k], np.int64) for k in INPUT_NAMES}
   out_dir = os.path.join(folder, "onnx")
   os.makedirs(out_dir, exist_ok=True)
