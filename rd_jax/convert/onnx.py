@@ -2,7 +2,8 @@
 
   <folder>/onnx/model.onnx       fp32, inputs input_ids / attention_mask / token_type_ids
                                  [batch, seq] int64 (both axes dynamic), output logits [batch, C]
-  <folder>/onnx/model_int8.onnx  int8 weights (onnxruntime quantize_dynamic, QInt8), fp32 activations
+  <folder>/onnx/model_int8.onnx  int8 weights (onnxruntime quantize_dynamic, QInt8, one scale per
+                                 output channel), fp32 activations
 
 Checks: ONNX Runtime fp32 vs PyTorch, max |Δlogit| <= atol (1e-4) on the given batch and on a
 reshaped one (another batch size and length, so the dynamic axes are exercised), and the same
@@ -110,7 +111,11 @@ def export_onnx(folder: str, batch: dict[str, np.ndarray], *, int8: bool = True,
     level = root.level
     root.setLevel(max(level, logging.WARNING))  # the quantizer logs a line per tensor at INFO
     try:
-      quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+      # per_channel: one scale per output column of each weight matrix, not one per matrix. The
+      # export's check on the demo's seed-0 students (session 23): the mean-pooled one kept the
+      # argmax on 63 of 64 pairs (one scale per matrix: 48, under the 90% floor), the [CLS] one
+      # 64 (64); max |Δlogit| 0.082 / 0.106 (0.175 / 0.175). README "Deployment".
+      quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=True)
     finally:
       root.setLevel(level)
     int8_logits = _ort_logits(int8_path, batch)
