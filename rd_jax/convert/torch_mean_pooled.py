@@ -14,6 +14,9 @@ rd_jax's own loaders import the class from here and need no remote code (`load_t
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 from transformers import BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -51,8 +54,6 @@ def load_torch_classifier(folder: str, **kwargs):
   """The folder's classifier in PyTorch: this class when config.json names it, else
   AutoModelForSequenceClassification; never runs code from the folder. kwargs go to
   from_pretrained (e.g. output_loading_info=True)."""
-  import json
-  import os
   from transformers import AutoModelForSequenceClassification
   with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
     architectures = json.load(f).get("architectures") or []
