@@ -233,6 +233,7 @@ def test_a_mean_pooled_student_exports_and_serves_with_the_same_logits(student, 
       "modeling_rd_jax.BertMeanPooledForSequenceClassification")
   assert os.path.isfile(os.path.join(out, "modeling_rd_jax.py"))
   assert json.load(open(os.path.join(out, "rd_jax.json")))["pooling"] == "mean"
+  assert "trust_remote_code=True" in open(os.path.join(out, "README.md")).read()
   # Flax + offsets, what eval argmaxes, against a serving stack that only has transformers
   batch = tokenized_pairs(out, PAIRS, ITEM_TEMPLATE, 32)
   ids, mask, types = (batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))

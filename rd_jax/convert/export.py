@@ -180,15 +180,15 @@ def verify_export(folder: str, params: dict, config: BertConfig, batch: dict[str
           "prediction_ties": agree["ties"]}
 
 
-def _pooling_line(meta: dict) -> str:
-  if meta.get("model_config", {}).get("pooling", "cls") == "cls":
+def _pooling_line(pooling: str) -> str:
+  if pooling == "cls":
     return "**Pooling**: token 0 ([CLS]), as `BertForSequenceClassification`."
   return (f"**Pooling**: the mean of the last hidden states over the real tokens "
           f"(`{torch_mean_pooled.MODULE}.py`): load with `trust_remote_code=True`, or with "
           f"`rd_jax.convert.torch_mean_pooled.load_torch_classifier`.")
 
 
-def _model_card(meta: dict, report: dict) -> str:
+def _model_card(meta: dict, report: dict, pooling: str) -> str:
   offsets = meta.get("decision_offsets") or "none"
   labels = ", ".join(f"{i}: {name}" for i, name in enumerate(meta["labels"]))
   metrics = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
@@ -206,7 +206,7 @@ Distilled with CRSD (arXiv 2510.11056) by rd_jax, stage `{meta.get('stage')}`, s
 **Input**: `[CLS] query [SEP] item [SEP]`, item text rendered from the template in `rd_jax.json`
 (lines with an empty field dropped), cut to {meta['max_len_std']} tokens item first, then query.
 Match hint before the item (`rd_jax.data.match_hint.hinted_item`): {meta.get('match_hint') or 'none'}.
-{_pooling_line(meta)}
+{_pooling_line(pooling)}
 **Training data**: {meta.get('data', 'see the rd_jax run configuration')}.
 
 | metric (valid) | value |
@@ -297,7 +297,7 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   with open(os.path.join(tmp, EXPORT_META), "w") as f:
     json.dump({**export_meta, "checks": report}, f, indent=2)
   with open(os.path.join(tmp, "README.md"), "w") as f:
-    f.write(_model_card(meta, report))
+    f.write(_model_card(meta, report, config.pooling))
   storage.rmtree(output)
   if remote:
     storage.upload_tree(tmp, output)

@@ -7,8 +7,9 @@ Each rule turns a student's logits z [N, C] into labels argmax_c (z + b)_c with 
 fitted on valid (rd_jax/decision.py):
   argmax       b = 0: nothing fitted
   offsets      C - 1 free offsets by coordinate ascent on valid macro-F1 (decision.fit_offsets:
-               the rule the stages ship)
-  prior_scale  b = tau * (-log p_train), one strength tau on valid macro-F1 (decision.fit_prior_scale)
+               the rule the stages shipped until session 22)
+  prior_scale  b = tau * (-log p_train), one strength tau on valid macro-F1 (decision.fit_prior_scale:
+               student.decision_rule's default since session 22)
 The in-sample valid figure favours the rule with more parameters, so it cannot choose between
 rules; the cross-fitted one (each query-disjoint fold of valid decided by the rule fitted on the
 other folds, `student.offsets_crossfit_folds` of them) can. With --test, test is scored with each
