@@ -51,6 +51,7 @@ VARIANTS = {
     "crsd_tau_0.02": ("crsd", {"crsd.temperature": 0.02}),
     "crsd_tau_0.1": ("crsd", {"crsd.temperature": 0.1}),
     "crsd_lambda_0.1": ("crsd", {"crsd.lambda_infonce": 0.1}),
+    "crsd_lambda_0.5": ("crsd", {"crsd.lambda_infonce": 0.5}),   # the demo trains lambda 0
     "crsd_lambda_1.0": ("crsd", {"crsd.lambda_infonce": 1.0}),
     "crsd_shuffled_reasoning": ("crsd", {"crsd.shuffle_reasoning": True}),
 }
