@@ -229,6 +229,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.gains = ()              # nDCG gains per label, in cfg.labels order; () = ESCI gains
                                  #   (1, 0.1, 0.01, 0) for the ESCI labels, else linear 1 -> 0
   c.eval.references = True       # also fit + score the majority and lexical references
+  # ours: the student - reference differences on the eval split with a 95% interval from a paired
+  # bootstrap over its queries (rd_jax/bootstrap.py); 0 = off. Needs eval.references.
+  c.eval.bootstrap_resamples = 2000
+  c.eval.bootstrap_seed = 0
 
   # ---------------------------------------------------------------- teacher (stage 1)
   c.teacher = ml_collections.ConfigDict()

@@ -75,27 +75,44 @@ def _dcg(scores: np.ndarray, gains: np.ndarray, k: int) -> float:
   return float(total)
 
 
-def ndcg_at_k(query_keys: Sequence, scores, gold_gains, k: int = 10) -> dict:
-  """Mean per-query nDCG@k. query_keys [N] (e.g. query_id), scores [N] (higher = ranked first),
-  gold_gains [N]. Returns {"ndcg": mean, "queries": judged, "queries_skipped": all-zero-gain}."""
+def ndcg_per_query(query_keys: Sequence, scores, gold_gains, k: int = 10) -> tuple[dict, int]:
+  """({query key: nDCG@k} over the judged queries, number skipped: all their gains 0).
+  query_keys [N] (e.g. query_id), scores [N] (higher = ranked first), gold_gains [N]."""
   scores, gold_gains = np.asarray(scores, np.float64), np.asarray(gold_gains, np.float64)
   groups: dict = {}
   for i, key in enumerate(query_keys):
     groups.setdefault(key, []).append(i)
-  values, skipped = [], 0
-  for rows in groups.values():
+  values, skipped = {}, 0
+  for key, rows in groups.items():
     idx = np.asarray(rows)
     ideal = _dcg(gold_gains[idx], gold_gains[idx], k)
     if ideal <= 0:
       skipped += 1
       continue
-    values.append(_dcg(scores[idx], gold_gains[idx], k) / ideal)
-  return {"ndcg": float(np.mean(values)) if values else 0.0, "queries": len(values),
-          "queries_skipped": skipped}
+    values[key] = _dcg(scores[idx], gold_gains[idx], k) / ideal
+  return values, skipped
+
+
+def ndcg_at_k(query_keys: Sequence, scores, gold_gains, k: int = 10) -> dict:
+  """Mean per-query nDCG@k (ndcg_per_query's arguments).
+  Returns {"ndcg": mean, "queries": judged, "queries_skipped": all-zero-gain}."""
+  values, skipped = ndcg_per_query(query_keys, scores, gold_gains, k)
+  return {"ndcg": float(np.mean(list(values.values()))) if values else 0.0,
+          "queries": len(values), "queries_skipped": skipped}
+
+
+def query_keys(pairs) -> list:
+  """Each Pair's query key: its query_id, else the query text."""
+  return [p.query_id or p.query for p in pairs]
 
 
 def pair_ndcg(pairs, probs: np.ndarray, gains: np.ndarray, k: int = 10) -> dict:
-  """ndcg_at_k of labelled Pairs (query key: query_id, else the query text) ranked by E[gain]."""
-  keys = [p.query_id or p.query for p in pairs]
+  """ndcg_at_k of labelled Pairs (query key: query_keys) ranked by E[gain]."""
   gold = gains[np.asarray([p.label_id for p in pairs])]
-  return ndcg_at_k(keys, expected_gain(probs, gains), gold, k)
+  return ndcg_at_k(query_keys(pairs), expected_gain(probs, gains), gold, k)
+
+
+def pair_ndcg_per_query(pairs, probs: np.ndarray, gains: np.ndarray, k: int = 10) -> dict:
+  """{query key: nDCG@k} of labelled Pairs ranked by E[gain] (judged queries only)."""
+  gold = gains[np.asarray([p.label_id for p in pairs])]
+  return ndcg_per_query(query_keys(pairs), expected_gain(probs, gains), gold, k)[0]

@@ -185,6 +185,17 @@ def test_eval_reports_references_ndcg_and_log_loss(trained, capsys):
   printed = capsys.readouterr().out
   assert "lexical reference" in printed and "valid nDCG@10" in printed
   assert "lexical reference" in out["table"]
+  # the paired query bootstrap: its point estimates are the deltas above, its interval holds them
+  for name in ("majority", "lexical"):
+    boot = m["paired_bootstrap"][name]
+    assert boot["queries"] == m["ndcg_queries"] + m["ndcg_queries_skipped"]
+    for metric in ("macro_f1", "ndcg@10"):
+      delta = m["delta_vs_references"][name]["test"][metric]
+      assert boot[metric]["delta"] == pytest.approx(delta)
+      lo, hi = boot[metric]["ci95"]
+      assert lo <= hi and boot[metric]["share_a_better"] + boot[metric]["share_b_better"] <= 1
+  assert "test: student - lexical reference macro_f1" in printed
+  assert len(out["paired_bootstrap"]) == 4
 
 
 def test_eval_applies_the_checkpoints_decision_offsets(trained, tmp_path):

@@ -17,6 +17,9 @@ split is scored too (`valid`: the same headline figures; with offsets fitted on 
 figures are in-sample). With eval.references, metrics.json has `references` (the majority and
 lexical references, rd_jax/references.py, fitted on the students' train split, scored on the same
 pairs) and `delta_vs_references` (student - reference); the stage prints the comparison table.
+With eval.bootstrap_resamples > 0, `paired_bootstrap` adds how sure each eval-split difference is:
+a 95% interval from resampling the split's queries, both models scored on the same resamples
+(rd_jax/bootstrap.py); the printed table ends with one line per reference and metric.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from rd_jax import checkpoint, metrics as metrics_lib, references
+from rd_jax import bootstrap, checkpoint, metrics as metrics_lib, ranking, references
 from rd_jax import storage
 from rd_jax.models import bert
 from rd_jax.parallel import mesh as mesh_lib
@@ -72,19 +75,23 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
                                max_len_std=meta.get("max_len_std"),
                                logit_offsets=meta.get("decision_offsets"),
                                match_hint=match_hint)
-    out.pop("logits")
+    logits = out.pop("logits")
     out["prior_log_loss"] = prior_log_loss(meta, refs, np.asarray([p.label_id for p in on]))
-    return out
+    return out, logits
 
-  result = run(pairs)
+  result, logits = run(pairs)
   predicted = result.pop("predictions")
   by_split = {_split_name(cfg): headline(result)}
   if not cfg.eval.path and cfg.eval.split != "valid":   # valid too: the table shows both
-    valid = run(pairs_of(cfg, "valid", out_dir, meta.get("item_template")))
+    valid, _ = run(pairs_of(cfg, "valid", out_dir, meta.get("item_template")))
     by_split["valid"] = result["valid"] = headline(valid)
   if refs:
     result["references"] = refs
     result["delta_vs_references"] = references.deltas(by_split, refs)
+    if cfg.eval.get("bootstrap_resamples", 0):
+      offsets = np.asarray(result.get("decision_offsets", np.zeros(logits.shape[1])))
+      result["paired_bootstrap"] = reference_bootstrap(cfg, pairs, predicted, logits + offsets,
+                                                       meta.get("item_template"))
   result.update(checkpoint=storage.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
@@ -98,6 +105,25 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
                result["accuracy"], result["ndcg@10"], result["num_examples"])
   result["by_split"] = by_split
   return result
+
+
+def reference_bootstrap(cfg, pairs, predicted, adjusted_logits, item_template) -> dict:
+  """{reference: bootstrap.paired_query_bootstrap(student, reference)} on the eval pairs: the
+  student's predictions and E[gain] ranking (softmax of its offset logits, as served) against each
+  reference's (fitted as eval's references are), on the same query resamples."""
+  gains = ranking.label_gains(cfg.labels, cfg.eval.get("gains"))
+  gold = np.asarray([p.label_id for p in pairs])
+  keys = ranking.query_keys(pairs)
+  student_ndcg = ranking.pair_ndcg_per_query(pairs, ranking.softmax(adjusted_logits), gains)
+  fitted, _ = references.fit_for_config(cfg, item_template)
+  out = {}
+  for name, ref in fitted.items():
+    probs = ref.predict_proba(pairs)
+    out[name] = bootstrap.paired_query_bootstrap(
+        keys, gold, predicted, probs.argmax(-1), len(cfg.labels),
+        ndcg_a=student_ndcg, ndcg_b=ranking.pair_ndcg_per_query(pairs, probs, gains),
+        resamples=cfg.eval.bootstrap_resamples, seed=cfg.eval.get("bootstrap_seed", 0))
+  return out
 
 
 def _split_name(cfg) -> str:
@@ -165,6 +191,12 @@ def run(cfg, workdir: str) -> dict:
     summary[f"{name}_reference_macro_f1"] = ref[_split_name(cfg)]["macro_f1"]
   splits = (["valid"] if "valid" in result["by_split"] else []) + [_split_name(cfg)]
   summary["table"] = references.format_table(rows, list(dict.fromkeys(splits)))
+  lines = [f"{_split_name(cfg)}: " + bootstrap.describe(b, metric, "student", f"{name} reference")
+           for name, b in result.get("paired_bootstrap", {}).items()
+           for metric in ("macro_f1", "ndcg@10") if metric in b]
+  if lines:
+    summary["paired_bootstrap"] = lines
+    summary["table"] += "\n\n" + "\n".join(lines)
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(summary, os.path.join(out_dir, "summary.json"))
     print(summary["table"], flush=True)
