@@ -67,7 +67,9 @@ def paired_query_bootstrap(query_keys: Sequence, gold, pred_a, pred_b, num_class
                            resamples: int = 2000, seed: int = 0) -> dict:
   """A - B on one split, with a 95% percentile interval over query resamples.
 
-  query_keys [N] (query_id per pair), gold / pred_a / pred_b [N] class ids. ndcg_a / ndcg_b:
+  query_keys [N] (query_id per pair), gold / pred_b [N] class ids; pred_a [N], or [S, N] for S
+  seeds of one recipe: A's figure is then the mean of its seeds' macro-F1 on each resample (and
+  on the split), so the interval is that of the seed-mean row. ndcg_a / ndcg_b:
   {query key: nDCG@10} (ranking.ndcg_per_query) for the same split, optional. Returns
   {"queries", "resamples", "seed", "macro_f1": {"delta", "ci95", "share_a_better",
   "share_b_better"}, and "ndcg@10" likewise when both per-query dicts are given}.
@@ -80,10 +82,14 @@ def paired_query_bootstrap(query_keys: Sequence, gold, pred_a, pred_b, num_class
   weights = resample_weights(q, resamples, seed)                           # [R, Q]
   out = {"queries": q, "resamples": int(resamples), "seed": int(seed)}
   f1 = {}
-  for name, pred in (("a", pred_a), ("b", pred_b)):
-    conf = per_query_confusion(index, q, gold, pred, num_classes)          # [Q, C, C]
-    f1[name] = (macro_f1_from_confusion(conf.sum(0)),
-                macro_f1_from_confusion(np.einsum("rq,qij->rij", weights, conf)))   # [R]
+  for name, preds in (("a", np.atleast_2d(pred_a)), ("b", np.atleast_2d(pred_b))):
+    point, resampled = [], []
+    for pred in preds:                                                     # each seed
+      conf = per_query_confusion(index, q, gold, pred, num_classes)        # [Q, C, C]
+      point.append(macro_f1_from_confusion(conf.sum(0)))
+      resampled.append(macro_f1_from_confusion(np.einsum("rq,qij->rij", weights, conf)))  # [R]
+    f1[name] = (np.mean(point), np.mean(resampled, axis=0))
+  out["seeds_a"] = int(np.atleast_2d(pred_a).shape[0])
   out["macro_f1"] = _summary(f1["a"][0] - f1["b"][0], f1["a"][1] - f1["b"][1])
   if ndcg_a is not None and ndcg_b is not None:
     keys = list(dict.fromkeys(query_keys))

@@ -78,3 +78,26 @@ def test_bad_arguments_are_refused():
     bootstrap.paired_query_bootstrap(["q"], [0], [0], [0], 2, resamples=0)
   with pytest.raises(ValueError, match="no pairs"):
     bootstrap.paired_query_bootstrap([], [], [], [], 2)
+
+
+def test_seeds_of_one_recipe_are_averaged_on_each_resample():
+  keys, gold, pred_a, pred_b = _data(seed=4)
+  other = np.roll(pred_a, 3)
+  both = bootstrap.paired_query_bootstrap(keys, gold, np.stack([pred_a, other]), pred_b, 4,
+                                          resamples=80, seed=1)
+  one = bootstrap.paired_query_bootstrap(keys, gold, pred_a, pred_b, 4, resamples=80, seed=1)
+  two = bootstrap.paired_query_bootstrap(keys, gold, other, pred_b, 4, resamples=80, seed=1)
+  assert both["seeds_a"] == 2 and one["seeds_a"] == 1
+  assert both["macro_f1"]["delta"] == pytest.approx(
+      (one["macro_f1"]["delta"] + two["macro_f1"]["delta"]) / 2)
+  # on each resample the mean of the two seeds' deltas: reconstruct from the shared draws
+  labels = list("ESCI")
+  weights = bootstrap.resample_weights(7, 80, 1)
+  names = list(dict.fromkeys(keys))
+  rows = {k: np.flatnonzero(np.asarray(keys) == k) for k in names}
+  deltas = []
+  for w in weights:
+    idx = np.concatenate([np.tile(rows[k], int(c)) for k, c in zip(names, w)])
+    f1 = lambda p: metrics.classification_metrics(gold[idx], p[idx], labels)["macro_f1"]
+    deltas.append((f1(pred_a) + f1(other)) / 2 - f1(pred_b))
+  assert both["macro_f1"]["ci95"] == pytest.approx(list(np.percentile(deltas, [2.5, 97.5])))

@@ -27,6 +27,13 @@ def test_table_runs_and_reports_mean_and_std(tmp_path):
   assert "| baseline_gold | 2 |" in text and "(train prior; reference)" in text
   assert "lexical TF-IDF" in text and table["students"]["baseline_gold"]["test_ndcg@10_mean"] > 0
   assert list(table["teacher"]) == ["base"] and table["config"]["teacher_pairs"] == 4
+  # each variant against the lexical reference, its seeds' mean, on the same query resamples
+  versus = row["test_vs_lexical"]
+  lexical_f1 = table["references"]["lexical"]["test_macro_f1"]
+  assert versus["seeds_a"] == 2 and abs(versus["macro_f1"]["delta"] - (
+      row["test_macro_f1_mean"] - lexical_f1)) < 1e-9
+  assert versus["macro_f1"]["ci95"][0] <= versus["macro_f1"]["ci95"][1]
+  assert "- baseline_gold: test macro-F1 (mean of 2 seeds) - the lexical reference's" in text
   assert table["teacher"]["base"]["valid_pairs"] == 4 and table["teacher"]["base"]["offsets"]
   for run in table["runs"]["baseline_gold"].values():   # the student on the teacher's 4 pairs
     assert 0.0 <= run["teacher_pairs_macro_f1"] <= 1.0

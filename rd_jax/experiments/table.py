@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rd_jax import metrics as metrics_lib
+from rd_jax import bootstrap, metrics as metrics_lib
 from rd_jax import storage
 from rd_jax.experiments import provenance
 from rd_jax.train import run_config
@@ -246,6 +246,38 @@ def reference_rows(cfg) -> dict:
   return rows
 
 
+def lexical_comparisons(cfg, workdir: str, student: dict) -> dict:
+  """{variant: bootstrap.paired_query_bootstrap of (its seeds' mean test macro-F1) - (the lexical
+  reference's)}: both scored on the same resamples of the test fold's queries, the students
+  through their eval/predictions.jsonl (matched to the test pairs by query_id, product_id).
+  {} without a lexical reference or with eval.bootstrap_resamples 0."""
+  from rd_jax import bootstrap, ranking, references
+  refs, splits = references.fit_for_config(cfg)
+  resamples = cfg.eval.get("bootstrap_resamples", 0)
+  if "lexical" not in refs or not resamples:
+    return {}
+  test, labels = splits["test"], list(cfg.labels)
+  keys = [(p.query_id, p.product_id) for p in test]
+  lexical = refs["lexical"].predict_proba(test).argmax(-1)
+  out = {}
+  for variant, runs in student.items():
+    preds = []
+    for seed in runs:
+      path = os.path.join(workdir, variant, f"seed{seed}", "eval", "predictions.jsonl")
+      rows = [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+      by_pair = {(r["query_id"], r["product_id"]): labels.index(r["prediction"]) for r in rows}
+      absent = [k for k in keys if k not in by_pair]
+      if absent:
+        raise ValueError(f"{path} has no prediction for {len(absent)} of the {len(keys)} test "
+                         f"pairs (first: query_id {absent[0][0]}, product_id {absent[0][1]}): "
+                         "re-run its eval on this config's test folds")
+      preds.append([by_pair[k] for k in keys])
+    out[variant] = bootstrap.paired_query_bootstrap(
+        ranking.query_keys(test), [p.label_id for p in test], np.asarray(preds), lexical,
+        len(labels), resamples=resamples, seed=cfg.eval.get("bootstrap_seed", 0))
+  return out
+
+
 def last_teacher_step(teacher_workdir: str) -> str | None:
   """The step retention divides by: the last of cpt/sft/dpo with a complete final/ (None: base)."""
   from rd_jax import checkpoint
@@ -334,6 +366,13 @@ def markdown(rows: dict, teacher: dict, references: dict | None = None,
                f"{r['test_accuracy_mean']:.4f} | {_fmt(r.get('test_ndcg@10_mean'))} | "
                f"{on_teacher} | {ret} | "
                f"{_per_class(r.get('per_class_f1_mean', {}), labels)} |")
+  versus = [f"- {v}: " + bootstrap.describe(r["test_vs_lexical"], "macro_f1",
+                                           f"test macro-F1 (mean of {r['seeds']} seeds)",
+                                           "the lexical reference's")
+            for v, r in rows.items() if "test_vs_lexical" in r]
+  if versus:
+    out += ["", "Each student row against the lexical reference on the test fold (the interval "
+            "resamples the test queries; it does not include seed variance):"] + versus
   return "\n".join(out) + "\n"
 
 
@@ -404,6 +443,8 @@ def main(argv):
     logging.warning("--only_complete: %d runs not complete, left out: %s", len(missing), missing)
   rows = summarise(student, teacher)
   references = reference_rows(cfg)
+  for variant, boot in lexical_comparisons(cfg, workdir, student).items():
+    rows[variant]["test_vs_lexical"] = boot
   result = {"teacher": teacher, "students": rows, "runs": student, "references": references,
             "missing_runs": missing,
             "teacher_check": teacher_check,
