@@ -33,7 +33,7 @@ def test_table_runs_and_reports_mean_and_std(tmp_path):
   assert versus["seeds_a"] == 2 and abs(versus["macro_f1"]["delta"] - (
       row["test_macro_f1_mean"] - lexical_f1)) < 1e-9
   assert versus["macro_f1"]["ci95"][0] <= versus["macro_f1"]["ci95"][1]
-  assert "- baseline_gold: test macro-F1 (mean of 2 seeds) - the lexical reference's" in text
+  assert "- baseline_gold (mean of 2 seeds) - lexical reference, macro_f1: " in text
   assert table["teacher"]["base"]["valid_pairs"] == 4 and table["teacher"]["base"]["offsets"]
   for run in table["runs"]["baseline_gold"].values():   # the student on the teacher's 4 pairs
     assert 0.0 <= run["teacher_pairs_macro_f1"] <= 1.0

@@ -194,7 +194,7 @@ def test_eval_reports_references_ndcg_and_log_loss(trained, capsys):
       assert boot[metric]["delta"] == pytest.approx(delta)
       lo, hi = boot[metric]["ci95"]
       assert lo <= hi and boot[metric]["share_a_better"] + boot[metric]["share_b_better"] <= 1
-  assert "test: student - lexical reference macro_f1" in printed
+  assert "test: student - lexical reference, macro_f1: " in printed
   assert len(out["paired_bootstrap"]) == 4
 
 

@@ -366,9 +366,8 @@ def markdown(rows: dict, teacher: dict, references: dict | None = None,
                f"{r['test_accuracy_mean']:.4f} | {_fmt(r.get('test_ndcg@10_mean'))} | "
                f"{on_teacher} | {ret} | "
                f"{_per_class(r.get('per_class_f1_mean', {}), labels)} |")
-  versus = [f"- {v}: " + bootstrap.describe(r["test_vs_lexical"], "macro_f1",
-                                           f"test macro-F1 (mean of {r['seeds']} seeds)",
-                                           "the lexical reference's")
+  versus = ["- " + bootstrap.describe(r["test_vs_lexical"], "macro_f1",
+                                     f"{v} (mean of {r['seeds']} seeds)", "lexical reference")
             for v, r in rows.items() if "test_vs_lexical" in r]
   if versus:
     out += ["", "Each student row against the lexical reference on the test fold (the interval "
