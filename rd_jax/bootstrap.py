@@ -51,8 +51,21 @@ def macro_f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
 
 def resample_weights(num_queries: int, resamples: int, seed: int) -> np.ndarray:
   """[R, Q] multiplicities: each row one draw of Q queries with replacement."""
+  return np.concatenate(list(_weight_chunks(num_queries, resamples, seed, resamples)))
+
+
+# entries of [r, Q] held at once: a user's log split may hold 1e5 queries, and [2000, 1e5] int64
+# weights would be 1.6 GB; chunks of <= 2^22 entries (32 MB) draw the same stream (tested)
+_CHUNK_ENTRIES = 1 << 22
+
+
+def _weight_chunks(num_queries: int, resamples: int, seed: int, rows: int | None = None):
+  """resample_weights' rows, `rows` at a time (default: <= _CHUNK_ENTRIES entries per chunk)."""
   rng = np.random.default_rng(seed)
-  return rng.multinomial(num_queries, np.full(num_queries, 1.0 / num_queries), size=resamples)
+  p = np.full(num_queries, 1.0 / num_queries)
+  rows = rows or max(1, _CHUNK_ENTRIES // max(num_queries, 1))
+  for start in range(0, resamples, rows):
+    yield rng.multinomial(num_queries, p, size=min(rows, resamples - start))
 
 
 def _summary(point: float, resampled: np.ndarray) -> dict:
@@ -79,26 +92,29 @@ def paired_query_bootstrap(query_keys: Sequence, gold, pred_a, pred_b, num_class
   if not len(gold):
     raise ValueError("no pairs to bootstrap")
   index, q = _query_index(query_keys)
-  weights = resample_weights(q, resamples, seed)                           # [R, Q]
   out = {"queries": q, "resamples": int(resamples), "seed": int(seed)}
-  f1 = {}
-  for name, preds in (("a", np.atleast_2d(pred_a)), ("b", np.atleast_2d(pred_b))):
-    point, resampled = [], []
-    for pred in preds:                                                     # each seed
-      conf = per_query_confusion(index, q, gold, pred, num_classes)        # [Q, C, C]
-      point.append(macro_f1_from_confusion(conf.sum(0)))
-      resampled.append(macro_f1_from_confusion(np.einsum("rq,qij->rij", weights, conf)))  # [R]
-    f1[name] = (np.mean(point), np.mean(resampled, axis=0))
-  out["seeds_a"] = int(np.atleast_2d(pred_a).shape[0])
-  out["macro_f1"] = _summary(f1["a"][0] - f1["b"][0], f1["a"][1] - f1["b"][1])
-  if ndcg_a is not None and ndcg_b is not None:
-    keys = list(dict.fromkeys(query_keys))
-    judged = np.asarray([k in ndcg_a and k in ndcg_b for k in keys])       # [Q]
-    if judged.any():
-      diff = np.asarray([ndcg_a[k] - ndcg_b[k] if ok else 0.0 for k, ok in zip(keys, judged)])
-      w = weights * judged                                                  # [R, Q]
-      resampled = np.divide(w @ diff, w.sum(1), out=np.zeros(resamples), where=w.sum(1) > 0)
-      out["ndcg@10"] = _summary(diff[judged].mean(), resampled)
+  confusions = {name: [per_query_confusion(index, q, gold, pred, num_classes)   # [Q, C, C] each
+                       for pred in np.atleast_2d(preds)]                        # per seed
+                for name, preds in (("a", pred_a), ("b", pred_b))}
+  keys = list(dict.fromkeys(query_keys))
+  with_ndcg = ndcg_a is not None and ndcg_b is not None
+  judged = (np.asarray([k in ndcg_a and k in ndcg_b for k in keys]) if with_ndcg
+            else np.zeros(q, bool))                                             # [Q]
+  diff = np.asarray([ndcg_a[k] - ndcg_b[k] if ok else 0.0 for k, ok in zip(keys, judged)])
+  f1_delta, ndcg_delta = [], []
+  for weights in _weight_chunks(q, resamples, seed):                            # [r, Q]
+    f1 = {name: np.mean([macro_f1_from_confusion(np.einsum("rq,qij->rij", weights, conf))
+                         for conf in confs], axis=0)                             # [r], seed mean
+          for name, confs in confusions.items()}
+    f1_delta.append(f1["a"] - f1["b"])
+    w = weights * judged
+    ndcg_delta.append(np.divide(w @ diff, w.sum(1), out=np.zeros(len(w)), where=w.sum(1) > 0))
+  point = {name: np.mean([macro_f1_from_confusion(conf.sum(0)) for conf in confs])
+           for name, confs in confusions.items()}
+  out["seeds_a"] = len(confusions["a"])
+  out["macro_f1"] = _summary(point["a"] - point["b"], np.concatenate(f1_delta))
+  if judged.any():
+    out["ndcg@10"] = _summary(diff[judged].mean(), np.concatenate(ndcg_delta))
   return out
 
 

@@ -101,3 +101,13 @@ def test_seeds_of_one_recipe_are_averaged_on_each_resample():
     f1 = lambda p: metrics.classification_metrics(gold[idx], p[idx], labels)["macro_f1"]
     deltas.append((f1(pred_a) + f1(other)) / 2 - f1(pred_b))
   assert both["macro_f1"]["ci95"] == pytest.approx(list(np.percentile(deltas, [2.5, 97.5])))
+
+
+def test_chunked_draws_are_the_same_resamples(monkeypatch):
+  """Large splits draw the weights in chunks (memory); the resamples must not change."""
+  keys, gold, pred_a, pred_b = _data(seed=6)
+  whole = bootstrap.paired_query_bootstrap(keys, gold, pred_a, pred_b, 4, resamples=90, seed=4)
+  monkeypatch.setattr(bootstrap, "_CHUNK_ENTRIES", 7 * 8)          # 8 resamples per chunk
+  chunked = bootstrap.paired_query_bootstrap(keys, gold, pred_a, pred_b, 4, resamples=90, seed=4)
+  assert chunked == whole
+  assert len(list(bootstrap._weight_chunks(7, 90, 4))) == 12
