@@ -15,20 +15,25 @@ def _data(seed=0, queries=7, per_query=6, classes=4):
   return list(keys), gold, pred_a, pred_b
 
 
+def _gathered_deltas(keys, gold, weights, delta):
+  """The reference: per resample, its rows gathered explicitly (a query drawn k times contributes
+  its rows k times); delta(f1) with f1(pred) = metrics.classification_metrics' macro-F1 on them."""
+  names = list(dict.fromkeys(keys))
+  rows = {k: np.flatnonzero(np.asarray(keys) == k) for k in names}
+  out = []
+  for w in weights:
+    idx = np.concatenate([np.tile(rows[k], int(c)) for k, c in zip(names, w)])
+    out.append(delta(lambda p: metrics.classification_metrics(gold[idx], p[idx],
+                                                              list("ESCI"))["macro_f1"]))
+  return out
+
+
 def test_vectorised_resamples_equal_gathering_the_rows_of_each_resample():
   keys, gold, pred_a, pred_b = _data()
   labels = ["E", "S", "C", "I"]
   out = bootstrap.paired_query_bootstrap(keys, gold, pred_a, pred_b, 4, resamples=50, seed=3)
-  # the reference: the same draws, each resample's rows gathered explicitly (a query drawn k
-  # times contributes its rows k times) and scored by metrics.classification_metrics
-  weights = bootstrap.resample_weights(7, 50, 3)
-  names = list(dict.fromkeys(keys))
-  rows = {k: np.flatnonzero(np.asarray(keys) == k) for k in names}
-  deltas = []
-  for w in weights:
-    idx = np.concatenate([np.tile(rows[k], int(c)) for k, c in zip(names, w)])
-    f1 = lambda p: metrics.classification_metrics(gold[idx], p[idx], labels)["macro_f1"]
-    deltas.append(f1(pred_a) - f1(pred_b))
+  deltas = _gathered_deltas(keys, gold, bootstrap.resample_weights(7, 50, 3),
+                            lambda f1: f1(pred_a) - f1(pred_b))
   point = (metrics.classification_metrics(gold, pred_a, labels)["macro_f1"]
            - metrics.classification_metrics(gold, pred_b, labels)["macro_f1"])
   assert out["macro_f1"]["delta"] == pytest.approx(point, abs=1e-12)
@@ -90,16 +95,8 @@ def test_seeds_of_one_recipe_are_averaged_on_each_resample():
   assert both["seeds_a"] == 2 and one["seeds_a"] == 1
   assert both["macro_f1"]["delta"] == pytest.approx(
       (one["macro_f1"]["delta"] + two["macro_f1"]["delta"]) / 2)
-  # on each resample the mean of the two seeds' deltas: reconstruct from the shared draws
-  labels = list("ESCI")
-  weights = bootstrap.resample_weights(7, 80, 1)
-  names = list(dict.fromkeys(keys))
-  rows = {k: np.flatnonzero(np.asarray(keys) == k) for k in names}
-  deltas = []
-  for w in weights:
-    idx = np.concatenate([np.tile(rows[k], int(c)) for k, c in zip(names, w)])
-    f1 = lambda p: metrics.classification_metrics(gold[idx], p[idx], labels)["macro_f1"]
-    deltas.append((f1(pred_a) + f1(other)) / 2 - f1(pred_b))
+  deltas = _gathered_deltas(keys, gold, bootstrap.resample_weights(7, 80, 1),
+                            lambda f1: (f1(pred_a) + f1(other)) / 2 - f1(pred_b))
   assert both["macro_f1"]["ci95"] == pytest.approx(list(np.percentile(deltas, [2.5, 97.5])))
 
 

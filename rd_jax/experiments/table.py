@@ -254,21 +254,22 @@ def lexical_comparisons(cfg, workdir: str, student: dict) -> dict:
   reference's)}: both scored on the same resamples of the test fold's queries, the students
   through their eval/predictions.jsonl (matched to the test pairs by query_id, product_id).
   {} without a lexical reference or with eval.bootstrap_resamples 0."""
-  from rd_jax import bootstrap, ranking, references
+  from rd_jax import ranking, references
+  from rd_jax.experiments import compare
   refs, splits = references.fit_for_config(cfg)
   resamples = cfg.eval.get("bootstrap_resamples", 0)
   if "lexical" not in refs or not resamples:
     return {}
   test, labels = splits["test"], list(cfg.labels)
-  keys = [(p.query_id, p.product_id) for p in test]
+  keys = [(str(p.query_id), str(p.product_id)) for p in test]
   lexical = refs["lexical"].predict_proba(test).argmax(-1)
   out = {}
   for variant, runs in student.items():
     preds = []
     for seed in runs:
       path = os.path.join(workdir, variant, f"seed{seed}", "eval", "predictions.jsonl")
-      rows = [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
-      by_pair = {(r["query_id"], r["product_id"]): labels.index(r["prediction"]) for r in rows}
+      by_pair = {k: labels.index(predicted)
+                 for k, (_, predicted) in compare.read_predictions(path).items()}
       absent = [k for k in keys if k not in by_pair]
       if absent:
         raise ValueError(f"{path} has no prediction for {len(absent)} of the {len(keys)} test "
