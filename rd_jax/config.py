@@ -122,7 +122,11 @@ def default_config() -> ml_collections.ConfigDict:
   # Measured on the tiny cue task (tests/test_head_init.py, 100 steps): with CE on both views it
   # learns (valid 0.97 with offsets, 0.95 with the normal head; argmax 0.30 vs 0.57); with InfoNCE
   # at lambda 0.5 (gradient ratio) it stayed at the prior (0.36), where the normal head reached 0.97.
+  # "probe" (LP-FT, Kumar et al. 2022; student/probe_head.py): the classifier starts as a
+  # class-weighted logistic regression fitted on the initial encoder's frozen pooled vectors of the
+  # train pairs, C on probe_c_grid chosen by valid macro-F1; one forward pass over train + valid.
   c.student.head_init = "normal"
+  c.student.probe_c_grid = (0.01, 0.03, 0.1, 0.3, 1.0)
   # ours (#17): what the pooler and classifier read: "cls" (token 0's last hidden state; exported
   # as HF BertForSequenceClassification) or "mean" (the mean of the row's last hidden states,
   # sentence-transformers' pooling, what all-MiniLM-L6-v2 was trained with: its [CLS] never was).

@@ -30,7 +30,7 @@ _CHOICES = {
     "teacher.prompt_version": (1, 2),
     "crsd.lambda_scale": ("absolute", "gradient_ratio"),
     "student.class_weighting": ("none", "balanced", "given"),
-    "student.head_init": ("normal", "zeros"),
+    "student.head_init": ("normal", "zeros", "probe"),
     "student.pooling": ("cls", "mean"),
     "student.decision_rule": ("offsets", "prior_scale"),
     "student.similarity_normalisation": ("split", "query"),
@@ -95,6 +95,13 @@ def validate(cfg) -> None:
     value = _get(cfg, key)
     if value not in allowed:
       raise ConfigError(f"config key {key} = {value!r}; allowed: {', '.join(allowed)}")
+  grid = cfg.student.get("probe_c_grid", (1.0,))
+  if isinstance(grid, (int, float)):
+    grid = (grid,)
+  if not grid or not all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                         and math.isfinite(c) and c > 0 for c in grid):
+    raise ConfigError(f"config key student.probe_c_grid = {grid!r}; need one or more positive "
+                      "inverse regularisation strengths, e.g. --config.student.probe_c_grid=0.1,1")
   for key in _POSITIVE:
     value = _get(cfg, key)
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

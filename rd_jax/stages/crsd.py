@@ -27,7 +27,7 @@ from rd_jax.models import bert, remat
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
 from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
-from rd_jax.student import overlap_targets, similarity
+from rd_jax.student import overlap_targets, probe_head, similarity
 from rd_jax.student.model import initial_student, student_meta
 from rd_jax.train import fit
 
@@ -225,6 +225,10 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   model_cfg, params, init_info = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
   model = bert.BertClassifier(remat.configure(model_cfg, cfg.student))  # remat: training only
   objective = objective_of(cfg, data.train)
+  if cfg.student.get("head_init", "normal") == "probe" and "classifier/kernel" in init_info.get(
+      "initialised", ["classifier/kernel"]):   # LP-FT: an imported classifier is kept
+    params = probe_head.with_probe_head(cfg, model, params, mesh, data, objective["class_weights"],
+                                        objective)
   params, sim_targets = with_similarity(cfg, model, params, model_cfg, data, objective)
   params, overlap_kwargs = with_overlap(cfg, params, model_cfg, data, objective)
   loss_fn = make_loss_fn(model, CrsdLossConfig.from_config(cfg.crsd), use_reasoning=use_reasoning,

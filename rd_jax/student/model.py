@@ -49,7 +49,7 @@ def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
 def _head_init(cfg, params: dict, fresh_paths: list[str]) -> dict:
   """student.head_init="zeros": a freshly initialised classifier kernel [D, C] set to 0 (its
   bias is 0 already). A classifier imported from the init folder is kept whatever the key says."""
-  if cfg.student.get("head_init", "normal") == "normal" or "classifier/kernel" not in fresh_paths:
-    return params
+  if cfg.student.get("head_init", "normal") != "zeros" or "classifier/kernel" not in fresh_paths:
+    return params   # "probe" is fitted later, on data (student/probe_head.py)
   classifier = dict(params["classifier"], kernel=np.zeros_like(np.asarray(params["classifier"]["kernel"])))
   return dict(params, classifier=classifier)

@@ -15,15 +15,16 @@ from rd_jax.data import pipeline
 from rd_jax.parallel import mesh as mesh_lib
 
 
-def make_predict_fn(model, mesh) -> Callable:
-  """jit(params, batch) -> logits [B, C] on the standard view (the serving path: no reasoning)."""
+def make_predict_fn(model, mesh, output: str = "logits") -> Callable:
+  """jit(params, batch) -> logits [B, C] on the standard view (the serving path: no reasoning);
+  output="pooled": the [B, D] vector the classifier reads (student/probe_head.py)."""
   batch_sharding = mesh_lib.batch_sharding(mesh)
 
   @jax.jit
   def logits_fn(params, batch):
     out = model.apply({"params": params}, batch["std_input_ids"], batch["std_attention_mask"],
                       batch["std_token_type_ids"], deterministic=True)
-    return jax.lax.with_sharding_constraint(out["logits"], batch_sharding)
+    return jax.lax.with_sharding_constraint(out[output], batch_sharding)
 
   def predict(params, host_batch: dict) -> np.ndarray:
     p, n = jax.process_index(), jax.process_count()
