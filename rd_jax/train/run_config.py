@@ -55,7 +55,9 @@ ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was
               "sft.shared_prefix": False,    # 2026-12-04: every SFT row ran its whole prompt
               "student.head_init": "normal",  # 2026-12-04: the classifier was always N(0, 0.02)
               "student.decision_rule": "offsets",  # 2026-12-04: C - 1 free offsets before
-              "student.pooling": "cls"}  # 2026-12-05: the pooler always read token 0
+              "student.pooling": "cls",  # 2026-12-05: the pooler always read token 0
+              # 2026-12-05: the key came with head_init="probe"; other heads never read it
+              "student.probe_c_grid": [0.01, 0.03, 0.1, 0.3, 1.0]}
 
 
 class RunConfigMismatch(ValueError):
