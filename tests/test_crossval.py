@@ -74,9 +74,19 @@ def test_rotations_train_on_their_folds_and_pool_as_recomputed(tiny_config, tmp_
   assert result["student_vs_lexical"]["macro_f1"]["delta"] == pytest.approx(
       pooled["student_macro_f1"] - pooled["lexical_macro_f1"], abs=1e-9)
   assert pooled["student_macro_f1"] > pooled["majority_macro_f1"]   # the cue is learnt
+  one = result["rotations"]["0"]["one_label_queries"]
+  assert 0 <= one["student"][0] <= 1 and 0 <= one["gold"] <= 1
   table = crossval.markdown(result)
   assert "**pooled**" in table and "lexical reference" in table
   with pytest.raises(Exception, match="num_steps"):    # never pools runs of another config
     crossval.pool(changed, workdir, [0, 1], [0], "baseline")
   with pytest.raises(ValueError, match="no complete run"):
     crossval.pool(cfg, workdir, [2, 3], [0], "baseline")
+
+
+def test_one_label_query_share_by_hand():
+  # q1: 10 items, 9 labelled 0 -> one-label (>= 90%); q2: 4 items 3/1 -> not; q3: 1 item -> yes
+  queries = ["q1"] * 10 + ["q2"] * 4 + ["q3"]
+  labels = [0] * 9 + [2] + [1, 1, 1, 3] + [3]
+  assert crossval.one_label_query_share(queries, labels) == pytest.approx(2 / 3)
+  assert crossval.one_label_query_share(queries, labels, share=0.7) == 1.0

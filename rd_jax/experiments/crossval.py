@@ -24,7 +24,10 @@ Reported (`<workdir>/crossval.json`, `crossval.md`):
   pooled: macro-F1 over all rotations' test pairs at once (each pair predicted by the model of its
     rotation; the seed mean of the pooled figures), and the mean of the per-rotation figures;
   student - lexical, pooled, with a paired query bootstrap over all the test queries
-    (rd_jax/bootstrap.py; the student's seeds averaged on each resample).
+    (rd_jax/bootstrap.py; the student's seeds averaged on each resample);
+  one-label queries: the share of test queries whose items get one label (>= 90% of them) from
+    the student, the lexical reference and gold: a student that labels the query instead of each
+    item shows here.
 The students' pairs are read from eval/predictions.jsonl, matched by (query_id, product_id).
 """
 
@@ -115,6 +118,15 @@ def _student_predictions(path: str, keys: list, labels: list) -> list[int]:
   return [by_pair[k] for k in keys]
 
 
+def one_label_query_share(query_ids, labels, share: float = 0.9) -> float:
+  """The share of queries whose pairs carry one label for >= `share` of them: of a model's
+  predictions, how often it labels the query rather than each item (gold's share for scale)."""
+  by_query: dict = {}
+  for q, y in zip(query_ids, labels):
+    by_query.setdefault(q, []).append(int(y))
+  return float(np.mean([np.bincount(ys).max() >= share * len(ys) for ys in by_query.values()]))
+
+
 def pool(cfg, workdir: str, rotations, seeds, stage: str) -> dict:
   """Per-rotation and pooled figures of the complete runs (see the module docstring)."""
   from rd_jax import references
@@ -153,6 +165,11 @@ def pool(cfg, workdir: str, rotations, seeds, stage: str) -> dict:
         "lexical_ndcg@10": ref_test.get("lexical", {}).get("ndcg@10"),
         "lexical_C": refs["lexical"].info.get("C"),
         "majority_macro_f1": float(metrics_lib.classification_metrics(y, maj, labels)["macro_f1"]),
+        # queries whose items get one label (>= 90% of them): the student's seeds, lexical, gold
+        "one_label_queries": {
+            "student": [round(one_label_query_share([q for q, _ in keys], p), 4) for p in preds],
+            "lexical": round(one_label_query_share([q for q, _ in keys], lex), 4),
+            "gold": round(one_label_query_share([q for q, _ in keys], y), 4)},
     }
     gold.append(y)
     qkeys += [f"r{k}:{q}" for q, _ in keys]
@@ -191,20 +208,23 @@ def pool(cfg, workdir: str, rotations, seeds, stage: str) -> dict:
 
 def markdown(result: dict) -> str:
   rows = ["| rotation (train \\| valid \\| test folds) | test queries / pairs | student macro-F1 "
-          "(seeds) | lexical | majority | student nDCG@10 | lexical nDCG@10 |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]
+          "(seeds) | lexical | majority | student nDCG@10 | lexical nDCG@10 | one-label queries: "
+          "student / lexical / gold |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   fmt = lambda x: "—" if x is None else f"{x:.4f}"
   for k, r in result["rotations"].items():
     folds = " \\| ".join(",".join(map(str, r["folds"][s])) for s in ("train", "valid", "test"))
     nd = [x for x in r["student_ndcg@10"] if x is not None]
+    one = r["one_label_queries"]
     rows.append(f"| {k}: {folds} | {r['queries']} / {r['pairs']} | "
                 f"{np.mean(r['student_macro_f1']):.4f} ({', '.join(map(str, r['student_macro_f1']))}) | "
                 f"{r['lexical_macro_f1']:.4f} | {r['majority_macro_f1']:.4f} | "
-                f"{fmt(np.mean(nd) if nd else None)} | {fmt(r['lexical_ndcg@10'])} |")
+                f"{fmt(np.mean(nd) if nd else None)} | {fmt(r['lexical_ndcg@10'])} | "
+                f"{np.mean(one['student']):.2f} / {one['lexical']:.2f} / {one['gold']:.2f} |")
   p = result["pooled"]
   rows.append(f"| **pooled** (seeds {result['pooled_seeds']}) | {p['queries']} / {p['pairs']} | "
               f"**{p['student_macro_f1']:.4f}** ({', '.join(map(str, p['student_macro_f1_by_seed']))}) | "
-              f"**{p['lexical_macro_f1']:.4f}** | {p['majority_macro_f1']:.4f} | | |")
+              f"**{p['lexical_macro_f1']:.4f}** | {p['majority_macro_f1']:.4f} | | | |")
   line = bootstrap.describe(result["student_vs_lexical"], "macro_f1",
                             f"{result['stage']} student (pooled)", "lexical reference")
   return "\n".join(rows) + "\n\n" + line + "\n"
