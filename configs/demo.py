@@ -14,7 +14,9 @@ Expect (time measured 2026-12-04 session 19 with the CPU to itself, seeds 0/1/2:
 + eval 118-124 s = 12.8-13.1 min; session 23's mean pooling adds no measurable time; figures of
 session 23's recipe, seeds 0/1/2; README "Results so far"): valid macro-F1 0.398 +- 0.025
 (cross-fitted 0.373), test 0.309 +- 0.059 -- above the prior (0.1546) but below the lexical
-reference that eval prints beside it (test 0.3263).
+reference that eval prints beside it (test 0.3263). On the three other rotations of the folds
+(python -m rd_jax.experiments.crossval, session 25) the recipe is below the lexical reference on
+valid and test alike (README "Results so far").
 """
 
 from rd_jax.config import default_config
