@@ -137,6 +137,11 @@ def default_config() -> ml_collections.ConfigDict:
   # ours: product of experts with each training query's own label mix (beta; 0 = off): train on
   # z + beta * log p(y | query), serve z -- the encoder learns how items differ within a query,
   # not which query it is (losses/classification.query_log_prior; README "Choices")
+  # ours (#17): k items of OTHER train queries added to each train query, labelled
+  # cross_query_negative_label (student/negatives.py): a query's identity no longer tells its items'
+  # label. 0 = off. Train split only.
+  c.student.cross_query_negatives = 0
+  c.student.cross_query_negative_label = "Irrelevant"
   c.student.query_prior = 0.0
   c.student.query_prior_smoothing = 1.0  # pseudo-counts per class (x the global prior) per query
   # ours: keep the initial checkpoint's bi-encoder relevance skill -- weight of a regression of

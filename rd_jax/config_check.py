@@ -54,7 +54,7 @@ _POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.ch
              "dpo.beta", "dpo.simpo_beta", "dpo.samples_per_prompt", "dpo.prompts",
              "dpo.generate_batch_size", "dpo.batch_size", "dpo.num_steps",
              "annotate.num_samples", "annotate.batch_size", "annotate.shard_size")
-_NON_NEGATIVE = ("eval.bootstrap_resamples", "crsd.lambda_infonce", "crsd.weight_aug_ce", "crsd.kl_weight",
+_NON_NEGATIVE = ("eval.bootstrap_resamples", "student.cross_query_negatives", "crsd.lambda_infonce", "crsd.weight_aug_ce", "crsd.kl_weight",
                  "crsd.projection_dim", "sft.bootstrap_pairs", "sft.eval_pairs",
                  "sft.bootstrap_temperature", "reward.valid_prompts", "reward.temperature",
                  "dpo.simpo_gamma", "dpo.min_margin", "dpo.eval_prompts", "dpo.temperature",

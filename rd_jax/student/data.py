@@ -15,7 +15,7 @@ from rd_jax import storage
 from rd_jax.data import rationale, readers
 from rd_jax.data import degenerate
 from rd_jax.data import split as split_lib
-from rd_jax.student import lexical_targets
+from rd_jax.student import lexical_targets, negatives
 
 
 @dataclasses.dataclass
@@ -125,6 +125,7 @@ def load_student_data(cfg, stage_dir: str, *, use_reasoning: bool) -> StudentDat
   elif cfg.crsd.label_source in ("teacher", "teacher_soft"):  # the "teacher labels only" student too
     train, _ = readers.attach_reasoning(train, annotations_path(cfg, workdir), cfg)
   train = _label_source(train, cfg, report, workdir)
+  train = negatives.with_cross_query_negatives(train, cfg, report, use_reasoning=use_reasoning)
   report.update(train_pairs=len(train), valid_pairs=len(valid))
   report["degenerate"] = degenerate.check({"train": train, "valid": valid}, cfg,
                                           stage="crsd" if use_reasoning else "baseline")

@@ -57,7 +57,10 @@ ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was
               "student.decision_rule": "offsets",  # 2026-12-04: C - 1 free offsets before
               "student.pooling": "cls",  # 2026-12-05: the pooler always read token 0
               # 2026-12-05: the key came with head_init="probe"; other heads never read it
-              "student.probe_c_grid": [0.01, 0.03, 0.1, 0.3, 1.0]}
+              "student.probe_c_grid": [0.01, 0.03, 0.1, 0.3, 1.0],
+              # 2026-12-05: no drawn negatives before the keys existed
+              "student.cross_query_negatives": 0,
+              "student.cross_query_negative_label": "Irrelevant"}
 
 
 class RunConfigMismatch(ValueError):

@@ -1,0 +1,71 @@
+"""Cross-query negatives: train pairs that make a query's identity useless as a label.
+
+`student.cross_query_negatives = k` (ours, #17; 0 = off). With a few dozen training queries a
+student can lower its loss by learning each query's label mix (experiments/crossval.py measures
+it: the demo student gives >= 90% of a test query's items one label for 40-69% of the queries,
+gold for 0-4%). Here each train query also gets k items drawn from the OTHER train queries'
+items, labelled `student.cross_query_negative_label` (default "Irrelevant": an item retrieved for
+another query), so the same query now comes with items it does not match and only the item can
+tell them apart. These are easy negatives (another query's product), the cheapest kind a search
+team has; they change the train label counts, and so the class weights and the decision rule's
+prior, exactly as real pairs would. Valid, test and the references never see them.
+
+Each negative is the donor pair with the query's text, id and fold, the negative label, no teacher
+label, and (for the reasoning view) the rule-based rationale of that (query, item)
+(data/rationale.py): the teacher never annotated it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rd_jax.data import rationale
+
+
+def with_cross_query_negatives(train: list, cfg, report: dict, *, use_reasoning: bool) -> list:
+  """train + k drawn negatives per train query (seeded by cfg.seed); report gets the counts."""
+  k = int(cfg.student.get("cross_query_negatives", 0))
+  if k <= 0:
+    return train
+  label = cfg.student.get("cross_query_negative_label", "Irrelevant")
+  labels = list(cfg.labels)
+  if label not in labels:
+    raise ValueError(f"config key student.cross_query_negative_label = {label!r} is not one of "
+                     f"the labels {labels}")
+  if cfg.crsd.label_source != "gold":
+    raise ValueError("config key student.cross_query_negatives needs crsd.label_source=gold (a "
+                     "drawn negative has no teacher label)")
+  label_id = labels.index(label)
+  queries = list(dict.fromkeys(p.query_id for p in train))
+  if len(queries) < 2:
+    raise ValueError(f"student.cross_query_negatives = {k} needs >= 2 train queries, the train "
+                     f"split has {len(queries)}")
+  first = {}
+  own_items: dict = {}
+  for p in train:
+    first.setdefault(p.query_id, p)
+    own_items.setdefault(p.query_id, set()).add(p.product_id)
+  rng = np.random.default_rng([int(cfg.seed), 17])
+  negatives = []
+  for q in queries:
+    anchor = first[q]
+    donors = [i for i, p in enumerate(train)
+              if p.query_id != q and p.product_id not in own_items[q]]
+    if not donors:
+      continue
+    chosen = rng.choice(len(donors), size=min(k, len(donors)), replace=False)
+    for j in sorted(chosen):
+      donor = train[donors[j]]
+      raw = dict(donor.raw, query=anchor.query, query_id=anchor.query_id, label=label,
+                 synthetic="cross_query_negative")
+      negatives.append(dataclasses.replace(
+          donor, query=anchor.query, query_id=anchor.query_id, fold=anchor.fold, raw=raw,
+          label_id=label_id, reasoning=None, teacher_label_id=None, teacher_label_probs=None,
+          soft_label=None))
+  if use_reasoning:
+    negatives = rationale.with_rule_rationales(negatives)
+  report["cross_query_negatives"] = {"per_query": k, "added": len(negatives), "label": label,
+                                     "train_pairs_before": len(train)}
+  return list(train) + negatives
