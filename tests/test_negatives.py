@@ -1,0 +1,86 @@
+"""student.cross_query_negatives: k items of other train queries per train query, labelled as the
+config says; train only, seeded, never the query's own item; refused where it cannot apply."""
+
+import collections
+import os
+
+import pytest
+
+from rd_jax import config_check
+from rd_jax.student import data as data_lib, negatives
+
+from cue_data import cue_config, write_cue_pairs
+
+
+def _load(cfg, tmp_path, use_reasoning=False):
+  stage_dir = tmp_path / ("crsd" if use_reasoning else "baseline")
+  stage_dir.mkdir(exist_ok=True)
+  return data_lib.load_student_data(cfg, str(stage_dir), use_reasoning=use_reasoning)
+
+
+def test_each_train_query_gets_k_foreign_items_labelled_as_configured(tiny_config, tmp_path):
+  cfg = cue_config(tiny_config, write_cue_pairs(tmp_path / "cue.jsonl", queries=16))
+  plain = _load(cfg, tmp_path)
+  cfg.student.cross_query_negatives = 3
+  data = _load(cfg, tmp_path)
+  real = {(p.query_id, p.product_id) for p in plain.train}
+  added = [p for p in data.train if (p.query_id, p.product_id) not in real]
+  queries = {p.query_id for p in plain.train}
+  assert len(data.train) == len(plain.train) + 3 * len(queries) == len(plain.train) + len(added)
+  assert collections.Counter(p.query_id for p in added) == {q: 3 for q in queries}
+  own = collections.defaultdict(set)
+  text_of = {p.query_id: p.query for p in plain.train}
+  item_query = {p.product_id: p.query_id for p in plain.train}
+  for p in plain.train:
+    own[p.query_id].add(p.product_id)
+  irrelevant = list(cfg.labels).index("Irrelevant")
+  for p in added:
+    assert p.product_id not in own[p.query_id]               # never the query's own item
+    assert item_query[p.product_id] != p.query_id            # an item of another train query
+    assert p.query == text_of[p.query_id] and p.label_id == irrelevant
+    assert p.raw["synthetic"] == "cross_query_negative"
+  assert data.report["cross_query_negatives"] == {"per_query": 3, "added": len(added),
+                                                  "label": "Irrelevant",
+                                                  "train_pairs_before": len(plain.train)}
+  # valid is untouched; the draw is the seed's
+  assert [(p.query_id, p.product_id) for p in data.valid] == \
+      [(p.query_id, p.product_id) for p in plain.valid]
+  again = _load(cfg, tmp_path)
+  assert [(p.query_id, p.product_id) for p in again.train] == \
+      [(p.query_id, p.product_id) for p in data.train]
+  cfg.seed = cfg.seed + 1
+  other = _load(cfg, tmp_path)
+  assert [(p.query_id, p.product_id) for p in other.train] != \
+      [(p.query_id, p.product_id) for p in data.train]
+
+
+def test_the_reasoning_view_gets_the_rule_rationale_of_the_new_pair(tiny_config, tmp_path):
+  from rd_jax.data import rationale
+  cfg = cue_config(tiny_config, write_cue_pairs(tmp_path / "cue.jsonl", queries=8))
+  cfg.student.cross_query_negatives = 2
+  data = _load(cfg, tmp_path, use_reasoning=True)
+  added = [p for p in data.train if p.raw.get("synthetic")]
+  assert added and all(p.reasoning == rationale.rule_rationale(p.query, p.raw, p.item_text)
+                       for p in added)
+
+
+def test_refusals(tiny_config, tmp_path):
+  cfg = cue_config(tiny_config, write_cue_pairs(tmp_path / "cue.jsonl", queries=8))
+  cfg.student.cross_query_negatives = 2
+  cfg.student.cross_query_negative_label = "Unrelated"
+  with pytest.raises(ValueError, match="cross_query_negative_label"):
+    _load(cfg, tmp_path)
+  cfg.student.cross_query_negative_label = "Irrelevant"
+  cfg.crsd.label_source = "teacher"
+  with pytest.raises(ValueError, match="label_source=gold"):
+    negatives.with_cross_query_negatives([], cfg, {}, use_reasoning=False)
+  cfg = tiny_config()
+  cfg.student.cross_query_negatives = -1
+  with pytest.raises(ValueError, match="student.cross_query_negatives"):
+    config_check.validate(cfg)
+
+
+def test_off_is_the_identity(tiny_config):
+  cfg = tiny_config()
+  train = [object(), object()]
+  assert negatives.with_cross_query_negatives(train, cfg, {}, use_reasoning=False) is train
