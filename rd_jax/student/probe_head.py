@@ -73,9 +73,9 @@ def with_probe_head(cfg, model, params: dict, mesh, data, class_weights, objecti
   the probe's C, valid figures and time go to objective["probe_head"]."""
   t0 = time.perf_counter()
   pooled = predict_lib.make_predict_fn(model, mesh, output="pooled")
-  encoder_only = dict(params)   # the classifier is not read for "pooled"
-  train_x, train_y = predict_lib.predict_logits(pooled, encoder_only, data.train, data.tokenizer, cfg)
-  valid_x, valid_y = predict_lib.predict_logits(pooled, encoder_only, data.valid, data.tokenizer, cfg)
+  # the pooled vectors [N, D] the classifier reads (predict_logits returns whatever predict gives)
+  train_x, train_y = predict_lib.predict_logits(pooled, params, data.train, data.tokenizer, cfg)
+  valid_x, valid_y = predict_lib.predict_logits(pooled, params, data.valid, data.tokenizer, cfg)
   probe = fit_probe(train_x, train_y, valid_x, valid_y, len(cfg.labels), class_weights,
                     tuple(cfg.student.get("probe_c_grid", (0.01, 0.03, 0.1, 0.3, 1.0))),
                     seed=int(cfg.seed))
