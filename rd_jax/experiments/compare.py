@@ -53,6 +53,18 @@ def read_predictions(path: str) -> dict:
   return out
 
 
+def predictions_at(path: str, keys: list, labels: list, hint: str = "") -> list[int]:
+  """The predicted class ids of one predictions file at `keys` [(query_id, product_id)] in that
+  order; ValueError naming the file and the first missing pair (+ `hint`: what to do)."""
+  by_pair = {k: labels.index(predicted) for k, (_, predicted) in read_predictions(path).items()}
+  absent = [k for k in keys if k not in by_pair]
+  if absent:
+    raise ValueError(f"{path} has no prediction for {len(absent)} of the {len(keys)} pairs "
+                     f"(first: query_id {absent[0][0]}, product_id {absent[0][1]})"
+                     + (f": {hint}" if hint else ""))
+  return [by_pair[k] for k in keys]
+
+
 def compare(a_paths, b_paths, resamples: int = 2000, seed: int = 0) -> dict:
   """The paired bootstrap of A's seed-mean macro-F1 minus B's, and each file's own figure."""
   files = {p: read_predictions(p) for p in [*a_paths, *b_paths]}

@@ -91,6 +91,14 @@ def is_complete(workdir: str, rotation: int, seed: int) -> bool:
   return storage.exists(os.path.join(run_dir_of(workdir, rotation, seed), "eval", "summary.json"))
 
 
+def check_trained_alike(cfg, workdir: str, rotation: int, seed: int, stage: str, what: str) -> None:
+  """RunConfigMismatch naming the keys if the run was trained otherwise than cfg + rotation say."""
+  run_dir = run_dir_of(workdir, rotation, seed)
+  run_config.check(os.path.join(run_dir, stage),
+                   run_config.for_stage(rotation_config(cfg, rotation, seed, stage, run_dir), stage),
+                   what=what, folder=run_dir)
+
+
 def run_one(cfg, workdir: str, rotation: int, seed: int, stage: str) -> None:
   """Trains + evaluates one (rotation, seed); a complete run is reused if trained alike."""
   from rd_jax import stages as registry
@@ -98,24 +106,12 @@ def run_one(cfg, workdir: str, rotation: int, seed: int, stage: str) -> None:
   run_dir = run_dir_of(workdir, rotation, seed)
   rcfg = rotation_config(cfg, rotation, seed, stage, run_dir)
   if is_complete(workdir, rotation, seed):
-    run_config.check(os.path.join(run_dir, stage), run_config.for_stage(rcfg, stage),
-                     what="reuse", folder=run_dir)   # raises naming the keys that differ
+    check_trained_alike(cfg, workdir, rotation, seed, stage, "reuse")
     return
   t0 = time.perf_counter()
   registry.run(stage, rcfg, run_dir)
   eval_stage.run(rcfg, run_dir)
   logging.info("rotation %d seed %d: %.0f s", rotation, seed, time.perf_counter() - t0)
-
-
-def _student_predictions(path: str, keys: list, labels: list) -> list[int]:
-  from rd_jax.experiments import compare
-  by_pair = {k: labels.index(predicted) for k, (_, predicted) in compare.read_predictions(path).items()}
-  absent = [k for k in keys if k not in by_pair]
-  if absent:
-    raise ValueError(f"{path} has no prediction for {len(absent)} of the {len(keys)} test pairs "
-                     f"(first: query_id {absent[0][0]}, product_id {absent[0][1]}): it was not "
-                     "evaluated on this rotation's test folds")
-  return [by_pair[k] for k in keys]
 
 
 def one_label_query_share(query_ids, labels, share: float = 0.9) -> float:
@@ -130,6 +126,7 @@ def one_label_query_share(query_ids, labels, share: float = 0.9) -> float:
 def pool(cfg, workdir: str, rotations, seeds, stage: str) -> dict:
   """Per-rotation and pooled figures of the complete runs (see the module docstring)."""
   from rd_jax import references
+  from rd_jax.experiments import compare
   labels = list(cfg.labels)
   gold, qkeys, student, lexical, majority, per_rotation = [], [], [], [], [], {}
   for k in rotations:
@@ -137,17 +134,14 @@ def pool(cfg, workdir: str, rotations, seeds, stage: str) -> dict:
     if not done:
       continue
     for s in done:   # pooled only if trained as this config and rotation say (else: the keys)
-      run_dir = run_dir_of(workdir, k, s)
-      run_config.check(os.path.join(run_dir, stage),
-                       run_config.for_stage(rotation_config(cfg, k, s, stage, run_dir), stage),
-                       what="pool", folder=run_dir)
+      check_trained_alike(cfg, workdir, k, s, stage, "pool")
     rcfg = rotation_config(cfg, k, done[0], stage, run_dir_of(workdir, k, done[0]))
     refs, splits = references.fit_for_config(rcfg)
     test = splits["test"]
     keys = [(str(p.query_id), str(p.product_id)) for p in test]
-    preds = np.asarray([_student_predictions(
-        os.path.join(run_dir_of(workdir, k, s), "eval", "predictions.jsonl"), keys, labels)
-        for s in done])                                                        # [S, N]
+    preds = np.asarray([compare.predictions_at(
+        os.path.join(run_dir_of(workdir, k, s), "eval", "predictions.jsonl"), keys, labels,
+        "it was not evaluated on this rotation's test folds") for s in done])  # [S, N]
     y = np.asarray([p.label_id for p in test])
     lex = refs["lexical"].predict_proba(test).argmax(-1)
     maj = refs["majority"].predict_proba(test).argmax(-1)

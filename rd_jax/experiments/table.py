@@ -268,14 +268,8 @@ def lexical_comparisons(cfg, workdir: str, student: dict) -> dict:
     preds = []
     for seed in runs:
       path = os.path.join(workdir, variant, f"seed{seed}", "eval", "predictions.jsonl")
-      by_pair = {k: labels.index(predicted)
-                 for k, (_, predicted) in compare.read_predictions(path).items()}
-      absent = [k for k in keys if k not in by_pair]
-      if absent:
-        raise ValueError(f"{path} has no prediction for {len(absent)} of the {len(keys)} test "
-                         f"pairs (first: query_id {absent[0][0]}, product_id {absent[0][1]}): "
-                         "re-run its eval on this config's test folds")
-      preds.append([by_pair[k] for k in keys])
+      preds.append(compare.predictions_at(path, keys, labels,
+                                          "re-run its eval on this config's test folds"))
     out[variant] = bootstrap.paired_query_bootstrap(
         ranking.query_keys(test), [p.label_id for p in test], np.asarray(preds), lexical,
         len(labels), resamples=resamples, seed=cfg.eval.get("bootstrap_seed", 0))

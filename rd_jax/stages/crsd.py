@@ -225,8 +225,8 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   model_cfg, params, init_info = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
   model = bert.BertClassifier(remat.configure(model_cfg, cfg.student))  # remat: training only
   objective = objective_of(cfg, data.train)
-  if cfg.student.get("head_init", "normal") == "probe" and "classifier/kernel" in init_info.get(
-      "initialised", ["classifier/kernel"]):   # LP-FT: an imported classifier is kept
+  if (cfg.student.get("head_init", "normal") == "probe"
+      and "classifier/kernel" in init_info["initialised"]):   # LP-FT; an imported head is kept
     params = probe_head.with_probe_head(cfg, model, params, mesh, data, objective["class_weights"],
                                         objective)
   params, sim_targets = with_similarity(cfg, model, params, model_cfg, data, objective)

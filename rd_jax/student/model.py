@@ -32,7 +32,8 @@ def initial_student(cfg, rng) -> tuple[bert.BertConfig, dict, dict]:
         num_labels=num_labels, dtype=cfg.student.dtype, projection_dim=projection_dim,
         pooling=cfg.student.get("pooling", "cls"))
     params = bert.init_params(model_cfg, rng)
-    return model_cfg, _head_init(cfg, params, ["classifier/kernel"]), {"init": "random"}
+    fresh = ["classifier/kernel"]   # everything is fresh; the head is what head_init concerns
+    return model_cfg, _head_init(cfg, params, fresh), {"init": "random", "initialised": fresh}
   from rd_jax.convert import hf_bert
   # The classifier (and the projection head, ours) are not in the HF weights: freshly
   # initialised and listed in info["initialised"]; everything else is imported.
