@@ -132,6 +132,9 @@ def default_config() -> ml_collections.ConfigDict:
   # sentence-transformers' pooling, what all-MiniLM-L6-v2 was trained with: its [CLS] never was).
   c.student.pooling = "cls"
   c.student.class_weighting = "none"  # none | balanced (n / (C n_c)) | given (class_weights)
+  #   | query_balanced (ours, #17: per-pair weights flattening each train query's label mix, then
+  #   the classes'; losses/classification.query_balanced_weights; power 0 = balanced)
+  c.student.query_balance_power = 0.5
   c.student.class_weights = ()   # [C] with class_weighting=given
   c.student.logit_adjustment = 0.0  # tau of Menon et al.'s logit-adjusted CE (train on z + tau log prior)
   # ours: product of experts with each training query's own label mix (beta; 0 = off): train on

@@ -78,6 +78,7 @@ def main(argv):
                               seed=cfg.seed, class_weights=objective["class_weights"],
                               logit_adjustment=objective["logit_adjustment"],
                               query_log_prior=objective["query_log_prior"],
+                              pair_weights=objective["pair_weights"],
                               similarity_targets=sim_targets,
                               similarity_weight=cfg.student.similarity_weight,
                               similarity_from=crsd.similarity_source(cfg),

@@ -46,15 +46,17 @@ class CrsdLossConfig:
 
 def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg: CrsdLossConfig, *,
               local_block: int = 0, class_weights=None, logit_adjustment=None,
-              lambda_multiplier=1.0):
+              row_weights=None, lambda_multiplier=1.0):
   """std_out/aug_out: model outputs ({"logits", "cls", optional "proj"}); cfg: the loss settings;
-  class_weights, logit_adjustment: [C] or None (classification.weighted_cross_entropy).
+  class_weights, logit_adjustment: [C] or None, row_weights [B] or None
+  (classification.weighted_cross_entropy).
 
   Returns (loss, metrics) with metrics as (sum, count)-normalised scalars.
   """
   labels, w = batch["labels"], batch["weights"].astype(jnp.float32)
   ce = lambda logits: classification.weighted_cross_entropy(logits, labels, w, class_weights,
-                                                            logit_adjustment, batch.get("soft_labels"))
+                                                            logit_adjustment, batch.get("soft_labels"),
+                                                            row_weights)
   ce_s, n = ce(std_out["logits"])
   acc_s, _ = classification.weighted_accuracy(std_out["logits"], labels, w)
   n = jnp.maximum(n, 1.0)

@@ -34,7 +34,7 @@ from rd_jax.train import fit
 
 def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_reasoning: bool,
                  local_block: int, seed: int, class_weights=None, logit_adjustment=None,
-                 query_log_prior=None, similarity_targets=None, similarity_weight: float = 0.0,
+                 query_log_prior=None, pair_weights=None, similarity_targets=None, similarity_weight: float = 0.0,
                  similarity_from: str = "cls", rank_weight: float = 0.0, gains=None,
                  overlap_targets=None, overlap_weight: float = 0.0):
   """Returns `loss_fn(params, batch, step) -> (loss, metrics)`, the objective the step descends.
@@ -43,7 +43,9 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
   dropout key, derived from (seed, step) so a resumed run reproduces the masks exactly.
   class_weights / logit_adjustment [C]: the CE terms' (losses/classification.py);
   query_log_prior [Q, C]: beta * log p(y | query), added per row by batch["query_index"] (the
-  product-of-experts objective, classification.query_log_prior); similarity_targets [N] with
+  product-of-experts objective, classification.query_log_prior); pair_weights [N]: each train
+  pair's CE weight in place of class_weights, looked up by batch["pair_index"]
+  (class_weighting=query_balanced, classification.query_balanced_weights); similarity_targets [N] with
   similarity_weight > 0: + weight * L_sim on the standard view's [CLS], looked up by
   batch["pair_index"] (student/similarity.py; params then hold its head), read from the
   [CLS] vector or from the classifier's logits (similarity_from "cls" | "logits"); rank_weight
@@ -57,6 +59,7 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
   warmup = settings.lambda_warmup_steps
   base_key = jax.random.PRNGKey(seed)
   table = None if query_log_prior is None else jnp.asarray(query_log_prior, jnp.float32)
+  pair_table = None if pair_weights is None else jnp.asarray(pair_weights, jnp.float32)   # [N]
   sim_targets = (jnp.asarray(similarity_targets, jnp.float32)
                  if similarity_weight and similarity_targets is not None else None)
   ovl_targets = (jnp.asarray(overlap_targets, jnp.float32)
@@ -67,8 +70,9 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
     if table is not None:                                  # [C] + [B, C] -> [B, C]
       per_row = table[batch["query_index"]]
       adjustment = per_row if adjustment is None else adjustment + per_row
+    rows = None if pair_table is None else pair_table[batch["pair_index"]]   # [B]
     return dict(local_block=local_block, class_weights=class_weights,
-                logit_adjustment=adjustment)
+                logit_adjustment=adjustment, row_weights=rows)
 
   def forward(params, batch, prefix, key):
     return model.apply({"params": similarity.without_head(params)}, batch[f"{prefix}_input_ids"],
@@ -127,15 +131,26 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
 
 
 def objective_of(cfg, train_pairs) -> dict:
-  """The CE terms' class weights and logit adjustment from the train split's label counts, and
-  the per-query log prior [Q, C] (None unless student.query_prior), queries numbered as the
-  batches number them (tokenize.query_indices of the same train pairs)."""
+  """The CE terms' class weights and logit adjustment from the train split's label counts, the
+  per-query log prior [Q, C] (None unless student.query_prior) and the per-pair weights [N]
+  (None unless class_weighting=query_balanced), queries numbered as the batches number them
+  (tokenize.query_indices of the same train pairs) and pairs in the order the batches index."""
   labels = [p.label_id for p in train_pairs]
   counts = np.bincount(labels, minlength=len(cfg.labels))   # [C]
-  table = classification.query_log_prior(labels, tokenize.query_indices(train_pairs),
+  queries = tokenize.query_indices(train_pairs)
+  table = classification.query_log_prior(labels, queries,
                                          len(cfg.labels), cfg.student.query_prior,
                                          cfg.student.query_prior_smoothing)
-  return {"train_label_counts": counts.tolist(),
+  pair_weights, balance = None, {}
+  if cfg.student.class_weighting == "query_balanced":
+    power = float(cfg.student.get("query_balance_power", 0.5))
+    pair_weights = classification.query_balanced_weights(labels, queries, len(cfg.labels), power)
+    balance = {"query_balanced": {   # summary.json: how uneven the weights are
+        "power": power, "max_weight": round(float(pair_weights.max()), 3),
+        "effective_pairs": round(float(pair_weights.sum() ** 2 / np.sum(pair_weights ** 2)), 1),
+        "pairs": len(labels)}}
+  return {"train_label_counts": counts.tolist(), **balance,
+          "pair_weights": pair_weights,
           "class_weights": classification.class_weights_for(counts, cfg.student.class_weighting,
                                                             cfg.student.class_weights),
           "logit_adjustment": classification.log_prior(counts, cfg.student.logit_adjustment),
@@ -236,6 +251,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
                          class_weights=objective["class_weights"],
                          logit_adjustment=objective["logit_adjustment"],
                          query_log_prior=objective.pop("query_log_prior"),
+                         pair_weights=objective.pop("pair_weights"),
                          similarity_targets=sim_targets,
                          similarity_weight=cfg.student.similarity_weight,
                          similarity_from=similarity_source(cfg),

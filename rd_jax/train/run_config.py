@@ -60,7 +60,9 @@ ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was
               "student.probe_c_grid": [0.01, 0.03, 0.1, 0.3, 1.0],
               # 2026-12-05: no drawn negatives before the keys existed
               "student.cross_query_negatives": 0,
-              "student.cross_query_negative_label": "Irrelevant"}
+              "student.cross_query_negative_label": "Irrelevant",
+              # 2026-12-05: read only with class_weighting=query_balanced, new with it
+              "student.query_balance_power": 0.5}
 
 
 class RunConfigMismatch(ValueError):
