@@ -145,6 +145,11 @@ def default_config() -> ml_collections.ConfigDict:
   # label. 0 = off. Train split only.
   c.student.cross_query_negatives = 0
   c.student.cross_query_negative_label = "Irrelevant"
+  # False: the train label counts (class weights, the decision rule's prior) are the real pairs'
+  # alone, a drawn negative weighing as a real pair of its label; either way it is multiplied by
+  # cross_query_negative_weight (stages/crsd.objective_of)
+  c.student.cross_query_negatives_counted = True
+  c.student.cross_query_negative_weight = 1.0
   c.student.query_prior = 0.0
   c.student.query_prior_smoothing = 1.0  # pseudo-counts per class (x the global prior) per query
   # ours: keep the initial checkpoint's bi-encoder relevance skill -- weight of a regression of

@@ -172,6 +172,7 @@ _RANGES = {
     "student.logit_adjustment": (0.0, None, True, True, ">= 0 (0 = off)"),
     "student.query_prior": (0.0, None, True, True, ">= 0 (0 = off)"),
     "student.query_balance_power": (0.0, None, True, True, ">= 0 (0 = balanced)"),
+    "student.cross_query_negative_weight": (0.0, None, True, True, ">= 0"),
     "student.query_prior_smoothing": (0.0, None, False, True, "> 0"),
     "student.similarity_weight": (0.0, None, True, True, ">= 0 (0 = off)"),
     "student.overlap_weight": (0.0, None, True, True, ">= 0 (0 = off)"),

@@ -84,3 +84,36 @@ def test_off_is_the_identity(tiny_config):
   cfg = tiny_config()
   train = [object(), object()]
   assert negatives.with_cross_query_negatives(train, cfg, {}, use_reasoning=False) is train
+
+
+def test_uncounted_negatives_leave_the_counts_to_the_real_pairs(tiny_config, tmp_path):
+  """cross_query_negatives_counted=False: the label counts (class weights, the decision prior)
+  are the real pairs'; each pair weighs its label's balanced weight from those counts, a drawn
+  negative times cross_query_negative_weight. The default counts them as real pairs."""
+  import numpy as np
+  from rd_jax.stages import crsd
+  cfg = cue_config(tiny_config, write_cue_pairs(tmp_path / "cue.jsonl", queries=8))
+  cfg.student.cross_query_negatives = 3
+  cfg.student.class_weighting = "balanced"
+  data = _load(cfg, tmp_path)
+  labels = np.array([p.label_id for p in data.train])
+  drawn = np.array([negatives.is_drawn_negative(p) for p in data.train])
+  train_queries = {p.query_id for p in data.train}
+  assert drawn.sum() == 3 * len(train_queries) > 0
+  counted = crsd.objective_of(cfg, data.train)       # the default: negatives count
+  assert counted["train_label_counts"] == np.bincount(labels, minlength=4).tolist()
+  assert counted["pair_weights"] is None and counted["class_weights"] is not None
+  cfg.student.cross_query_negatives_counted = False
+  cfg.student.cross_query_negative_weight = 0.25
+  objective = crsd.objective_of(cfg, data.train)
+  real = np.bincount(labels[~drawn], minlength=4)
+  assert objective["train_label_counts"] == real.tolist()
+  by_hand = real.sum() / (4 * real)                  # balanced over the real pairs: n / (C n_c)
+  expected = by_hand[labels] * np.where(drawn, 0.25, 1.0)
+  np.testing.assert_allclose(objective["pair_weights"], expected, rtol=1e-6)
+  assert objective["class_weights"] is None
+  assert objective["drawn_negatives"] == {"pairs": int(drawn.sum()), "weight": 0.25,
+                                          "counted": False}
+  cfg.student.cross_query_negative_weight = -1.0
+  with pytest.raises(ValueError, match="student.cross_query_negative_weight"):
+    config_check.validate(cfg)

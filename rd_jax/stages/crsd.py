@@ -27,7 +27,7 @@ from rd_jax.models import bert, remat
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
 from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
-from rd_jax.student import overlap_targets, probe_head, similarity
+from rd_jax.student import negatives, overlap_targets, probe_head, similarity
 from rd_jax.student.model import initial_student, student_meta
 from rd_jax.train import fit
 
@@ -136,7 +136,11 @@ def objective_of(cfg, train_pairs) -> dict:
   (None unless class_weighting=query_balanced), queries numbered as the batches number them
   (tokenize.query_indices of the same train pairs) and pairs in the order the batches index."""
   labels = [p.label_id for p in train_pairs]
-  counts = np.bincount(labels, minlength=len(cfg.labels))   # [C]
+  drawn = np.array([negatives.is_drawn_negative(p) for p in train_pairs], bool)   # [N]
+  # which pairs the label counts (class weights, the decision rule's prior) are taken over
+  counted = (np.ones(len(labels), bool) if cfg.student.get("cross_query_negatives_counted", True)
+             else ~drawn)
+  counts = np.bincount(np.asarray(labels, np.int64)[counted], minlength=len(cfg.labels))   # [C]
   queries = tokenize.query_indices(train_pairs)
   table = classification.query_log_prior(labels, queries,
                                          len(cfg.labels), cfg.student.query_prior,
@@ -149,10 +153,22 @@ def objective_of(cfg, train_pairs) -> dict:
         "power": power, "max_weight": round(float(pair_weights.max()), 3),
         "effective_pairs": round(float(pair_weights.sum() ** 2 / np.sum(pair_weights ** 2)), 1),
         "pairs": len(labels)}}
+  class_weights = classification.class_weights_for(counts, cfg.student.class_weighting,
+                                                   cfg.student.class_weights)
+  negative_weight = float(cfg.student.get("cross_query_negative_weight", 1.0))
+  if drawn.any() and (negative_weight != 1.0 or not counted.all()):
+    # per pair: what a real pair of the label weighs (class weights from the counted pairs), the
+    # drawn negatives times their own weight; the loss then reads this table, not class_weights
+    if pair_weights is None:
+      pair_weights = (np.ones(len(labels), np.float32) if class_weights is None
+                      else np.asarray(class_weights, np.float32)[labels])
+    pair_weights = np.where(drawn, pair_weights * negative_weight, pair_weights).astype(np.float32)
+    class_weights = None
+    balance["drawn_negatives"] = {"pairs": int(drawn.sum()), "weight": negative_weight,
+                                  "counted": bool(counted.all())}
   return {"train_label_counts": counts.tolist(), **balance,
           "pair_weights": pair_weights,
-          "class_weights": classification.class_weights_for(counts, cfg.student.class_weighting,
-                                                            cfg.student.class_weights),
+          "class_weights": class_weights,
           "logit_adjustment": classification.log_prior(counts, cfg.student.logit_adjustment),
           "query_log_prior": table}
 

@@ -8,7 +8,13 @@ items, labelled `student.cross_query_negative_label` (default "Irrelevant": an i
 another query), so the same query now comes with items it does not match and only the item can
 tell them apart. These are easy negatives (another query's product), the cheapest kind a search
 team has; they change the train label counts, and so the class weights and the decision rule's
-prior, exactly as real pairs would. Valid, test and the references never see them.
+prior, exactly as real pairs would, unless `student.cross_query_negatives_counted` is False: then
+the label counts (class weights, the decision rule's prior) are the real pairs' alone and each
+negative weighs as a real pair of its label would, times `student.cross_query_negative_weight`
+(stages/crsd.objective_of). Why that option: easy negatives are most of the Irrelevant rows at
+k 8 (552 of ~900 on the demo's split), so counted they shrink the weight of a real, hard
+Irrelevant pair and the prior the decision rule scales. Valid, test and the references never see
+them.
 
 Each negative is the donor pair with the query's text, id and fold, the negative label, no teacher
 label, and (for the reasoning view) the rule-based rationale of that (query, item)
@@ -22,6 +28,11 @@ import dataclasses
 import numpy as np
 
 from rd_jax.data import rationale
+
+
+def is_drawn_negative(pair) -> bool:
+  """Whether a train pair was drawn here rather than read from the data."""
+  return (pair.raw or {}).get("synthetic") == "cross_query_negative"
 
 
 def with_cross_query_negatives(train: list, cfg, report: dict, *, use_reasoning: bool) -> list:

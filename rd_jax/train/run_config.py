@@ -62,7 +62,10 @@ ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was
               "student.cross_query_negatives": 0,
               "student.cross_query_negative_label": "Irrelevant",
               # 2026-12-05: read only with class_weighting=query_balanced, new with it
-              "student.query_balance_power": 0.5}
+              "student.query_balance_power": 0.5,
+              # 2026-12-05: drawn negatives counted and weighed as real pairs before the keys
+              "student.cross_query_negatives_counted": True,
+              "student.cross_query_negative_weight": 1.0}
 
 
 class RunConfigMismatch(ValueError):
