@@ -97,7 +97,8 @@ def test_stage_weights_each_row_by_its_pair(tiny_config, tmp_path):
   class_w = np.array([0.5, 1.0, 2.0, 4.0][:len(cfg.labels)], np.float32)
   by_pair, _ = crsd.make_loss_fn(model, settings, pair_weights=class_w[labels],
                                  **common)(params, batch, 0)
-  by_class, _ = crsd.make_loss_fn(model, settings, class_weights=class_w, **common)(params, batch, 0)
+  by_class, _ = crsd.make_loss_fn(model, settings, class_weights=class_w,
+                                  **common)(params, batch, 0)
   plain, _ = crsd.make_loss_fn(model, settings, **common)(params, batch, 0)
   np.testing.assert_allclose(float(by_pair), float(by_class), rtol=1e-5)
   assert abs(float(by_pair) - float(plain)) > 1e-4   # the weights do enter the loss

@@ -13,9 +13,10 @@ rows is 1, so the loss keeps its scale). `t` [C] is the logit adjustment of Meno
 with z alone makes the classifier's argmax approximately balanced-error optimal; both are ours,
 offered because the metric we ship on (macro-F1) weighs rare classes like frequent ones.
 `class_weighting=query_balanced` (ours, #17) replaces a_{y_i} by a per-pair weight r_i
-(query_balanced_weights below): the class weights then also flatten each query's own label mix,
-so the query's identity no longer lowers the loss. Logits are cast to fp32 first: under bf16 compute the log-sum-exp of a few logits is still
-cheap, and fp32 keeps the loss (and its golden test) exact to ~1e-7.
+(query_balanced_weights below): the weights then also flatten each query's own label mix, so
+learning which query a pair belongs to lowers the loss less. Logits are cast to fp32 first:
+under bf16 compute the log-sum-exp of a few logits is still cheap, and fp32 keeps the loss (and
+its golden test) exact to ~1e-7.
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ def query_balanced_weights(labels, query_index, num_classes: int, power: float) 
   second makes the classes' weighted totals equal, as "balanced" does (power 0 is exactly
   "balanced": n / (C * n_c)). Within a query the weighted mix is then proportional to the global
   class factor alone, the same for every query, so a student that only learns which query a pair
-  belongs to (its label mix: the failure #17 measured) learns only which labels it holds. Powers between trade that for the variance of
-  large weights (a query's one odd item): the effective sample size (sum r)^2 / sum r^2 on the
-  demo's train split with k 8 negatives is 1,927 of 3,663 at power 0, 1,464 at 0.5, 727 at 1.
+  belongs to (its label mix: the failure #17 measured) learns only which labels it holds. Powers
+  between trade that for the variance of large weights (a query's one odd item): the effective
+  sample size (sum r)^2 / sum r^2 on the demo's train split with k 8 negatives is 1,927 of 3,663
+  at power 0, 1,464 at 0.5, 727 at 1.
   """
   labels = np.asarray(labels, np.int64)
   query_index = np.asarray(query_index, np.int64)

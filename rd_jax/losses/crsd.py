@@ -54,9 +54,8 @@ def crsd_loss(std_out: dict, aug_out: dict | None, batch: dict, cfg: CrsdLossCon
   Returns (loss, metrics) with metrics as (sum, count)-normalised scalars.
   """
   labels, w = batch["labels"], batch["weights"].astype(jnp.float32)
-  ce = lambda logits: classification.weighted_cross_entropy(logits, labels, w, class_weights,
-                                                            logit_adjustment, batch.get("soft_labels"),
-                                                            row_weights)
+  ce = lambda logits: classification.weighted_cross_entropy(
+      logits, labels, w, class_weights, logit_adjustment, batch.get("soft_labels"), row_weights)
   ce_s, n = ce(std_out["logits"])
   acc_s, _ = classification.weighted_accuracy(std_out["logits"], labels, w)
   n = jnp.maximum(n, 1.0)

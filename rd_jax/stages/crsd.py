@@ -34,7 +34,8 @@ from rd_jax.train import fit
 
 def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_reasoning: bool,
                  local_block: int, seed: int, class_weights=None, logit_adjustment=None,
-                 query_log_prior=None, pair_weights=None, similarity_targets=None, similarity_weight: float = 0.0,
+                 query_log_prior=None, pair_weights=None, similarity_targets=None,
+                 similarity_weight: float = 0.0,
                  similarity_from: str = "cls", rank_weight: float = 0.0, gains=None,
                  overlap_targets=None, overlap_weight: float = 0.0):
   """Returns `loss_fn(params, batch, step) -> (loss, metrics)`, the objective the step descends.
@@ -44,8 +45,8 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
   class_weights / logit_adjustment [C]: the CE terms' (losses/classification.py);
   query_log_prior [Q, C]: beta * log p(y | query), added per row by batch["query_index"] (the
   product-of-experts objective, classification.query_log_prior); pair_weights [N]: each train
-  pair's CE weight in place of class_weights, looked up by batch["pair_index"]
-  (class_weighting=query_balanced, classification.query_balanced_weights); similarity_targets [N] with
+  pair's CE weight in place of class_weights, looked up by batch["pair_index"] (objective_of:
+  class_weighting=query_balanced, or drawn negatives weighed apart); similarity_targets [N] with
   similarity_weight > 0: + weight * L_sim on the standard view's [CLS], looked up by
   batch["pair_index"] (student/similarity.py; params then hold its head), read from the
   [CLS] vector or from the classifier's logits (similarity_from "cls" | "logits"); rank_weight
@@ -133,7 +134,8 @@ def make_loss_fn(model: bert.BertClassifier, settings: CrsdLossConfig, *, use_re
 def objective_of(cfg, train_pairs) -> dict:
   """The CE terms' class weights and logit adjustment from the train split's label counts, the
   per-query log prior [Q, C] (None unless student.query_prior) and the per-pair weights [N]
-  (None unless class_weighting=query_balanced), queries numbered as the batches number them
+  (None unless class_weighting=query_balanced, or drawn negatives are uncounted or weighted:
+  student.cross_query_negatives_counted / _weight), queries numbered as the batches number them
   (tokenize.query_indices of the same train pairs) and pairs in the order the batches index."""
   labels = [p.label_id for p in train_pairs]
   drawn = np.array([negatives.is_drawn_negative(p) for p in train_pairs], bool)   # [N]
