@@ -54,17 +54,18 @@ def with_cross_query_negatives(train: list, cfg, report: dict, *, use_reasoning:
     raise ValueError(f"student.cross_query_negatives = {k} needs >= 2 train queries, the train "
                      f"split has {len(queries)}")
   first = {}
-  own_items: dict = {}
   for p in train:
     first.setdefault(p.query_id, p)
-    own_items.setdefault(p.query_id, set()).add(p.product_id)
+  # [N] arrays so each query's donor mask is a vector op, not a loop over every train pair
+  query_of = np.asarray([str(p.query_id) for p in train])
+  product_of = np.asarray([str(p.product_id) for p in train])
   rng = np.random.default_rng([int(cfg.seed), 17])
   negatives = []
   for q in queries:
     anchor = first[q]
-    donors = [i for i, p in enumerate(train)
-              if p.query_id != q and p.product_id not in own_items[q]]
-    if not donors:
+    mine = query_of == str(q)                                                   # [N]
+    donors = np.flatnonzero(~mine & ~np.isin(product_of, product_of[mine]))     # ascending
+    if not len(donors):
       continue
     chosen = rng.choice(len(donors), size=min(k, len(donors)), replace=False)
     for j in sorted(chosen):
