@@ -297,6 +297,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.sft = ml_collections.ConfigDict()
   c.sft.chains_path = ""         # user chain-of-thought JSONL; "" = bootstrap (STaR) from teacher
+  # ours, where sft.chains_path is "": bootstrap = STaR chains sampled from the teacher on
+  # sft.bootstrap_pairs train pairs; rules = a chain for EVERY train pair, no generation: the
+  # lexical rule rationale (data/rationale.py, never reads the label) + the gold label.
+  c.sft.chains_from = "bootstrap"
   c.sft.bootstrap_pairs = 256    # ours: train pairs the STaR bootstrap samples rationales for
   c.sft.shuffle_definitions = True  # ours: prompt v2 SFT rows list the definitions in a random order
   # ours: the prompt tokens every SFT row shares (chat template, instructions, definitions) run once

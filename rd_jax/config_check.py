@@ -42,6 +42,7 @@ _CHOICES = {
     "dpo.loss": ("dpo", "ipo", "simpo"),
     "reward.loss": ("bradley_terry", "regression"),
     "annotate.split": ("all", "train", "valid", "test"),
+    "sft.chains_from": ("bootstrap", "rules"),
 }
 _POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.checkpoint_every",
              "train.keep_checkpoints", "student.max_len_std", "student.max_len_aug",
@@ -95,6 +96,9 @@ def validate(cfg) -> None:
     value = _get(cfg, key)
     if value not in allowed:
       raise ConfigError(f"config key {key} = {value!r}; allowed: {', '.join(allowed)}")
+  if cfg.sft.chains_from == "rules" and cfg.sft.chains_path:
+    raise ConfigError(f"config keys sft.chains_path = {cfg.sft.chains_path!r} and "
+                      "sft.chains_from = 'rules' both give the SFT chains; set one")
   grid = cfg.student.get("probe_c_grid", (1.0,))
   if isinstance(grid, (int, float)):
     grid = (grid,)

@@ -248,6 +248,34 @@ def test_sft_bootstrap_is_reused_after_an_interruption(tiny_config, data, tmp_pa
     sft.run(cfg, str(tmp_path))
 
 
+def test_rule_chains_cover_every_train_pair_with_its_gold_label(tiny_config, data, tmp_path,
+                                                                 monkeypatch):
+  """sft.chains_from=rules: one chain per labelled train pair, the rule rationale + gold label,
+  nothing generated; written to sft/chains.jsonl; and it cannot be combined with a chains file."""
+  from rd_jax import config_check
+  from rd_jax.data import rationale
+  pairs, splits = data
+  train = splits["train"]
+  cfg = tiny_config()
+  cfg.sft.chains_from, cfg.sft.eval_pairs, cfg.train.stop_after_step = "rules", 0, 1
+
+  def no_generation(*args, **kwargs):
+    raise AssertionError("chains_from=rules must not generate")
+  monkeypatch.setattr(generate, "generate_texts", no_generation)
+  assert sft.run(cfg, str(tmp_path)) == {"stage": "sft", "interrupted_at": 1}
+  written = [json.loads(l) for l in open(tmp_path / "sft" / "chains.jsonl")]
+  assert len(written) == len(train) > 0
+  for pair, chain in zip(train, written):
+    assert chain["product_id"] == pair.product_id and chain["source"] == "rules+gold"
+    assert chain["label"] == cfg.labels[pair.label_id]  # gold, every pair
+    assert chain["reasoning"] == rationale.rule_rationale(pair.query, pair.raw, pair.item_text)
+  matched, counts = sft.match_chains(list(enumerate(written, 1)), "x", pairs, cfg)
+  assert counts["used"] == len(train) and counts["label_differs_from_gold"] == 0
+  cfg.sft.chains_path = str(tmp_path / "sft" / "chains.jsonl")
+  with pytest.raises(config_check.ConfigError, match="sft.chains_path .* sft.chains_from"):
+    config_check.validate(cfg)
+
+
 def _matched(data, n):
   chains = ["The title names the queried item.", "Wrong colour.", "A case for it, not it."]
   train = data[1]["train"]

@@ -65,7 +65,9 @@ ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was
               "student.query_balance_power": 0.5,
               # 2026-12-05: drawn negatives counted and weighed as real pairs before the keys
               "student.cross_query_negatives_counted": True,
-              "student.cross_query_negative_weight": 1.0}
+              "student.cross_query_negative_weight": 1.0,
+              # 2026-12-05: SFT chains came from sft.chains_path or the STaR bootstrap
+              "sft.chains_from": "bootstrap"}
 
 
 class RunConfigMismatch(ValueError):
