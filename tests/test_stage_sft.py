@@ -251,7 +251,8 @@ def test_sft_bootstrap_is_reused_after_an_interruption(tiny_config, data, tmp_pa
 def test_rule_chains_cover_every_train_pair_with_its_gold_label(tiny_config, data, tmp_path,
                                                                  monkeypatch):
   """sft.chains_from=rules: one chain per labelled train pair, the rule rationale + gold label,
-  nothing generated; written to sft/chains.jsonl; and it cannot be combined with a chains file."""
+  nothing generated; written to sft/rule_chains.jsonl, not to the bootstrap's chains.jsonl; and
+  it cannot be combined with a chains file."""
   from rd_jax import config_check
   from rd_jax.data import rationale
   pairs, splits = data
@@ -263,7 +264,8 @@ def test_rule_chains_cover_every_train_pair_with_its_gold_label(tiny_config, dat
     raise AssertionError("chains_from=rules must not generate")
   monkeypatch.setattr(generate, "generate_texts", no_generation)
   assert sft.run(cfg, str(tmp_path)) == {"stage": "sft", "interrupted_at": 1}
-  written = [json.loads(l) for l in open(tmp_path / "sft" / "chains.jsonl")]
+  written = [json.loads(l) for l in open(tmp_path / "sft" / "rule_chains.jsonl")]
+  assert not (tmp_path / "sft" / "chains.jsonl").exists()
   assert len(written) == len(train) > 0
   for pair, chain in zip(train, written):
     assert chain["product_id"] == pair.product_id and chain["source"] == "rules+gold"
@@ -271,7 +273,7 @@ def test_rule_chains_cover_every_train_pair_with_its_gold_label(tiny_config, dat
     assert chain["reasoning"] == rationale.rule_rationale(pair.query, pair.raw, pair.item_text)
   matched, counts = sft.match_chains(list(enumerate(written, 1)), "x", pairs, cfg)
   assert counts["used"] == len(train) and counts["label_differs_from_gold"] == 0
-  cfg.sft.chains_path = str(tmp_path / "sft" / "chains.jsonl")
+  cfg.sft.chains_path = str(tmp_path / "sft" / "rule_chains.jsonl")
   with pytest.raises(config_check.ConfigError, match="sft.chains_path .* sft.chains_from"):
     config_check.validate(cfg)
 

@@ -25,7 +25,8 @@ Chains (a reasoning + label per TRAIN pair) come from:
   to a pair of `data.path`; an unmatched or malformed line raises DataError "file:line: reason".
   Chains of valid/test pairs are not trained on (counted as `outside_train_folds`).
 - `sft.chains_from=rules` (ours): every train pair, its rule rationale + its gold label
-  (`rule_chains`; no generation).
+  (`rule_chains`; no generation), rebuilt on every start and written to
+  <workdir>/sft/rule_chains.jsonl to inspect (never over a bootstrap's chains.jsonl).
 - otherwise a STaR bootstrap (rejection sampling + rationalisation) from the starting teacher on up
   to `sft.bootstrap_pairs` train pairs: `sft.bootstrap_samples` samples per prompt at
   `sft.bootstrap_temperature`; the first that parses to the GOLD label with non-empty reasoning is
@@ -40,8 +41,8 @@ Chains go to <workdir>/sft/chains.jsonl (user format + "source"; atomic) and are
 
 Evaluation: greedy macro-F1 on up to `sft.eval_pairs` VALID pairs before (cached in
 eval_before.json) and after training; outputs that do not parse count as wrong.
-Writes <workdir>/sft/: chains.jsonl, chains_report.json, eval_before.json, checkpoints/, final/,
-metrics.jsonl, tb/, summary.json (last).
+Writes <workdir>/sft/: chains.jsonl, chains_report.json (bootstrap; rules: rule_chains.jsonl),
+eval_before.json, checkpoints/, final/, metrics.jsonl, tb/, summary.json (last).
 """
 
 from __future__ import annotations
@@ -293,7 +294,8 @@ def shared_prefix_rows(matched: list, tokenizer, cfg) -> tuple[dict, np.ndarray,
 
 
 def rule_chains(train, cfg) -> list[dict]:
-  """`sft.chains_from=rules`: a chain for every labelled train pair, without generation.
+  """`sft.chains_from=rules`: a chain for every train pair (labelled: loaded with labels required),
+  without generation.
 
   Reasoning = `data/rationale.rule_rationale` (which query terms the item states or lacks,
   negations, numbers; it never reads the label), label = the gold label. The teacher then learns
@@ -303,7 +305,7 @@ def rule_chains(train, cfg) -> list[dict]:
   return [{"query_id": p.query_id, "product_id": p.product_id, "query": p.query,
            "reasoning": rationale.rule_rationale(p.query, p.raw, p.item_text),
            "label": cfg.labels[p.label_id], "source": "rules+gold"}
-          for p in train if p.label_id is not None]
+          for p in train]
 
 
 # ------------------------------------------------------------------------------------ stage
@@ -313,7 +315,7 @@ def load_or_bootstrap(cfg, teacher, pairs, train, stage_dir) -> tuple[list, dict
   if path:
     report, chains = {"source": path}, read_chains(path, cfg)
   elif cfg.sft.chains_from == "rules":  # deterministic: rebuilt on restart, written to inspect
-    path = os.path.join(stage_dir, "chains.jsonl")
+    path = os.path.join(stage_dir, "rule_chains.jsonl")
     made = rule_chains(train, cfg)
     if jax.process_index() == 0:
       metrics_lib.write_jsonl_atomic(made, path)
