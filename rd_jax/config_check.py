@@ -49,7 +49,7 @@ _POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.ch
              "crsd.temperature", "eval.batch_size", "data.num_folds",
              "teacher.max_prompt_len", "teacher.max_response_len",
              "cpt.seq_len", "cpt.batch_size", "cpt.num_steps",
-             "sft.bootstrap_samples", "sft.gen_batch_size", "sft.batch_size", "sft.num_steps",
+             "sft.bootstrap_samples", "sft.gen_batch_size", "sft.label_loss_weight", "sft.batch_size", "sft.num_steps",
              "reward.samples_per_prompt", "reward.prompts", "reward.generate_batch_size",
              "reward.batch_size", "reward.num_steps",
              "dpo.beta", "dpo.simpo_beta", "dpo.samples_per_prompt", "dpo.prompts",

@@ -123,6 +123,50 @@ def test_masked_sft_loss_equals_pytorch():
   assert float(metrics["tokens"]) == 8  # the first response token is predicted from the prompt
 
 
+@pytest.mark.parametrize("label", ["Exact", "Substitute", "Complement", "Irrelevant"])
+def test_label_loss_weight_falls_on_the_label_tokens_only(tiny_config, tokenizer, data, label):
+  cfg = tiny_config()
+  cfg.sft.label_loss_weight = 8.0
+  chain = {"reasoning": "The title names the queried item.", "label": label}
+  rows, report = sft.sft_rows([(data[1]["train"][0], chain)], tokenizer, cfg)
+  tokens, weights = rows["tokens"][0], rows["loss_mask"][0]
+  heavy = np.flatnonzero(weights == 8.0)
+  assert heavy.size and (np.diff(heavy) == 1).all()          # one run of tokens ...
+  assert tokenizer.decode(tokens[heavy]).strip() == label    # ... spelling the label, no more
+  assert tokens[heavy[-1] + 1] == tokenizer.eos_token_id and weights[heavy[-1] + 1] == 1.0
+  assert tokenizer.decode(tokens[:heavy[0]]).endswith("\nLabel:")
+  assert set(np.unique(weights).tolist()) == {0.0, 1.0, 8.0}
+  plain, _ = sft.sft_rows([(data[1]["train"][0], chain)], tokenizer, tiny_config())
+  assert ((plain["loss_mask"] > 0) == (weights > 0)).all()   # same tokens count, only weights move
+  assert report["response_tokens"] == int((plain["loss_mask"][0] > 0).sum())
+
+
+def test_label_weighted_sft_loss_equals_a_pytorch_weighted_mean():
+  """lm_loss with float weights == sum_t w_t CE_t / sum_t w_t from PyTorch's per-token CE."""
+  config = DecoderConfig(vocab_size=61, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2,
+                         intermediate_size=24, max_position=32)
+  torch.manual_seed(1)
+  model = LlamaForCausalLM(LlamaConfig(**hf_decoder.hf_config_dict(config), attn_implementation="eager"))
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0.0, 0.3)
+  params = hf_decoder.from_hf_state_dict(config, model.eval().state_dict())
+  rng = np.random.RandomState(1)
+  seqs = [rng.randint(3, 61, 9).tolist(), rng.randint(3, 61, 7).tolist()]
+  masks = [[0] * 5 + [1, 1, 5, 1], [0] * 2 + [1, 1, 1, 5, 1]]   # "label" tokens weigh 5
+  batch = rows_lib.right_pad(seqs, masks, 11, pad_id=0)
+  _, metrics = teacher_model.lm_loss(Decoder(config))(params, batch)
+  with torch.no_grad():
+    logits = model(torch.tensor(batch["tokens"], dtype=torch.long),
+                   attention_mask=torch.tensor(batch["attention_mask"])).logits
+  ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 61),
+                                         torch.tensor(batch["tokens"][:, 1:], dtype=torch.long).reshape(-1),
+                                         reduction="none").numpy().reshape(2, 10)
+  w = batch["loss_mask"][:, 1:]
+  np.testing.assert_allclose(float(metrics["loss"]), (ce * w).sum() / w.sum(), rtol=1e-5)
+  assert float(metrics["tokens"]) == 8 + 9   # the weights' sum
+
+
 def test_bootstrap_keeps_sampled_and_rationalised_chains_and_counts_drops(
     tiny_config, tokenizer, data, monkeypatch):
   train = data[1]["train"][:4]

@@ -10,7 +10,8 @@ to answer (`prompts.build_sft_target`, parsed back by `prompts.parse_response`):
     Label: <one of cfg.labels><EOS>
 
 Loss: token-mean next-token CE on the response tokens and the EOS only; prompt and padding are
-masked (`loss_mask`). A response longer than `teacher.max_response_len` tokens (EOS included) has
+masked (`loss_mask`). `sft.label_loss_weight` (ours; default 1) weighs the label's tokens w and the
+rest 1, and the loss is the weighted mean (`target_weights`). A response longer than `teacher.max_response_len` tokens (EOS included) has
 its reasoning cut at the end so that the label line survives; cut targets are counted.
 
 With `sft.shared_prefix` the prompt tokens every row shares (chat template, instructions,
@@ -203,6 +204,27 @@ def target_ids(tokenizer, reasoning: str, label: str, budget: int) -> tuple[list
   return ids + [eos], cut
 
 
+def label_token_count(tokenizer, target: list[int], label: str) -> int:
+  """How many tokens at the end of `target` (EOS last) spell the label: the shortest tail before
+  the EOS that decodes to the label. Found by decoding, not by tokenising the label alone, because
+  a BPE merges the space before it (" Exact" is one token, "Exact" another)."""
+  for n in range(1, len(target)):
+    if tokenizer.decode(target[-1 - n:-1], skip_special_tokens=True).strip() == label:
+      return n
+  raise ValueError(f"sft.label_loss_weight: the target {tokenizer.decode(target)!r} does not end "
+                   f"in the label {label!r} followed by EOS")
+
+
+def target_weights(tokenizer, target: list[int], label: str, label_weight: float) -> list[float]:
+  """Per-token loss weights of a target (reasoning, "Label: X", EOS): `label_weight` on the label's
+  tokens, 1 elsewhere. The loss is their weighted mean (teacher/model.lm_loss divides by the sum
+  of the weights), so label_weight = w gives the label w / (w + rest) of a row's loss."""
+  if label_weight == 1.0:
+    return [1.0] * len(target)
+  n = label_token_count(tokenizer, target, label)
+  return [1.0] * (len(target) - 1 - n) + [float(label_weight)] * n + [1.0]
+
+
 def row_length(cfg) -> int:
   return int(cfg.teacher.max_prompt_len) + int(cfg.teacher.max_response_len)
 
@@ -217,7 +239,8 @@ def length_buckets(cfg, prefix_len: int = 0) -> list[int]:
 def sft_rows(matched: list, tokenizer, cfg) -> tuple[dict, dict]:
   """[(Pair, chain)] -> right-padded {"tokens", "attention_mask", "loss_mask"} [N, row_length].
 
-  loss_mask is 1 exactly on the response tokens and the EOS (next_token_targets shifts it).
+  loss_mask is > 0 exactly on the response tokens and the EOS (next_token_targets shifts it):
+  1, and `sft.label_loss_weight` on the label's tokens (`target_weights`).
   """
   rng = np.random.default_rng([cfg.seed, 7])
   shuffle = cfg.sft.shuffle_definitions and cfg.teacher.prompt_version >= 2
@@ -226,7 +249,7 @@ def sft_rows(matched: list, tokenizer, cfg) -> tuple[dict, dict]:
   _, seqs, masks, counts = _sequences(matched, tokenizer, cfg, orders)
   rows = rows_lib.right_pad(seqs, masks, row_length(cfg), _pad_id(tokenizer))
   return rows, {"rows": len(seqs), "tokens": int(rows["attention_mask"].sum()),
-                "response_tokens": int(rows["loss_mask"].sum()), **counts}
+                "response_tokens": int((rows["loss_mask"] > 0).sum()), **counts}
 
 
 def _sequences(matched: list, tokenizer, cfg, orders: list) -> tuple[list, list, list, dict]:
@@ -239,7 +262,8 @@ def _sequences(matched: list, tokenizer, cfg, orders: list) -> tuple[list, list,
                               int(cfg.teacher.max_response_len))
     prompts_.append(p_ids)
     seqs.append(p_ids + t_ids)
-    masks.append([0] * len(p_ids) + [1] * len(t_ids))
+    masks.append([0.0] * len(p_ids) + target_weights(tokenizer, t_ids, chain["label"],
+                                                     float(cfg.sft.label_loss_weight)))
     cut_prompts, cut_targets = cut_prompts + p_cut, cut_targets + t_cut
   return prompts_, seqs, masks, {"prompts_cut": cut_prompts, "targets_cut": cut_targets}
 
@@ -287,7 +311,7 @@ def shared_prefix_rows(matched: list, tokenizer, cfg) -> tuple[dict, np.ndarray,
   rows = rows_lib.right_pad([x[p:] for x in seqs], [m[p:] for m in masks], row_length(cfg) - p,
                             _pad_id(tokenizer))
   report = {"rows": len(seqs), "tokens": int(rows["attention_mask"].sum()) + p * len(seqs),
-            "response_tokens": int(rows["loss_mask"].sum()), **counts, "shared_prefix_tokens": p,
+            "response_tokens": int((rows["loss_mask"] > 0).sum()), **counts, "shared_prefix_tokens": p,
             "definition_orders": len(prefixes),
             "row_tokens_after_prefix": int(rows["attention_mask"].sum())}
   return rows, np.asarray(prefixes, np.int32).reshape(len(prefixes), p), report

@@ -103,7 +103,8 @@ def lm_loss(model: decoder.Decoder):
   [B, L] (right-padded rows):
 
   loss = sum_t -log p(tokens[t+1] | tokens[:t+1]) * loss_mask[t+1] / sum loss_mask  (token mean
-  over the global batch, so hosts and accumulation agree).
+  over the global batch, so hosts and accumulation agree). A float loss_mask weighs each target
+  (sft.label_loss_weight): the loss is then the weighted mean and "tokens" the weights' sum.
   """
   def loss_fn(params, batch):
     mask = batch["attention_mask"]

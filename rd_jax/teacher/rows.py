@@ -63,11 +63,14 @@ def row_batches(rows: dict[str, np.ndarray], *, batch_size: int, seed: int,
 
 def right_pad(sequences: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], length: int,
               pad_id: int) -> dict[str, np.ndarray]:
-  """Token lists + per-token loss masks -> {"tokens", "attention_mask", "loss_mask"} [N, length]."""
+  """Token lists + per-token loss masks -> {"tokens", "attention_mask", "loss_mask"} [N, length].
+
+  The loss mask is float32: 0/1, or per-token weights (sft.label_loss_weight).
+  """
   n = len(sequences)
   tokens = np.full((n, length), pad_id, np.int32)
   attention = np.zeros((n, length), np.int32)
-  loss = np.zeros((n, length), np.int32)
+  loss = np.zeros((n, length), np.float32)
   for i, (seq, m) in enumerate(zip(sequences, masks)):
     seq, m = list(seq)[:length], list(m)[:length]
     tokens[i, :len(seq)], attention[i, :len(seq)], loss[i, :len(seq)] = seq, 1, m
