@@ -11,8 +11,7 @@ that made the "bundled" reasoning (same file, its stage sections; README "The te
   python -m rd_jax.main --stage=all --config=configs/demo.py --workdir=runs/teacher \
       "--config.all.stages=('cpt','sft','reward','dpo','annotate')"
 Expect (time measured 2026-12-05 session 26 with the CPU to itself, seeds 0/1/2: crsd 430-473 s
-+ eval 75-77 s = 8.4-9.2 min; figures of session 26's recipe, seeds 0/1/2; README "Results so
-far"): valid macro-F1 0.403 +- 0.024 (cross-fitted 0.378), test 0.289 +- 0.039 -- above the prior
++ eval 75-77 s = 8.4-9.2 min; figures of session 26's recipe, seeds 0/1/2; README "Results"): valid macro-F1 0.403 +- 0.024 (cross-fitted 0.378), test 0.289 +- 0.039 -- above the prior
 (0.1546) but below the lexical reference that eval prints beside it (test 0.3263). Over all four
 rotations of the folds (python -m rd_jax.experiments.crossval, session 25) the recipe's baseline
 student is level with the lexical reference on the 116 queries pooled (+0.005, -0.025..+0.035);
@@ -34,7 +33,7 @@ def get_config():
   # The main job's 15-minute budget on 2 cores (issue #17): 192 updates of 12 rows (2,304 pairs,
   # 0.74 epoch) and no dropout on the attention probabilities. Batch 32 (2 epochs) took ~29 min;
   # batch 16 996 s. Chosen by a rule written before the runs (WORKSPACE.md, session 19): valid
-  # macro-F1 0.382 vs 0.400 at batch 32, test 0.292 vs 0.306 (README "Results so far").
+  # macro-F1 0.382 vs 0.400 at batch 32, test 0.292 vs 0.306 (RESULTS.md).
   c.train.batch_size = 12
   c.train.num_steps = 192
   c.student.attention_dropout = 0.0
@@ -50,12 +49,12 @@ def get_config():
   # default since session 22) folded into the exported classifier bias.
   c.student.class_weighting = "balanced"
   # Keep all-MiniLM-L6-v2's bi-encoder relevance skill while fine-tuning the cross-encoder
-  # (student/similarity.py; chosen on valid, README "Results so far": weight 3 over 1, 3 seeds
+  # (student/similarity.py; chosen on valid, RESULTS.md: weight 3 over 1, 3 seeds
   # of CRSD each, valid macro-F1 0.377 vs 0.351; on test it reads lower, 0.255 vs 0.278).
   c.student.similarity_weight = 3.0
   # A lexical-match line before the item, "match: 2 of 4 query words; missing: red, 64gb."
   # (data/match_hint.py; part of the exported input format, README "Deployment"). Chosen on valid
-  # on 2026-12-03, seeds 0/1/2 of CRSD: macro-F1 0.383 vs 0.377 without (README "Results so far").
+  # on 2026-12-03, seeds 0/1/2 of CRSD: macro-F1 0.383 vs 0.377 without (RESULTS.md).
   c.student.match_hint = "missing"
   # The pooler reads the mean of the row's last hidden states, as all-MiniLM-L6-v2 was trained
   # (its [CLS] never was): chosen on valid by a rule written before its runs (WORKSPACE.md, session

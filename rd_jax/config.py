@@ -164,7 +164,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.student.similarity_from = "cls"
   # ours (#17): weight of a regression of the standard view's [CLS] onto each train pair's 9
   # z-scored lexical overlap features (references.overlap_features: what carries the lexical
-  # reference's skill to unseen queries; student/overlap_targets.py; 0 = off; README "Results")
+  # reference's skill to unseen queries; student/overlap_targets.py; 0 = off; RESULTS.md)
   c.student.overlap_weight = 0.0
   # ours (#17): "missing" writes a lexical-match line before the item in both views ("match: 2 of
   # 4 query words; missing: red, 64gb."; data/match_hint.py); part of the input format, recorded
@@ -189,7 +189,7 @@ def default_config() -> ml_collections.ConfigDict:
   # b = tau * -log p; decision.fit_prior_scale) | "offsets" (C - 1 free offsets, the rule before
   # session 22). prior_scale chosen by a rule written before the figures (WORKSPACE.md): on the
   # demo's 3 seeds its cross-fitted valid macro-F1 is 0.343 vs 0.304 (experiments/decision_rules.py;
-  # README "Results so far"); in-sample it reads lower (0.362 vs 0.382): fewer parameters fitted.
+  # RESULTS.md); in-sample it reads lower (0.362 vs 0.382): fewer parameters fitted.
   c.student.decision_rule = "prior_scale"
   # ours (#17): also report valid macro-F1 with the offsets cross-fitted over this many
   # query-disjoint folds of valid (each fold decided by offsets fitted on the others; 0 = off):

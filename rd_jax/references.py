@@ -172,7 +172,7 @@ def fit_overlap(train_pairs, valid_pairs, labels: Sequence[str],
   weights, C chosen on the valid split's log-loss; balanced=True: class_weight="balanced", C on
   valid macro-F1 (the lexical reference minus its TF-IDF terms). The first of equals wins.
 
-  Why (#17, README "Results so far"): on the demo split the balanced 9-feature model is as good on
+  Why (#17, RESULTS.md): on the demo split the balanced 9-feature model is as good on
   the test fold as the whole lexical reference (macro-F1 0.327 vs 0.326), so what transfers to
   unseen queries is the query-item overlap, not the TF-IDF terms; and, unweighted, its
   probabilities are calibrated (valid / test log-loss 1.06 / 1.07 vs the prior's 1.11 / 1.15),

@@ -78,7 +78,7 @@ def test_a_mean_pooled_student_trains_and_leaves_the_prior_on_the_cue(tiny_confi
   Measured (100 steps, the tiny random-init student): valid macro-F1 0.47 with the library's
   InfoNCE (token 0: 1.0), and the prior (0.17) with lambda 0: averaging over ~20 tokens dilutes a
   one-word cue that a random encoder has not learnt to spread. What the checkpoint brings is
-  measured on the demo (README "Results so far"), not here."""
+  measured on the demo (RESULTS.md), not here."""
   cfg = cue_config(tiny_config, write_cue_pairs(tmp_path / "cue.jsonl"))
   cfg.student.pooling = "mean"
   summary = crsd.run(cfg, str(tmp_path / "work"), stage="crsd")

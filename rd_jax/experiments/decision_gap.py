@@ -16,7 +16,7 @@ train split with the config's item template) on the `--split` pairs (default tes
                   offset rule on these logits).
 If a student's `oracle` is under the reference's `argmax`, no decision rule closes the gap: the
 logits themselves carry less signal on these queries. A DIAGNOSTIC that reads the split it scores:
-it chooses nothing (README "Results so far", #17).
+it chooses nothing (RESULTS.md, #17).
 """
 
 from __future__ import annotations

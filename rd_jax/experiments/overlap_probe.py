@@ -10,7 +10,7 @@ two logistic regressions, C chosen on valid from references.C_GRID, test read fo
   calibrated  unweighted, C on valid log-loss (references.fit_overlap) -- the model
               `student.lexical_distill_model=overlap` distils into the student.
 Beside them, in the same run, the lexical reference and the train prior. Prints JSON: macro-F1 and
-log-loss per split, and each probe's C. Why (#17, README "Results so far"): if the 9 features
+log-loss per split, and each probe's C. Why (#17, RESULTS.md): if the 9 features
 match the whole reference on unseen queries, then what transfers is the overlap, and that is what
 a student trained on ~70 queries must learn instead of the queries' own label mixes.
 """

@@ -5,7 +5,7 @@
 No training. Each query and item is encoded alone by `student.init` (mean-pooled last hidden
 states, as sentence-transformers pools all-MiniLM-L6-v2: student/similarity.py), and each query's
 items are ranked by cosine. This is the relevance skill `student.similarity_weight` keeps while the
-cross-encoder fine-tunes (README "Results so far"). Prints JSON: nDCG@10 per split beside a random
+cross-encoder fine-tunes (RESULTS.md). Prints JSON: nDCG@10 per split beside a random
 order's. A cosine is not a label, so `--probe` asks how much of the label it carries (experiments/cosine_probe.py): class-balanced
 logistic regressions (C chosen on valid macro-F1, test read for the chosen C) fitted on the train
 split's cosine features -- (a) the cosine z-scored with the train split's mean and sd; (b) (a) plus
