@@ -301,6 +301,9 @@ def default_config() -> ml_collections.ConfigDict:
   # sft.bootstrap_pairs train pairs; rules = a chain for EVERY train pair, no generation: the
   # lexical rule rationale (data/rationale.py, never reads the label) + the gold label.
   c.sft.chains_from = "bootstrap"
+  # ours, with chains_from=rules: k items of other train queries per train query, labelled
+  # student.cross_query_negative_label, as chains too (stages/sft.drawn_negatives; 0 = none)
+  c.sft.cross_query_negatives = 0
   c.sft.bootstrap_pairs = 256    # ours: train pairs the STaR bootstrap samples rationales for
   c.sft.shuffle_definitions = True  # ours: prompt v2 SFT rows list the definitions in a random order
   # ours: the prompt tokens every SFT row shares (chat template, instructions, definitions) run once

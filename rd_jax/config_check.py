@@ -56,7 +56,7 @@ _POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.ch
              "dpo.generate_batch_size", "dpo.batch_size", "dpo.num_steps",
              "annotate.num_samples", "annotate.batch_size", "annotate.shard_size")
 _NON_NEGATIVE = ("eval.bootstrap_resamples", "student.cross_query_negatives", "crsd.lambda_infonce", "crsd.weight_aug_ce", "crsd.kl_weight",
-                 "crsd.projection_dim", "sft.bootstrap_pairs", "sft.eval_pairs",
+                 "crsd.projection_dim", "sft.bootstrap_pairs", "sft.eval_pairs", "sft.cross_query_negatives",
                  "sft.bootstrap_temperature", "reward.valid_prompts", "reward.temperature",
                  "dpo.simpo_gamma", "dpo.min_margin", "dpo.eval_prompts", "dpo.temperature",
                  "annotate.temperature", "annotate.max_retries", "annotate.max_pairs", "annotate.offset_pairs",
@@ -96,6 +96,10 @@ def validate(cfg) -> None:
     value = _get(cfg, key)
     if value not in allowed:
       raise ConfigError(f"config key {key} = {value!r}; allowed: {', '.join(allowed)}")
+  if cfg.sft.cross_query_negatives > 0 and (cfg.sft.chains_from != "rules" or cfg.sft.chains_path):
+    raise ConfigError(f"config key sft.cross_query_negatives = {cfg.sft.cross_query_negatives} "
+                      "needs sft.chains_from = 'rules' and no sft.chains_path (a drawn pair's "
+                      "chain is its rule rationale)")
   if cfg.sft.chains_from == "rules" and cfg.sft.chains_path:
     raise ConfigError(f"config keys sft.chains_path = {cfg.sft.chains_path!r} and "
                       "sft.chains_from = 'rules' both give the SFT chains; set one")

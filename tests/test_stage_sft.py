@@ -6,6 +6,7 @@ bootstrap; the end-to-end run with a user chains file uses the real KV-cache gen
 random tiny decoder for the before/after evaluation (nothing parses: failures counted, F1 0).
 """
 
+import collections
 import functools
 import json
 import os
@@ -319,6 +320,40 @@ def test_rule_chains_cover_every_train_pair_with_its_gold_label(tiny_config, dat
   assert counts["used"] == len(train) and counts["label_differs_from_gold"] == 0
   cfg.sft.chains_path = str(tmp_path / "sft" / "rule_chains.jsonl")
   with pytest.raises(config_check.ConfigError, match="sft.chains_path .* sft.chains_from"):
+    config_check.validate(cfg)
+
+
+def test_rule_chains_with_cross_query_negatives(tiny_config, data, tmp_path):
+  """sft.cross_query_negatives = k: each train query also gets k items of other train queries,
+  labelled Irrelevant, with the rule rationale of (this query, that item); the real chains are
+  untouched; the key needs chains_from=rules."""
+  from rd_jax import config_check
+  from rd_jax.data import rationale
+  pairs, splits = data
+  train = splits["train"]
+  cfg = tiny_config()
+  cfg.sft.chains_from, cfg.sft.cross_query_negatives = "rules", 2
+  matched, report = sft.load_or_bootstrap(cfg, None, pairs, train, str(tmp_path))
+  queries = {p.query_id for p in train}
+  real, drawn = matched[:len(train)], matched[len(train):]
+  assert [p for p, _ in real] == list(train) and report["used"] == len(train)
+  assert len(drawn) == report["cross_query_negatives"] == 2 * len(queries) > 0
+  own_items = {q: {p.product_id for p in train if p.query_id == q} for q in queries}
+  per_query = collections.Counter()
+  for pair, chain in drawn:
+    per_query[pair.query_id] += 1
+    assert pair.product_id not in own_items[pair.query_id]       # another query's item
+    assert chain["label"] == "Irrelevant" and chain["source"] == "rules+cross_query_negative"
+    assert chain["query_id"] == pair.query_id and chain["product_id"] == pair.product_id
+    assert chain["reasoning"] == rationale.rule_rationale(pair.query, pair.raw, pair.item_text)
+  assert set(per_query.values()) == {2}
+  written = [json.loads(l) for l in open(tmp_path / "rule_chains.jsonl")]
+  assert len(written) == len(train) + len(drawn)
+  # the same draw on a restart (seeded), so a resumed run trains on the same rows
+  again, _ = sft.load_or_bootstrap(cfg, None, pairs, train, str(tmp_path))
+  assert [c for _, c in again] == [c for _, c in matched]
+  cfg.sft.chains_from = "bootstrap"
+  with pytest.raises(config_check.ConfigError, match="sft.cross_query_negatives = 2 needs sft.chains_from"):
     config_check.validate(cfg)
 
 

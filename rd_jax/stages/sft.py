@@ -27,7 +27,9 @@ Chains (a reasoning + label per TRAIN pair) come from:
   Chains of valid/test pairs are not trained on (counted as `outside_train_folds`).
 - `sft.chains_from=rules` (ours): every train pair, its rule rationale + its gold label
   (`rule_chains`; no generation), rebuilt on every start and written to
-  <workdir>/sft/rule_chains.jsonl to inspect (never over a bootstrap's chains.jsonl).
+  <workdir>/sft/rule_chains.jsonl to inspect (never over a bootstrap's chains.jsonl). With
+  `sft.cross_query_negatives = k` each train query also gets k items of other train queries,
+  labelled Irrelevant, with their rule rationales (`drawn_negatives`).
 - otherwise a STaR bootstrap (rejection sampling + rationalisation) from the starting teacher on up
   to `sft.bootstrap_pairs` train pairs: `sft.bootstrap_samples` samples per prompt at
   `sft.bootstrap_temperature`; the first that parses to the GOLD label with non-empty reasoning is
@@ -59,6 +61,7 @@ import numpy as np
 from absl import logging
 
 from rd_jax import metrics as metrics_lib
+from rd_jax.student import negatives as negatives_lib
 from rd_jax import refill, storage
 from rd_jax.data import prompts, rationale, readers
 from rd_jax.data.schema import DataError, match_label
@@ -328,8 +331,27 @@ def rule_chains(train, cfg) -> list[dict]:
   """
   return [{"query_id": p.query_id, "product_id": p.product_id, "query": p.query,
            "reasoning": rationale.rule_rationale(p.query, p.raw, p.item_text),
-           "label": cfg.labels[p.label_id], "source": "rules+gold"}
+           "label": cfg.labels[p.label_id],
+           "source": "rules+cross_query_negative" if negatives_lib.is_drawn_negative(p)
+                     else "rules+gold"}
           for p in train]
+
+
+def drawn_negatives(train, cfg) -> list:
+  """`sft.cross_query_negatives = k` (ours; with sft.chains_from=rules): k items of OTHER train
+  queries per train query, labelled `student.cross_query_negative_label` (the student's key: one
+  meaning for both models), as the student draws them (student/negatives.py). Why: with ~70 train
+  queries a model can lower its loss by learning each query's label mix; a query that also comes
+  with items it does not match makes the item, not the query, tell the label."""
+  k = int(cfg.sft.get("cross_query_negatives", 0))
+  if k <= 0:
+    return []
+  label = cfg.student.get("cross_query_negative_label", "Irrelevant")
+  if label not in list(cfg.labels):
+    raise ValueError(f"config key student.cross_query_negative_label = {label!r} is not one of "
+                     f"the labels {list(cfg.labels)}")
+  return negatives_lib.draw(train, k, label, list(cfg.labels), int(cfg.seed),
+                            key="sft.cross_query_negatives")
 
 
 # ------------------------------------------------------------------------------------ stage
@@ -340,10 +362,15 @@ def load_or_bootstrap(cfg, teacher, pairs, train, stage_dir) -> tuple[list, dict
     report, chains = {"source": path}, read_chains(path, cfg)
   elif cfg.sft.chains_from == "rules":  # deterministic: rebuilt on restart, written to inspect
     path = os.path.join(stage_dir, "rule_chains.jsonl")
-    made = rule_chains(train, cfg)
+    made, negatives = rule_chains(train, cfg), drawn_negatives(train, cfg)
+    negative_chains = rule_chains(negatives, cfg)
     if jax.process_index() == 0:
-      metrics_lib.write_jsonl_atomic(made, path)
-    report, chains = {"source": "rules", "pairs": len(made)}, list(enumerate(made, start=1))
+      metrics_lib.write_jsonl_atomic(made + negative_chains, path)
+    # the drawn pairs are in no data file, so they join after matching the real ones
+    matched, counts = match_chains(list(enumerate(made, start=1)), path, pairs, cfg)
+    return matched + list(zip(negatives, negative_chains)), {
+        "source": "rules", "pairs": len(made), **counts,
+        "cross_query_negatives": len(negatives)}
   else:
     path = os.path.join(stage_dir, "chains.jsonl")
     report_path = os.path.join(stage_dir, "chains_report.json")

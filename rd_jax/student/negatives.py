@@ -48,18 +48,34 @@ def with_cross_query_negatives(train: list, cfg, report: dict, *, use_reasoning:
   if cfg.crsd.label_source != "gold":
     raise ValueError("config key student.cross_query_negatives needs crsd.label_source=gold (a "
                      "drawn negative has no teacher label)")
+  negatives = draw(train, k, label, labels, int(cfg.seed))
+  if use_reasoning:
+    negatives = rationale.with_rule_rationales(negatives)
+  report["cross_query_negatives"] = {"per_query": k, "added": len(negatives), "label": label,
+                                     "train_pairs_before": len(train)}
+  return list(train) + negatives
+
+
+def draw(train: list, k: int, label: str, labels: list, seed: int,
+         key: str = "student.cross_query_negatives") -> list:
+  """k pairs per train query (seeded), each another query's item under this query, labelled
+  `label`, no reasoning; queries whose every other item is their own get none.
+
+  Shared by the student (`with_cross_query_negatives`) and the teacher's SFT rule chains
+  (`sft.cross_query_negatives`, stages/sft.py); `key` names the config key in errors.
+  """
   label_id = labels.index(label)
   queries = list(dict.fromkeys(p.query_id for p in train))
   if len(queries) < 2:
-    raise ValueError(f"student.cross_query_negatives = {k} needs >= 2 train queries, the train "
-                     f"split has {len(queries)}")
+    raise ValueError(f"{key} = {k} needs >= 2 train queries, the train split has "
+                     f"{len(queries)}")
   first = {}
   for p in train:
     first.setdefault(p.query_id, p)
   # [N] arrays so each query's donor mask is a vector op, not a loop over every train pair
   query_of = np.asarray([str(p.query_id) for p in train])
   product_of = np.asarray([str(p.product_id) for p in train])
-  rng = np.random.default_rng([int(cfg.seed), 17])
+  rng = np.random.default_rng([seed, 17])
   negatives = []
   for q in queries:
     anchor = first[q]
@@ -76,8 +92,4 @@ def with_cross_query_negatives(train: list, cfg, report: dict, *, use_reasoning:
           donor, query=anchor.query, query_id=anchor.query_id, fold=anchor.fold, raw=raw,
           label_id=label_id, reasoning=None, teacher_label_id=None, teacher_label_probs=None,
           soft_label=None))
-  if use_reasoning:
-    negatives = rationale.with_rule_rationales(negatives)
-  report["cross_query_negatives"] = {"per_query": k, "added": len(negatives), "label": label,
-                                     "train_pairs_before": len(train)}
-  return list(train) + negatives
+  return negatives

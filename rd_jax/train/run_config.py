@@ -69,7 +69,9 @@ ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was
               # 2026-12-05: SFT chains came from sft.chains_path or the STaR bootstrap
               "sft.chains_from": "bootstrap",
               # 2026-12-05: every response token weighed 1 in the SFT loss
-              "sft.label_loss_weight": 1.0}
+              "sft.label_loss_weight": 1.0,
+              # 2026-12-05: SFT trained on the data's pairs only
+              "sft.cross_query_negatives": 0}
 
 
 class RunConfigMismatch(ValueError):
