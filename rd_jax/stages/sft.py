@@ -10,9 +10,10 @@ to answer (`prompts.build_sft_target`, parsed back by `prompts.parse_response`):
     Label: <one of cfg.labels><EOS>
 
 Loss: token-mean next-token CE on the response tokens and the EOS only; prompt and padding are
-masked (`loss_mask`). `sft.label_loss_weight` (ours; default 1) weighs the label's tokens w and the
-rest 1, and the loss is the weighted mean (`target_weights`). A response longer than `teacher.max_response_len` tokens (EOS included) has
-its reasoning cut at the end so that the label line survives; cut targets are counted.
+masked (`loss_mask`). `sft.label_loss_weight` (ours; default 1) weighs the label's tokens w and
+the rest 1, and the loss is the weighted mean (`target_weights`). A response longer than
+`teacher.max_response_len` tokens (EOS included) has its reasoning cut at the end so that the
+label line survives; cut targets are counted.
 
 With `sft.shared_prefix` the prompt tokens every row shares (chat template, instructions,
 definitions: ~170 of the demo's ~250) are cut off the rows and run once per batch
@@ -61,11 +62,11 @@ import numpy as np
 from absl import logging
 
 from rd_jax import metrics as metrics_lib
-from rd_jax.student import negatives as negatives_lib
 from rd_jax import refill, storage
 from rd_jax.data import prompts, rationale, readers
 from rd_jax.data.schema import DataError, match_label
 from rd_jax.models import decoder
+from rd_jax.student import negatives as negatives_lib
 from rd_jax.teacher import eval as te, model as teacher_model, rows as rows_lib
 from rd_jax.train import fit
 
