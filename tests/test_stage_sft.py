@@ -101,16 +101,21 @@ def test_long_reasoning_is_cut_but_keeps_the_label_line(tokenizer):
   assert prompts.parse_response(tokenizer.decode(ids[:-1]), ["Complement"]).label == "Complement"
 
 
-def test_masked_sft_loss_equals_pytorch():
-  """teacher_model.lm_loss == transformers' CE with labels=-100 off the response (right-padded)."""
+def _random_llama(seed: int):
+  """(DecoderConfig, a transformers Llama with N(0, 0.3) weights, the same weights as Flax params)."""
   config = DecoderConfig(vocab_size=61, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2,
                          intermediate_size=24, max_position=32)
-  torch.manual_seed(0)
+  torch.manual_seed(seed)
   model = LlamaForCausalLM(LlamaConfig(**hf_decoder.hf_config_dict(config), attn_implementation="eager"))
   with torch.no_grad():
     for p in model.parameters():
       p.normal_(0.0, 0.3)
-  params = hf_decoder.from_hf_state_dict(config, model.eval().state_dict())
+  return config, model, hf_decoder.from_hf_state_dict(config, model.eval().state_dict())
+
+
+def test_masked_sft_loss_equals_pytorch():
+  """teacher_model.lm_loss == transformers' CE with labels=-100 off the response (right-padded)."""
+  config, model, params = _random_llama(seed=0)
   rng = np.random.RandomState(0)
   seqs = [rng.randint(3, 61, 9).tolist(), rng.randint(3, 61, 6).tolist()]
   masks = [[0] * 5 + [1] * 4, [0] * 2 + [1] * 4]           # prompt 5 / 2 tokens, response 4 / 4
@@ -144,14 +149,7 @@ def test_label_loss_weight_falls_on_the_label_tokens_only(tiny_config, tokenizer
 
 def test_label_weighted_sft_loss_equals_a_pytorch_weighted_mean():
   """lm_loss with float weights == sum_t w_t CE_t / sum_t w_t from PyTorch's per-token CE."""
-  config = DecoderConfig(vocab_size=61, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2,
-                         intermediate_size=24, max_position=32)
-  torch.manual_seed(1)
-  model = LlamaForCausalLM(LlamaConfig(**hf_decoder.hf_config_dict(config), attn_implementation="eager"))
-  with torch.no_grad():
-    for p in model.parameters():
-      p.normal_(0.0, 0.3)
-  params = hf_decoder.from_hf_state_dict(config, model.eval().state_dict())
+  config, model, params = _random_llama(seed=1)
   rng = np.random.RandomState(1)
   seqs = [rng.randint(3, 61, 9).tolist(), rng.randint(3, 61, 7).tolist()]
   masks = [[0] * 5 + [1, 1, 5, 1], [0] * 2 + [1, 1, 1, 5, 1]]   # "label" tokens weigh 5

@@ -42,9 +42,6 @@ def with_cross_query_negatives(train: list, cfg, report: dict, *, use_reasoning:
     return train
   label = cfg.student.get("cross_query_negative_label", "Irrelevant")
   labels = list(cfg.labels)
-  if label not in labels:
-    raise ValueError(f"config key student.cross_query_negative_label = {label!r} is not one of "
-                     f"the labels {labels}")
   if cfg.crsd.label_source != "gold":
     raise ValueError("config key student.cross_query_negatives needs crsd.label_source=gold (a "
                      "drawn negative has no teacher label)")
@@ -62,8 +59,12 @@ def draw(train: list, k: int, label: str, labels: list, seed: int,
   `label`, no reasoning; queries whose every other item is their own get none.
 
   Shared by the student (`with_cross_query_negatives`) and the teacher's SFT rule chains
-  (`sft.cross_query_negatives`, stages/sft.py); `key` names the config key in errors.
+  (`sft.cross_query_negatives`, stages/sft.py); `key` names the config key in errors. `label` is
+  `student.cross_query_negative_label` for both.
   """
+  if label not in labels:
+    raise ValueError(f"config key student.cross_query_negative_label = {label!r} is not one of "
+                     f"the labels {labels}")
   label_id = labels.index(label)
   queries = list(dict.fromkeys(p.query_id for p in train))
   if len(queries) < 2:
