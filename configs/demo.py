@@ -11,7 +11,8 @@ that made the "bundled" reasoning (same file, its stage sections; README "The te
   python -m rd_jax.main --stage=all --config=configs/demo.py --workdir=runs/teacher \
       "--config.all.stages=('cpt','sft','reward','dpo','annotate')"
 Expect (time measured 2026-12-05 session 26 with the CPU to itself, seeds 0/1/2: crsd 430-473 s
-+ eval 75-77 s = 8.4-9.2 min; figures of session 26's recipe, seeds 0/1/2; README "Results"): valid macro-F1 0.403 +- 0.024 (cross-fitted 0.378), test 0.289 +- 0.039 -- above the prior
++ eval 75-77 s = 8.4-9.2 min; figures of session 26's recipe, seeds 0/1/2; README "Results"):
+valid macro-F1 0.403 +- 0.024 (cross-fitted 0.378), test 0.289 +- 0.039 -- above the prior
 (0.1546) but below the lexical reference that eval prints beside it (test 0.3263). Over all four
 rotations of the folds (python -m rd_jax.experiments.crossval, session 25) the recipe's baseline
 student is level with the lexical reference on the 116 queries pooled (+0.005, -0.025..+0.035);

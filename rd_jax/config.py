@@ -311,8 +311,8 @@ def default_config() -> ml_collections.ConfigDict:
   # With shuffle_definitions the order of the definitions is drawn per batch, not per chain.
   c.sft.shared_prefix = False
   # ours: the weight of the label's tokens in the response's token-weighted CE (the reasoning tokens
-  # and EOS weigh 1). 1 = plain token mean, where a ~30-token reasoning leaves the label ~3% of the
-  # loss; the label is what annotation scores (teacher/score.py) and what the student distils.
+  # and EOS weigh 1). 1 = plain token mean, where the label is 2 of a rule chain's ~32 target
+  # tokens (~6% of the loss); the label is what annotation scores and what the student distils.
   c.sft.label_loss_weight = 1.0
   c.sft.bootstrap_samples = 2    # samples per prompt (and per rationalisation prompt)
   c.sft.bootstrap_temperature = 0.7
