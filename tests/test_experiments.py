@@ -213,3 +213,32 @@ def test_table_refuses_a_teacher_that_did_not_write_the_annotations(tmp_path, ti
       "teacher_ckpt"
   cfg.data.reasoning_source = "rules"
   assert "rules" in provenance.check_teacher_wrote_annotations(cfg, str(teacher), "dpo")["students_read"]
+
+
+def test_variants_that_would_train_the_crsd_row_again_are_named(tiny_config):
+  """With lambda 0 (the demo) the InfoNCE ablations and ce_only are the crsd row: named, not run."""
+  from rd_jax.experiments import table
+  cfg = tiny_config()
+  cfg.crsd.lambda_infonce = 0.5
+  assert table.same_as_crsd(cfg, "crsd_lambda_0.5") == (
+      "the config already has crsd.lambda_infonce=0.5")
+  changed = [v for v in table.VARIANTS if table.same_as_crsd(cfg, v) is None]
+  assert "crsd_tau_0.1" in changed and "crsd_stop_grad" in changed and "crsd_ce_only" in changed
+  cfg.crsd.lambda_infonce = 0.0
+  same = {v: table.same_as_crsd(cfg, v) for v in table.VARIANTS}
+  assert sorted(v for v, why in same.items() if why) == [
+      "crsd_ce_only", "crsd_stop_grad", "crsd_tau_0.02", "crsd_tau_0.1"]
+  assert "acts only through InfoNCE" in same["crsd_tau_0.02"]
+  # a variant that sets lambda itself still differs, as do the non-InfoNCE ones
+  assert same["crsd_lambda_0.1"] is None and same["crsd_shuffled_reasoning"] is None
+  assert same["baseline_gold"] is None and same["crsd"] is None
+
+
+def test_the_table_refuses_a_requested_variant_that_is_the_crsd_row(tmp_path):
+  cmd = [sys.executable, "-m", "rd_jax.experiments.table", "--config=configs/tiny.py",
+         f"--workdir={tmp_path}", "--seeds=0", "--variants=crsd,crsd_stop_grad",
+         "--config.crsd.lambda_infonce=0.0"]
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2   # a flag mistake (rd_jax/errors.py)
+  assert "crsd_stop_grad: crsd.stop_grad_aug acts only through InfoNCE" in r.stderr
+  assert not (tmp_path / "crsd").exists()

@@ -10,6 +10,8 @@ is skipped when complete, so an interrupted table resumes; a complete run is onl
 config it was trained with (its run_config.json): other values stop the table naming the keys.
 --only_complete trains nothing and assembles the complete runs (the missing ones listed): runs of
 different variants can then be made by separate invocations with their own --seeds.
+A variant that would train the config's crsd row again (same_as_crsd: a value the config already
+has, or an InfoNCE-only key under lambda 0) is left out and named, or refused when asked for.
 Teacher rows evaluate, on the same test folds, the base model and each of cpt/sft/dpo final/
 found in --teacher_workdir.
 retention = student macro-F1 / teacher macro-F1 (the last teacher step found), both on the SAME
@@ -59,6 +61,35 @@ VARIANTS = {
     "crsd_shuffled_reasoning": ("crsd", {"crsd.shuffle_reasoning": True}),
 }
 TEACHER_STEPS = ("base", "cpt", "sft", "dpo")
+# Keys that act only through the InfoNCE term: with lambda 0 (the demo) they change nothing.
+INFONCE_ONLY_KEYS = frozenset({"crsd.temperature", "crsd.stop_grad_aug", "crsd.symmetric",
+                               "crsd.projection_dim", "crsd.lambda_scale",
+                               "crsd.lambda_warmup_steps", "crsd.mask_duplicates",
+                               "crsd.gather_negatives"})
+
+
+def same_as_crsd(cfg, variant: str) -> str | None:
+  """Why `variant` would train exactly the `crsd` row under `cfg`, or None if it differs.
+
+  An ablation is a change to the config's crsd row; a change to the value the config already has,
+  or to an InfoNCE-only key while the config trains lambda 0, leaves the row unchanged: training
+  it again would cost a run per seed and report the crsd row under another name.
+  """
+  stage, overrides = VARIANTS[variant]
+  if stage != "crsd" or variant == "crsd" or not overrides:
+    return None
+  lambda_infonce = overrides.get("crsd.lambda_infonce", cfg.crsd.lambda_infonce)
+  reasons = []
+  for dotted, value in overrides.items():
+    section, key = dotted.split(".")
+    if cfg[section][key] == value:
+      reasons.append(f"the config already has {dotted}={value!r}")
+    elif dotted in INFONCE_ONLY_KEYS and lambda_infonce == 0:
+      reasons.append(f"{dotted} acts only through InfoNCE and the config trains "
+                     "crsd.lambda_infonce=0")
+    else:
+      return None
+  return "; ".join(reasons)
 
 _FLAGS = {}
 
@@ -73,7 +104,10 @@ def _define_flags() -> None:
           "teacher_workdir", "", "Pipeline workdir holding cpt/sft/dpo final/ (teacher rows); "
           "'' = no teacher rows, no retention."),
       seeds=flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per variant."),
-      variants=flags.DEFINE_list("variants", list(VARIANTS), "Variants to run (default: all)."),
+      variants=flags.DEFINE_list(
+          "variants", list(VARIANTS), "Variants to run (default: all but those that would "
+          "train the config's crsd row again, which are named under the table; asked for by "
+          "name, such a variant stops the table with exit code 2)."),
       teacher_pairs=flags.DEFINE_integer("teacher_pairs", 0, "Cap on test pairs for teacher "
                                          "rows (0 = all test pairs)."),
       teacher_valid_pairs=flags.DEFINE_integer(
@@ -414,7 +448,17 @@ def main(argv):
   teacher_workdir = _FLAGS["teacher_workdir"].value
   unknown = [v for v in variants if v not in VARIANTS]
   if unknown:
-    raise app.UsageError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    raise app.UsageError(f"unknown variants {unknown}; known: {list(VARIANTS)}", exitcode=2)
+  same = {v: why for v in variants if (why := same_as_crsd(cfg, v))}
+  if same and _FLAGS["variants"].present:
+    raise app.UsageError(
+        "these variants would train the crsd row again: " + "; ".join(
+            f"{v}: {why}" for v, why in same.items()) + ". Leave them out, or measure the "
+        "InfoNCE ablations around a crsd row that trains InfoNCE, in another --workdir: "
+        "--config.crsd.lambda_infonce=0.5", exitcode=2)
+  for variant, why in same.items():
+    logging.warning("%s left out: it would train the crsd row again (%s)", variant, why)
+  variants = [v for v in variants if v not in same]
   storage.makedirs(workdir)
   t0 = time.perf_counter()
   max_pairs = _FLAGS["teacher_pairs"].value
@@ -444,6 +488,7 @@ def main(argv):
     rows[variant]["test_vs_lexical"] = boot
   result = {"teacher": teacher, "students": rows, "runs": student, "references": references,
             "missing_runs": missing,
+            "same_as_crsd": same,
             "teacher_check": teacher_check,
             "config": {"seeds": seeds, "reasoning_source": cfg.data.reasoning_source,
                        "teacher_pairs": int(len(sample[1])) if sample else 0,
@@ -458,6 +503,10 @@ def main(argv):
   if missing:
     caption += (" " if caption else "") + (f"Not run yet (--only_complete), left out: "
                                            f"{', '.join(missing)}.")
+  if same:
+    caption += (" " if caption else "") + (
+        "Left out, the same training as the crsd row under this config: "
+        + "; ".join(f"{v} ({why})" for v, why in same.items()) + ".")
   text = markdown(rows, teacher, references, list(cfg.labels), caption)
   storage.write_text_atomic(os.path.join(workdir, "table.md"), text)
   if rows:
