@@ -31,8 +31,9 @@ def get_config():
   c.data.reasoning_path = "bundled_v1"   # the first (prompt v1) teacher's: what the figures below used
   c.data.on_missing_reasoning = "skip"
   c.student.init = "minilm"
-  # The main job's 15-minute budget on 2 cores (issue #17): 192 updates of 12 rows (2,304 pairs,
-  # 0.74 epoch) and no dropout on the attention probabilities. Batch 32 (2 epochs) took ~29 min;
+  # The main job's 15-minute budget on 2 cores (issue #17): 192 updates of 12 rows (2,304 rows:
+  # 0.74 epoch of the 3,111 pairs, 0.63 with the 552 drawn negatives below) and no dropout on the
+  # attention probabilities. Batch 32 (2 epochs) took ~29 min;
   # batch 16 996 s. Chosen by a rule written before the runs (WORKSPACE.md, session 19): valid
   # macro-F1 0.382 vs 0.400 at batch 32, test 0.292 vs 0.306 (RESULTS.md).
   c.train.batch_size = 12
