@@ -2,7 +2,8 @@
 reference on the same pairs.
 
   python -m rd_jax.experiments.teacher_eval --config=configs/demo.py --out=runs/teacher_eval.json \
-      [--teacher=runs/teacher/dpo/final] [--valid_pairs=256] [--test_pairs=0]
+      [--teacher=runs/teacher/dpo/final] [--valid_pairs=256] [--test_pairs=0] \
+      [--reasoning=generated|rules]
 
 --teacher: a final/ folder; "" = the base model `teacher.init` (zero-shot). The teacher is scored
 on a seeded sample of `--valid_pairs` valid-fold pairs (seed 0), the per-class label offsets are
@@ -11,7 +12,9 @@ then on the test fold (all pairs, or a seeded `--test_pairs` sample, seed 0 — 
 which) with those offsets. Reported per split: macro-F1 (argmax of the scored labels, and with
 the offsets on test), accuracy, parse rate (of the reasoning), the label distribution against
 gold's, and the lexical and majority references (`rd_jax/references.py`, fitted on the train
-split) scored on exactly the same pairs.
+split) scored on exactly the same pairs. --reasoning=rules gives the teacher each pair's rule
+rationale (`rd_jax/data/rationale.py`, what `sft.chains_from=rules` chains say) instead of letting
+it write its own, and scores the label after it (`teacher/eval.evaluate_teacher`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ def _define_flags() -> None:
   _FLAGS["valid_pairs"] = flags.DEFINE_integer("valid_pairs", 256, "valid-fold sample (offsets)")
   _FLAGS["test_pairs"] = flags.DEFINE_integer("test_pairs", 0, "test-fold sample (0 = all, -1 = skip)")
   _FLAGS["out"] = flags.DEFINE_string("out", "teacher_eval.json", "JSON result (atomic)")
+  _FLAGS["reasoning"] = flags.DEFINE_enum(
+      "reasoning", "generated", ["generated", "rules"],
+      "generated: the teacher writes its reasoning, then its label is scored; rules: each pair's "
+      "rule rationale is given after the prompt and the label is scored after it (for teachers "
+      "trained with sft.chains_from=rules)")
 
 
 def sample(pairs, n: int):
@@ -43,7 +51,8 @@ def sample(pairs, n: int):
   return [pairs[i] for i in np.sort(np.random.default_rng(0).permutation(len(pairs))[:n])]
 
 
-def evaluate(cfg, teacher_dir: str, valid_pairs: int, test_pairs: int, out_path: str = "") -> dict:
+def evaluate(cfg, teacher_dir: str, valid_pairs: int, test_pairs: int, out_path: str = "",
+             reasoning: str = "generated") -> dict:
   """{teacher, prompt_version, label_source, valid, test}; test_pairs < 0 skips the test fold.
   With `out_path` the JSON is rewritten after each split (a long run keeps its valid figures)."""
   from rd_jax import ranking, references
@@ -53,7 +62,7 @@ def evaluate(cfg, teacher_dir: str, valid_pairs: int, test_pairs: int, out_path:
   gains = ranking.label_gains(cfg.labels, cfg.eval.get("gains"))
   teacher = teacher_model.load_teacher(cfg, "", make_mesh(cfg), upstream=(), explicit=teacher_dir)
   out = {"teacher": teacher.source, "prompt_version": int(cfg.teacher.prompt_version),
-         "label_source": "scored" if cfg.teacher.score_labels else "parsed"}
+         "label_source": "scored" if cfg.teacher.score_labels else "parsed", "reasoning": reasoning}
   offsets = None
   for split, n in (("valid", valid_pairs), ("test", test_pairs)):
     if n < 0:
@@ -61,7 +70,7 @@ def evaluate(cfg, teacher_dir: str, valid_pairs: int, test_pairs: int, out_path:
     pairs = sample(splits[split], n)
     r = te.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer, pairs, cfg,
                             batch_size=cfg.annotate.batch_size, offsets=offsets,
-                            fit_offsets=split == "valid", log=logging.info)
+                            fit_offsets=split == "valid", log=logging.info, reasoning=reasoning)
     if split == "valid":
       offsets = r.get("offsets")
     r.pop("label_logprobs", None)
@@ -78,8 +87,8 @@ def main(argv):
   del argv
   cfg = _FLAGS["config"].value
   result = evaluate(cfg, _FLAGS["teacher"].value, _FLAGS["valid_pairs"].value,
-                    _FLAGS["test_pairs"].value, _FLAGS["out"].value)
-  brief = {"teacher": result["teacher"]}
+                    _FLAGS["test_pairs"].value, _FLAGS["out"].value, _FLAGS["reasoning"].value)
+  brief = {"teacher": result["teacher"], "reasoning": result["reasoning"]}
   for split in [s for s in ("valid", "test") if s in result]:
     s = result[split]
     t = s["teacher"]
@@ -94,6 +103,8 @@ def main(argv):
                     "labels_argmax": {k: round(v, 3) for k, v in t["label_distribution"].items()},
                     "gold": {k: round(v, 3) for k, v in t["gold_distribution"].items()},
                     "seconds": t["seconds"]}
+    if "forced_reasoning" in t:
+      brief[split]["forced_reasoning"] = t["forced_reasoning"]
   print(json.dumps({**brief, "out": os.path.abspath(_FLAGS["out"].value)}, indent=1))
 
 

@@ -13,7 +13,10 @@
 - `score`: accuracy and macro-F1 where an output that does not parse counts as WRONG for its gold
   class (a false negative) and is never mapped to a label: the confusion matrix gets an extra
   "<unparsed>" column, and macro-F1 averages the real classes only.
-- `evaluate_teacher`: greedy generation + parse + `score` on labelled pairs.
+- `evaluate_teacher`: greedy generation + parse + `score` on labelled pairs; with
+  `reasoning="rules"` the reasoning is not generated but given: each pair's rule rationale (the
+  text `sft.chains_from=rules` trains on) follows the prompt, and the teacher's label is scored
+  after it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rd_jax import decision, generate as gen
-from rd_jax.data import prompts
+from rd_jax.data import prompts, rationale
 from rd_jax.data.schema import Pair
 from rd_jax.metrics import classification_metrics
 
@@ -98,17 +101,37 @@ def generation_options(cfg) -> dict:
 
 def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg, *,
            batch_size: int, temperature: float = 0.0, num_samples: int = 1,
-           seed: int = 0) -> list[gen.Sample]:
+           seed: int = 0, max_prompt_len: int | None = None) -> list[gen.Sample]:
   """k samples per prompt (prompt-major), greedy when temperature == 0; with
-  `teacher.score_labels`, each sample's label is scored (`Sample.label_logprobs`)."""
+  `teacher.score_labels`, each sample's label is scored (`Sample.label_logprobs`).
+  max_prompt_len: the longest prompt (default `teacher.max_prompt_len`)."""
   if not ids:
     return []
+  longest = int(cfg.teacher.max_prompt_len if max_prompt_len is None else max_prompt_len)
   return gen.generate_texts(teacher_config, params, tokenizer, ids,
                             max_new_tokens=int(cfg.teacher.max_response_len),
                             batch_size=int(batch_size), temperature=float(temperature),
                             num_samples=int(num_samples), seed=int(seed),
-                            buckets=buckets(cfg.teacher.max_prompt_len),
-                            **generation_options(cfg))
+                            buckets=buckets(longest), **generation_options(cfg))
+
+
+REASONING_SOURCES = ("generated", "rules")
+CUE_ROOM = 8   # tokens of the response budget kept for "\nLabel: <label>" after a given rationale
+
+
+def rule_reasoning_ids(tokenizer, pairs: Sequence[Pair], cfg) -> tuple[list[list[int]], int]:
+  """Token ids of each pair's rule rationale (`data/rationale.rule_rationale`: what
+  `sft.chains_from=rules` chains say before their label), tokenised as the SFT target tokenises
+  it (on its own: the "\n" before "Label:" is a pre-token of its own), each cut to
+  `teacher.max_response_len` - CUE_ROOM tokens. Returns (ids per pair, number cut)."""
+  budget = int(cfg.teacher.max_response_len) - CUE_ROOM
+  out, cut = [], 0
+  for p in pairs:
+    ids = tokenizer(rationale.rule_rationale(p.query, p.raw, p.item_text).strip(),
+                    add_special_tokens=False)["input_ids"]
+    cut += int(len(ids) > budget)
+    out.append(list(ids[:budget]))
+  return out, cut
 
 
 ANSWER_CUE = "\nLabel:"
@@ -178,8 +201,14 @@ def distribution(predicted: Sequence[str | None], labels: Sequence[str]) -> dict
 
 def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], cfg, *,
                      batch_size: int = 16, seed: int = 0, offsets=None, fit_offsets: bool = False,
-                     log: Callable[[str], None] | None = None) -> dict:
+                     log: Callable[[str], None] | None = None, reasoning: str = "generated") -> dict:
   """Greedy-generate, parse and score labelled `pairs`.
+
+  reasoning: "generated" (the teacher writes its reasoning, then its label is scored) or "rules"
+  (the pair's rule rationale is given after the prompt and the teacher continues from it: for a
+  teacher trained on rule chains this asks for its label after the exact rationale instead of
+  after its own imitation of it; `forced_reasoning` then counts the rows whose continuation was
+  the cue and nothing else, and the rationales cut). Parsing reads rationale + continuation.
 
   With `teacher.score_labels` every pair gets the label its scores rank first (a parse failure
   then concerns the reasoning only: counted in parse_rate, not in the label metrics); without,
@@ -193,9 +222,25 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
     raise ValueError("evaluate_teacher needs labelled pairs (a pair has no label)")
   t0 = time.perf_counter()
   labels, gold = list(cfg.labels), [p.label_id for p in pairs]
+  if reasoning not in REASONING_SOURCES:
+    raise ValueError(f"reasoning={reasoning!r}: expected one of {REASONING_SOURCES}")
   ids, cut = prompt_ids(tokenizer, pairs, cfg)
-  samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed)
-  parsed = [prompts.parse_response(s.text, cfg.labels, s.finished) for s in samples]
+  given = [""] * len(pairs)
+  forced = None
+  if reasoning == "rules":
+    r_ids, r_cut = rule_reasoning_ids(tokenizer, pairs, cfg)
+    given = [tokenizer.decode(r, skip_special_tokens=True) for r in r_ids]
+    ids = [list(p) + r for p, r in zip(ids, r_ids)]
+    samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed,
+                     max_prompt_len=int(cfg.teacher.max_prompt_len) + int(cfg.teacher.max_response_len))
+    cue = tokenizer(gen.LABEL_CUE, add_special_tokens=False)["input_ids"]
+    forced = {"rows": len(samples), "rationales_cut": r_cut,
+              "straight_to_label": sum(bool(s.stopped) and list(s.token_ids) == list(cue)
+                                       for s in samples)}
+  else:
+    samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed)
+  parsed = [prompts.parse_response(g + s.text, cfg.labels, s.finished)
+            for g, s in zip(given, samples)]
   logp = None
   if samples and all(s.label_logprobs is not None for s in samples):
     logp = np.asarray([s.label_logprobs for s in samples], np.float64)          # [N, K]
@@ -211,7 +256,9 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
                 gold_distribution=distribution([labels[g] for g in gold], labels),
                 generated_tokens=sum(len(s.token_ids) for s in samples),
                 seconds=round(time.perf_counter() - t0, 2),
-                examples=[s.text[:300] for s in samples[:2]])
+                examples=[(g + s.text)[:300] for g, s in zip(given, samples[:2])], reasoning=reasoning)
+  if forced is not None:
+    result["forced_reasoning"] = forced
   if logp is not None:
     result["label_logprobs"] = np.round(logp, 5).tolist()
     if fit_offsets and offsets is None:
