@@ -104,3 +104,33 @@ def test_rules_path_with_the_real_decoder(tiny_config, tokenizer):
   np.testing.assert_allclose(np.exp(logp).sum(-1), 1.0, atol=1e-4)
   assert result["num_pairs"] == 3 and 0 <= result["forced_reasoning"]["straight_to_label"] <= 3
   assert result["label_distribution"] and len(result["offsets"]) == 4
+
+
+def test_offsets_fitted_on_valid_are_also_cross_fitted(tiny_config, tokenizer, monkeypatch):
+  """With fit_offsets the result holds the in-sample figure and the one with the offsets fitted
+  on 2 of 3 query-disjoint folds and scored on the third; fewer than 3 queries: None."""
+  from rd_jax import decision
+  cfg = tiny_config()
+  pairs, _ = readers.load_pairs(cfg.data.path, cfg)
+  train = readers.train_valid_test(pairs, cfg)["train"]
+  first = list(dict.fromkeys(p.query_id for p in train))[:4]
+  pairs = [p for q in first for p in [t for t in train if t.query_id == q][:8]]
+  assert len(first) == 4 and len(pairs) >= 12
+  rng = np.random.default_rng(0)
+  picks = [int(p.label_id) if rng.random() < 0.6 else int(rng.integers(4)) for p in pairs]
+  monkeypatch.setattr(generate, "generate_texts", Script(tokenizer, picks))
+  result = teacher_eval.evaluate_teacher(None, None, tokenizer, pairs, cfg, fit_offsets=True)
+  gold = np.array([p.label_id for p in pairs])
+  logp = np.asarray(result["label_logprobs"])
+  # By hand: each query-disjoint fold decided by free offsets fitted on the other two.
+  fold = decision.group_folds([p.query_id for p in pairs], 3)
+  pred = np.empty(len(pairs), int)
+  for k in range(3):
+    held = fold == k
+    pred[held] = np.argmax(logp[held] + decision.fit_offsets(logp[~held], gold[~held]), -1)
+  assert result["macro_f1_offsets_crossfit"] == pytest.approx(f1_score(gold, pred, average="macro"))
+  assert result["adjusted"]["macro_f1"] >= result["macro_f1"] - 1e-12   # fitted in-sample
+  one_query = [p for p in pairs if p.query_id == pairs[0].query_id]
+  monkeypatch.setattr(generate, "generate_texts", Script(tokenizer, picks[:len(one_query)]))
+  result = teacher_eval.evaluate_teacher(None, None, tokenizer, one_query, cfg, fit_offsets=True)
+  assert result["macro_f1_offsets_crossfit"] is None

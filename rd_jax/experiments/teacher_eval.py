@@ -9,8 +9,9 @@ reference on the same pairs.
 on a seeded sample of `--valid_pairs` valid-fold pairs (seed 0), the per-class label offsets are
 fitted there (`rd_jax/decision.py`; the valid figure with them is optimistic and labelled so),
 then on the test fold (all pairs, or a seeded `--test_pairs` sample, seed 0 — the output says
-which) with those offsets. Reported per split: macro-F1 (argmax of the scored labels, and with
-the offsets on test), accuracy, parse rate (of the reasoning), the label distribution against
+which) with those offsets; on valid also with the offsets cross-fitted over 3 query-disjoint
+folds (fitted on two, scored on the third: the in-sample figure is optimistic). Reported per
+split: macro-F1 (argmax of the scored labels, and with the offsets on test), accuracy, parse rate (of the reasoning), the label distribution against
 gold's, and the lexical and majority references (`rd_jax/references.py`, fitted on the train
 split) scored on exactly the same pairs. --reasoning=rules gives the teacher each pair's rule
 rationale (`rd_jax/data/rationale.py`, what `sft.chains_from=rules` chains say) instead of letting
@@ -96,6 +97,8 @@ def main(argv):
                     "teacher_macro_f1_argmax": round(t["macro_f1"], 4),
                     "teacher_macro_f1_offsets": round(t["adjusted"]["macro_f1"], 4) if "adjusted" in t else None,
                     "offsets_fitted_here": bool(t.get("offsets_fitted_on_these_pairs")),
+                    "teacher_macro_f1_offsets_crossfit": (None if t.get("macro_f1_offsets_crossfit") is None
+                                                          else round(t["macro_f1_offsets_crossfit"], 4)),
                     "lexical_macro_f1": round(s["references"]["lexical"]["macro_f1"], 4),
                     "majority_macro_f1": round(s["references"]["majority"]["macro_f1"], 4),
                     "parse_rate": round(t["parse_rate"], 3),

@@ -116,6 +116,7 @@ def sample(teacher_config, params, tokenizer, ids: Sequence[Sequence[int]], cfg,
 
 
 REASONING_SOURCES = ("generated", "rules")
+CROSSFIT_FOLDS = 3   # query-disjoint folds for the cross-fitted valid figure (as the students')
 CUE_ROOM = 8   # tokens of the response budget kept for "\nLabel: <label>" after a given rationale
 
 
@@ -216,7 +217,8 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
   these pairs, so optimistic) add `adjusted`: the same metrics for argmax(log p + offsets).
   Returns {macro_f1, accuracy, macro_f1_parsed, parse_rate, failures_by_reason, num_pairs,
   per_class, confusion, label_distribution, gold_distribution, prompts_cut, generated_tokens,
-  seconds, examples (2 raw outputs)[, label_logprobs, adjusted, offsets]}.
+  seconds, examples (2 raw outputs)[, label_logprobs, adjusted, offsets,
+  macro_f1_offsets_crossfit (when the offsets are fitted here)]}.
   """
   if any(p.label_id is None for p in pairs):
     raise ValueError("evaluate_teacher needs labelled pairs (a pair has no label)")
@@ -264,6 +266,10 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
     if fit_offsets and offsets is None:
       offsets = decision.fit_offsets(logp, gold)
       result["offsets_fitted_on_these_pairs"] = True
+      # The in-sample figure is optimistic (3 free offsets fitted on the pairs they score); the
+      # honest one fits them on 2 of 3 query-disjoint folds and scores the third (None: < 3 queries).
+      result["macro_f1_offsets_crossfit"] = decision.crossfit_macro_f1(
+          logp, gold, [p.query_id for p in pairs], CROSSFIT_FOLDS)
     if offsets is not None:
       adj = [labels[i] for i in decision.predict(logp, offsets)]
       m = score(gold, adj, labels)
