@@ -6,8 +6,6 @@ teacher is asked and how its scored labels are counted; one run uses the real KV
 of the random tiny decoder on the rules path (prompts longer than `teacher.max_prompt_len`).
 """
 
-import functools
-
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
@@ -38,7 +36,7 @@ class Script:
   def __init__(self, tokenizer, picks, chatty=()):
     self.tokenizer, self.picks, self.chatty, self.prompts = tokenizer, picks, set(chatty), None
 
-  def __call__(self, config, params, tokenizer, prompts, *, score_labels=None, buckets=(), **_):
+  def __call__(self, config, params, tokenizer, prompts, *, buckets=(), **_):
     self.prompts, self.buckets = [list(p) for p in prompts], tuple(buckets)
     cue = self.tokenizer(generate.LABEL_CUE, add_special_tokens=False)["input_ids"]
     out = []

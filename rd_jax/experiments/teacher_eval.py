@@ -11,9 +11,9 @@ fitted there (`rd_jax/decision.py`; the valid figure with them is optimistic and
 then on the test fold (all pairs, or a seeded `--test_pairs` sample, seed 0 — the output says
 which) with those offsets; on valid also with the offsets cross-fitted over 3 query-disjoint
 folds (fitted on two, scored on the third: the in-sample figure is optimistic). Reported per
-split: macro-F1 (argmax of the scored labels, and with the offsets on test), accuracy, parse rate (of the reasoning), the label distribution against
-gold's, and the lexical and majority references (`rd_jax/references.py`, fitted on the train
-split) scored on exactly the same pairs. --reasoning=rules gives the teacher each pair's rule
+split: macro-F1 (argmax of the scored labels, and with the offsets on test), accuracy, parse
+rate (of the reasoning), the label distribution against gold's, and the lexical and majority
+references (`rd_jax/references.py`, fitted on the train split) scored on exactly the same pairs. --reasoning=rules gives the teacher each pair's rule
 rationale (`rd_jax/data/rationale.py`, what `sft.chains_from=rules` chains say) instead of letting
 it write its own, and scores the label after it (`teacher/eval.evaluate_teacher`).
 """

@@ -227,20 +227,14 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
   if reasoning not in REASONING_SOURCES:
     raise ValueError(f"reasoning={reasoning!r}: expected one of {REASONING_SOURCES}")
   ids, cut = prompt_ids(tokenizer, pairs, cfg)
-  given = [""] * len(pairs)
-  forced = None
-  if reasoning == "rules":
+  given, longest, r_cut = [""] * len(pairs), None, 0
+  if reasoning == "rules":   # the prompt, then the rationale: prompts longer than max_prompt_len
     r_ids, r_cut = rule_reasoning_ids(tokenizer, pairs, cfg)
     given = [tokenizer.decode(r, skip_special_tokens=True) for r in r_ids]
     ids = [list(p) + r for p, r in zip(ids, r_ids)]
-    samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed,
-                     max_prompt_len=int(cfg.teacher.max_prompt_len) + int(cfg.teacher.max_response_len))
-    cue = tokenizer(gen.LABEL_CUE, add_special_tokens=False)["input_ids"]
-    forced = {"rows": len(samples), "rationales_cut": r_cut,
-              "straight_to_label": sum(bool(s.stopped) and list(s.token_ids) == list(cue)
-                                       for s in samples)}
-  else:
-    samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed)
+    longest = int(cfg.teacher.max_prompt_len) + int(cfg.teacher.max_response_len)
+  samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed,
+                   max_prompt_len=longest)
   parsed = [prompts.parse_response(g + s.text, cfg.labels, s.finished)
             for g, s in zip(given, samples)]
   logp = None
@@ -259,8 +253,11 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
                 generated_tokens=sum(len(s.token_ids) for s in samples),
                 seconds=round(time.perf_counter() - t0, 2),
                 examples=[(g + s.text)[:300] for g, s in zip(given, samples[:2])], reasoning=reasoning)
-  if forced is not None:
-    result["forced_reasoning"] = forced
+  if reasoning == "rules":
+    cue = tokenizer(gen.LABEL_CUE, add_special_tokens=False)["input_ids"]
+    result["forced_reasoning"] = {
+        "rows": len(samples), "rationales_cut": r_cut,
+        "straight_to_label": sum(bool(s.stopped) and list(s.token_ids) == list(cue) for s in samples)}
   if logp is not None:
     result["label_logprobs"] = np.round(logp, 5).tolist()
     if fit_offsets and offsets is None:
