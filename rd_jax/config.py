@@ -365,6 +365,10 @@ def default_config() -> ml_collections.ConfigDict:
   # (rd_jax/decision.py) from this many valid-fold pairs, scored first (0 = no adjustment)
   c.annotate.offset_pairs = 256
   c.annotate.stop_after_shards = 0  # >0: stop once this many shards are done (resume drill)
+  # ours (#19): "generated" = the teacher writes its reasoning, then its label is scored; "rules" =
+  # the pair's rule rationale (data/rationale.py) is given and the teacher labels after it -- for a
+  # teacher trained on rule chains (sft.chains_from=rules), README "The teacher chain"
+  c.annotate.reasoning = "generated"
 
   # ---------------------------------------------------------------- all
   c.all = ml_collections.ConfigDict()

@@ -42,6 +42,7 @@ _CHOICES = {
     "dpo.loss": ("dpo", "ipo", "simpo"),
     "reward.loss": ("bradley_terry", "regression"),
     "annotate.split": ("all", "train", "valid", "test"),
+    "annotate.reasoning": ("generated", "rules"),
     "sft.chains_from": ("bootstrap", "rules"),
 }
 _POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.checkpoint_every",

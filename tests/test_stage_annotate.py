@@ -202,3 +202,61 @@ def test_real_generation_of_a_random_model_fails_counted(tiny_config, tmp_path):
   assert len(fails) == 4 and all(f["raw"] for f in fails)
   for f in fails:   # the label is scored even when the reasoning failed
     assert len(f["label_probs"]) == len(cfg.labels) and abs(sum(f["label_probs"]) - 1) < 1e-4
+
+
+def test_given_rule_rationale_is_labelled_after_and_recorded(tiny_config, tmp_path, monkeypatch):
+  """annotate.reasoning=rules: every prompt ends with its pair's rule rationale (the ids SFT's rule
+  chains tokenise, cut to max_response_len - CUE_ROOM), the longest prompt bucket makes room for
+  it, the record's reasoning is that rationale and its label the teacher's; the manifest records
+  the mode, so a resume in the other mode refuses naming the key."""
+  from rd_jax.data import rationale
+  from rd_jax.teacher import eval as te
+  seen = {}
+
+  def fake(config, params, tokenizer, prompts, *, num_samples=1, buckets=(), **_):
+    cue = tokenizer(generate.LABEL_CUE, add_special_tokens=False)["input_ids"]
+    seen.setdefault("buckets", set()).add(max(buckets))
+    out = []
+    for i, ids in enumerate(prompts):
+      seen.setdefault("prompts", []).append(list(ids))
+      out.append(generate.Sample(i, 0, "\nLabel: Substitute", list(cue), True, None, True))
+    return out
+
+  monkeypatch.setattr(generate, "generate_texts", fake)
+  cfg = config(tiny_config, reasoning="rules")
+  cfg.teacher.max_response_len = 64
+  summary = annotate.run(cfg, str(tmp_path))
+  pairs = annotate.select_pairs(cfg)[0]
+  tok = hf_decoder.resolve_teacher_tokenizer(cfg.teacher.tokenizer or "smollm2")
+  plain, _ = te.prompt_ids(tok, pairs, cfg)
+  anns = [json.loads(l) for l in open(tmp_path / "annotate" / "annotations.jsonl")]
+  assert len(anns) == len(pairs) == summary["annotated"] == 20
+  budget = 64 - te.CUE_ROOM
+  cut = 0
+  for pair, ids, prompt, ann in zip(pairs, plain, seen["prompts"], anns):
+    full = tok(rationale.rule_rationale(pair.query, pair.raw, pair.item_text).strip(),
+               add_special_tokens=False)["input_ids"]
+    cut += len(full) > budget
+    assert prompt == list(ids) + list(full[:budget])          # the prompt, then the rationale
+    assert ann["reasoning"] == tok.decode(full[:budget], skip_special_tokens=True).strip()
+    assert ann["teacher_label"] == "Substitute" and ann["reasoning"]
+  assert seen["buckets"] == {cfg.teacher.max_prompt_len + 64}
+  assert summary["reasoning"] == "rules" and summary["rationales_cut"] == cut
+  assert summary["samples_straight_to_label"] == 20
+  manifest = json.load(open(tmp_path / "annotate" / "shards" / "manifest.json"))
+  assert manifest["reasoning"] == "rules"
+  cfg.annotate.reasoning = "generated"
+  with pytest.raises(ValueError, match="reasoning"):
+    annotate.run(cfg, str(tmp_path))
+  cfg.annotate.reasoning = "rulez"
+  with pytest.raises(ValueError, match="annotate.reasoning"):
+    annotate.run(cfg, str(tmp_path / "other"))
+
+
+def test_default_manifest_has_no_reasoning_key(tiny_config, tmp_path, monkeypatch):
+  """Shards made before annotate.reasoning existed resume: the default mode adds no manifest key."""
+  monkeypatch.setattr(generate, "generate_texts", Script(mixed))
+  summary = annotate.run(config(tiny_config), str(tmp_path))
+  manifest = json.load(open(tmp_path / "annotate" / "shards" / "manifest.json"))
+  assert "reasoning" not in manifest and summary["reasoning"] == "generated"
+  assert "rationales_cut" not in summary

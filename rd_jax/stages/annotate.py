@@ -19,6 +19,12 @@ vote (ties: the label voted first). A sample "parses" when its reasoning is comp
 not cut at max tokens); a pair with none is retried (k samples at `annotate.temperature`) up to
 `annotate.max_retries` times, then written to failures with the reason, raw text (and
 label_probs) of its last attempt — never given a label.
+Reasoning (`annotate.reasoning`): "generated" (the teacher writes it) or "rules": each pair's rule
+rationale (`data/rationale.py`, what `sft.chains_from=rules` trains the teacher to write) is given
+after the prompt and the teacher labels after it (`teacher/eval.with_reasoning`); the record's
+reasoning is that rationale, the label the teacher's. For a rule-chain teacher this scores its label
+after the exact rationale instead of its imitation (README "The teacher chain"). The offsets are
+fitted in the same mode; manifest and offsets.json record a mode other than "generated".
 Sharding: params are sharded by TEACHER_RULES (fsdp/tensor split the model); the prompt batch is
 replicated over the mesh's batch axes (`generate` takes host arrays), so with several processes
 every process runs the same batches and process 0 alone writes.
@@ -44,6 +50,7 @@ under a final name; a rerun skips the shards with a .done marker and redoes the 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -125,7 +132,11 @@ def annotate_pairs(teacher, pairs, cfg, *, seed: int, offsets=None) -> tuple[lis
   a = cfg.annotate
   k = int(a.num_samples)
   ids, cut = te.prompt_ids(teacher.tokenizer, pairs, cfg)
-  done, last_fail = {}, {}
+  # annotate.reasoning=rules: the rule rationale follows each prompt and the teacher labels after
+  # it; the record's reasoning is that rationale (+ anything the teacher adds before "Label:").
+  ids, given, longest, rationales_cut = te.with_reasoning(teacher.tokenizer, pairs, ids, cfg,
+                                                          a.reasoning)
+  done, last_fail, straight = {}, {}, 0
   pending, tokens, sample_errors = list(range(len(pairs))), 0, collections.Counter()
   for attempt in range(int(a.max_retries) + 1):
     if not pending:
@@ -133,8 +144,11 @@ def annotate_pairs(teacher, pairs, cfg, *, seed: int, offsets=None) -> tuple[lis
     temperature = 0.0 if (k == 1 and attempt == 0) else float(a.temperature)
     samples = te.sample(teacher.config, teacher.params, teacher.tokenizer, [ids[i] for i in pending],
                         cfg, batch_size=a.batch_size, temperature=temperature, num_samples=k,
-                        seed=(seed * 31 + attempt) % (2**31 - 1))
+                        seed=(seed * 31 + attempt) % (2**31 - 1), max_prompt_len=longest)
     tokens += sum(len(s.token_ids) for s in samples)
+    if a.reasoning != "generated":
+      straight += te.straight_to_label(teacher.tokenizer, samples)
+      samples = [dataclasses.replace(s, text=given[pending[s.prompt_index]] + s.text) for s in samples]
     grouped = collections.defaultdict(list)
     for s in samples:
       grouped[pending[s.prompt_index]].append(s)
@@ -159,6 +173,8 @@ def annotate_pairs(teacher, pairs, cfg, *, seed: int, offsets=None) -> tuple[lis
   counts = {"pairs": len(pairs), "annotated": len(records),
             "failures_by_reason": dict(collections.Counter(te.reason_key(f["reason"]) for f in failures)),
             "samples_by_outcome": dict(sample_errors), "generated_tokens": tokens, "prompts_cut": cut}
+  if a.reasoning != "generated":
+    counts.update(rationales_cut=rationales_cut, samples_straight_to_label=straight)
   return records, failures, counts
 
 
@@ -172,6 +188,8 @@ def fit_offsets(cfg, teacher, stage_dir: str) -> dict | None:
   path = os.path.join(stage_dir, "offsets.json")
   key = {"teacher_ckpt": teacher.source, "pairs": n, "seed": int(cfg.seed),
          "prompt_version": int(cfg.teacher.prompt_version), "labels": list(cfg.labels)}
+  if cfg.annotate.reasoning != "generated":   # absent = generated: offsets.json files from before
+    key["reasoning"] = cfg.annotate.reasoning
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
@@ -182,12 +200,14 @@ def fit_offsets(cfg, teacher, stage_dir: str) -> dict | None:
   logging.info("annotate: fitting the label offsets on %d valid pairs", len(valid))
   m = te.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer, valid, cfg,
                           batch_size=cfg.annotate.batch_size, seed=cfg.seed, fit_offsets=True,
-                          log=logging.info)
+                          log=logging.info, reasoning=cfg.annotate.reasoning)
   if "offsets" not in m:   # the generation gave no label scores (a scripted test generator)
     logging.warning("annotate: no label scores on valid; the labels are not adjusted")
     return None
   out = {**key, "offsets": m["offsets"], "valid_pairs": len(valid),
          "valid_macro_f1_argmax": m["macro_f1"], "valid_macro_f1_adjusted": m["adjusted"]["macro_f1"],
+         # in-sample (the offsets were fitted on these pairs) vs fitted on 2 of 3 query folds
+         "valid_macro_f1_offsets_crossfit": m.get("macro_f1_offsets_crossfit"),
          "valid_label_distribution": m["label_distribution"],
          "valid_label_distribution_adjusted": m["adjusted"]["label_distribution"],
          "valid_gold_distribution": m["gold_distribution"], "seconds": m["seconds"]}
@@ -207,7 +227,9 @@ def _manifest(cfg, teacher, pairs, offsets=None) -> dict:
           "max_response_len": int(cfg.teacher.max_response_len), "seed": int(cfg.seed),
           "labels": list(cfg.labels), "prompt_version": int(cfg.teacher.prompt_version),
           "score_labels": bool(cfg.teacher.score_labels),
-          "label_offsets": None if offsets is None else [round(float(o), 4) for o in offsets]}
+          "label_offsets": None if offsets is None else [round(float(o), 4) for o in offsets],
+          # recorded only when not the default, so shards made before the key still resume
+          **({} if a.reasoning == "generated" else {"reasoning": a.reasoning})}
 
 
 def _check_manifest(path: str, manifest: dict) -> None:
@@ -229,6 +251,8 @@ def run(cfg, workdir: str) -> dict:
   storage.makedirs(shard_dir)
   t0 = time.perf_counter()
   a = cfg.annotate
+  if a.reasoning not in te.REASONING_SOURCES:
+    raise ValueError(f"annotate.reasoning={a.reasoning!r}; expected one of {te.REASONING_SOURCES}")
   if a.num_samples < 1 or a.shard_size < 1 or a.batch_size < 1:
     raise ValueError("annotate.num_samples, annotate.shard_size and annotate.batch_size must be >= 1")
   if (a.num_samples > 1 or a.max_retries > 0) and a.temperature <= 0:
@@ -280,6 +304,7 @@ def _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t
     by_reason.update(counts["failures_by_reason"])
     outcomes.update(counts["samples_by_outcome"])
     totals.update({k: counts[k] for k in ("pairs", "annotated", "generated_tokens", "prompts_cut", "seconds")})
+    totals.update({k: counts[k] for k in ("rationales_cut", "samples_straight_to_label") if k in counts})
   # Teacher vs gold on the labelled pairs; a failure is a wrong answer, never a label.
   scored = [(r["label"], r["teacher_label"]) for r in records if "label" in r]
   scored += [(f["label"], None) for f in failures if "label" in f]
@@ -299,6 +324,10 @@ def _merge(cfg, stage_dir, n_shards, name, pairs, teacher, data_report, newly, t
              "teacher_accuracy": gold_vs_teacher and gold_vs_teacher["accuracy"],
              "teacher_vs_gold": gold_vs_teacher, "data": data_report,
              "prompt_version": int(cfg.teacher.prompt_version),
+             "reasoning": cfg.annotate.reasoning,
+             **({"rationales_cut": totals["rationales_cut"],
+                 "samples_straight_to_label": totals["samples_straight_to_label"]}
+                if cfg.annotate.reasoning != "generated" else {}),
              "label_source": "scored" if cfg.teacher.score_labels else "parsed",
              "label_offsets": fitted, "label_distribution": te.distribution(
                  [r["teacher_label"] for r in records], cfg.labels),

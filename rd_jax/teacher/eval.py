@@ -135,6 +135,30 @@ def rule_reasoning_ids(tokenizer, pairs: Sequence[Pair], cfg) -> tuple[list[list
   return out, cut
 
 
+def with_reasoning(tokenizer, pairs: Sequence[Pair], ids: Sequence[Sequence[int]], cfg,
+                   reasoning: str) -> tuple[list[list[int]], list[str], int | None, int]:
+  """The prompts to sample from for `reasoning` ("generated" | "rules"), shared by evaluation and
+  annotation. "rules": each prompt is followed by its pair's rule rationale (`rule_reasoning_ids`),
+  so the teacher continues from it; prompts then run up to max_prompt_len + max_response_len.
+  Returns (ids, given text per pair ("" when generated; parse `given + sample.text`), the longest
+  prompt for `sample` (None = teacher.max_prompt_len), rationales cut)."""
+  if reasoning not in REASONING_SOURCES:
+    raise ValueError(f"reasoning={reasoning!r}: expected one of {REASONING_SOURCES}")
+  if reasoning == "generated":
+    return [list(p) for p in ids], [""] * len(ids), None, 0
+  r_ids, r_cut = rule_reasoning_ids(tokenizer, pairs, cfg)
+  given = [tokenizer.decode(r, skip_special_tokens=True) for r in r_ids]
+  longest = int(cfg.teacher.max_prompt_len) + int(cfg.teacher.max_response_len)
+  return [list(p) + r for p, r in zip(ids, r_ids)], given, longest, r_cut
+
+
+def straight_to_label(tokenizer, samples) -> int:
+  """How many samples stopped on the label cue having generated nothing else (after a given
+  rationale: the teacher went straight to its label)."""
+  cue = tokenizer(gen.LABEL_CUE, add_special_tokens=False)["input_ids"]
+  return sum(bool(s.stopped) and list(s.token_ids) == list(cue) for s in samples)
+
+
 ANSWER_CUE = "\nLabel:"
 
 
@@ -227,12 +251,7 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
   if reasoning not in REASONING_SOURCES:
     raise ValueError(f"reasoning={reasoning!r}: expected one of {REASONING_SOURCES}")
   ids, cut = prompt_ids(tokenizer, pairs, cfg)
-  given, longest, r_cut = [""] * len(pairs), None, 0
-  if reasoning == "rules":   # the prompt, then the rationale: prompts longer than max_prompt_len
-    r_ids, r_cut = rule_reasoning_ids(tokenizer, pairs, cfg)
-    given = [tokenizer.decode(r, skip_special_tokens=True) for r in r_ids]
-    ids = [list(p) + r for p, r in zip(ids, r_ids)]
-    longest = int(cfg.teacher.max_prompt_len) + int(cfg.teacher.max_response_len)
+  ids, given, longest, r_cut = with_reasoning(tokenizer, pairs, ids, cfg, reasoning)
   samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed,
                    max_prompt_len=longest)
   parsed = [prompts.parse_response(g + s.text, cfg.labels, s.finished)
@@ -254,10 +273,8 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
                 seconds=round(time.perf_counter() - t0, 2),
                 examples=[(g + s.text)[:300] for g, s in zip(given, samples[:2])], reasoning=reasoning)
   if reasoning == "rules":
-    cue = tokenizer(gen.LABEL_CUE, add_special_tokens=False)["input_ids"]
-    result["forced_reasoning"] = {
-        "rows": len(samples), "rationales_cut": r_cut,
-        "straight_to_label": sum(bool(s.stopped) and list(s.token_ids) == list(cue) for s in samples)}
+    result["forced_reasoning"] = {"rows": len(samples), "rationales_cut": r_cut,
+                                  "straight_to_label": straight_to_label(tokenizer, samples)}
   if logp is not None:
     result["label_logprobs"] = np.round(logp, 5).tolist()
     if fit_offsets and offsets is None:
