@@ -78,13 +78,17 @@ def test_teacher_rows_are_kept_and_recomputed_when_the_checkpoint_changes(tmp_pa
                       lambda cfg, wd, mesh, upstream, explicit: types.SimpleNamespace(
                           config=None, params=explicit, tokenizer=None))
 
-  def fake_eval(config, params, tokenizer, pairs, cfg, offsets=None, fit_offsets=False):
+  modes = []
+
+  def fake_eval(config, params, tokenizer, pairs, cfg, offsets=None, fit_offsets=False,
+                reasoning="generated"):
+    modes.append(reasoning)
     if fit_offsets:   # the valid pass: its offsets go to the test pass
       return {"macro_f1": 0.25, "num_pairs": len(pairs), "offsets": [0.0, 1.0],
               "adjusted": {"macro_f1": 0.3}}
     evaluated.append((params, offsets))
     m = {"macro_f1": 0.5 if params else 0.0, "accuracy": 0.5, "per_class": {"Exact": {"f1": 0.5}}}
-    return {**m, "parse_rate": 1.0, "num_pairs": len(pairs), "offsets": offsets,
+    return {**m, "parse_rate": 1.0, "num_pairs": len(pairs), "offsets": offsets, "reasoning": reasoning,
             "adjusted": {**m, "macro_f1": 0.6, "label_distribution": {"Exact": 1.0}}}
   monkeypatch.setattr(teacher_eval, "evaluate_teacher", fake_eval)
 
@@ -102,6 +106,11 @@ def test_teacher_rows_are_kept_and_recomputed_when_the_checkpoint_changes(tmp_pa
   os.utime(marker, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))   # sft retrained
   table.run_teacher_rows(cfg, str(teacher_dir), 16, work, valid_pairs=4)
   assert [p for p, _ in evaluated[4:]] == [str(teacher_dir / "sft" / "final")]
+  assert set(modes) == {"generated"} and first["sft"]["reasoning"] == "generated"
+  # scored the way the config annotates: a given-rationale config recomputes both rows in that mode
+  cfg.annotate.reasoning = "rules"
+  rows = table.run_teacher_rows(cfg, str(teacher_dir), 16, work, valid_pairs=4)
+  assert len(evaluated) == 7 and modes[-4:] == ["rules"] * 4 and rows["sft"]["reasoning"] == "rules"
 
 
 def test_reference_rows_and_per_class_columns(tiny_config):

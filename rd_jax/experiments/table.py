@@ -13,7 +13,8 @@ different variants can then be made by separate invocations with their own --see
 A variant that would train the config's crsd row again (same_as_crsd: a value the config already
 has, or an InfoNCE-only key under lambda 0) is left out and named, or refused when asked for.
 Teacher rows evaluate, on the same test folds, the base model and each of cpt/sft/dpo final/
-found in --teacher_workdir.
+found in --teacher_workdir, the way the config annotates (`annotate.reasoning`: the teacher writes
+its reasoning, or labels after the given rule rationale).
 retention = student macro-F1 / teacher macro-F1 (the last teacher step found), both on the SAME
 test pairs: the teacher's (all test pairs, or the seeded --teacher_pairs sample, since generation
 is slow); the student's macro-F1 on those pairs comes from its eval/predictions.jsonl.
@@ -51,6 +52,8 @@ VARIANTS = {
     "student_teacher_labels": ("baseline", {"crsd.label_source": "teacher"}),
     "crsd": ("crsd", {}),                                          # gold labels + reasoning
     "crsd_teacher_labels": ("crsd", {"crsd.label_source": "teacher"}),   # the paper's setting
+    # ours (#19): the teacher's label_probs (offset-adjusted, annotate/offsets.json) as soft targets
+    "crsd_teacher_soft": ("crsd", {"crsd.label_source": "teacher_soft"}),
     "crsd_ce_only": ("crsd", {"crsd.lambda_infonce": 0.0}),
     "crsd_stop_grad": ("crsd", {"crsd.stop_grad_aug": True}),
     "crsd_tau_0.02": ("crsd", {"crsd.temperature": 0.02}),
@@ -60,6 +63,9 @@ VARIANTS = {
     "crsd_lambda_1.0": ("crsd", {"crsd.lambda_infonce": 1.0}),
     "crsd_shuffled_reasoning": ("crsd", {"crsd.shuffle_reasoning": True}),
 }
+# Asked for by name only: soft targets need annotations with scored labels (label_probs), which
+# the demo's bundled_v1 reasoning lacks.
+OPT_IN_VARIANTS = ("crsd_teacher_soft",)
 TEACHER_STEPS = ("base", "cpt", "sft", "dpo")
 # Keys that act only through the InfoNCE term: with lambda 0 (the demo) they change nothing.
 INFONCE_ONLY_KEYS = frozenset({"crsd.temperature", "crsd.stop_grad_aug", "crsd.symmetric",
@@ -105,9 +111,10 @@ def _define_flags() -> None:
           "'' = no teacher rows, no retention."),
       seeds=flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per variant."),
       variants=flags.DEFINE_list(
-          "variants", list(VARIANTS), "Variants to run (default: all but those that would "
-          "train the config's crsd row again, which are named under the table; asked for by "
-          "name, such a variant stops the table with exit code 2)."),
+          "variants", [v for v in VARIANTS if v not in OPT_IN_VARIANTS],
+          "Variants to run (default: all but crsd_teacher_soft, which needs annotations with "
+          "label_probs, and those that would train the config's crsd row again, which are named "
+          "under the table; asked for by name, such a variant stops the table with exit code 2)."),
       teacher_pairs=flags.DEFINE_integer("teacher_pairs", 0, "Cap on test pairs for teacher "
                                          "rows (0 = all test pairs)."),
       teacher_valid_pairs=flags.DEFINE_integer(
@@ -226,6 +233,8 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
            "test_folds": list(cfg.data.test_folds), "data": cfg.data.path,
            "valid_pairs": len(valid), "prompt_version": int(cfg.teacher.prompt_version),
            "score_labels": bool(cfg.teacher.score_labels)}
+    if cfg.annotate.reasoning != "generated":   # rows kept before the key: generated
+      key["reasoning"] = cfg.annotate.reasoning
     cache = os.path.join(workdir, "teacher_rows", f"{step}.json") if workdir else ""
     if cache and storage.exists(cache):
       kept = json.loads(storage.read_text(cache))
@@ -236,10 +245,12 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
     if mesh is None:
       mesh = make_mesh(cfg)
     teacher = teacher_model.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
+    # the teacher is scored the way it annotates (annotate.reasoning): generated or given reasoning
+    how = {"reasoning": cfg.annotate.reasoning}
     on_valid = (teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
-                                              valid, cfg, fit_offsets=True) if valid else {})
+                                              valid, cfg, fit_offsets=True, **how) if valid else {})
     result = teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
-                                           test, cfg, offsets=on_valid.get("offsets"))
+                                           test, cfg, offsets=on_valid.get("offsets"), **how)
     rows[step] = teacher_row(result, on_valid)
     if cache:
       storage.makedirs(os.path.dirname(cache))
@@ -256,10 +267,11 @@ def teacher_row(result: dict, on_valid: dict) -> dict:
          "per_class_f1": {k: v["f1"] for k, v in (adj or result).get("per_class", {}).items()},
          "label_distribution": (adj or result).get("label_distribution"),
          "gold_distribution": result.get("gold_distribution"), "offsets": result.get("offsets"),
-         "test_pairs": result.get("num_pairs")}
+         "test_pairs": result.get("num_pairs"), "reasoning": result.get("reasoning", "generated")}
   if on_valid:
     row.update(valid_pairs=on_valid.get("num_pairs"), valid_macro_f1_argmax=on_valid["macro_f1"],
-               valid_macro_f1_fitted=(on_valid.get("adjusted") or {}).get("macro_f1"))
+               valid_macro_f1_fitted=(on_valid.get("adjusted") or {}).get("macro_f1"),
+               valid_macro_f1_crossfit=on_valid.get("macro_f1_offsets_crossfit"))
   return row
 
 
@@ -469,7 +481,8 @@ def main(argv):
                               _FLAGS["teacher_valid_pairs"].value) if sample else {})
   student, missing = {}, []
   for variant in variants:
-    if VARIANTS[variant][1].get("crsd.label_source") == "teacher" and cfg.data.reasoning_source != "annotations":
+    if (VARIANTS[variant][1].get("crsd.label_source") in ("teacher", "teacher_soft")
+        and cfg.data.reasoning_source != "annotations"):
       logging.warning("%s skipped: it needs teacher annotations (data.reasoning_source)", variant)
       continue
     runs = {}
