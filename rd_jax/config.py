@@ -73,7 +73,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.max_reasoning_chars = 2048
   c.data.reasoning_path = ""     # annotations JSONL; "" = <workdir>/annotate/annotations.jsonl;
                                  #   "bundled" = our teacher's, shipped for the bundled train folds
-                                 #   (prompt v2 chain); "bundled_v1" = the first (v1) teacher's
+                                 #   (rule-chain teacher, given rationale, session 31); "bundled_v2"
+                                 #   = the prompt-v2 chain's; "bundled_v1" = the first (v1) teacher's
   c.data.reasoning_source = "annotations"  # annotations | rules (ours: see data/rationale.py)
   # A train pair the teacher could not annotate (its failures.jsonl): error names the first one;
   # skip drops those pairs from CRSD training and reports the count in summary.json.

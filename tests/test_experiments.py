@@ -195,7 +195,7 @@ def test_table_refuses_a_teacher_that_did_not_write_the_annotations(tmp_path, ti
   from rd_jax.experiments import provenance
   cfg = tiny_config()
   cfg.data.reasoning_source = "annotations"
-  cfg.data.reasoning_path = "bundled"
+  cfg.data.reasoning_path = "bundled_v2"   # a cpt -> sft -> dpo chain's annotations
   teacher = tmp_path / "teacher"
   save_final(str(teacher / "dpo" / "final"), {"w": np.zeros(2)}, {"model": "decoder", "stage": "dpo"})
   with pytest.raises(provenance.TeacherMismatchError, match="another teacher"):

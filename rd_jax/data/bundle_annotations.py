@@ -8,7 +8,8 @@ ids, query, teacher_label, label_probs (scored labels), reasoning, confidence, g
 `data/assets/esci_us_srw150/teacher_annotations.jsonl.gz` (what `data.reasoning_path=bundled`
 reads) and writes `teacher_annotations.json` next to it: the commit, the command, the config and
 every teacher stage's summary figures, so a reader can tell which teacher wrote the reasoning.
-The first teacher's (prompt v1) files are kept as `teacher_annotations_v1.*` ("bundled_v1").
+Earlier teachers' files are kept beside them: `teacher_annotations_v1.*` ("bundled_v1", prompt v1)
+and `teacher_annotations_v2.*` ("bundled_v2", the prompt-v2 cpt -> sft -> reward -> dpo chain).
 Refuses a run whose annotate stage is not complete (no summary.json) or whose annotations are not
 of the bundled data.
 """
@@ -87,9 +88,11 @@ def bundle(workdir: str, command: str = "", config: dict | None = None,
       f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
   os.replace(tmp, data_path)
   provenance = {
-      "what": "SmolLM2-135M-Instruct teacher (cpt -> sft -> reward -> dpo) annotations of the "
+      "what": "SmolLM2-135M-Instruct teacher (" + " -> ".join(
+          s for s in STAGES if s in summaries and s != "annotate") + ") annotations of the "
               "bundled ESCI train folds: teacher_label, label_probs (when its labels were "
-              "scored), reasoning, confidence per pair",
+              "scored), reasoning (" + ("the given rule rationale" if summaries["annotate"].get(
+                  "reasoning") == "rules" else "the teacher's") + "), confidence per pair",
       "annotations": len(records), "commit": _commit(), "command": command,
       "config": config,
       "stages": summaries,

@@ -47,9 +47,13 @@ def bundled_pairs_path() -> str:
 
 
 # data.reasoning_path names of the shipped annotations -> their file stem in BUNDLED_DIR.
-# "bundled" is the newest teacher's (prompt v2, scored labels with label_probs); "bundled_v1" the
-# first teacher's (prompt v1, parsed labels), kept so figures measured with it stay reproducible.
-BUNDLED_ANNOTATIONS = {"bundled": "teacher_annotations", "bundled_v1": "teacher_annotations_v1"}
+# "bundled" is the newest teacher's (session 31: a rule-chain SFT teacher labelling after the given
+# rule rationale, annotate.reasoning=rules, scored labels with label_probs); "bundled_v2" the
+# prompt-v2 chain's (cpt -> sft -> reward -> dpo, generated reasoning, label_probs); "bundled_v1"
+# the first teacher's (prompt v1, parsed labels). The older sets are kept so figures measured with
+# them stay reproducible.
+BUNDLED_ANNOTATIONS = {"bundled": "teacher_annotations", "bundled_v2": "teacher_annotations_v2",
+                       "bundled_v1": "teacher_annotations_v1"}
 
 
 def is_bundled_annotations(name: str) -> bool:
@@ -57,7 +61,7 @@ def is_bundled_annotations(name: str) -> bool:
 
 
 def resolve_annotations(reasoning_path: str, default: str) -> str:
-  """The annotations file `data.reasoning_path` names: a shipped set ("bundled", "bundled_v1"),
+  """The annotations file `data.reasoning_path` names: a shipped set (BUNDLED_ANNOTATIONS),
   a file, or `default` when empty (a workdir's annotate/annotations.jsonl)."""
   if is_bundled_annotations(reasoning_path):
     return bundled_annotations_path(reasoning_path)
@@ -66,8 +70,8 @@ def resolve_annotations(reasoning_path: str, default: str) -> str:
 
 def bundled_annotations_path(name: str = "bundled") -> str:
   """Our SmolLM2 teacher's label + reasoning for the bundled TRAIN folds (1, 3), made by
-  `--stage=annotate` after cpt -> sft -> reward -> dpo; how and by which commit: the JSON next to
-  it (`annotations_provenance_path`). `name`: a key of BUNDLED_ANNOTATIONS."""
+  `--stage=annotate` after the teacher stages; how, by which stages and which commit: the JSON next
+  to it (`annotations_provenance_path`). `name`: a key of BUNDLED_ANNOTATIONS."""
   if name not in BUNDLED_ANNOTATIONS:
     raise ValueError(f"data.reasoning_path={name!r}: the shipped annotations are "
                      f"{sorted(BUNDLED_ANNOTATIONS)}")

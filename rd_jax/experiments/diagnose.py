@@ -45,8 +45,8 @@ def _define_flags() -> None:
   _FLAGS["config"] = config_flags.DEFINE_config_file(
       "config", None, "Pipeline config (configs/*.py).", lock_config=True)
   _FLAGS["annotations"] = flags.DEFINE_string(
-      "annotations", "bundled", "Annotations JSONL: 'bundled' (or 'bundled_v1', the first "
-      "teacher's) = our teacher's shipped annotations of the train folds; or a file.")
+      "annotations", "bundled", "Annotations JSONL: 'bundled' (or 'bundled_v2' / 'bundled_v1', "
+      "earlier teachers') = our teacher's shipped annotations of the train folds; or a file.")
   _FLAGS["out"] = flags.DEFINE_string("out", "diagnose.json", "JSON result (written atomically).")
   _FLAGS["null_permutations"] = flags.DEFINE_integer(
       "null_permutations", 5, "Gold-label permutations for the probe's null (0 = none).")

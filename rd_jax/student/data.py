@@ -34,7 +34,7 @@ def load_tokenizer(spec: str):
 
 
 def annotations_path(cfg, workdir: str) -> str:
-  """data.reasoning_path: "" = this workdir's annotate output; "bundled" / "bundled_v1" = teacher
+  """data.reasoning_path: "" = this workdir's annotate output; "bundled" / "bundled_v2" / "bundled_v1" = teacher
   annotations shipped with the bundled data (readers.bundled_annotations_path); else a file."""
   return readers.resolve_annotations(cfg.data.reasoning_path,
                                      os.path.join(workdir, "annotate", "annotations.jsonl"))
