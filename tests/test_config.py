@@ -15,7 +15,7 @@ def _load(name):
   return module.get_config()
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo", "pod"])
+@pytest.mark.parametrize("name", ["tiny", "demo", "demo_pipeline", "pod", "teacher_rules"])
 def test_shipped_configs_validate(name):
   config_check.validate(_load(name))
 
@@ -54,3 +54,17 @@ def test_sequences_are_tuples_so_the_command_line_can_override_them(tiny_config)
     for part in key.split("."):
       node = node[part]
     assert isinstance(node, tuple), key
+
+
+def test_teacher_rules_config_is_the_demo_with_its_teacher_changes():
+  """configs/teacher_rules.py (the bundled annotations' teacher) differs from the demo in the SFT
+  and annotate keys its docstring names, and nowhere else."""
+  import json
+  from rd_jax.train import run_config
+  flat = lambda cfg: run_config._flatten(json.loads(cfg.to_json()), "")
+  demo, rules = flat(_load("demo")), flat(_load("teacher_rules"))
+  changed = sorted(k for k in demo if demo[k] != rules[k])
+  assert set(demo) == set(rules)
+  assert changed == ["annotate.offset_pairs", "annotate.reasoning", "sft.batch_size",
+                     "sft.chains_from", "sft.eval_pairs", "sft.num_steps",
+                     "sft.optim.learning_rate", "sft.optim.warmup_steps", "sft.shared_prefix"]

@@ -59,7 +59,7 @@ def test_shipped_teacher_warmups_are_a_fraction_of_their_runs(demo_like_configs)
 @pytest.fixture
 def demo_like_configs():
   from test_config import _load
-  return {name: _load(name) for name in ("demo", "demo_pipeline", "pod")}
+  return {name: _load(name) for name in ("demo", "demo_pipeline", "pod", "teacher_rules")}
 
 
 def _student(tiny_config):
