@@ -41,7 +41,8 @@ def test_each_train_query_gets_k_foreign_items_labelled_as_configured(tiny_confi
     assert p.raw["synthetic"] == "cross_query_negative"
   assert data.report["cross_query_negatives"] == {"per_query": 3, "added": len(added),
                                                   "label": "Irrelevant",
-                                                  "train_pairs_before": len(plain.train)}
+                                                  "train_pairs_before": len(plain.train),
+                                                  "label_from": "construction"}
   # valid is untouched; the draw is the seed's
   assert [(p.query_id, p.product_id) for p in data.valid] == \
       [(p.query_id, p.product_id) for p in plain.valid]
@@ -70,10 +71,6 @@ def test_refusals(tiny_config, tmp_path):
   cfg.student.cross_query_negative_label = "Unrelated"
   with pytest.raises(ValueError, match="cross_query_negative_label"):
     _load(cfg, tmp_path)
-  cfg.student.cross_query_negative_label = "Irrelevant"
-  cfg.crsd.label_source = "teacher"
-  with pytest.raises(ValueError, match="label_source=gold"):
-    negatives.with_cross_query_negatives([], cfg, {}, use_reasoning=False)
   cfg = tiny_config()
   cfg.student.cross_query_negatives = -1
   with pytest.raises(ValueError, match="student.cross_query_negatives"):
@@ -117,3 +114,34 @@ def test_uncounted_negatives_leave_the_counts_to_the_real_pairs(tiny_config, tmp
   cfg.student.cross_query_negative_weight = -1.0
   with pytest.raises(ValueError, match="student.cross_query_negative_weight"):
     config_check.validate(cfg)
+
+
+@pytest.mark.parametrize("source", ["teacher", "teacher_soft"])
+def test_with_teacher_labels_the_real_pairs_keep_the_teachers_and_drawn_ones_their_own(
+    tiny_config, tmp_path, source):
+  """The teacher labels the real pairs; a drawn negative's label comes from its construction
+  (teacher_soft: a one-hot target), since the teacher never saw it."""
+  import json
+  from rd_jax.data import readers
+  cfg = cue_config(tiny_config, write_cue_pairs(tmp_path / "cue.jsonl", queries=8))
+  pairs = readers.train_valid_test(readers.load_pairs(cfg.data.path, cfg)[0], cfg)["train"]
+  probs = [0.1, 0.6, 0.2, 0.1]   # the teacher always says Substitute
+  with open(tmp_path / "ann.jsonl", "w") as f:
+    for p in pairs:
+      f.write(json.dumps({"query_id": p.query_id, "product_id": p.product_id, "query": p.query,
+                          "teacher_label": "Substitute", "label_probs": probs,
+                          "reasoning": "because."}) + "\n")
+  cfg.data.reasoning_source, cfg.data.reasoning_path = "annotations", str(tmp_path / "ann.jsonl")
+  cfg.crsd.label_source = source
+  cfg.student.cross_query_negatives = 2
+  data = _load(cfg, tmp_path, use_reasoning=True)
+  real = [p for p in data.train if not negatives.is_drawn_negative(p)]
+  drawn = [p for p in data.train if negatives.is_drawn_negative(p)]
+  substitute, irrelevant = list(cfg.labels).index("Substitute"), list(cfg.labels).index("Irrelevant")
+  assert len(real) == len(pairs) and len(drawn) == 2 * len({p.query_id for p in pairs})
+  assert all(p.label_id == substitute for p in real) and all(p.label_id == irrelevant for p in drawn)
+  if source == "teacher_soft":
+    assert all(list(p.soft_label) == probs for p in real)
+    assert all(list(p.soft_label) == [float(i == irrelevant) for i in range(4)] for p in drawn)
+  else:
+    assert all(p.soft_label is None for p in data.train)

@@ -18,7 +18,9 @@ them.
 
 Each negative is the donor pair with the query's text, id and fold, the negative label, no teacher
 label, and (for the reasoning view) the rule-based rationale of that (query, item)
-(data/rationale.py): the teacher never annotated it.
+(data/rationale.py): the teacher never annotated it. Its label comes from its construction under
+every `crsd.label_source` (with teacher labels the real pairs carry the teacher's, the drawn ones
+the negative label; with teacher_soft as a one-hot target).
 """
 
 from __future__ import annotations
@@ -42,14 +44,15 @@ def with_cross_query_negatives(train: list, cfg, report: dict, *, use_reasoning:
     return train
   label = cfg.student.get("cross_query_negative_label", "Irrelevant")
   labels = list(cfg.labels)
-  if cfg.crsd.label_source != "gold":
-    raise ValueError("config key student.cross_query_negatives needs crsd.label_source=gold (a "
-                     "drawn negative has no teacher label)")
   negatives = draw(train, k, label, labels, int(cfg.seed))
+  if cfg.crsd.label_source == "teacher_soft":   # the constructed label as a one-hot soft target
+    onehot = tuple(float(i == labels.index(label)) for i in range(len(labels)))
+    negatives = [dataclasses.replace(p, soft_label=onehot) for p in negatives]
   if use_reasoning:
     negatives = rationale.with_rule_rationales(negatives)
   report["cross_query_negatives"] = {"per_query": k, "added": len(negatives), "label": label,
-                                     "train_pairs_before": len(train)}
+                                     "train_pairs_before": len(train),
+                                     "label_from": "construction"}
   return list(train) + negatives
 
 
