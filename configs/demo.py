@@ -7,7 +7,8 @@
 Trains on folds 1 and 3 (3,111 pairs, + 8 items of other queries per query labelled Irrelevant)
 with our first teacher's reasoning ("bundled_v1"), picks nothing on the test fold, reports valid
 macro-F1 on fold 2 and, with --stage=eval, test macro-F1 on fold 4. The prompt-v2 teacher chain
-that made the "bundled" reasoning (same file, its stage sections; README "The teacher chain"):
+that made the "bundled_v2" reasoning (same file, its stage sections; README "The teacher chain";
+the newest set, "bundled", is configs/teacher_rules.py's):
   python -m rd_jax.main --stage=all --config=configs/demo.py --workdir=runs/teacher \
       "--config.all.stages=('cpt','sft','reward','dpo','annotate')"
 Expect (time measured 2026-12-05 session 26 with the CPU to itself, seeds 0/1/2: crsd 430-473 s
