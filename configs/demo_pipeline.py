@@ -16,21 +16,13 @@ student of configs/demo.py reads the bundled annotations of all 3,111 pairs). Ti
 metrics measured with this file are in the README ("The whole pipeline in one command").
 """
 
-import importlib.util
 import os
 
-
-def _demo_config():
-  """configs/demo.py, loaded by path: config files are read by path, not as a package."""
-  spec = importlib.util.spec_from_file_location(
-      "rd_jax_configs_demo", os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from rd_jax.config import load_config_file
 
 
 def get_config():
-  c = _demo_config()
+  c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
   c.data.reasoning_path = ""     # this run's own <workdir>/annotate/annotations.jsonl
   c.data.on_missing_reasoning = "skip"   # the few pairs the teacher fails on: dropped, counted
   c.data.max_train_pairs = 512

@@ -20,21 +20,13 @@ configs/demo.py with two changes (README "The teacher chain"):
   (`annotate.offset_pairs=928`, the whole fold 2). ~35 min for the 3,111 train pairs + 928 valid.
 """
 
-import importlib.util
 import os
 
-
-def _demo_config():
-  """configs/demo.py, loaded by path: config files are read by path, not as a package."""
-  spec = importlib.util.spec_from_file_location(
-      "rd_jax_configs_demo", os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from rd_jax.config import load_config_file
 
 
 def get_config():
-  c = _demo_config()
+  c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
   c.sft.chains_from = "rules"
   c.sft.shared_prefix = True
   c.sft.batch_size = 8

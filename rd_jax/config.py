@@ -7,7 +7,20 @@ paper's (arXiv 2510.11056 leaves them open) is marked `# ours:` with the reason.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, loaded by path: config files are read by path, not as a
+  package, so a config that builds on another (configs/demo_pipeline.py on demo.py) loads it here."""
+  name = "rd_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
 
 # ESCI's four grades, in the order used for class ids everywhere (metrics, checkpoints, exports).
 ESCI_LABELS = ("Exact", "Substitute", "Complement", "Irrelevant")

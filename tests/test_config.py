@@ -1,18 +1,14 @@
 """Config files and value checks: every shipped config validates; a bad value names its key."""
 
-import importlib.util
-
 import pytest
 
 from conftest import REPO
 from rd_jax import config_check
+from rd_jax.config import load_config_file
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(str(REPO / "configs" / f"{name}.py"))
 
 
 @pytest.mark.parametrize("name", ["tiny", "demo", "demo_pipeline", "pod", "teacher_rules"])

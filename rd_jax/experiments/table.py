@@ -246,11 +246,12 @@ def run_teacher_rows(cfg, teacher_workdir: str, max_pairs: int, workdir: str = "
       mesh = make_mesh(cfg)
     teacher = teacher_model.load_teacher(cfg, teacher_workdir, mesh, upstream=(), explicit=explicit)
     # the teacher is scored the way it annotates (annotate.reasoning): generated or given reasoning
-    how = {"reasoning": cfg.annotate.reasoning}
+    how = cfg.annotate.reasoning
     on_valid = (teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
-                                              valid, cfg, fit_offsets=True, **how) if valid else {})
+                                              valid, cfg, fit_offsets=True, reasoning=how)
+                if valid else {})
     result = teacher_eval.evaluate_teacher(teacher.config, teacher.params, teacher.tokenizer,
-                                           test, cfg, offsets=on_valid.get("offsets"), **how)
+                                           test, cfg, offsets=on_valid.get("offsets"), reasoning=how)
     rows[step] = teacher_row(result, on_valid)
     if cache:
       storage.makedirs(os.path.dirname(cache))

@@ -248,8 +248,6 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
     raise ValueError("evaluate_teacher needs labelled pairs (a pair has no label)")
   t0 = time.perf_counter()
   labels, gold = list(cfg.labels), [p.label_id for p in pairs]
-  if reasoning not in REASONING_SOURCES:
-    raise ValueError(f"reasoning={reasoning!r}: expected one of {REASONING_SOURCES}")
   ids, cut = prompt_ids(tokenizer, pairs, cfg)
   ids, given, longest, r_cut = with_reasoning(tokenizer, pairs, ids, cfg, reasoning)
   samples = sample(teacher_config, params, tokenizer, ids, cfg, batch_size=batch_size, seed=seed,
