@@ -184,6 +184,13 @@ def default_config() -> ml_collections.ConfigDict:
   # 4 query words; missing: red, 64gb."; data/match_hint.py); part of the input format, recorded
   # in the export's rd_jax.json. "" = the bare item.
   c.student.match_hint = ""
+  # ours (#17): "overlap" adds a wide term to the student's logits, a linear map of 9 query-item
+  # wordpiece-overlap features computed from its own input ids (models/overlap.py), fitted after
+  # training: a class-balanced LR on the train pairs (C on valid), then its weight beta from
+  # wide_betas on valid with the decision rule (student/wide_head.py). Exported with the model.
+  # It reads segment B as the item, so it cannot be combined with match_hint. "" = off.
+  c.student.wide_features = ""
+  c.student.wide_betas = (0.0, 0.25, 0.5, 1.0, 2.0)
   # ours (#17): + rank_weight * a pairwise (RankNet) loss within each query of the batch on the
   # log expected gain of the standard view (losses/pairwise_rank.py; 0 = off). It needs batches
   # of same-query runs: set train.query_group_size > 0 with it.

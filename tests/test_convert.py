@@ -399,3 +399,61 @@ def test_match_hint_travels_with_the_export(student, tmp_path):
   got = [r["logits"] for r in score.score_pairs(out, rows, backend="torch")]
   np.testing.assert_allclose(got, logits(hinted), atol=1e-4)
   assert np.abs(logits(bare) - logits(hinted)).max() > 1e-3   # the hint changed the inputs
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_path, pooling):
+  """student.wide_features=overlap: the folder's class is BertWideForSequenceClassification with
+  the wide term's tensors; Flax (+ offsets), PyTorch (ours and remote code), ONNX, CrossEncoder
+  and rd_jax.score agree; the folder imports back as a wide student with the same logits."""
+  import dataclasses
+  import torch
+  from sentence_transformers import CrossEncoder
+  from transformers import AutoModelForSequenceClassification
+  from rd_jax.convert.hf_bert import resolve_bert_folder
+  from rd_jax.models import overlap
+  from transformers import AutoTokenizer
+  wide_cfg = dataclasses.replace(STUDENT, pooling=pooling, wide_features=True)
+  vocab = AutoTokenizer.from_pretrained(resolve_bert_folder("minilm")).get_vocab()
+  rng = np.random.default_rng(0)
+  wide = {"token_class": overlap.token_classes(vocab), "mean": rng.normal(size=9),
+          "scale": rng.uniform(0.5, 2.0, size=9), "kernel": 3.0 * rng.normal(size=(9, 4)),
+          "bias": rng.normal(size=4)}
+  params = dict(student["params"], wide={k: np.asarray(v, np.float32) for k, v in wide.items()})
+  meta = {"model": "bert", "model_config": wide_cfg.to_dict(), "labels": list(ESCI_LABELS),
+          "tokenizer": "minilm", "item_template": ITEM_TEMPLATE, "max_len_std": 32, "stage": "crsd",
+          "step": 7, "metrics": {"macro_f1": 0.42}, "decision_offsets": [0.0, 0.5, -0.25, 0.1]}
+  save_final(str(tmp_path / "run" / "crsd" / "final"), params, meta)
+  out = str(tmp_path / "export")
+  report = export_student(str(tmp_path / "run" / "crsd"), out, pairs=student["pairs"])
+  assert report["max_abs_logit_diff"] <= 1e-4 and report["onnx_max_abs_diff"] <= 1e-4
+  hf = json.load(open(os.path.join(out, "config.json")))
+  assert hf["architectures"] == ["BertWideForSequenceClassification"]
+  assert hf["rd_jax_pooling"] == pooling
+  assert hf["auto_map"]["AutoModelForSequenceClassification"] == (
+      "modeling_rd_jax.BertWideForSequenceClassification")
+  assert json.load(open(os.path.join(out, "rd_jax.json")))["wide_features"] is True
+  batch = tokenized_pairs(out, PAIRS, ITEM_TEMPLATE, 32)
+  ids, mask, types = (batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))
+  flax = np.asarray(BertClassifier(wide_cfg).apply({"params": params}, ids, mask, types)["logits"])
+  flax = flax + np.asarray(meta["decision_offsets"], np.float32)
+  remote = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
+  assert type(remote).__name__ == "BertWideForSequenceClassification"
+  with torch.inference_mode():
+    torch_logits = remote(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+  np.testing.assert_allclose(torch_logits, flax, atol=1e-4)
+  # without the wide term the logits differ by far more than the tolerance: the parity is not vacuous
+  deep = dataclasses.replace(wide_cfg, wide_features=False)
+  no_wide = np.asarray(BertClassifier(deep).apply({"params": student["params"]}, ids, mask, types)["logits"])
+  assert np.abs(no_wide + np.asarray(meta["decision_offsets"]) - flax).max() > 0.5
+  rows = [{"query": p["query"], "item": score.render_item(p, ITEM_TEMPLATE)} for p in PAIRS[:3]]
+  scored = np.array([r["logits"] for r in score.score_pairs(out, rows)])
+  onnx = np.array([r["logits"] for r in score.score_pairs(out, rows, backend="onnx")])
+  cross = CrossEncoder(out, device="cpu", trust_remote_code=True).predict(
+      [(r["query"], r["item"]) for r in rows])
+  np.testing.assert_allclose(onnx, scored, atol=1e-4)
+  np.testing.assert_allclose(cross, scored, atol=1e-4)
+  config, imported = import_hf_folder(out)
+  assert config.wide_features and config.pooling == pooling
+  back = np.asarray(BertClassifier(config).apply({"params": imported}, ids, mask, types)["logits"])
+  np.testing.assert_allclose(back, flax, atol=1e-4)   # the offsets are in the imported bias

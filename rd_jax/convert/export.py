@@ -40,7 +40,7 @@ from safetensors.numpy import save_file
 from rd_jax.checkpoint import CheckpointError, check_tree_matches, load_final
 from rd_jax import ranking
 from rd_jax import storage
-from rd_jax.convert import hf_bert, torch_mean_pooled
+from rd_jax.convert import hf_bert, torch_mean_pooled, torch_wide
 from rd_jax.models.bert import BertClassifier, BertConfig, init_params
 from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, pad_batch, read_pairs, render_item,
                           tokenize_pairs)
@@ -73,21 +73,30 @@ def _tokenizer_folder(spec: str) -> str:
   return spec
 
 
+def serving_module(config: BertConfig):
+  """The module of the exported PyTorch class when it is not HF's own BertForSequenceClassification:
+  torch_wide (a wide term, either pooling) or torch_mean_pooled (mean pooling); None = HF's."""
+  if config.wide_features:
+    return torch_wide
+  return torch_mean_pooled if config.pooling == "mean" else None
+
+
 def hf_config(config: BertConfig, labels: list[str]):
   """transformers.BertConfig of the exported BertForSequenceClassification (pooling "mean": of
   its mean-pooled subclass, convert/torch_mean_pooled.py, named in auto_map for remote code)."""
   import transformers
-  mean = config.pooling == "mean"
+  serving = serving_module(config)
   extra = ({"auto_map": {"AutoModelForSequenceClassification":
-                         f"{torch_mean_pooled.MODULE}.{torch_mean_pooled.ARCHITECTURE}"}}
-           if mean else {})
+                         f"{serving.MODULE}.{serving.ARCHITECTURE}"}} if serving else {})
+  if config.wide_features:
+    extra["rd_jax_pooling"] = config.pooling
   return transformers.BertConfig(
       vocab_size=config.vocab_size, hidden_size=config.hidden_size,
       num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
       intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position,
       type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layer_norm_eps,
       hidden_act="gelu", hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.attention_dropout,
-      architectures=[torch_mean_pooled.ARCHITECTURE if mean else "BertForSequenceClassification"],
+      architectures=[serving.ARCHITECTURE if serving else "BertForSequenceClassification"],
       problem_type="single_label_classification",
       id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}, **extra)
 
@@ -180,7 +189,13 @@ def verify_export(folder: str, params: dict, config: BertConfig, batch: dict[str
           "prediction_ties": agree["ties"]}
 
 
-def _pooling_line(pooling: str) -> str:
+def _pooling_line(pooling: str, wide: bool = False) -> str:
+  if wide:
+    return (f"**Pooling**: {'the mean of the last hidden states' if pooling == 'mean' else 'token 0'}, "
+            f"plus a **wide term**: a linear map of 9 query-item overlap features computed from "
+            f"the input ids (`{torch_wide.MODULE}.py`, tensors `wide.*`): load with "
+            f"`trust_remote_code=True`, or with `rd_jax.convert.torch_mean_pooled."
+            f"load_torch_classifier`; pass token_type_ids (segment A query, B item).")
   if pooling == "cls":
     return "**Pooling**: token 0 ([CLS]), as `BertForSequenceClassification`."
   return (f"**Pooling**: the mean of the last hidden states over the real tokens "
@@ -188,7 +203,7 @@ def _pooling_line(pooling: str) -> str:
           f"`rd_jax.convert.torch_mean_pooled.load_torch_classifier`.")
 
 
-def _model_card(meta: dict, report: dict, pooling: str) -> str:
+def _model_card(meta: dict, report: dict, pooling: str, wide: bool = False) -> str:
   offsets = meta.get("decision_offsets") or "none"
   labels = ", ".join(f"{i}: {name}" for i, name in enumerate(meta["labels"]))
   metrics = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
@@ -206,7 +221,7 @@ Distilled with CRSD (arXiv 2510.11056) by rd_jax, stage `{meta.get('stage')}`, s
 **Input**: `[CLS] query [SEP] item [SEP]`, item text rendered from the template in `rd_jax.json`
 (lines with an empty field dropped), cut to {meta['max_len_std']} tokens item first, then query.
 Match hint before the item (`rd_jax.data.match_hint.hinted_item`): {meta.get('match_hint') or 'none'}.
-{_pooling_line(pooling)}
+{_pooling_line(pooling, wide)}
 **Training data**: {meta.get('data', 'see the rd_jax run configuration')}.
 
 | metric (valid) | value |
@@ -265,8 +280,9 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
 
   from transformers import AutoTokenizer
   hf_config(config, labels).save_pretrained(tmp)
-  if config.pooling == "mean":   # the serving class, for AutoModel... with trust_remote_code=True
-    shutil.copyfile(torch_mean_pooled.__file__, os.path.join(tmp, torch_mean_pooled.MODULE + ".py"))
+  serving = serving_module(config)
+  if serving:   # the serving class, for AutoModel... with trust_remote_code=True
+    shutil.copyfile(serving.__file__, os.path.join(tmp, serving.MODULE + ".py"))
   offsets = meta.get("decision_offsets")
   written = fold_offsets(hf_bert.flax_to_hf(params, config), offsets)
   save_file(written, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
@@ -276,6 +292,7 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   export_meta = {"labels": labels, "item_template": meta["item_template"], "max_len": meta["max_len_std"],
                  "truncation": "item_first", "min_item_tokens": MIN_ITEM_TOKENS,
                  "match_hint": meta.get("match_hint", ""), "pooling": config.pooling,
+                 "wide_features": bool(config.wide_features),
                  "pair": ["query", "item"], "id_fields": list(ID_FIELDS),
                  "source": storage.abspath(checkpoint), "step": meta.get("step"),
                  "folded_decision_offsets": offsets,
@@ -297,7 +314,7 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   with open(os.path.join(tmp, EXPORT_META), "w") as f:
     json.dump({**export_meta, "checks": report}, f, indent=2)
   with open(os.path.join(tmp, "README.md"), "w") as f:
-    f.write(_model_card(meta, report, config.pooling))
+    f.write(_model_card(meta, report, config.pooling, config.wide_features))
   storage.rmtree(output)
   if remote:
     storage.upload_tree(tmp, output)
@@ -318,7 +335,10 @@ def import_hf_folder(folder: str) -> tuple[BertConfig, dict]:
   config = hf_bert.config_from_hf(hf, num_labels=num_labels, dropout=hf.get("hidden_dropout_prob", 0.1),
                                   attention_dropout=hf.get("attention_probs_dropout_prob"),
                                   where=os.path.join(folder, "config.json"))
-  if torch_mean_pooled.ARCHITECTURE in (hf.get("architectures") or []):
+  architectures = hf.get("architectures") or []
+  if torch_mean_pooled.ARCHITECTURE in architectures:
     config = dataclasses.replace(config, pooling="mean")
+  if torch_wide.ARCHITECTURE in architectures:
+    config = dataclasses.replace(config, pooling=hf.get("rd_jax_pooling", "cls"), wide_features=True)
   params, _ = hf_bert.convert_hf_state_dict(hf_bert.read_safetensors(folder), config, rng=None)
   return config, params

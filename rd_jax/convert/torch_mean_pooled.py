@@ -57,6 +57,10 @@ def load_torch_classifier(folder: str, **kwargs):
   from transformers import AutoModelForSequenceClassification
   with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
     architectures = json.load(f).get("architectures") or []
-  cls = (BertMeanPooledForSequenceClassification if ARCHITECTURE in architectures
-         else AutoModelForSequenceClassification)
+  if ARCHITECTURE in architectures:
+    cls = BertMeanPooledForSequenceClassification
+  elif "BertWideForSequenceClassification" in architectures:   # a student with a wide term
+    from rd_jax.convert.torch_wide import BertWideForSequenceClassification as cls
+  else:
+    cls = AutoModelForSequenceClassification
   return cls.from_pretrained(folder, use_safetensors=True, trust_remote_code=False, **kwargs)

@@ -15,6 +15,8 @@ Parameter tree (params are always fp32; `BertConfig.dtype` is the compute dtype)
   pooler/{kernel [D, D], bias [D]}
   classifier/{kernel [D, C], bias [C]}
   crsd_projection/{hidden [D, D], output [D, P]}                (only when projection_dim > 0)
+  wide/{token_class [V, 3], mean [F], scale [F], kernel [F, C], bias [C]}  (only with wide_features;
+                                                                 models/overlap.py, F = 9)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rd_jax.models import remat
+from rd_jax.models import overlap, remat
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _INIT = nn.initializers.normal(stddev=0.02)  # BERT's initializer_range
@@ -58,6 +60,10 @@ class BertConfig:
   # "mean" = the mean of the last hidden states over the row's real tokens (sentence-transformers'
   # pooling, what all-MiniLM-L6-v2 was trained with). Ours; student.pooling.
   pooling: str = "cls"
+  # A linear term on query-item overlap features computed from the input ids, added to the
+  # logits (models/overlap.py; its parameters are fitted after training, student/wide_head.py).
+  # Ours; student.wide_features = "overlap".
+  wide_features: bool = False
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -225,10 +231,34 @@ class BertClassifier(nn.Module):
     pooled = jnp.tanh(_dense(c.hidden_size, dtype, "pooler")(cls))
     dropped = nn.Dropout(c.dropout)(pooled, deterministic=deterministic)
     logits = _dense(c.num_labels, dtype, "classifier")(dropped)              # [B, (S,) C]
+    if c.wide_features:
+      if cls_positions is not None or jnp.ndim(attention_mask) != 2:
+        raise ValueError("wide_features reads one (query, item) pair per row: packed rows are "
+                         "not supported")
+      logits = logits.astype(jnp.float32) + WideTerm(c, name="wide")(
+          input_ids, token_type_ids, attention_mask)                         # [B, C]
     out = {"logits": logits, "cls": cls, "pooled": pooled, "hidden": hidden}
     if c.projection_dim > 0:
       out["proj"] = ProjectionHead(c, name="crsd_projection")(cls)           # [B, (S,) P]
     return {k: v.astype(jnp.float32) for k, v in out.items()}
+
+
+class WideTerm(nn.Module):
+  """The wide term of models/overlap.py: ((f - mean) / scale) @ kernel + bias, f = the pair's
+  overlap features [B, F] from its ids. Initialised as a no-op (kernel and bias 0; token_class 0
+  until fitted): the values come from student/wide_head.py, not from the optimiser."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, attention_mask):
+    c, f = self.config, overlap.NUM_FEATURES
+    zeros = nn.initializers.zeros
+    wide = {"token_class": self.param("token_class", zeros, (c.vocab_size, 3), jnp.float32),
+            "mean": self.param("mean", zeros, (f,), jnp.float32),
+            "scale": self.param("scale", nn.initializers.ones, (f,), jnp.float32),
+            "kernel": self.param("kernel", zeros, (f, c.num_labels), jnp.float32),
+            "bias": self.param("bias", zeros, (c.num_labels,), jnp.float32)}
+    return overlap.wide_logits(wide, input_ids, token_type_ids, attention_mask)
 
 
 class ProjectionHead(nn.Module):

@@ -27,7 +27,7 @@ from rd_jax.models import bert, remat
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.parallel import sharding
 from rd_jax.student import batches as batches_lib, data as data_lib, predict as predict_lib
-from rd_jax.student import negatives, overlap_targets, probe_head, similarity
+from rd_jax.student import negatives, overlap_targets, probe_head, similarity, wide_head
 from rd_jax.student.model import initial_student, student_meta
 from rd_jax.train import fit
 
@@ -243,6 +243,16 @@ def fit_decision_rule(cfg, predict, params, data, train_label_counts) -> tuple[d
   return valid, offsets
 
 
+def with_wide_term(cfg, model_cfg, predict, params, data, train_label_counts):
+  """(params + "wide", model config with it, info): student/wide_head.py on the trained student's
+  raw valid logits, with the stage's decision rule."""
+  deep, _ = predict_lib.predict_logits(predict, params, data.valid, data.tokenizer, cfg)
+  fit_rule = (decision.fitter(cfg.student.get("decision_rule", "offsets"), train_label_counts)
+              if cfg.student.fit_offsets else None)
+  return wide_head.with_wide_term(cfg, model_cfg, params, data, np.asarray(deep, np.float64),
+                                  fit_rule)
+
+
 def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   use_reasoning = stage == "crsd"
   stage_dir = os.path.join(workdir, stage)
@@ -283,8 +293,16 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
 
   predict = predict_lib.make_predict_fn(model, mesh)
   trained_params = similarity.without_head(trained.params)   # the student itself: no aux head
+  wide_info = None
+  if cfg.student.get("wide_features", ""):   # the wide term: fitted now, not trained (wide_head.py)
+    trained_params, model_cfg, wide_info = with_wide_term(cfg, model_cfg, predict, trained_params,
+                                                          data, objective["train_label_counts"])
+    predict = predict_lib.make_predict_fn(bert.BertClassifier(model_cfg), mesh)
   valid, offsets = fit_decision_rule(cfg, predict, trained_params, data,
                                      objective["train_label_counts"])
+  if wide_info is not None:   # beta and the rule re-chosen per fold: the honest valid figure
+    valid["macro_f1_crossfit"] = wide_info["valid_macro_f1_crossfit"]
+    valid["wide"] = wide_info
   predicted = valid.pop("predictions")
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(valid, os.path.join(stage_dir, "valid_metrics.json"))
@@ -301,6 +319,7 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
       "valid_macro_f1": valid["macro_f1"], "valid_accuracy": valid["accuracy"],
       "valid_macro_f1_argmax": valid.get("macro_f1_argmax", valid["macro_f1"]),
       "valid_macro_f1_crossfit": valid.get("macro_f1_crossfit"),
+      **({"wide": wide_info} if wide_info is not None else {}),
       "objective": objective,
       "last_train_metrics": stats["last_metrics"], "init": init_info,
       "data": data.report, "mesh": dict(mesh.shape), "devices": jax.device_count(),

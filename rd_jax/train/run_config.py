@@ -71,7 +71,10 @@ ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was
               # 2026-12-05: every response token weighed 1 in the SFT loss
               "sft.label_loss_weight": 1.0,
               # 2026-12-05: SFT trained on the data's pairs only
-              "sft.cross_query_negatives": 0}
+              "sft.cross_query_negatives": 0,
+              # 2026-12-05 (session 32): no student had a wide term before the keys existed
+              "student.wide_features": "",
+              "student.wide_betas": [0.0, 0.25, 0.5, 1.0, 2.0]}
 
 
 class RunConfigMismatch(ValueError):

@@ -1,0 +1,108 @@
+"""PyTorch serving class of a student with a wide term (`student.wide_features = "overlap"`).
+
+The student's logits are the BERT head's plus a linear map of 9 query-item overlap features that
+the model computes from its own input ids (rd_jax/models/overlap.py; `features` below is its
+line-for-line PyTorch twin). The pooler reads token 0 (`rd_jax_pooling` "cls", as HF) or the
+masked mean of the last hidden states ("mean", as convert/torch_mean_pooled.py).
+
+This file imports only torch and transformers: the export copies it into the folder as
+`modeling_rd_jax.py` and names it in config.json's `auto_map`, so a serving stack without rd_jax
+loads the folder with `AutoModelForSequenceClassification.from_pretrained(folder,
+trust_remote_code=True)` or `CrossEncoder(folder, trust_remote_code=True)`. The wide term's
+tensors are in model.safetensors under `wide.*`. It needs token_type_ids (segment A = query,
+B = item), which every BERT tokenizer returns for a pair.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import BertForSequenceClassification
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+ARCHITECTURE = "BertWideForSequenceClassification"
+MODULE = "modeling_rd_jax"   # the file's name inside an export folder
+NUM_FEATURES = 9
+CONTENT, DIGIT, NEGATION = 0, 1, 2
+
+
+def features(input_ids, token_type_ids, attention_mask, token_class):
+  """[B, L] ids, type ids, mask (+ token_class [V, 3]) -> [B, 9] float32 (models/overlap.py)."""
+  cls = token_class[input_ids]                                                # [B, L, 3]
+  real = attention_mask.to(torch.float32) * cls[..., CONTENT]                 # [B, L]
+  q = real * (token_type_ids == 0).to(torch.float32)
+  i = real * (token_type_ids == 1).to(torch.float32)
+  eq = (input_ids[:, :, None] == input_ids[:, None, :]).to(torch.float32)     # [B, L, L]
+  in_item = torch.amax(eq * i[:, None, :], dim=-1)                            # [B, L]
+  nq, ni = q.sum(-1), i.sum(-1)
+  share = (q * in_item).sum(-1) / nq.clamp(min=1.0)
+  uq = q / (eq * q[:, None, :]).sum(-1).clamp(min=1.0)
+  ui = i / (eq * i[:, None, :]).sum(-1).clamp(min=1.0)
+  inter = (uq * in_item).sum(-1)
+  union = uq.sum(-1) + ui.sum(-1) - inter
+  jaccard = inter / union.clamp(min=1.0)
+  qb = q[:, :-1] * q[:, 1:]
+  ib = i[:, :-1] * i[:, 1:]
+  pair_eq = eq[:, :-1, :-1] * eq[:, 1:, 1:]
+  pair_in_item = torch.amax(pair_eq * ib[:, None, :], dim=-1)
+  nqb = qb.sum(-1)
+  bigram = torch.where(nqb > 0, (qb * pair_in_item).sum(-1) / nqb.clamp(min=1.0),
+                       torch.zeros_like(nqb))
+  qd = q * cls[..., DIGIT]
+  nqd = qd.sum(-1)
+  digits = torch.where(nqd > 0, (qd * in_item).sum(-1) / nqd.clamp(min=1.0), torch.ones_like(nqd))
+  neg = cls[..., NEGATION]
+  return torch.stack([share, jaccard, bigram, digits, (nqd > 0).to(torch.float32),
+                      torch.amax(q * neg, -1), torch.amax(i * neg, -1),
+                      torch.log(1.0 + nq), torch.log(1.0 + ni)], dim=-1)
+
+
+class WideTerm(torch.nn.Module):
+  """((f - mean) / scale) @ kernel + bias; its tensors are fitted values, not trained here."""
+
+  def __init__(self, config):
+    super().__init__()
+    self.register_buffer("token_class", torch.zeros(config.vocab_size, 3))
+    self.register_buffer("mean", torch.zeros(NUM_FEATURES))
+    self.register_buffer("scale", torch.ones(NUM_FEATURES))
+    self.register_buffer("kernel", torch.zeros(NUM_FEATURES, config.num_labels))
+    self.register_buffer("bias", torch.zeros(config.num_labels))
+
+  def forward(self, input_ids, token_type_ids, attention_mask):
+    f = features(input_ids, token_type_ids, attention_mask, self.token_class)
+    return ((f - self.mean) / self.scale) @ self.kernel + self.bias
+
+
+class BertWideForSequenceClassification(BertForSequenceClassification):
+  """BertForSequenceClassification + the wide term: logits = W_c · dropout(pooled) + b_c + wide."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.pooling = getattr(config, "rd_jax_pooling", "cls")
+    self.wide = WideTerm(config)
+
+  def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+              inputs_embeds=None, labels=None, **kwargs):
+    return_dict = kwargs.pop("return_dict", None)   # callers (CrossEncoder) pass it; None = a dict
+    if input_ids is None or token_type_ids is None:
+      raise ValueError("the wide term reads input_ids and token_type_ids (segment A = query, "
+                       "B = item): pass both")
+    if attention_mask is None:
+      attention_mask = torch.ones_like(input_ids)
+    outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True,
+                        **kwargs)
+    if self.pooling == "mean":
+      hidden = outputs.last_hidden_state                                 # [B, L, D]
+      m = attention_mask.to(hidden.dtype).unsqueeze(-1)                  # [B, L, 1]
+      mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)               # [B, D]
+      pooled = self.bert.pooler.activation(self.bert.pooler.dense(mean))
+    else:
+      pooled = outputs.pooler_output
+    logits = self.classifier(self.dropout(pooled)) + self.wide(input_ids, token_type_ids,
+                                                               attention_mask)   # [B, C]
+    loss = None
+    if labels is not None:
+      loss = torch.nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+    out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                   attentions=outputs.attentions)
+    return out if return_dict is None or return_dict else out.to_tuple()

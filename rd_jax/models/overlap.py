@@ -1,0 +1,96 @@
+"""Query-item overlap features computed inside the student from its own input ids (the wide term).
+
+Why (issue #17): on this data what carries a relevance model to unseen queries is how much of the
+query the item covers (RESULTS.md, session 13: 9 word-overlap features alone in a logistic
+regression match the whole lexical reference on the test fold), while a cross-encoder fine-tuned
+on 69 train queries learns the queries. A linear term on those features, added to the encoder's
+logits ("wide and deep", Cheng et al. 2016), gives the overlap a direct path to the decision. It is
+computed from input_ids / token_type_ids / attention_mask alone, so an exported folder scores raw
+(query, item) pairs with nothing but its tokenizer (rd_jax/convert/torch_wide.py is the PyTorch
+twin, line for line). It reads segment A (token type 0) as the query and segment B (type 1) as
+the item; a match hint in the item segment would list the query's missing words there, so the
+two do not combine (config_check refuses it).
+
+The NUM_FEATURES features of one row (wordpiece ids; "content" pieces have a letter or digit and
+are not special tokens; q = content pieces of segment A, i = those of segment B):
+  0 share of q positions whose id occurs in i                     (0 when q is empty)
+  1 Jaccard of the id sets of q and i
+  2 share of q's adjacent content pairs (positions t, t+1 both content) found adjacent in i
+                                                                   (0 when q has no such pair)
+  3 share of q's digit pieces whose id occurs in i                (1 when q has none)
+  4 q has a digit piece                                            (0/1)
+  5 q has a negation word (without / no / not / non / free, a whole-word piece)   (0/1)
+  6 i has a negation word                                          (0/1)
+  7 log(1 + |q|),  8 log(1 + |i|)
+They mirror references.overlap_features (word level) on wordpieces: the word-level features need
+the raw text, which a model does not receive.
+
+Parameters (the "wide" subtree of a student's params; fitted after training by
+student/wide_head.py, never by the optimiser):
+  token_class [V, 3]  per vocabulary id: content, digit, negation (0/1 floats; from the tokenizer)
+  mean [F], scale [F] standardisation;   kernel [F, C], bias [C]   the linear term
+logits_wide = ((f - mean) / scale) @ kernel + bias   [B, C]
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+
+NUM_FEATURES = 9
+NEGATIONS = frozenset({"without", "no", "not", "non", "free"})   # = references._NEGATIONS
+CONTENT, DIGIT, NEGATION = 0, 1, 2
+_ALNUM = re.compile(r"[a-z0-9]")
+
+
+def token_classes(vocab: dict[str, int]) -> np.ndarray:
+  """[V, 3] float32: content / digit / negation flags of each wordpiece id (V = max id + 1)."""
+  table = np.zeros((max(vocab.values()) + 1, 3), np.float32)
+  for piece, i in vocab.items():
+    special = piece.startswith("[") and piece.endswith("]")
+    body = piece[2:] if piece.startswith("##") else piece
+    table[i, CONTENT] = float(bool(_ALNUM.search(body.lower())) and not special)
+    table[i, DIGIT] = float(body.isdigit() and not special)
+    table[i, NEGATION] = float(not piece.startswith("##") and body.lower() in NEGATIONS)
+  return table
+
+
+def features(input_ids, token_type_ids, attention_mask, token_class) -> jnp.ndarray:
+  """[B, L] ids, type ids, mask (+ token_class [V, 3]) -> [B, NUM_FEATURES] float32."""
+  cls = jnp.take(token_class, input_ids, axis=0)                             # [B, L, 3]
+  real = attention_mask.astype(jnp.float32) * cls[..., CONTENT]              # [B, L]
+  q = real * (token_type_ids == 0)                                           # [B, L]
+  i = real * (token_type_ids == 1)
+  eq = (input_ids[:, :, None] == input_ids[:, None, :]).astype(jnp.float32)  # [B, L, L]
+  in_item = jnp.max(eq * i[:, None, :], axis=-1)                             # [B, L] id occurs in i
+  nq, ni = q.sum(-1), i.sum(-1)                                              # [B]
+  share = jnp.sum(q * in_item, -1) / jnp.maximum(nq, 1.0)
+  # distinct ids: each position counts 1 / (occurrences of its id in its own segment)
+  uq = q / jnp.maximum(jnp.sum(eq * q[:, None, :], -1), 1.0)                 # [B, L]
+  ui = i / jnp.maximum(jnp.sum(eq * i[:, None, :], -1), 1.0)
+  inter = jnp.sum(uq * in_item, -1)
+  union = uq.sum(-1) + ui.sum(-1) - inter
+  jaccard = inter / jnp.maximum(union, 1.0)
+  # adjacent pairs (t, t+1) of content pieces in one segment
+  qb = q[:, :-1] * q[:, 1:]                                                  # [B, L-1]
+  ib = i[:, :-1] * i[:, 1:]
+  pair_eq = eq[:, :-1, :-1] * eq[:, 1:, 1:]                                  # [B, L-1, L-1]
+  pair_in_item = jnp.max(pair_eq * ib[:, None, :], axis=-1)
+  nqb = qb.sum(-1)
+  bigram = jnp.where(nqb > 0, jnp.sum(qb * pair_in_item, -1) / jnp.maximum(nqb, 1.0), 0.0)
+  qd = q * cls[..., DIGIT]
+  nqd = qd.sum(-1)
+  digits = jnp.where(nqd > 0, jnp.sum(qd * in_item, -1) / jnp.maximum(nqd, 1.0), 1.0)
+  neg = cls[..., NEGATION]
+  return jnp.stack([share, jaccard, bigram, digits, (nqd > 0).astype(jnp.float32),
+                    jnp.max(q * neg, -1), jnp.max(i * neg, -1),
+                    jnp.log1p(nq), jnp.log1p(ni)], axis=-1).astype(jnp.float32)
+
+
+def wide_logits(wide: dict, input_ids, token_type_ids, attention_mask) -> jnp.ndarray:
+  """The wide term [B, C] of a student's params["wide"] (module docstring)."""
+  f = features(input_ids, token_type_ids, attention_mask, jnp.asarray(wide["token_class"]))
+  z = (f - jnp.asarray(wide["mean"])) / jnp.asarray(wide["scale"])
+  return z @ jnp.asarray(wide["kernel"], jnp.float32) + jnp.asarray(wide["bias"], jnp.float32)
