@@ -169,13 +169,6 @@ def validate(cfg) -> None:
     # random batches of 32 from ~70 queries hold almost no same-query pairs to rank
     raise ConfigError(f"config key student.rank_weight = {cfg.student.rank_weight} needs "
                       "train.query_group_size > 0 (batches of same-query runs), e.g. 8")
-  if cfg.student.get("wide_features", "") and cfg.student.match_hint:
-    # the hint lists the query's missing words inside the item segment: every query word would
-    # then "occur in the item" for the in-model overlap features (models/overlap.py)
-    raise ConfigError(f"config key student.wide_features = {cfg.student.wide_features!r} cannot be "
-                      f"combined with student.match_hint = {cfg.student.match_hint!r} (the hint "
-                      "writes the query's missing words into the item segment the wide term "
-                      "reads); set student.match_hint=\"\"")
   if cfg.student.get("wide_features", ""):
     betas = list(cfg.student.wide_betas)
     if not betas or any(not math.isfinite(float(b)) or float(b) < 0 for b in betas):

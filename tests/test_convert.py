@@ -401,8 +401,8 @@ def test_match_hint_travels_with_the_export(student, tmp_path):
   assert np.abs(logits(bare) - logits(hinted)).max() > 1e-3   # the hint changed the inputs
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_path, pooling):
+@pytest.mark.parametrize("pooling, hint", [("mean", "missing"), ("cls", "")])
+def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_path, pooling, hint):
   """student.wide_features=overlap: the folder's class is BertWideForSequenceClassification with
   the wide term's tensors; Flax (+ offsets), PyTorch (ours and remote code), ONNX, CrossEncoder
   and rd_jax.score agree; the folder imports back as a wide student with the same logits."""
@@ -413,7 +413,9 @@ def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_pat
   from rd_jax.convert.hf_bert import resolve_bert_folder
   from rd_jax.models import overlap
   from transformers import AutoTokenizer
-  wide_cfg = dataclasses.replace(STUDENT, pooling=pooling, wide_features=True)
+  from rd_jax.data.match_hint import hinted_item
+  wide_cfg = dataclasses.replace(STUDENT, pooling=pooling, wide_features=True,
+                                 wide_after_hint=bool(hint))
   vocab = AutoTokenizer.from_pretrained(resolve_bert_folder("minilm")).get_vocab()
   rng = np.random.default_rng(0)
   wide = {"token_class": overlap.token_classes(vocab), "mean": rng.normal(size=9),
@@ -422,23 +424,25 @@ def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_pat
   params = dict(student["params"], wide={k: np.asarray(v, np.float32) for k, v in wide.items()})
   meta = {"model": "bert", "model_config": wide_cfg.to_dict(), "labels": list(ESCI_LABELS),
           "tokenizer": "minilm", "item_template": ITEM_TEMPLATE, "max_len_std": 32, "stage": "crsd",
-          "step": 7, "metrics": {"macro_f1": 0.42}, "decision_offsets": [0.0, 0.5, -0.25, 0.1]}
+          "step": 7, "metrics": {"macro_f1": 0.42}, "decision_offsets": [0.0, 0.5, -0.25, 0.1],
+          "match_hint": hint}
   save_final(str(tmp_path / "run" / "crsd" / "final"), params, meta)
   out = str(tmp_path / "export")
   report = export_student(str(tmp_path / "run" / "crsd"), out, pairs=student["pairs"])
   assert report["max_abs_logit_diff"] <= 1e-4 and report["onnx_max_abs_diff"] <= 1e-4
   hf = json.load(open(os.path.join(out, "config.json")))
   assert hf["architectures"] == ["BertWideForSequenceClassification"]
-  assert hf["rd_jax_pooling"] == pooling
+  assert hf["rd_jax_pooling"] == pooling and hf["rd_jax_wide_after_hint"] == bool(hint)
   assert hf["auto_map"]["AutoModelForSequenceClassification"] == (
       "modeling_rd_jax.BertWideForSequenceClassification")
   assert json.load(open(os.path.join(out, "rd_jax.json")))["wide_features"] is True
-  batch = tokenized_pairs(out, PAIRS, ITEM_TEMPLATE, 32)
+  batch = tokenized_pairs(out, PAIRS, ITEM_TEMPLATE, 32, hint)
   ids, mask, types = (batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))
   flax = np.asarray(BertClassifier(wide_cfg).apply({"params": params}, ids, mask, types)["logits"])
   flax = flax + np.asarray(meta["decision_offsets"], np.float32)
   remote = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
   assert type(remote).__name__ == "BertWideForSequenceClassification"
+  assert remote.wide.after_hint == bool(hint)
   with torch.inference_mode():
     torch_logits = remote(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
   np.testing.assert_allclose(torch_logits, flax, atol=1e-4)
@@ -450,10 +454,10 @@ def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_pat
   scored = np.array([r["logits"] for r in score.score_pairs(out, rows)])
   onnx = np.array([r["logits"] for r in score.score_pairs(out, rows, backend="onnx")])
   cross = CrossEncoder(out, device="cpu", trust_remote_code=True).predict(
-      [(r["query"], r["item"]) for r in rows])
+      [(r["query"], hinted_item(r["query"], r["item"], hint)) for r in rows])
   np.testing.assert_allclose(onnx, scored, atol=1e-4)
   np.testing.assert_allclose(cross, scored, atol=1e-4)
   config, imported = import_hf_folder(out)
-  assert config.wide_features and config.pooling == pooling
+  assert config.wide_features and config.pooling == pooling and config.wide_after_hint == bool(hint)
   back = np.asarray(BertClassifier(config).apply({"params": imported}, ids, mask, types)["logits"])
   np.testing.assert_allclose(back, flax, atol=1e-4)   # the offsets are in the imported bias

@@ -15,11 +15,14 @@ from rd_jax.student import wide_head
 
 # a toy vocabulary: specials, words, a negation, digits, punctuation, a continuation piece
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "red": 4, "shoe": 5, "##s": 6,
-         "not": 7, "64": 8, "gb": 9, ",": 10, "phone": 11, "case": 12, "no": 13, "##no": 14}
+         "not": 7, "64": 8, "gb": 9, ",": 10, "phone": 11, "case": 12, "no": 13, "##no": 14,
+         ".": 15, "match": 16, ":": 17, "of": 18, "1": 19, "2": 20, "words": 21, ";": 22,
+         "missing": 23}
 
 
-def reference_features(ids, types, mask, vocab=VOCAB):
-  """An independent per-row Python version of the module docstring's 9 features (lists, sets)."""
+def reference_features(ids, types, mask, vocab=VOCAB, after_hint=False):
+  """An independent per-row Python version of the module docstring's 9 features (lists, sets);
+  after_hint: segment B's tokens up to the end of its first run of "." are not item."""
   piece = {i: w for w, i in vocab.items()}
   body = lambda w: w[2:] if w.startswith("##") else w
   content = lambda i: (any(ch.isalnum() for ch in body(piece[i]))
@@ -27,7 +30,14 @@ def reference_features(ids, types, mask, vocab=VOCAB):
   out = []
   for row_ids, row_types, row_mask in zip(ids, types, mask):
     q_pos = [t for t in range(len(row_ids)) if row_mask[t] and row_types[t] == 0 and content(row_ids[t])]
-    i_pos = [t for t in range(len(row_ids)) if row_mask[t] and row_types[t] == 1 and content(row_ids[t])]
+    b_pos = [t for t in range(len(row_ids)) if row_mask[t] and row_types[t] == 1]
+    start = 0
+    if after_hint and any(piece[row_ids[t]] == "." for t in b_pos):
+      t = next(t for t in b_pos if piece[row_ids[t]] == ".")
+      while t < len(row_ids) and row_mask[t] and row_types[t] == 1 and piece[row_ids[t]] == ".":
+        t += 1
+      start = t
+    i_pos = [t for t in b_pos if t >= start and content(row_ids[t])]
     q = [row_ids[t] for t in q_pos]
     items = [row_ids[t] for t in i_pos]
     share = sum(x in items for x in q) / len(q) if q else 0.0
@@ -45,17 +55,20 @@ def reference_features(ids, types, mask, vocab=VOCAB):
   return np.asarray(out)
 
 
-def _features(ids, types, mask):
+def _features(ids, types, mask, after_hint=False):
   table = overlap.token_classes(VOCAB)
-  return np.asarray(overlap.features(jnp.asarray(ids), jnp.asarray(types), jnp.asarray(mask), table))
+  return np.asarray(overlap.features(jnp.asarray(ids), jnp.asarray(types), jnp.asarray(mask), table,
+                                     after_hint))
 
 
 def test_token_classes():
   table = overlap.token_classes(VOCAB)
-  assert table.shape == (15, 3)
+  assert table.shape == (len(VOCAB), 4)
   content = {w for w, i in VOCAB.items() if table[i, overlap.CONTENT]}
-  assert content == {"red", "shoe", "##s", "not", "64", "gb", "phone", "case", "no", "##no"}
-  assert {w for w, i in VOCAB.items() if table[i, overlap.DIGIT]} == {"64"}
+  assert content == {"red", "shoe", "##s", "not", "64", "gb", "phone", "case", "no", "##no",
+                     "match", "of", "1", "2", "words", "missing"}
+  assert {w for w, i in VOCAB.items() if table[i, overlap.DIGIT]} == {"64", "1", "2"}
+  assert {w for w, i in VOCAB.items() if table[i, overlap.HINT_END]} == {"."}
   # a continuation piece is not the word "no"
   assert {w for w, i in VOCAB.items() if table[i, overlap.NEGATION]} == {"not", "no"}
 
@@ -74,7 +87,29 @@ def test_features_golden_by_hand():
   np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_features_match_an_independent_reference_on_random_rows():
+def test_features_after_the_match_hint():
+  # [CLS] red shoe [SEP] | match : 1 of 2 words ; missing : shoe . red case [SEP]
+  ids = [[2, 4, 5, 3, 16, 17, 19, 18, 20, 21, 22, 23, 17, 5, 15, 4, 12, 3]]
+  types = [[0] * 4 + [1] * 14]
+  mask = [[1] * 18]
+  end = overlap.hint_end(jnp.asarray(ids), jnp.asarray(types), jnp.asarray(mask),
+                         overlap.token_classes(VOCAB))
+  assert int(end[0]) == 15                       # the item starts at "red", after "."
+  got = _features(ids, types, mask, after_hint=True)[0]
+  # item = red case: share 1/2, Jaccard 1/3, pair (red shoe) not adjacent in the item -> 0
+  expected = [0.5, 1 / 3, 0.0, 1.0, 0.0, 0.0, 0.0, math.log(3), math.log(3)]
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  # read without skipping the hint, the hint's "shoe" makes the whole query look covered
+  assert _features(ids, types, mask)[0][0] == 1.0
+  # "missing: a, ...." (a longer list): the run of dots ends the hint
+  ids2 = [[2, 4, 3, 16, 17, 23, 17, 5, 10, 15, 15, 15, 15, 4, 3]]
+  end2 = overlap.hint_end(jnp.asarray(ids2), jnp.asarray([[0] * 3 + [1] * 12]),
+                          jnp.asarray([[1] * 15]), overlap.token_classes(VOCAB))
+  assert int(end2[0]) == 13
+
+
+@pytest.mark.parametrize("after_hint", [False, True])
+def test_features_match_an_independent_reference_on_random_rows(after_hint):
   rng = np.random.default_rng(0)
   b, length = 64, 14
   ids = rng.integers(0, len(VOCAB), size=(b, length))
@@ -82,7 +117,8 @@ def test_features_match_an_independent_reference_on_random_rows():
   types = (np.arange(length)[None, :] >= split[:, None]).astype(int)
   lengths = rng.integers(split + 1, length + 1)
   mask = (np.arange(length)[None, :] < lengths[:, None]).astype(int)
-  np.testing.assert_allclose(_features(ids, types, mask), reference_features(ids, types, mask),
+  np.testing.assert_allclose(_features(ids, types, mask, after_hint),
+                             reference_features(ids, types, mask, after_hint=after_hint),
                              rtol=1e-5, atol=1e-6)
 
 
@@ -100,7 +136,7 @@ def test_features_ignore_padding_and_special_tokens():
                              _features(ids, types, mask), rtol=1e-6)
 
 
-TINY = dict(vocab_size=15, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
+TINY = dict(vocab_size=24, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
             max_position=16, num_labels=3)
 
 
@@ -170,14 +206,12 @@ def test_beta_is_chosen_on_valid_and_zero_wins_when_the_wide_term_is_noise():
   assert wide_head.crossfit_macro_f1(noise, informative, gold, groups, 0, (0.0,), None) is None
 
 
-def test_config_refuses_the_hint_and_bad_betas(tiny_config):
+def test_config_refuses_bad_betas_and_modes(tiny_config):
   cfg = tiny_config()
   cfg.student.wide_features = "overlap"
   config_check.validate(cfg)
-  cfg.student.match_hint = "missing"
-  with pytest.raises(config_check.ConfigError, match="student.match_hint"):
-    config_check.validate(cfg)
-  cfg.student.match_hint = ""
+  cfg.student.match_hint = "missing"   # the wide term reads the item after the hint
+  config_check.validate(cfg)
   cfg.student.wide_betas = (0.0, -1.0)
   with pytest.raises(config_check.ConfigError, match="student.wide_betas"):
     config_check.validate(cfg)
@@ -213,7 +247,8 @@ def write_overlap_pairs(path, *, queries: int = 48, items_per_query: int = 10, s
   return str(path)
 
 
-def test_the_stage_fits_the_wide_term_and_eval_serves_it(tiny_config, tmp_path):
+@pytest.mark.parametrize("hint", ["", "missing"])
+def test_the_stage_fits_the_wide_term_and_eval_serves_it(tiny_config, tmp_path, hint):
   """crsd with wide_features=overlap on pairs labelled by overlap: the wide term lifts valid
   macro-F1 far above the 6-step tiny encoder alone (beta > 0 chosen), final/ carries it, and
   eval scores valid exactly as the stage did."""
@@ -222,6 +257,7 @@ def test_the_stage_fits_the_wide_term_and_eval_serves_it(tiny_config, tmp_path):
   cfg = tiny_config()
   cfg.data.path = write_overlap_pairs(tmp_path / "overlap.jsonl")
   cfg.student.wide_features = "overlap"
+  cfg.student.match_hint = hint
   summary = crsd.run(cfg, str(tmp_path / "work"), stage="crsd")
   wide = summary["wide"]
   assert wide["beta"] > 0, wide
@@ -231,6 +267,7 @@ def test_the_stage_fits_the_wide_term_and_eval_serves_it(tiny_config, tmp_path):
   final = str(tmp_path / "work" / "crsd")
   meta = read_meta(final)
   assert meta["model_config"]["wide_features"] is True
+  assert meta["model_config"]["wide_after_hint"] is bool(hint)
   _, model, params, _ = eval_stage.restore_student(cfg, final)
   assert float(np.abs(np.asarray(params["wide"]["kernel"])).max()) > 0
   valid = json.load(open(tmp_path / "work" / "crsd" / "valid_metrics.json"))

@@ -89,7 +89,7 @@ def hf_config(config: BertConfig, labels: list[str]):
   extra = ({"auto_map": {"AutoModelForSequenceClassification":
                          f"{serving.MODULE}.{serving.ARCHITECTURE}"}} if serving else {})
   if config.wide_features:
-    extra["rd_jax_pooling"] = config.pooling
+    extra.update(rd_jax_pooling=config.pooling, rd_jax_wide_after_hint=config.wide_after_hint)
   return transformers.BertConfig(
       vocab_size=config.vocab_size, hidden_size=config.hidden_size,
       num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
@@ -339,6 +339,7 @@ def import_hf_folder(folder: str) -> tuple[BertConfig, dict]:
   if torch_mean_pooled.ARCHITECTURE in architectures:
     config = dataclasses.replace(config, pooling="mean")
   if torch_wide.ARCHITECTURE in architectures:
-    config = dataclasses.replace(config, pooling=hf.get("rd_jax_pooling", "cls"), wide_features=True)
+    config = dataclasses.replace(config, pooling=hf.get("rd_jax_pooling", "cls"), wide_features=True,
+                                 wide_after_hint=bool(hf.get("rd_jax_wide_after_hint", False)))
   params, _ = hf_bert.convert_hf_state_dict(hf_bert.read_safetensors(folder), config, rng=None)
   return config, params

@@ -10,7 +10,9 @@ This file imports only torch and transformers: the export copies it into the fol
 loads the folder with `AutoModelForSequenceClassification.from_pretrained(folder,
 trust_remote_code=True)` or `CrossEncoder(folder, trust_remote_code=True)`. The wide term's
 tensors are in model.safetensors under `wide.*`. It needs token_type_ids (segment A = query,
-B = item), which every BERT tokenizer returns for a pair.
+B = item), which every BERT tokenizer returns for a pair. A student trained with the match hint
+(`rd_jax_wide_after_hint` in config.json) reads the item after the hint line, which the serving
+stack writes as rd_jax.data.match_hint.hinted_item does.
 """
 
 from __future__ import annotations
@@ -22,15 +24,30 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 ARCHITECTURE = "BertWideForSequenceClassification"
 MODULE = "modeling_rd_jax"   # the file's name inside an export folder
 NUM_FEATURES = 9
-CONTENT, DIGIT, NEGATION = 0, 1, 2
+CONTENT, DIGIT, NEGATION, HINT_END = 0, 1, 2, 3
+TOKEN_CLASSES = 4
 
 
-def features(input_ids, token_type_ids, attention_mask, token_class):
-  """[B, L] ids, type ids, mask (+ token_class [V, 3]) -> [B, 9] float32 (models/overlap.py)."""
-  cls = token_class[input_ids]                                                # [B, L, 3]
+def hint_end(input_ids, token_type_ids, attention_mask, token_class):
+  """[B] first position of segment B after its leading match hint (models/overlap.hint_end)."""
+  b = attention_mask.to(torch.float32) * (token_type_ids == 1).to(torch.float32)
+  dot = b * token_class[:, HINT_END][input_ids]                               # [B, L]
+  position = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+  first = torch.argmax(dot, dim=-1)                                           # first max = first "."
+  past_run = ((position >= first[:, None]) & (dot == 0)).to(torch.float32)
+  return torch.where(dot.amax(-1) > 0, torch.argmax(past_run, dim=-1), torch.zeros_like(first))
+
+
+def features(input_ids, token_type_ids, attention_mask, token_class, after_hint: bool = False):
+  """[B, L] ids, type ids, mask (+ token_class [V, 4]) -> [B, 9] float32 (models/overlap.py)."""
+  cls = token_class[input_ids]                                                # [B, L, 4]
   real = attention_mask.to(torch.float32) * cls[..., CONTENT]                 # [B, L]
   q = real * (token_type_ids == 0).to(torch.float32)
   i = real * (token_type_ids == 1).to(torch.float32)
+  if after_hint:
+    end = hint_end(input_ids, token_type_ids, attention_mask, token_class)
+    position = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+    i = i * (position >= end[:, None]).to(torch.float32)
   eq = (input_ids[:, :, None] == input_ids[:, None, :]).to(torch.float32)     # [B, L, L]
   in_item = torch.amax(eq * i[:, None, :], dim=-1)                            # [B, L]
   nq, ni = q.sum(-1), i.sum(-1)
@@ -61,14 +78,15 @@ class WideTerm(torch.nn.Module):
 
   def __init__(self, config):
     super().__init__()
-    self.register_buffer("token_class", torch.zeros(config.vocab_size, 3))
+    self.after_hint = bool(getattr(config, "rd_jax_wide_after_hint", False))
+    self.register_buffer("token_class", torch.zeros(config.vocab_size, TOKEN_CLASSES))
     self.register_buffer("mean", torch.zeros(NUM_FEATURES))
     self.register_buffer("scale", torch.ones(NUM_FEATURES))
     self.register_buffer("kernel", torch.zeros(NUM_FEATURES, config.num_labels))
     self.register_buffer("bias", torch.zeros(config.num_labels))
 
   def forward(self, input_ids, token_type_ids, attention_mask):
-    f = features(input_ids, token_type_ids, attention_mask, self.token_class)
+    f = features(input_ids, token_type_ids, attention_mask, self.token_class, self.after_hint)
     return ((f - self.mean) / self.scale) @ self.kernel + self.bias
 
 

@@ -15,7 +15,7 @@ Parameter tree (params are always fp32; `BertConfig.dtype` is the compute dtype)
   pooler/{kernel [D, D], bias [D]}
   classifier/{kernel [D, C], bias [C]}
   crsd_projection/{hidden [D, D], output [D, P]}                (only when projection_dim > 0)
-  wide/{token_class [V, 3], mean [F], scale [F], kernel [F, C], bias [C]}  (only with wide_features;
+  wide/{token_class [V, 4], mean [F], scale [F], kernel [F, C], bias [C]}  (only with wide_features;
                                                                  models/overlap.py, F = 9)
 """
 
@@ -64,6 +64,8 @@ class BertConfig:
   # logits (models/overlap.py; its parameters are fitted after training, student/wide_head.py).
   # Ours; student.wide_features = "overlap".
   wide_features: bool = False
+  # the wide term's item is segment B after the match hint (a student with student.match_hint)
+  wide_after_hint: bool = False
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -253,12 +255,13 @@ class WideTerm(nn.Module):
   def __call__(self, input_ids, token_type_ids, attention_mask):
     c, f = self.config, overlap.NUM_FEATURES
     zeros = nn.initializers.zeros
-    wide = {"token_class": self.param("token_class", zeros, (c.vocab_size, 3), jnp.float32),
+    wide = {"token_class": self.param("token_class", zeros, (c.vocab_size, overlap.TOKEN_CLASSES),
+                                      jnp.float32),
             "mean": self.param("mean", zeros, (f,), jnp.float32),
             "scale": self.param("scale", nn.initializers.ones, (f,), jnp.float32),
             "kernel": self.param("kernel", zeros, (f, c.num_labels), jnp.float32),
             "bias": self.param("bias", zeros, (c.num_labels,), jnp.float32)}
-    return overlap.wide_logits(wide, input_ids, token_type_ids, attention_mask)
+    return overlap.wide_logits(wide, input_ids, token_type_ids, attention_mask, c.wide_after_hint)
 
 
 class ProjectionHead(nn.Module):

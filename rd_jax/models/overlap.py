@@ -8,8 +8,8 @@ logits ("wide and deep", Cheng et al. 2016), gives the overlap a direct path to 
 computed from input_ids / token_type_ids / attention_mask alone, so an exported folder scores raw
 (query, item) pairs with nothing but its tokenizer (rd_jax/convert/torch_wide.py is the PyTorch
 twin, line for line). It reads segment A (token type 0) as the query and segment B (type 1) as
-the item; a match hint in the item segment would list the query's missing words there, so the
-two do not combine (config_check refuses it).
+the item; with a match hint (student.match_hint) the item is what follows the hint in segment B
+(`hint_end`), since the hint lists the query's missing words.
 
 The NUM_FEATURES features of one row (wordpiece ids; "content" pieces have a letter or digit and
 are not special tokens; q = content pieces of segment A, i = those of segment B):
@@ -27,7 +27,7 @@ the raw text, which a model does not receive.
 
 Parameters (the "wide" subtree of a student's params; fitted after training by
 student/wide_head.py, never by the optimiser):
-  token_class [V, 3]  per vocabulary id: content, digit, negation (0/1 floats; from the tokenizer)
+  token_class [V, 4]  per vocabulary id: content, digit, negation, "." (0/1 floats; from the tokenizer)
   mean [F], scale [F] standardisation;   kernel [F, C], bias [C]   the linear term
 logits_wide = ((f - mean) / scale) @ kernel + bias   [B, C]
 """
@@ -41,28 +41,48 @@ import numpy as np
 
 NUM_FEATURES = 9
 NEGATIONS = frozenset({"without", "no", "not", "non", "free"})   # = references._NEGATIONS
-CONTENT, DIGIT, NEGATION = 0, 1, 2
+CONTENT, DIGIT, NEGATION, HINT_END = 0, 1, 2, 3
+TOKEN_CLASSES = 4
 _ALNUM = re.compile(r"[a-z0-9]")
 
 
 def token_classes(vocab: dict[str, int]) -> np.ndarray:
-  """[V, 3] float32: content / digit / negation flags of each wordpiece id (V = max id + 1)."""
-  table = np.zeros((max(vocab.values()) + 1, 3), np.float32)
+  """[V, 4] float32: content / digit / negation / "." flags of each wordpiece id (V = max id + 1)."""
+  table = np.zeros((max(vocab.values()) + 1, TOKEN_CLASSES), np.float32)
   for piece, i in vocab.items():
     special = piece.startswith("[") and piece.endswith("]")
     body = piece[2:] if piece.startswith("##") else piece
     table[i, CONTENT] = float(bool(_ALNUM.search(body.lower())) and not special)
     table[i, DIGIT] = float(body.isdigit() and not special)
     table[i, NEGATION] = float(not piece.startswith("##") and body.lower() in NEGATIONS)
+    table[i, HINT_END] = float(piece == ".")
   return table
 
 
-def features(input_ids, token_type_ids, attention_mask, token_class) -> jnp.ndarray:
-  """[B, L] ids, type ids, mask (+ token_class [V, 3]) -> [B, NUM_FEATURES] float32."""
-  cls = jnp.take(token_class, input_ids, axis=0)                             # [B, L, 3]
+def hint_end(input_ids, token_type_ids, attention_mask, token_class) -> jnp.ndarray:
+  """[B] int: the first position of segment B after its leading match hint (data/match_hint.py:
+  "match: ... words." or "match: ...; missing: a, b." — it ends with the first run of "."
+  pieces in segment B, since no listed word holds a "."); 0 for a row without a "." in B."""
+  b = attention_mask.astype(jnp.float32) * (token_type_ids == 1)             # [B, L]
+  dot = b * jnp.take(token_class[:, HINT_END], input_ids, axis=0)            # [B, L]
+  position = jnp.arange(input_ids.shape[1])[None, :]                        # [1, L]
+  first = jnp.argmax(dot, axis=-1)                                           # [B] first "."
+  past_run = (position >= first[:, None]) & (dot == 0)                       # [B, L]
+  return jnp.where(dot.max(-1) > 0, jnp.argmax(past_run, axis=-1), 0)
+
+
+def features(input_ids, token_type_ids, attention_mask, token_class,
+             after_hint: bool = False) -> jnp.ndarray:
+  """[B, L] ids, type ids, mask (+ token_class [V, 4]) -> [B, NUM_FEATURES] float32.
+  after_hint: the item is segment B after its match hint (hint_end), as the student reads it
+  with student.match_hint set; the hint's own words (the query's missing ones) are not item."""
+  cls = jnp.take(token_class, input_ids, axis=0)                             # [B, L, 4]
   real = attention_mask.astype(jnp.float32) * cls[..., CONTENT]              # [B, L]
   q = real * (token_type_ids == 0)                                           # [B, L]
   i = real * (token_type_ids == 1)
+  if after_hint:
+    end = hint_end(input_ids, token_type_ids, attention_mask, token_class)   # [B]
+    i = i * (jnp.arange(input_ids.shape[1])[None, :] >= end[:, None])
   eq = (input_ids[:, :, None] == input_ids[:, None, :]).astype(jnp.float32)  # [B, L, L]
   in_item = jnp.max(eq * i[:, None, :], axis=-1)                             # [B, L] id occurs in i
   nq, ni = q.sum(-1), i.sum(-1)                                              # [B]
@@ -89,8 +109,10 @@ def features(input_ids, token_type_ids, attention_mask, token_class) -> jnp.ndar
                     jnp.log1p(nq), jnp.log1p(ni)], axis=-1).astype(jnp.float32)
 
 
-def wide_logits(wide: dict, input_ids, token_type_ids, attention_mask) -> jnp.ndarray:
+def wide_logits(wide: dict, input_ids, token_type_ids, attention_mask,
+                after_hint: bool = False) -> jnp.ndarray:
   """The wide term [B, C] of a student's params["wide"] (module docstring)."""
-  f = features(input_ids, token_type_ids, attention_mask, jnp.asarray(wide["token_class"]))
+  f = features(input_ids, token_type_ids, attention_mask, jnp.asarray(wide["token_class"]),
+               after_hint)
   z = (f - jnp.asarray(wide["mean"])) / jnp.asarray(wide["scale"])
   return z @ jnp.asarray(wide["kernel"], jnp.float32) + jnp.asarray(wide["bias"], jnp.float32)

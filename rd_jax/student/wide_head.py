@@ -40,8 +40,10 @@ def real_pairs(train: list) -> list:
 
 
 def pair_features(pairs, tokenizer, cfg, token_class: np.ndarray) -> np.ndarray:
-  """[N, F] overlap features of `pairs` (input order) on the standard view the student reads."""
-  fn = jax.jit(lambda ids, types, mask: overlap.features(ids, types, mask, token_class))
+  """[N, F] overlap features of `pairs` (input order) on the standard view the student reads
+  (with its match hint, if any: the item is what follows the hint)."""
+  after_hint = bool(cfg.student.get("match_hint", ""))
+  fn = jax.jit(lambda ids, types, mask: overlap.features(ids, types, mask, token_class, after_hint))
   out = []
   for batch in pipeline.eval_batches(pairs, tokenizer, cfg, batch_size=cfg.eval.batch_size):
     f = np.asarray(fn(batch["std_input_ids"], batch["std_token_type_ids"],
@@ -142,4 +144,6 @@ def with_wide_term(cfg, model_cfg, params: dict, data, deep_valid_logits: np.nda
               train_pairs=len(y["train"]), seconds=round(time.perf_counter() - t0, 1))
   logging.info("wide term: C %s (valid macro-F1 alone %.4f), beta %s (valid macro-F1 by beta %s)",
                info["C"], info["valid_macro_f1_alone"], beta, by_beta)
-  return dict(params, wide=wide), dataclasses.replace(model_cfg, wide_features=True), info
+  model_cfg = dataclasses.replace(model_cfg, wide_features=True,
+                                  wide_after_hint=bool(cfg.student.get("match_hint", "")))
+  return dict(params, wide=wide), model_cfg, info
