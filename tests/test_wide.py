@@ -276,3 +276,14 @@ def test_the_stage_fits_the_wide_term_and_eval_serves_it(tiny_config, tmp_path, 
   result = eval_stage.run(cfg, str(tmp_path / "work"))
   metrics = json.load(open(tmp_path / "work" / "eval" / "metrics.json"))
   assert metrics["valid"]["macro_f1"] == pytest.approx(summary["valid_macro_f1"], abs=1e-9), result
+
+
+def test_the_wide_term_is_fitted_on_real_pairs_only(tiny_config, tmp_path):
+  from rd_jax.student import data as data_lib, negatives
+  cfg = tiny_config()
+  cfg.data.path = write_overlap_pairs(tmp_path / "overlap.jsonl")
+  cfg.student.cross_query_negatives = 2
+  data = data_lib.load_student_data(cfg, str(tmp_path), use_reasoning=False)
+  drawn = [p for p in data.train if negatives.is_drawn_negative(p)]
+  assert drawn and len(wide_head.real_pairs(data.train)) == len(data.train) - len(drawn)
+  assert not any(negatives.is_drawn_negative(p) for p in wide_head.real_pairs(data.train))

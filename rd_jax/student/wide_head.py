@@ -29,6 +29,7 @@ from absl import logging
 from rd_jax import decision, references
 from rd_jax.data import pipeline
 from rd_jax.models import overlap
+from rd_jax.student import negatives
 
 MODES = ("", "overlap")
 
@@ -36,7 +37,7 @@ MODES = ("", "overlap")
 def real_pairs(train: list) -> list:
   """The train pairs without the drawn cross-query negatives (student/negatives.py): the wide
   term is fitted on pairs a search log holds."""
-  return [p for p in train if (p.raw or {}).get("synthetic") != "cross_query_negative"]
+  return [p for p in train if not negatives.is_drawn_negative(p)]
 
 
 def pair_features(pairs, tokenizer, cfg, token_class: np.ndarray) -> np.ndarray:
