@@ -11,13 +11,14 @@ that made the "bundled_v2" reasoning (same file, its stage sections; README "The
 the newest set, "bundled", is configs/teacher_rules.py's):
   python -m rd_jax.main --stage=all --config=configs/demo.py --workdir=runs/teacher \
       "--config.all.stages=('cpt','sft','reward','dpo','annotate')"
-Expect (time measured 2026-12-05 session 26 with the CPU to itself, seeds 0/1/2: crsd 430-473 s
-+ eval 75-77 s = 8.4-9.2 min; figures of session 26's recipe, seeds 0/1/2; README "Results"):
-valid macro-F1 0.403 +- 0.024 (cross-fitted 0.378), test 0.289 +- 0.039 -- above the prior
-(0.1546) but below the lexical reference that eval prints beside it (test 0.3263). Over all four
-rotations of the folds (python -m rd_jax.experiments.crossval, session 25) the recipe's baseline
-student is level with the lexical reference on the 116 queries pooled (+0.005, -0.025..+0.035);
-fold 4, the test fold here, is the rotation where it is lowest.
+Expect (measured 2026-12-06 session 32, seeds 0/1/2: crsd 406-478 s + eval 62-66 s = 7.8-9.0
+min, seed 0 with the CPU to itself; README "Results"): valid macro-F1 0.428 +- 0.007 (cross-fitted
+0.392), test 0.288 +- 0.017, test nDCG@10 0.635 -- above the prior (0.1546), below the lexical
+reference that eval prints beside it on macro-F1 (test 0.3263) and level with it on nDCG@10
+(0.643). Over all four rotations of the folds (python -m rd_jax.experiments.crossval, session 25,
+before the wide term) the recipe's baseline student is level with the lexical reference on the
+116 queries pooled (+0.005, -0.025..+0.035); fold 4, the test fold here, is the rotation where
+it is lowest.
 """
 
 from rd_jax.config import default_config
@@ -75,7 +76,8 @@ def get_config():
   # fitted after training (a balanced LR on the train pairs, its weight beta on valid with the
   # decision rule; student/wide_head.py) and exported in the model. Taken by a rule written before
   # its runs (WORKSPACE.md, session 32): 3 seeds on this split, valid 0.4270 vs 0.4034 (cross-
-  # fitted 0.3816 vs 0.3784, a tie); on test a tie, 0.2884 vs 0.2885 (RESULTS.md).
+  # fitted 0.3816 vs 0.3784, a tie); on test a tie on macro-F1 (0.2881 vs 0.2885 through the
+  # stages) and nDCG@10 0.635 vs 0.551 (RESULTS.md).
   c.student.wide_features = "overlap"
   # crsd: CE on both views (standard and reasoning-augmented, one shared encoder and head), no
   # InfoNCE: lambda 0 chosen on valid on 2026-12-04 by the re-run experiment table (3 seeds each,
