@@ -287,3 +287,15 @@ def test_the_wide_term_is_fitted_on_real_pairs_only(tiny_config, tmp_path):
   drawn = [p for p in data.train if negatives.is_drawn_negative(p)]
   assert drawn and len(wide_head.real_pairs(data.train)) == len(data.train) - len(drawn)
   assert not any(negatives.is_drawn_negative(p) for p in wide_head.real_pairs(data.train))
+
+
+def test_weight_interpolation_keeps_the_fitted_wide_term():
+  """experiments.interpolate (WiSE-FT) mixes the encoder with its init; the wide term, fitted
+  after training and absent from the init, is kept as it is, like the classifier."""
+  from rd_jax.experiments import interpolate
+  finetuned = {"encoder": np.ones(3), "classifier": np.full(2, 5.0), "wide": {"kernel": np.full(2, 7.0)}}
+  init = {"encoder": np.zeros(3), "classifier": np.zeros(2)}
+  mixed = interpolate.interpolate(finetuned, init, 0.25)
+  np.testing.assert_allclose(mixed["encoder"], 0.25)
+  np.testing.assert_allclose(mixed["wide"]["kernel"], 7.0)
+  np.testing.assert_allclose(mixed["classifier"], 5.0)

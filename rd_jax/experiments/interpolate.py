@@ -38,7 +38,8 @@ from rd_jax.stages import eval as eval_stage
 from rd_jax.student import data as data_lib, predict as predict_lib
 from rd_jax.student.model import initial_student
 
-HEADS = ("classifier", "crsd_projection")   # freshly initialised in every init: kept fine-tuned
+# freshly initialised in every init, or fitted after training (the wide term): kept fine-tuned
+HEADS = ("classifier", "crsd_projection", "wide")
 _FLAGS = {}
 
 
@@ -69,7 +70,7 @@ def initial_params(cfg, meta: dict, like: dict) -> tuple[dict, dict]:
   fresh = {p.split("/")[0] for p in info.get("initialised", ())} - set(HEADS)
   if fresh:   # interpolating towards a random tensor would be meaningless
     raise ValueError(f"init {cfg.student.init!r} freshly initialises {sorted(fresh)}")
-  params = {k: params[k] for k in like}
+  params = {k: params[k] if k in params else like[k] for k in like}   # a head the init lacks: unused
   return jax.tree.map(lambda i, f: jax.device_put(np.asarray(i, f.dtype), f.sharding),
                       params, like), info
 
