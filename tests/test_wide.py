@@ -181,6 +181,13 @@ def test_fit_linear_is_the_balanced_lr_and_handles_an_absent_class():
   assert (np.argmax(logits, -1) == model.predict(z)).all()
   assert params["bias"][3] == -20.0 and not params["kernel"][:, 3].any()
   assert set(info["valid_macro_f1_by_C"]) == {"0.1", "1.0"}
+  # two labels: sklearn's one-row binary form becomes two logit columns with the same argmax
+  binary = (x[:, 0] > 0).astype(int)
+  params, info = wide_head.fit_linear(x[:200], binary[:200], x[200:], binary[200:], num_classes=2,
+                                      c_grid=(1.0,))
+  model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000).fit(z[:200], binary[:200])
+  logits = z @ params["kernel"] + params["bias"]
+  np.testing.assert_allclose(logits[:, 1] - logits[:, 0], model.decision_function(z), rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="at least 2 labels"):
     wide_head.fit_linear(x[:10], np.zeros(10, int), x[10:20], y[10:20], num_classes=4)
 

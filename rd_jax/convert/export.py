@@ -40,7 +40,7 @@ from safetensors.numpy import save_file
 from rd_jax.checkpoint import CheckpointError, check_tree_matches, load_final
 from rd_jax import ranking
 from rd_jax import storage
-from rd_jax.convert import hf_bert, torch_mean_pooled, torch_wide
+from rd_jax.convert import hf_bert, torch_mean_pooled
 from rd_jax.models.bert import BertClassifier, BertConfig, init_params
 from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, pad_batch, read_pairs, render_item,
                           tokenize_pairs)
@@ -73,21 +73,22 @@ def _tokenizer_folder(spec: str) -> str:
   return spec
 
 
-def serving_module(config: BertConfig):
-  """The module of the exported PyTorch class when it is not HF's own BertForSequenceClassification:
-  torch_wide (a wide term, either pooling) or torch_mean_pooled (mean pooling); None = HF's."""
+def serving_architecture(config: BertConfig) -> str | None:
+  """The exported PyTorch class when it is not HF's own BertForSequenceClassification (both live
+  in convert/torch_mean_pooled.py, copied into the folder): the wide class (a wide term, either
+  pooling) or the mean-pooled one; None = HF's."""
   if config.wide_features:
-    return torch_wide
-  return torch_mean_pooled if config.pooling == "mean" else None
+    return torch_mean_pooled.WIDE_ARCHITECTURE
+  return torch_mean_pooled.ARCHITECTURE if config.pooling == "mean" else None
 
 
 def hf_config(config: BertConfig, labels: list[str]):
   """transformers.BertConfig of the exported BertForSequenceClassification (pooling "mean": of
   its mean-pooled subclass, convert/torch_mean_pooled.py, named in auto_map for remote code)."""
   import transformers
-  serving = serving_module(config)
+  serving = serving_architecture(config)
   extra = ({"auto_map": {"AutoModelForSequenceClassification":
-                         f"{serving.MODULE}.{serving.ARCHITECTURE}"}} if serving else {})
+                         f"{torch_mean_pooled.MODULE}.{serving}"}} if serving else {})
   if config.wide_features:
     extra.update(rd_jax_pooling=config.pooling, rd_jax_wide_after_hint=config.wide_after_hint)
   return transformers.BertConfig(
@@ -96,7 +97,7 @@ def hf_config(config: BertConfig, labels: list[str]):
       intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position,
       type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layer_norm_eps,
       hidden_act="gelu", hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.attention_dropout,
-      architectures=[serving.ARCHITECTURE if serving else "BertForSequenceClassification"],
+      architectures=[serving or "BertForSequenceClassification"],
       problem_type="single_label_classification",
       id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}, **extra)
 
@@ -193,7 +194,7 @@ def _pooling_line(pooling: str, wide: bool = False) -> str:
   if wide:
     return (f"**Pooling**: {'the mean of the last hidden states' if pooling == 'mean' else 'token 0'}, "
             f"plus a **wide term**: a linear map of 9 query-item overlap features computed from "
-            f"the input ids (`{torch_wide.MODULE}.py`, tensors `wide.*`): load with "
+            f"the input ids (`{torch_mean_pooled.MODULE}.py`, tensors `wide.*`): load with "
             f"`trust_remote_code=True`, or with `rd_jax.convert.torch_mean_pooled."
             f"load_torch_classifier`; pass token_type_ids (segment A query, B item).")
   if pooling == "cls":
@@ -280,9 +281,8 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
 
   from transformers import AutoTokenizer
   hf_config(config, labels).save_pretrained(tmp)
-  serving = serving_module(config)
-  if serving:   # the serving class, for AutoModel... with trust_remote_code=True
-    shutil.copyfile(serving.__file__, os.path.join(tmp, serving.MODULE + ".py"))
+  if serving_architecture(config):   # the serving class, for AutoModel... with trust_remote_code=True
+    shutil.copyfile(torch_mean_pooled.__file__, os.path.join(tmp, torch_mean_pooled.MODULE + ".py"))
   offsets = meta.get("decision_offsets")
   written = fold_offsets(hf_bert.flax_to_hf(params, config), offsets)
   save_file(written, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
@@ -338,7 +338,7 @@ def import_hf_folder(folder: str) -> tuple[BertConfig, dict]:
   architectures = hf.get("architectures") or []
   if torch_mean_pooled.ARCHITECTURE in architectures:
     config = dataclasses.replace(config, pooling="mean")
-  if torch_wide.ARCHITECTURE in architectures:
+  if torch_mean_pooled.WIDE_ARCHITECTURE in architectures:
     config = dataclasses.replace(config, pooling=hf.get("rd_jax_pooling", "cls"), wide_features=True,
                                  wide_after_hint=bool(hf.get("rd_jax_wide_after_hint", False)))
   params, _ = hf_bert.convert_hf_state_dict(hf_bert.read_safetensors(folder), config, rng=None)

@@ -72,7 +72,7 @@ def name_map(config: BertConfig) -> list[tuple[str, tuple[str, ...], bool]]:
   modules += list(_HEAD)
   names = [(f"{hf}.{hf_leaf}", tuple(fx.split("/")) + (fx_leaf,), kind == DENSE and hf_leaf == "weight")
            for hf, fx, kind in modules for hf_leaf, fx_leaf in _LEAVES[kind]]
-  if config.wide_features:   # the wide term's buffers (convert/torch_wide.py), stored as they are
+  if config.wide_features:   # the wide term's buffers (convert/torch_mean_pooled.py), stored as they are
     names += [(f"wide.{leaf}", ("wide", leaf), False) for leaf in WIDE_LEAVES]
   return names
 

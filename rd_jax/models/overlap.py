@@ -6,8 +6,8 @@ regression match the whole lexical reference on the test fold), while a cross-en
 on 69 train queries learns the queries. A linear term on those features, added to the encoder's
 logits ("wide and deep", Cheng et al. 2016), gives the overlap a direct path to the decision. It is
 computed from input_ids / token_type_ids / attention_mask alone, so an exported folder scores raw
-(query, item) pairs with nothing but its tokenizer (rd_jax/convert/torch_wide.py is the PyTorch
-twin, line for line). It reads segment A (token type 0) as the query and segment B (type 1) as
+(query, item) pairs with nothing but its tokenizer (rd_jax/convert/torch_mean_pooled.py holds the
+PyTorch twin, line for line). It reads segment A (token type 0) as the query and segment B (type 1) as
 the item; with a match hint (student.match_hint) the item is what follows the hint in segment B
 (`hint_end`), since the hint lists the query's missing words.
 
