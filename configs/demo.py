@@ -15,10 +15,10 @@ Expect (measured 2026-12-06 session 32, seeds 0/1/2: crsd 406-478 s + eval 62-66
 min, seed 0 with the CPU to itself; README "Results"): valid macro-F1 0.428 +- 0.007 (cross-fitted
 0.392), test 0.288 +- 0.017, test nDCG@10 0.635 -- above the prior (0.1546), below the lexical
 reference that eval prints beside it on macro-F1 (test 0.3263) and level with it on nDCG@10
-(0.643). Over all four rotations of the folds (python -m rd_jax.experiments.crossval, session 25,
-before the wide term) the recipe's baseline student is level with the lexical reference on the
-116 queries pooled (+0.005, -0.025..+0.035); fold 4, the test fold here, is the rotation where
-it is lowest.
+(0.643). Over all four rotations of the folds (python -m rd_jax.experiments.crossval
+--stage=baseline, session 32, seed 0) the recipe's baseline student is level with the lexical
+reference on the 116 queries pooled (0.3158 vs 0.3148, +0.001, -0.026..+0.024; always-Exact
+0.1682); fold 4, the test fold here, is the rotation where it is lowest.
 """
 
 from rd_jax.config import default_config
