@@ -188,7 +188,9 @@ def default_config() -> ml_collections.ConfigDict:
   # wordpiece-overlap features computed from its own input ids (models/overlap.py), fitted after
   # training: a class-balanced LR on the train pairs (C on valid), then its weight beta from
   # wide_betas on valid with the decision rule (student/wide_head.py). Exported with the model.
-  # With match_hint the item is what follows the hint in segment B. "" = off.
+  # With match_hint the item is what follows the hint in segment B. "overlap_accessory" appends 3
+  # features of accessory titles ("case for iphone 12": the query's words after a "for /
+  # compatible / fits" marker), for the Complement class. "" = off.
   c.student.wide_features = ""
   c.student.wide_betas = (0.0, 0.25, 0.5, 1.0, 2.0)
   # ours (#17): + rank_weight * a pairwise (RankNet) loss within each query of the batch on the

@@ -35,7 +35,7 @@ _CHOICES = {
     "student.decision_rule": ("offsets", "prior_scale"),
     "student.similarity_normalisation": ("split", "query"),
     "student.match_hint": ("", "missing"),
-    "student.wide_features": ("", "overlap"),
+    "student.wide_features": ("", "overlap", "overlap_accessory"),
     "student.similarity_from": ("cls", "logits"),
     "student.lexical_distill_model": ("reference", "overlap"),
     "mesh.multihost": ("auto", "off", "explicit"),

@@ -247,7 +247,7 @@ def test_a_mean_pooled_student_exports_and_serves_with_the_same_logits(student, 
   # the same weights read through token 0 would score differently: the parity is not vacuous
   cls = np.asarray(BertClassifier(STUDENT).apply({"params": params}, ids, mask, types)["logits"])
   assert np.abs(cls + np.asarray(meta["decision_offsets"]) - flax).max() > 1e-2
-  rows = [{"query": p["query"], "item": score.render_item(p, ITEM_TEMPLATE)} for p in PAIRS[:3]]
+  rows = [{"query": p["query"], "item": score.render_item(p, ITEM_TEMPLATE)} for p in pairs[:3] + pairs[-1:]]
   scored = np.array([r["logits"] for r in score.score_pairs(out, rows)])
   onnx = np.array([r["logits"] for r in score.score_pairs(out, rows, backend="onnx")])
   cross = CrossEncoder(out, device="cpu", trust_remote_code=True).predict(
@@ -401,11 +401,15 @@ def test_match_hint_travels_with_the_export(student, tmp_path):
   assert np.abs(logits(bare) - logits(hinted)).max() > 1e-3   # the hint changed the inputs
 
 
-@pytest.mark.parametrize("pooling, hint", [("mean", "missing"), ("cls", "")])
-def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_path, pooling, hint):
-  """student.wide_features=overlap: the folder's class is BertWideForSequenceClassification with
-  the wide term's tensors; Flax (+ offsets), PyTorch (ours and remote code), ONNX, CrossEncoder
-  and rd_jax.score agree; the folder imports back as a wide student with the same logits."""
+@pytest.mark.parametrize("pooling, hint, feature_set", [("mean", "missing", "overlap"),
+                                                        ("cls", "", "overlap"),
+                                                        ("mean", "missing", "overlap_accessory")])
+def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_path, pooling, hint,
+                                                               feature_set):
+  """student.wide_features=overlap|overlap_accessory: the folder's class is
+  BertWideForSequenceClassification with the wide term's tensors; Flax (+ offsets), PyTorch (ours
+  and remote code), ONNX, CrossEncoder and rd_jax.score agree; the folder imports back as a wide
+  student with the same logits."""
   import dataclasses
   import torch
   from sentence_transformers import CrossEncoder
@@ -414,13 +418,17 @@ def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_pat
   from rd_jax.models import overlap
   from transformers import AutoTokenizer
   from rd_jax.data.match_hint import hinted_item
-  wide_cfg = dataclasses.replace(STUDENT, pooling=pooling, wide_features=True,
+  wide_cfg = dataclasses.replace(STUDENT, pooling=pooling, wide_features=feature_set,
                                  wide_after_hint=bool(hint))
   vocab = AutoTokenizer.from_pretrained(resolve_bert_folder("minilm")).get_vocab()
   rng = np.random.default_rng(0)
-  wide = {"token_class": overlap.token_classes(vocab), "mean": rng.normal(size=9),
-          "scale": rng.uniform(0.5, 2.0, size=9), "kernel": 3.0 * rng.normal(size=(9, 4)),
+  n = overlap.feature_shape(feature_set)[0]
+  wide = {"token_class": overlap.token_classes(vocab, feature_set), "mean": rng.normal(size=n),
+          "scale": rng.uniform(0.5, 2.0, size=n), "kernel": 3.0 * rng.normal(size=(n, 4)),
           "bias": rng.normal(size=4)}
+  # an accessory title, so the accessory features are not all zero
+  pairs = PAIRS + [{"query": "coffee grinder", "product_title": "Cleaning brush for coffee grinder",
+                    "query_id": "q3", "product_id": "p7"}]
   params = dict(student["params"], wide={k: np.asarray(v, np.float32) for k, v in wide.items()})
   meta = {"model": "bert", "model_config": wide_cfg.to_dict(), "labels": list(ESCI_LABELS),
           "tokenizer": "minilm", "item_template": ITEM_TEMPLATE, "max_len_std": 32, "stage": "crsd",
@@ -433,11 +441,16 @@ def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_pat
   hf = json.load(open(os.path.join(out, "config.json")))
   assert hf["architectures"] == ["BertWideForSequenceClassification"]
   assert hf["rd_jax_pooling"] == pooling and hf["rd_jax_wide_after_hint"] == bool(hint)
+  assert hf["rd_jax_wide_features"] == feature_set
   assert hf["auto_map"]["AutoModelForSequenceClassification"] == (
       "modeling_rd_jax.BertWideForSequenceClassification")
-  assert json.load(open(os.path.join(out, "rd_jax.json")))["wide_features"] is True
-  batch = tokenized_pairs(out, PAIRS, ITEM_TEMPLATE, 32, hint)
+  assert json.load(open(os.path.join(out, "rd_jax.json")))["wide_features"] == feature_set
+  batch = tokenized_pairs(out, pairs, ITEM_TEMPLATE, 32, hint)
   ids, mask, types = (batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))
+  f = np.asarray(overlap.features(ids, types, mask, wide["token_class"], bool(hint)))
+  assert f.shape == (len(pairs), n)
+  if feature_set == "overlap_accessory":   # the last pair's marker: has 1, query after it 1.0
+    np.testing.assert_allclose(f[-1, 9:11], [1.0, 1.0])
   flax = np.asarray(BertClassifier(wide_cfg).apply({"params": params}, ids, mask, types)["logits"])
   flax = flax + np.asarray(meta["decision_offsets"], np.float32)
   remote = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
@@ -447,10 +460,10 @@ def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_pat
     torch_logits = remote(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
   np.testing.assert_allclose(torch_logits, flax, atol=1e-4)
   # without the wide term the logits differ by far more than the tolerance: the parity is not vacuous
-  deep = dataclasses.replace(wide_cfg, wide_features=False)
+  deep = dataclasses.replace(wide_cfg, wide_features="")
   no_wide = np.asarray(BertClassifier(deep).apply({"params": student["params"]}, ids, mask, types)["logits"])
   assert np.abs(no_wide + np.asarray(meta["decision_offsets"]) - flax).max() > 0.5
-  rows = [{"query": p["query"], "item": score.render_item(p, ITEM_TEMPLATE)} for p in PAIRS[:3]]
+  rows = [{"query": p["query"], "item": score.render_item(p, ITEM_TEMPLATE)} for p in pairs[:3] + pairs[-1:]]
   scored = np.array([r["logits"] for r in score.score_pairs(out, rows)])
   onnx = np.array([r["logits"] for r in score.score_pairs(out, rows, backend="onnx")])
   cross = CrossEncoder(out, device="cpu", trust_remote_code=True).predict(
@@ -458,6 +471,7 @@ def test_a_wide_student_exports_and_serves_with_the_same_logits(student, tmp_pat
   np.testing.assert_allclose(onnx, scored, atol=1e-4)
   np.testing.assert_allclose(cross, scored, atol=1e-4)
   config, imported = import_hf_folder(out)
-  assert config.wide_features and config.pooling == pooling and config.wide_after_hint == bool(hint)
+  assert config.wide_features == feature_set and config.pooling == pooling
+  assert config.wide_after_hint == bool(hint)
   back = np.asarray(BertClassifier(config).apply({"params": imported}, ids, mask, types)["logits"])
   np.testing.assert_allclose(back, flax, atol=1e-4)   # the offsets are in the imported bias

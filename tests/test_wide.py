@@ -1,4 +1,4 @@
-"""student.wide_features = "overlap": the in-model overlap features, the wide term's fit, and the
+"""student.wide_features = "overlap" | "overlap_accessory": the in-model overlap features, the wide term's fit, and the
 student that carries it (models/overlap.py, student/wide_head.py)."""
 
 import json
@@ -17,12 +17,13 @@ from rd_jax.student import wide_head
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "red": 4, "shoe": 5, "##s": 6,
          "not": 7, "64": 8, "gb": 9, ",": 10, "phone": 11, "case": 12, "no": 13, "##no": 14,
          ".": 15, "match": 16, ":": 17, "of": 18, "1": 19, "2": 20, "words": 21, ";": 22,
-         "missing": 23}
+         "missing": 23, "for": 24, "compatible": 25}
 
 
-def reference_features(ids, types, mask, vocab=VOCAB, after_hint=False):
+def reference_features(ids, types, mask, vocab=VOCAB, after_hint=False, accessory=False):
   """An independent per-row Python version of the module docstring's 9 features (lists, sets);
-  after_hint: segment B's tokens up to the end of its first run of "." are not item."""
+  after_hint: segment B's tokens up to the end of its first run of "." are not item;
+  accessory: + the 3 accessory features ("overlap_accessory")."""
   piece = {i: w for w, i in vocab.items()}
   body = lambda w: w[2:] if w.startswith("##") else w
   content = lambda i: (any(ch.isalnum() for ch in body(piece[i]))
@@ -50,13 +51,20 @@ def reference_features(ids, types, mask, vocab=VOCAB, after_hint=False):
     digit_share = sum(x in items for x in digits) / len(digits) if digits else 1.0
     negation = lambda xs: float(any(not piece[x].startswith("##") and piece[x] in overlap.NEGATIONS
                                     for x in xs))
-    out.append([share, jaccard, bigram, digit_share, float(bool(digits)), negation(q),
-                negation(items), math.log1p(len(q)), math.log1p(len(items))])
+    row = [share, jaccard, bigram, digit_share, float(bool(digits)), negation(q),
+           negation(items), math.log1p(len(q)), math.log1p(len(items))]
+    if accessory:
+      markers = [t for t in i_pos if piece[row_ids[t]] in overlap.ACCESSORY_MARKERS]
+      after = [row_ids[t] for t in i_pos if markers and t > markers[0]]
+      before = [row_ids[t] for t in i_pos if not markers or t < markers[0]]
+      row += [float(bool(markers)), sum(x in after for x in q) / len(q) if q else 0.0,
+              sum(x in before for x in q) / len(q) if q else 0.0]
+    out.append(row)
   return np.asarray(out)
 
 
-def _features(ids, types, mask, after_hint=False):
-  table = overlap.token_classes(VOCAB)
+def _features(ids, types, mask, after_hint=False, feature_set="overlap"):
+  table = overlap.token_classes(VOCAB, feature_set)
   return np.asarray(overlap.features(jnp.asarray(ids), jnp.asarray(types), jnp.asarray(mask), table,
                                      after_hint))
 
@@ -66,11 +74,38 @@ def test_token_classes():
   assert table.shape == (len(VOCAB), 4)
   content = {w for w, i in VOCAB.items() if table[i, overlap.CONTENT]}
   assert content == {"red", "shoe", "##s", "not", "64", "gb", "phone", "case", "no", "##no",
-                     "match", "of", "1", "2", "words", "missing"}
+                     "match", "of", "1", "2", "words", "missing", "for", "compatible"}
   assert {w for w, i in VOCAB.items() if table[i, overlap.DIGIT]} == {"64", "1", "2"}
   assert {w for w, i in VOCAB.items() if table[i, overlap.HINT_END]} == {"."}
   # a continuation piece is not the word "no"
   assert {w for w, i in VOCAB.items() if table[i, overlap.NEGATION]} == {"not", "no"}
+  accessory = overlap.token_classes(VOCAB, "overlap_accessory")
+  assert accessory.shape == (len(VOCAB), 5)
+  np.testing.assert_array_equal(accessory[:, :4], table)
+  assert {w for w, i in VOCAB.items() if accessory[i, overlap.ACCESSORY]} == {"for", "compatible"}
+  with pytest.raises(ValueError, match="unknown wide feature set 'words'"):
+    overlap.token_classes(VOCAB, "words")
+
+
+def test_accessory_features_golden_by_hand():
+  # [CLS] phone case [SEP] | red case for phone [SEP]: the query's "case" before the marker,
+  # "phone" after it
+  ids = [[2, 11, 12, 3, 4, 12, 24, 11, 3]]
+  types = [[0] * 4 + [1] * 5]
+  mask = [[1] * 9]
+  got = _features(ids, types, mask, feature_set="overlap_accessory")[0]
+  assert got.shape == (12,)
+  np.testing.assert_allclose(got[:9], _features(ids, types, mask)[0], rtol=1e-6)
+  np.testing.assert_allclose(got[9:], [1.0, 0.5, 0.5], rtol=1e-6)
+  # no marker: has 0, after 0, before = the whole item's share (feature 0)
+  plain = [[2, 11, 12, 3, 4, 12, 11, 11, 3]]
+  np.testing.assert_allclose(_features(plain, types, mask, feature_set="overlap_accessory")[0][9:],
+                             [0.0, 0.0, 1.0], rtol=1e-6)
+  # a marker inside the match hint is not the item's: "match: ...; missing: for. case for phone"
+  hinted = [[2, 11, 12, 3, 16, 17, 23, 17, 24, 15, 12, 25, 11, 3]]
+  got = _features(hinted, [[0] * 4 + [1] * 10], [[1] * 14], after_hint=True,
+                  feature_set="overlap_accessory")[0]
+  np.testing.assert_allclose(got[9:], [1.0, 0.5, 0.5], rtol=1e-6)
 
 
 def test_features_golden_by_hand():
@@ -108,8 +143,9 @@ def test_features_after_the_match_hint():
   assert int(end2[0]) == 13
 
 
+@pytest.mark.parametrize("feature_set", ["overlap", "overlap_accessory"])
 @pytest.mark.parametrize("after_hint", [False, True])
-def test_features_match_an_independent_reference_on_random_rows(after_hint):
+def test_features_match_an_independent_reference_on_random_rows(after_hint, feature_set):
   rng = np.random.default_rng(0)
   b, length = 64, 14
   ids = rng.integers(0, len(VOCAB), size=(b, length))
@@ -117,8 +153,10 @@ def test_features_match_an_independent_reference_on_random_rows(after_hint):
   types = (np.arange(length)[None, :] >= split[:, None]).astype(int)
   lengths = rng.integers(split + 1, length + 1)
   mask = (np.arange(length)[None, :] < lengths[:, None]).astype(int)
-  np.testing.assert_allclose(_features(ids, types, mask, after_hint),
-                             reference_features(ids, types, mask, after_hint=after_hint),
+  got = _features(ids, types, mask, after_hint, feature_set)
+  assert got.shape == (b, overlap.feature_shape(feature_set)[0])
+  np.testing.assert_allclose(got, reference_features(ids, types, mask, after_hint=after_hint,
+                                                     accessory=feature_set != "overlap"),
                              rtol=1e-5, atol=1e-6)
 
 
@@ -136,17 +174,23 @@ def test_features_ignore_padding_and_special_tokens():
                              _features(ids, types, mask), rtol=1e-6)
 
 
-TINY = dict(vocab_size=24, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
+TINY = dict(vocab_size=26, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
             max_position=16, num_labels=3)
 
 
-def test_the_wide_term_adds_a_linear_map_of_the_features_to_the_logits():
+# True: a meta.json written before session 33, when "overlap" was the one feature set
+@pytest.mark.parametrize("wide_features", [True, "overlap_accessory"])
+def test_the_wide_term_adds_a_linear_map_of_the_features_to_the_logits(wide_features):
   deep_cfg = bert.BertConfig(**TINY, pooling="mean")
-  wide_cfg = bert.BertConfig(**TINY, pooling="mean", wide_features=True)
+  wide_cfg = bert.BertConfig(**TINY, pooling="mean", wide_features=wide_features)
+  feature_set = "overlap" if wide_features is True else wide_features
+  assert wide_cfg.wide_features == feature_set
+  assert bert.BertConfig.from_dict(wide_cfg.to_dict()) == wide_cfg
+  n = overlap.feature_shape(feature_set)[0]
   params = bert.init_params(deep_cfg, jax.random.key(0))
   rng = np.random.default_rng(1)
-  wide = {"token_class": overlap.token_classes(VOCAB), "mean": rng.normal(size=9),
-          "scale": rng.uniform(0.5, 2, size=9), "kernel": rng.normal(size=(9, 3)),
+  wide = {"token_class": overlap.token_classes(VOCAB, feature_set), "mean": rng.normal(size=n),
+          "scale": rng.uniform(0.5, 2, size=n), "kernel": rng.normal(size=(n, 3)),
           "bias": rng.normal(size=3)}
   wide = {k: np.asarray(v, np.float32) for k, v in wide.items()}
   ids = np.array([[2, 4, 5, 3, 4, 8, 9, 3], [2, 11, 3, 12, 11, 3, 0, 0]])
@@ -154,7 +198,7 @@ def test_the_wide_term_adds_a_linear_map_of_the_features_to_the_logits():
   mask = (ids > 0).astype(int)
   deep = bert.BertClassifier(deep_cfg).apply({"params": params}, ids, mask, types)["logits"]
   both = bert.BertClassifier(wide_cfg).apply({"params": dict(params, wide=wide)}, ids, mask, types)
-  f = reference_features(ids, types, mask)
+  f = reference_features(ids, types, mask, accessory=feature_set != "overlap")
   expected = np.asarray(deep) + ((f - wide["mean"]) / wide["scale"]) @ wide["kernel"] + wide["bias"]
   np.testing.assert_allclose(np.asarray(both["logits"]), expected, rtol=1e-5, atol=1e-5)
   # freshly initialised, the wide term is a no-op, and its tree is what init_params declares
@@ -223,6 +267,8 @@ def test_config_refuses_bad_betas_and_modes(tiny_config):
   with pytest.raises(config_check.ConfigError, match="student.wide_betas"):
     config_check.validate(cfg)
   cfg.student.wide_betas = (0.0, 1.0)
+  cfg.student.wide_features = "overlap_accessory"
+  config_check.validate(cfg)
   cfg.student.wide_features = "words"
   with pytest.raises(config_check.ConfigError, match="student.wide_features"):
     config_check.validate(cfg)
@@ -254,8 +300,9 @@ def write_overlap_pairs(path, *, queries: int = 48, items_per_query: int = 10, s
   return str(path)
 
 
-@pytest.mark.parametrize("hint", ["", "missing"])
-def test_the_stage_fits_the_wide_term_and_eval_serves_it(tiny_config, tmp_path, hint):
+@pytest.mark.parametrize("hint, feature_set", [("", "overlap"), ("missing", "overlap"),
+                                               ("missing", "overlap_accessory")])
+def test_the_stage_fits_the_wide_term_and_eval_serves_it(tiny_config, tmp_path, hint, feature_set):
   """crsd with wide_features=overlap on pairs labelled by overlap: the wide term lifts valid
   macro-F1 far above the 6-step tiny encoder alone (beta > 0 chosen), final/ carries it, and
   eval scores valid exactly as the stage did."""
@@ -263,7 +310,7 @@ def test_the_stage_fits_the_wide_term_and_eval_serves_it(tiny_config, tmp_path, 
   from rd_jax.stages import crsd, eval as eval_stage
   cfg = tiny_config()
   cfg.data.path = write_overlap_pairs(tmp_path / "overlap.jsonl")
-  cfg.student.wide_features = "overlap"
+  cfg.student.wide_features = feature_set
   cfg.student.match_hint = hint
   summary = crsd.run(cfg, str(tmp_path / "work"), stage="crsd")
   wide = summary["wide"]
@@ -273,10 +320,11 @@ def test_the_stage_fits_the_wide_term_and_eval_serves_it(tiny_config, tmp_path, 
   assert summary["valid_macro_f1_crossfit"] == wide["valid_macro_f1_crossfit"] >= 0.5
   final = str(tmp_path / "work" / "crsd")
   meta = read_meta(final)
-  assert meta["model_config"]["wide_features"] is True
+  assert meta["model_config"]["wide_features"] == feature_set
   assert meta["model_config"]["wide_after_hint"] is bool(hint)
   _, model, params, _ = eval_stage.restore_student(cfg, final)
   assert float(np.abs(np.asarray(params["wide"]["kernel"])).max()) > 0
+  assert params["wide"]["kernel"].shape[0] == overlap.feature_shape(feature_set)[0]
   valid = json.load(open(tmp_path / "work" / "crsd" / "valid_metrics.json"))
   assert valid["macro_f1"] == pytest.approx(summary["valid_macro_f1"])
   # --stage=eval restores the wide student and reports the same valid figure (same offsets)

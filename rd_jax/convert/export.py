@@ -42,6 +42,7 @@ from rd_jax import ranking
 from rd_jax import storage
 from rd_jax.convert import hf_bert, torch_mean_pooled
 from rd_jax.models.bert import BertClassifier, BertConfig, init_params
+from rd_jax.models import overlap
 from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, pad_batch, read_pairs, render_item,
                           tokenize_pairs)
 
@@ -90,7 +91,8 @@ def hf_config(config: BertConfig, labels: list[str]):
   extra = ({"auto_map": {"AutoModelForSequenceClassification":
                          f"{torch_mean_pooled.MODULE}.{serving}"}} if serving else {})
   if config.wide_features:
-    extra.update(rd_jax_pooling=config.pooling, rd_jax_wide_after_hint=config.wide_after_hint)
+    extra.update(rd_jax_pooling=config.pooling, rd_jax_wide_after_hint=config.wide_after_hint,
+                 rd_jax_wide_features=config.wide_features)
   return transformers.BertConfig(
       vocab_size=config.vocab_size, hidden_size=config.hidden_size,
       num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
@@ -190,10 +192,11 @@ def verify_export(folder: str, params: dict, config: BertConfig, batch: dict[str
           "prediction_ties": agree["ties"]}
 
 
-def _pooling_line(pooling: str, wide: bool = False) -> str:
+def _pooling_line(pooling: str, wide: str = "") -> str:
   if wide:
+    features = overlap.feature_shape(wide)[0]
     return (f"**Pooling**: {'the mean of the last hidden states' if pooling == 'mean' else 'token 0'}, "
-            f"plus a **wide term**: a linear map of 9 query-item overlap features computed from "
+            f"plus a **wide term**: a linear map of {features} query-item overlap features computed from "
             f"the input ids (`{torch_mean_pooled.MODULE}.py`, tensors `wide.*`): load with "
             f"`trust_remote_code=True`, or with `rd_jax.convert.torch_mean_pooled."
             f"load_torch_classifier`; pass token_type_ids (segment A query, B item).")
@@ -204,7 +207,7 @@ def _pooling_line(pooling: str, wide: bool = False) -> str:
           f"`rd_jax.convert.torch_mean_pooled.load_torch_classifier`.")
 
 
-def _model_card(meta: dict, report: dict, pooling: str, wide: bool = False) -> str:
+def _model_card(meta: dict, report: dict, pooling: str, wide: str = "") -> str:
   offsets = meta.get("decision_offsets") or "none"
   labels = ", ".join(f"{i}: {name}" for i, name in enumerate(meta["labels"]))
   metrics = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
@@ -292,7 +295,7 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   export_meta = {"labels": labels, "item_template": meta["item_template"], "max_len": meta["max_len_std"],
                  "truncation": "item_first", "min_item_tokens": MIN_ITEM_TOKENS,
                  "match_hint": meta.get("match_hint", ""), "pooling": config.pooling,
-                 "wide_features": bool(config.wide_features),
+                 "wide_features": config.wide_features,
                  "pair": ["query", "item"], "id_fields": list(ID_FIELDS),
                  "source": storage.abspath(checkpoint), "step": meta.get("step"),
                  "folded_decision_offsets": offsets,
@@ -339,7 +342,8 @@ def import_hf_folder(folder: str) -> tuple[BertConfig, dict]:
   if torch_mean_pooled.ARCHITECTURE in architectures:
     config = dataclasses.replace(config, pooling="mean")
   if torch_mean_pooled.WIDE_ARCHITECTURE in architectures:
-    config = dataclasses.replace(config, pooling=hf.get("rd_jax_pooling", "cls"), wide_features=True,
+    config = dataclasses.replace(config, pooling=hf.get("rd_jax_pooling", "cls"),
+                                 wide_features=hf.get("rd_jax_wide_features", "overlap"),
                                  wide_after_hint=bool(hf.get("rd_jax_wide_after_hint", False)))
   params, _ = hf_bert.convert_hf_state_dict(hf_bert.read_safetensors(folder), config, rng=None)
   return config, params

@@ -3,9 +3,10 @@
   BertMeanPooledForSequenceClassification  `student.pooling=mean`: HF feeds its pooler token 0's
       last hidden state; this class feeds it the mean of the row's last hidden states over its
       real tokens (`rd_jax.models.bert.mean_pool`). Same weights, names and config.json.
-  BertWideForSequenceClassification  `student.wide_features=overlap`: the BERT head's logits plus
-      a linear map of 9 query-item overlap features the model computes from its own input ids
-      (rd_jax/models/overlap.py; `features` below is its line-for-line PyTorch twin), with the
+  BertWideForSequenceClassification  `student.wide_features=overlap|overlap_accessory`: the BERT
+      head's logits plus a linear map of 9 (12) query-item overlap features the model computes
+      from its own input ids (rd_jax/models/overlap.py, config.json `rd_jax_wide_features`;
+      `features` below is its line-for-line PyTorch twin), with the
       pooler reading token 0 or the mean (config.json `rd_jax_pooling`). Its tensors are in
       model.safetensors under `wide.*`. It needs token_type_ids (segment A = query, B = item),
       which every BERT tokenizer returns for a pair; a student trained with the match hint
@@ -31,9 +32,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 ARCHITECTURE = "BertMeanPooledForSequenceClassification"
 WIDE_ARCHITECTURE = "BertWideForSequenceClassification"
 MODULE = "modeling_rd_jax"   # the file's name inside an export folder
-NUM_FEATURES = 9
-CONTENT, DIGIT, NEGATION, HINT_END = 0, 1, 2, 3
-TOKEN_CLASSES = 4
+CONTENT, DIGIT, NEGATION, HINT_END, ACCESSORY = 0, 1, 2, 3, 4
+FEATURE_SETS = {"overlap": (9, 4), "overlap_accessory": (12, 5)}   # = models/overlap.FEATURE_SETS
 
 
 class BertMeanPooledForSequenceClassification(BertForSequenceClassification):
@@ -80,7 +80,8 @@ def hint_end(input_ids, token_type_ids, attention_mask, token_class):
 
 
 def features(input_ids, token_type_ids, attention_mask, token_class, after_hint: bool = False):
-  """[B, L] ids, type ids, mask (+ token_class [V, 4]) -> [B, 9] float32 (models/overlap.py)."""
+  """[B, L] ids, type ids, mask (+ token_class [V, K]) -> [B, F] float32 (models/overlap.py):
+  the 9 overlap features, + 3 accessory ones when token_class has the marker column (K = 5)."""
   cls = token_class[input_ids]                                                # [B, L, 4]
   real = attention_mask.to(torch.float32) * cls[..., CONTENT]                 # [B, L]
   q = real * (token_type_ids == 0).to(torch.float32)
@@ -109,9 +110,26 @@ def features(input_ids, token_type_ids, attention_mask, token_class, after_hint:
   nqd = qd.sum(-1)
   digits = torch.where(nqd > 0, (qd * in_item).sum(-1) / nqd.clamp(min=1.0), torch.ones_like(nqd))
   neg = cls[..., NEGATION]
-  return torch.stack([share, jaccard, bigram, digits, (nqd > 0).to(torch.float32),
-                      torch.amax(q * neg, -1), torch.amax(i * neg, -1),
-                      torch.log(1.0 + nq), torch.log(1.0 + ni)], dim=-1)
+  out = [share, jaccard, bigram, digits, (nqd > 0).to(torch.float32),
+         torch.amax(q * neg, -1), torch.amax(i * neg, -1), torch.log(1.0 + nq), torch.log(1.0 + ni)]
+  if token_class.shape[1] > ACCESSORY:
+    out += accessory_features(q, i, eq, cls[..., ACCESSORY] * (i > 0).to(torch.float32))
+  return torch.stack(out, dim=-1)
+
+
+def accessory_features(q, i, eq, marker):
+  """Features 9-11 (models/overlap.accessory_features): has a marker, share of q found in i
+  after / before i's first marker."""
+  length = q.shape[1]
+  position = torch.arange(length, device=q.device)[None, :]
+  has = marker.amax(-1)
+  first = torch.where(has > 0, torch.argmax(marker, dim=-1), torch.full_like(has, length, dtype=torch.long))
+  after = i * (position > first[:, None]).to(torch.float32)
+  before = i * (position < first[:, None]).to(torch.float32)
+  nq = q.sum(-1).clamp(min=1.0)
+  share_after = (q * torch.amax(eq * after[:, None, :], dim=-1)).sum(-1) / nq
+  share_before = (q * torch.amax(eq * before[:, None, :], dim=-1)).sum(-1) / nq
+  return [has, share_after, share_before]
 
 
 class WideTerm(torch.nn.Module):
@@ -120,10 +138,15 @@ class WideTerm(torch.nn.Module):
   def __init__(self, config):
     super().__init__()
     self.after_hint = bool(getattr(config, "rd_jax_wide_after_hint", False))
-    self.register_buffer("token_class", torch.zeros(config.vocab_size, TOKEN_CLASSES))
-    self.register_buffer("mean", torch.zeros(NUM_FEATURES))
-    self.register_buffer("scale", torch.ones(NUM_FEATURES))
-    self.register_buffer("kernel", torch.zeros(NUM_FEATURES, config.num_labels))
+    feature_set = getattr(config, "rd_jax_wide_features", "overlap")
+    if feature_set not in FEATURE_SETS:
+      raise ValueError(f"config.json rd_jax_wide_features = {feature_set!r}; known: "
+                       f"{', '.join(FEATURE_SETS)}")
+    num_features, token_classes = FEATURE_SETS[feature_set]
+    self.register_buffer("token_class", torch.zeros(config.vocab_size, token_classes))
+    self.register_buffer("mean", torch.zeros(num_features))
+    self.register_buffer("scale", torch.ones(num_features))
+    self.register_buffer("kernel", torch.zeros(num_features, config.num_labels))
     self.register_buffer("bias", torch.zeros(config.num_labels))
 
   def forward(self, input_ids, token_type_ids, attention_mask):

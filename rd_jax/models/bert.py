@@ -15,8 +15,8 @@ Parameter tree (params are always fp32; `BertConfig.dtype` is the compute dtype)
   pooler/{kernel [D, D], bias [D]}
   classifier/{kernel [D, C], bias [C]}
   crsd_projection/{hidden [D, D], output [D, P]}                (only when projection_dim > 0)
-  wide/{token_class [V, 4], mean [F], scale [F], kernel [F, C], bias [C]}  (only with wide_features;
-                                                                 models/overlap.py, F = 9)
+  wide/{token_class [V, K], mean [F], scale [F], kernel [F, C], bias [C]}  (only with wide_features;
+                                                                 models/overlap.py: F, K = 9, 4 or 12, 5)
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ class BertConfig:
   pooling: str = "cls"
   # A linear term on query-item overlap features computed from the input ids, added to the
   # logits (models/overlap.py; its parameters are fitted after training, student/wide_head.py).
-  # Ours; student.wide_features = "overlap".
-  wide_features: bool = False
+  # Ours; student.wide_features: "" (none) or a feature set of models/overlap.FEATURE_SETS
+  # ("overlap", "overlap_accessory"); True / False in a meta.json written before session 33 read
+  # as "overlap" / "".
+  wide_features: str = ""
   # the wide term's item is segment B after the match hint (a student with student.match_hint)
   wide_after_hint: bool = False
 
@@ -75,6 +77,10 @@ class BertConfig:
     remat.check(self.remat, self.remat_policy)
     if self.pooling not in POOLINGS:
       raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
+    if isinstance(self.wide_features, bool):   # the session-32 form: one feature set existed
+      object.__setattr__(self, "wide_features", "overlap" if self.wide_features else "")
+    if self.wide_features:
+      overlap.feature_shape(self.wide_features)   # a ValueError naming the known sets
 
   @property
   def head_dim(self) -> int:
@@ -253,10 +259,10 @@ class WideTerm(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, token_type_ids, attention_mask):
-    c, f = self.config, overlap.NUM_FEATURES
+    c = self.config
+    f, k = overlap.feature_shape(c.wide_features)
     zeros = nn.initializers.zeros
-    wide = {"token_class": self.param("token_class", zeros, (c.vocab_size, overlap.TOKEN_CLASSES),
-                                      jnp.float32),
+    wide = {"token_class": self.param("token_class", zeros, (c.vocab_size, k), jnp.float32),
             "mean": self.param("mean", zeros, (f,), jnp.float32),
             "scale": self.param("scale", nn.initializers.ones, (f,), jnp.float32),
             "kernel": self.param("kernel", zeros, (f, c.num_labels), jnp.float32),

@@ -23,11 +23,20 @@ are not special tokens; q = content pieces of segment A, i = those of segment B)
   6 i has a negation word                                          (0/1)
   7 log(1 + |q|),  8 log(1 + |i|)
 They mirror references.overlap_features (word level) on wordpieces: the word-level features need
-the raw text, which a model does not receive.
+the raw text, which a model does not receive. Feature set "overlap" = these 9.
+
+Feature set "overlap_accessory" appends 3 (FEATURE_SETS): an accessory is sold "for" its main
+product ("Case for iPhone 12", "Bands Compatible with Fitbit Charge 3"), so a Complement item tends
+to hold the query's words after such a marker (train folds: 77% of Complement items hold one of
+ACCESSORY_MARKERS, 31-34% of the other labels; WORKSPACE.md, session 33):
+  9 i has a marker piece (a whole-word piece in ACCESSORY_MARKERS)                 (0/1)
+ 10 share of q positions whose id occurs in i after i's first marker            (0 without one)
+ 11 share of q positions whose id occurs in i before i's first marker (= feature 0 without one)
 
 Parameters (the "wide" subtree of a student's params; fitted after training by
 student/wide_head.py, never by the optimiser):
-  token_class [V, 4]  per vocabulary id: content, digit, negation, "." (0/1 floats; from the tokenizer)
+  token_class [V, K]  per vocabulary id: content, digit, negation, "." (+ accessory marker for
+                      "overlap_accessory": K = 5) (0/1 floats; from the tokenizer)
   mean [F], scale [F] standardisation;   kernel [F, C], bias [C]   the linear term
 logits_wide = ((f - mean) / scale) @ kernel + bias   [B, C]
 """
@@ -39,16 +48,28 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-NUM_FEATURES = 9
+NUM_FEATURES = 9                    # of the "overlap" set
 NEGATIONS = frozenset({"without", "no", "not", "non", "free"})   # = references._NEGATIONS
-CONTENT, DIGIT, NEGATION, HINT_END = 0, 1, 2, 3
-TOKEN_CLASSES = 4
+ACCESSORY_MARKERS = frozenset({"for", "compatible", "compatibility", "fit", "fits", "replacement",
+                               "replacing"})
+CONTENT, DIGIT, NEGATION, HINT_END, ACCESSORY = 0, 1, 2, 3, 4
+TOKEN_CLASSES = 4                   # of the "overlap" set
+# feature set -> (features per row, token classes per vocabulary id)
+FEATURE_SETS = {"overlap": (9, 4), "overlap_accessory": (12, 5)}
+
+
+def feature_shape(feature_set: str) -> tuple[int, int]:
+  """(features F, token classes K) of a feature set, or a ValueError naming the known ones."""
+  if feature_set not in FEATURE_SETS:
+    raise ValueError(f"unknown wide feature set {feature_set!r}; known: {', '.join(FEATURE_SETS)}")
+  return FEATURE_SETS[feature_set]
 _ALNUM = re.compile(r"[a-z0-9]")
 
 
-def token_classes(vocab: dict[str, int]) -> np.ndarray:
-  """[V, 4] float32: content / digit / negation / "." flags of each wordpiece id (V = max id + 1)."""
-  table = np.zeros((max(vocab.values()) + 1, TOKEN_CLASSES), np.float32)
+def token_classes(vocab: dict[str, int], feature_set: str = "overlap") -> np.ndarray:
+  """[V, K] float32: content / digit / negation / "." (/ accessory marker) flags of each wordpiece
+  id (V = max id + 1; K of the feature set)."""
+  table = np.zeros((max(vocab.values()) + 1, feature_shape(feature_set)[1]), np.float32)
   for piece, i in vocab.items():
     special = piece.startswith("[") and piece.endswith("]")
     body = piece[2:] if piece.startswith("##") else piece
@@ -56,6 +77,8 @@ def token_classes(vocab: dict[str, int]) -> np.ndarray:
     table[i, DIGIT] = float(body.isdigit() and not special)
     table[i, NEGATION] = float(not piece.startswith("##") and body.lower() in NEGATIONS)
     table[i, HINT_END] = float(piece == ".")
+    if table.shape[1] > ACCESSORY:
+      table[i, ACCESSORY] = float(not piece.startswith("##") and body.lower() in ACCESSORY_MARKERS)
   return table
 
 
@@ -73,7 +96,8 @@ def hint_end(input_ids, token_type_ids, attention_mask, token_class) -> jnp.ndar
 
 def features(input_ids, token_type_ids, attention_mask, token_class,
              after_hint: bool = False) -> jnp.ndarray:
-  """[B, L] ids, type ids, mask (+ token_class [V, 4]) -> [B, NUM_FEATURES] float32.
+  """[B, L] ids, type ids, mask (+ token_class [V, K]) -> [B, F] float32: the 9 "overlap"
+  features, and the 3 accessory ones when token_class has the marker column (K = 5, F = 12).
   after_hint: the item is segment B after its match hint (hint_end), as the student reads it
   with student.match_hint set; the hint's own words (the query's missing ones) are not item."""
   cls = jnp.take(token_class, input_ids, axis=0)                             # [B, L, 4]
@@ -104,9 +128,26 @@ def features(input_ids, token_type_ids, attention_mask, token_class,
   nqd = qd.sum(-1)
   digits = jnp.where(nqd > 0, jnp.sum(qd * in_item, -1) / jnp.maximum(nqd, 1.0), 1.0)
   neg = cls[..., NEGATION]
-  return jnp.stack([share, jaccard, bigram, digits, (nqd > 0).astype(jnp.float32),
-                    jnp.max(q * neg, -1), jnp.max(i * neg, -1),
-                    jnp.log1p(nq), jnp.log1p(ni)], axis=-1).astype(jnp.float32)
+  out = [share, jaccard, bigram, digits, (nqd > 0).astype(jnp.float32),
+         jnp.max(q * neg, -1), jnp.max(i * neg, -1), jnp.log1p(nq), jnp.log1p(ni)]
+  if token_class.shape[1] > ACCESSORY:
+    out += accessory_features(q, i, eq, cls[..., ACCESSORY] * (i > 0))
+  return jnp.stack(out, axis=-1).astype(jnp.float32)
+
+
+def accessory_features(q, i, eq, marker) -> list:
+  """Features 9-11 (module docstring). q, i [B, L]: content masks of query and item; eq
+  [B, L, L]: same id at positions s, t; marker [B, L]: the marker pieces of i."""
+  length = q.shape[1]
+  position = jnp.arange(length)[None, :]                                     # [1, L]
+  has = jnp.max(marker, -1)                                                  # [B]
+  first = jnp.where(has > 0, jnp.argmax(marker, -1), length)                 # [B] L = none
+  after = i * (position > first[:, None])                                    # [B, L]
+  before = i * (position < first[:, None])
+  nq = jnp.maximum(q.sum(-1), 1.0)
+  share_after = jnp.sum(q * jnp.max(eq * after[:, None, :], -1), -1) / nq
+  share_before = jnp.sum(q * jnp.max(eq * before[:, None, :], -1), -1) / nq
+  return [has, share_after, share_before]
 
 
 def wide_logits(wide: dict, input_ids, token_type_ids, attention_mask,

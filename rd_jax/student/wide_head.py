@@ -1,7 +1,7 @@
-"""The wide term of a trained student (`student.wide_features = "overlap"`), fitted after training.
+"""The wide term of a trained student (`student.wide_features`), fitted after training.
 
 What it adds (models/overlap.py): logits = z_deep + β · (((f - mean) / scale) @ W + b), f the
-pair's 9 wordpiece-overlap features. Fitted in two steps, after the encoder is trained and before
+pair's wordpiece-overlap features (9 for "overlap", 12 for "overlap_accessory"). Fitted in two steps, after the encoder is trained and before
 the decision rule, so the encoder's training is exactly the recipe's without it:
   1. W, b: a class-balanced multinomial logistic regression of the training label (gold, or
      the teacher's under crsd.label_source) on the standardised features of the train pairs
@@ -31,7 +31,7 @@ from rd_jax.data import pipeline
 from rd_jax.models import overlap
 from rd_jax.student import negatives
 
-MODES = ("", "overlap")
+MODES = ("", "overlap", "overlap_accessory")   # "" + models/overlap.FEATURE_SETS
 
 
 def real_pairs(train: list) -> list:
@@ -122,7 +122,7 @@ def with_wide_term(cfg, model_cfg, params: dict, data, deep_valid_logits: np.nda
   the trained student's raw valid logits without the wide term; fit_rule: the decision rule's
   fitter (None when student.fit_offsets is off)."""
   t0 = time.perf_counter()
-  token_class = overlap.token_classes(data.tokenizer.get_vocab())
+  token_class = overlap.token_classes(data.tokenizer.get_vocab(), cfg.student.wide_features)
   if token_class.shape[0] > model_cfg.vocab_size:
     raise ValueError(f"the tokenizer has ids up to {token_class.shape[0] - 1}, the student's "
                      f"vocab_size is {model_cfg.vocab_size}")
@@ -145,6 +145,6 @@ def with_wide_term(cfg, model_cfg, params: dict, data, deep_valid_logits: np.nda
               train_pairs=len(y["train"]), seconds=round(time.perf_counter() - t0, 1))
   logging.info("wide term: C %s (valid macro-F1 alone %.4f), beta %s (valid macro-F1 by beta %s)",
                info["C"], info["valid_macro_f1_alone"], beta, by_beta)
-  model_cfg = dataclasses.replace(model_cfg, wide_features=True,
+  model_cfg = dataclasses.replace(model_cfg, wide_features=cfg.student.wide_features,
                                   wide_after_hint=bool(cfg.student.get("match_hint", "")))
   return dict(params, wide=wide), model_cfg, info
