@@ -354,3 +354,12 @@ def test_weight_interpolation_keeps_the_fitted_wide_term():
   np.testing.assert_allclose(mixed["encoder"], 0.25)
   np.testing.assert_allclose(mixed["wide"]["kernel"], 7.0)
   np.testing.assert_allclose(mixed["classifier"], 5.0)
+
+
+def test_the_pytorch_twin_declares_the_same_feature_sets():
+  """convert/torch_mean_pooled.py cannot import rd_jax (it is copied into export folders): its
+  copies of the feature sets and token-class columns must equal models/overlap.py's."""
+  from rd_jax.convert import torch_mean_pooled as twin
+  assert twin.FEATURE_SETS == overlap.FEATURE_SETS
+  assert (twin.CONTENT, twin.DIGIT, twin.NEGATION, twin.HINT_END, twin.ACCESSORY) == (
+      overlap.CONTENT, overlap.DIGIT, overlap.NEGATION, overlap.HINT_END, overlap.ACCESSORY)

@@ -11,7 +11,7 @@ PyTorch twin, line for line). It reads segment A (token type 0) as the query and
 the item; with a match hint (student.match_hint) the item is what follows the hint in segment B
 (`hint_end`), since the hint lists the query's missing words.
 
-The NUM_FEATURES features of one row (wordpiece ids; "content" pieces have a letter or digit and
+The 9 features of one row (wordpiece ids; "content" pieces have a letter or digit and
 are not special tokens; q = content pieces of segment A, i = those of segment B):
   0 share of q positions whose id occurs in i                     (0 when q is empty)
   1 Jaccard of the id sets of q and i
@@ -48,12 +48,10 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-NUM_FEATURES = 9                    # of the "overlap" set
 NEGATIONS = frozenset({"without", "no", "not", "non", "free"})   # = references._NEGATIONS
 ACCESSORY_MARKERS = frozenset({"for", "compatible", "compatibility", "fit", "fits", "replacement",
                                "replacing"})
 CONTENT, DIGIT, NEGATION, HINT_END, ACCESSORY = 0, 1, 2, 3, 4
-TOKEN_CLASSES = 4                   # of the "overlap" set
 # feature set -> (features per row, token classes per vocabulary id)
 FEATURE_SETS = {"overlap": (9, 4), "overlap_accessory": (12, 5)}
 
