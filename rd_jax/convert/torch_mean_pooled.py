@@ -82,7 +82,7 @@ def hint_end(input_ids, token_type_ids, attention_mask, token_class):
 def features(input_ids, token_type_ids, attention_mask, token_class, after_hint: bool = False):
   """[B, L] ids, type ids, mask (+ token_class [V, K]) -> [B, F] float32 (models/overlap.py):
   the 9 overlap features, + 3 accessory ones when token_class has the marker column (K = 5)."""
-  cls = token_class[input_ids]                                                # [B, L, 4]
+  cls = token_class[input_ids]                                                # [B, L, K]
   real = attention_mask.to(torch.float32) * cls[..., CONTENT]                 # [B, L]
   q = real * (token_type_ids == 0).to(torch.float32)
   i = real * (token_type_ids == 1).to(torch.float32)

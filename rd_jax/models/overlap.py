@@ -52,6 +52,7 @@ NEGATIONS = frozenset({"without", "no", "not", "non", "free"})   # = references.
 ACCESSORY_MARKERS = frozenset({"for", "compatible", "compatibility", "fit", "fits", "replacement",
                                "replacing"})
 CONTENT, DIGIT, NEGATION, HINT_END, ACCESSORY = 0, 1, 2, 3, 4
+_ALNUM = re.compile(r"[a-z0-9]")
 # feature set -> (features per row, token classes per vocabulary id)
 FEATURE_SETS = {"overlap": (9, 4), "overlap_accessory": (12, 5)}
 
@@ -61,7 +62,6 @@ def feature_shape(feature_set: str) -> tuple[int, int]:
   if feature_set not in FEATURE_SETS:
     raise ValueError(f"unknown wide feature set {feature_set!r}; known: {', '.join(FEATURE_SETS)}")
   return FEATURE_SETS[feature_set]
-_ALNUM = re.compile(r"[a-z0-9]")
 
 
 def token_classes(vocab: dict[str, int], feature_set: str = "overlap") -> np.ndarray:
@@ -98,7 +98,7 @@ def features(input_ids, token_type_ids, attention_mask, token_class,
   features, and the 3 accessory ones when token_class has the marker column (K = 5, F = 12).
   after_hint: the item is segment B after its match hint (hint_end), as the student reads it
   with student.match_hint set; the hint's own words (the query's missing ones) are not item."""
-  cls = jnp.take(token_class, input_ids, axis=0)                             # [B, L, 4]
+  cls = jnp.take(token_class, input_ids, axis=0)                             # [B, L, K]
   real = attention_mask.astype(jnp.float32) * cls[..., CONTENT]              # [B, L]
   q = real * (token_type_ids == 0)                                           # [B, L]
   i = real * (token_type_ids == 1)
