@@ -11,14 +11,15 @@ that made the "bundled_v2" reasoning (same file, its stage sections; README "The
 the newest set, "bundled", is configs/teacher_rules.py's):
   python -m rd_jax.main --stage=all --config=configs/demo.py --workdir=runs/teacher \
       "--config.all.stages=('cpt','sft','reward','dpo','annotate')"
-Expect (measured 2026-12-06 session 32, seeds 0/1/2: crsd 406-478 s + eval 62-66 s = 7.8-9.0
-min, seed 0 with the CPU to itself; README "Results"): valid macro-F1 0.428 +- 0.007 (cross-fitted
-0.392), test 0.288 +- 0.017, test nDCG@10 0.635 -- above the prior (0.1546), below the lexical
-reference that eval prints beside it on macro-F1 (test 0.3263) and level with it on nDCG@10
-(0.643). Over all four rotations of the folds (python -m rd_jax.experiments.crossval
---stage=baseline, session 32, seed 0) the recipe's baseline student is level with the lexical
-reference on the 116 queries pooled (0.3158 vs 0.3148, +0.001, -0.026..+0.024; always-Exact
-0.1682); fold 4, the test fold here, is the rotation where it is lowest.
+Expect (measured 2026-12-06 session 33, seeds 0/1/2: crsd 454-460 s + eval 57-59 s = 8.6 min
+with the CPU to itself; README "Results"): valid macro-F1 0.449 +- 0.015 (cross-fitted 0.398),
+test 0.296 +- 0.022, test nDCG@10 0.654 -- above the prior (0.1546), below the lexical reference
+that eval prints beside it on macro-F1 (test 0.3263) and above it on nDCG@10 (0.643). Over all
+four rotations of the folds (python -m rd_jax.experiments.crossval --stage=baseline, seed 0; the
+session-32 encoders with this config's wide term re-fitted, session 33) the recipe's baseline
+student is ahead of the lexical reference on the 116 queries pooled (0.3999 vs 0.3148, +0.085,
++0.021..+0.136; always-Exact 0.1682); fold 4, the test fold here, is the rotation where it is
+lowest.
 """
 
 from rd_jax.config import default_config
