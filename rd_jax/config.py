@@ -192,6 +192,11 @@ def default_config() -> ml_collections.ConfigDict:
   # features of accessory titles ("case for iphone 12": the query's words after a "for /
   # compatible / fits" marker), for the Complement class. "" = off.
   c.student.wide_features = ""
+  # ours: the accessory markers of "overlap_accessory" (whole-word pieces of the tokenizer's
+  # vocabulary; English, written for the bundled ESCI titles; = models/overlap.ACCESSORY_MARKERS).
+  # Fitted into the model's token_class table, so serving needs no list.
+  c.student.wide_accessory_markers = ("for", "compatible", "compatibility", "fit", "fits",
+                                      "replacement", "replacing")
   c.student.wide_betas = (0.0, 0.25, 0.5, 1.0, 2.0)
   # ours (#17): + rank_weight * a pairwise (RankNet) loss within each query of the batch on the
   # log expected gain of the standard view (losses/pairwise_rank.py; 0 = off). It needs batches

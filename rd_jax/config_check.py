@@ -174,6 +174,12 @@ def validate(cfg) -> None:
     if not betas or any(not math.isfinite(float(b)) or float(b) < 0 for b in betas):
       raise ConfigError(f"config key student.wide_betas = {betas}: need one or more finite "
                         "weights >= 0")
+  if cfg.student.get("wide_features", "") == "overlap_accessory":
+    markers = list(cfg.student.get("wide_accessory_markers", ()))
+    if not markers or any(not isinstance(m, str) or not m or m != m.strip() or " " in m
+                          for m in markers):
+      raise ConfigError(f"config key student.wide_accessory_markers = {markers}: need one or "
+                        "more single words (whole-word pieces of the tokenizer's vocabulary)")
   if cfg.train.batch_size < 2 and cfg.crsd.lambda_infonce > 0:
     raise ConfigError("config key train.batch_size must be >= 2 for in-batch InfoNCE negatives")
 

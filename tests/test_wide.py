@@ -363,3 +363,27 @@ def test_the_pytorch_twin_declares_the_same_feature_sets():
   assert twin.FEATURE_SETS == overlap.FEATURE_SETS
   assert (twin.CONTENT, twin.DIGIT, twin.NEGATION, twin.HINT_END, twin.ACCESSORY) == (
       overlap.CONTENT, overlap.DIGIT, overlap.NEGATION, overlap.HINT_END, overlap.ACCESSORY)
+
+
+def test_accessory_markers_are_a_config_value_checked_against_the_vocabulary(tiny_config):
+  """student.wide_accessory_markers feeds the marker column (a user's own words, e.g. another
+  language); a marker the tokenizer would split is an error naming it; bad values are refused."""
+  from rd_jax.config import default_config
+  assert set(default_config().student.wide_accessory_markers) == overlap.ACCESSORY_MARKERS
+  own = overlap.token_classes(VOCAB, "overlap_accessory", markers=("case",))
+  assert {w for w, i in VOCAB.items() if own[i, overlap.ACCESSORY]} == {"case"}
+  cfg = tiny_config()
+  cfg.student.wide_features = "overlap_accessory"
+  cfg.student.wide_accessory_markers = ("for", "case")
+  assert wide_head.accessory_markers(cfg, VOCAB) == ("for", "case")
+  cfg.student.wide_accessory_markers = ("for", "kompatibel")
+  with pytest.raises(ValueError, match=r"\['kompatibel'\] are not whole-word pieces"):
+    wide_head.accessory_markers(cfg, VOCAB)
+  cfg.student.wide_accessory_markers = ()
+  with pytest.raises(config_check.ConfigError, match="student.wide_accessory_markers"):
+    config_check.validate(cfg)
+  cfg.student.wide_accessory_markers = ("for", "made for")
+  with pytest.raises(config_check.ConfigError, match="student.wide_accessory_markers"):
+    config_check.validate(cfg)
+  cfg.student.wide_features = "overlap"   # read only by overlap_accessory
+  config_check.validate(cfg)

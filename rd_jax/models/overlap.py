@@ -64,9 +64,11 @@ def feature_shape(feature_set: str) -> tuple[int, int]:
   return FEATURE_SETS[feature_set]
 
 
-def token_classes(vocab: dict[str, int], feature_set: str = "overlap") -> np.ndarray:
-  """[V, K] float32: content / digit / negation / "." (/ accessory marker) flags of each wordpiece
-  id (V = max id + 1; K of the feature set)."""
+def token_classes(vocab: dict[str, int], feature_set: str = "overlap",
+                  markers=ACCESSORY_MARKERS) -> np.ndarray:
+  """[V, K] float32: content / digit / negation / "." (/ accessory marker: a whole-word piece in
+  `markers`) flags of each wordpiece id (V = max id + 1; K of the feature set)."""
+  markers = frozenset(m.lower() for m in markers)
   table = np.zeros((max(vocab.values()) + 1, feature_shape(feature_set)[1]), np.float32)
   for piece, i in vocab.items():
     special = piece.startswith("[") and piece.endswith("]")
@@ -76,7 +78,7 @@ def token_classes(vocab: dict[str, int], feature_set: str = "overlap") -> np.nda
     table[i, NEGATION] = float(not piece.startswith("##") and body.lower() in NEGATIONS)
     table[i, HINT_END] = float(piece == ".")
     if table.shape[1] > ACCESSORY:
-      table[i, ACCESSORY] = float(not piece.startswith("##") and body.lower() in ACCESSORY_MARKERS)
+      table[i, ACCESSORY] = float(not piece.startswith("##") and body.lower() in markers)
   return table
 
 

@@ -40,6 +40,20 @@ def real_pairs(train: list) -> list:
   return [p for p in train if not negatives.is_drawn_negative(p)]
 
 
+def accessory_markers(cfg, vocab: dict[str, int]) -> tuple[str, ...]:
+  """student.wide_accessory_markers, each checked to be a whole-word piece of `vocab` (a marker
+  the tokenizer splits could never match: an error naming it, not a silently dead feature)."""
+  markers = tuple(cfg.student.get("wide_accessory_markers", tuple(sorted(overlap.ACCESSORY_MARKERS))))
+  if cfg.student.get("wide_features", "") != "overlap_accessory":
+    return markers
+  missing = [m for m in markers if m.lower() not in vocab]
+  if missing:
+    raise ValueError(f"config key student.wide_accessory_markers: {missing} are not whole-word "
+                     "pieces of the student tokenizer's vocabulary (the tokenizer would split "
+                     "them); use single words it knows")
+  return markers
+
+
 def pair_features(pairs, tokenizer, cfg, token_class: np.ndarray) -> np.ndarray:
   """[N, F] overlap features of `pairs` (input order) on the standard view the student reads
   (with its match hint, if any: the item is what follows the hint)."""
@@ -122,7 +136,8 @@ def with_wide_term(cfg, model_cfg, params: dict, data, deep_valid_logits: np.nda
   the trained student's raw valid logits without the wide term; fit_rule: the decision rule's
   fitter (None when student.fit_offsets is off)."""
   t0 = time.perf_counter()
-  token_class = overlap.token_classes(data.tokenizer.get_vocab(), cfg.student.wide_features)
+  vocab = data.tokenizer.get_vocab()
+  token_class = overlap.token_classes(vocab, cfg.student.wide_features, accessory_markers(cfg, vocab))
   if token_class.shape[0] > model_cfg.vocab_size:
     raise ValueError(f"the tokenizer has ids up to {token_class.shape[0] - 1}, the student's "
                      f"vocab_size is {model_cfg.vocab_size}")

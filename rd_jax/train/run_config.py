@@ -74,7 +74,10 @@ ADDED_KEYS = {"student.attention_dropout": 0.1,   # 2026-12-04; the one rate was
               "sft.cross_query_negatives": 0,
               # 2026-12-05 (session 32): no student had a wide term before the keys existed
               "student.wide_features": "",
-              "student.wide_betas": [0.0, 0.25, 0.5, 1.0, 2.0]}
+              "student.wide_betas": [0.0, 0.25, 0.5, 1.0, 2.0],
+              # 2026-12-06 (session 33): overlap_accessory's markers were fixed in the code
+              "student.wide_accessory_markers": ["for", "compatible", "compatibility", "fit",
+                                                 "fits", "replacement", "replacing"]}
 
 
 class RunConfigMismatch(ValueError):
