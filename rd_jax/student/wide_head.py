@@ -1,8 +1,9 @@
 """The wide term of a trained student (`student.wide_features`), fitted after training.
 
 What it adds (models/overlap.py): logits = z_deep + β · (((f - mean) / scale) @ W + b), f the
-pair's wordpiece-overlap features (9 for "overlap", 12 for "overlap_accessory"). Fitted in two steps, after the encoder is trained and before
-the decision rule, so the encoder's training is exactly the recipe's without it:
+pair's wordpiece-overlap features (9 for "overlap", 12 for "overlap_accessory"). Fitted in two
+steps, after the encoder is trained and before the decision rule, so the encoder's training is
+exactly the recipe's without it:
   1. W, b: a class-balanced multinomial logistic regression of the training label (gold, or
      the teacher's under crsd.label_source) on the standardised features of the train pairs
      (without drawn cross-query negatives) (scikit-learn, lbfgs), its inverse regularisation
@@ -31,8 +32,6 @@ from rd_jax.data import pipeline
 from rd_jax.models import overlap
 from rd_jax.student import negatives
 
-MODES = ("", "overlap", "overlap_accessory")   # "" + models/overlap.FEATURE_SETS
-
 
 def real_pairs(train: list) -> list:
   """The train pairs without the drawn cross-query negatives (student/negatives.py): the wide
@@ -43,7 +42,8 @@ def real_pairs(train: list) -> list:
 def accessory_markers(cfg, vocab: dict[str, int]) -> tuple[str, ...]:
   """student.wide_accessory_markers, each checked to be a whole-word piece of `vocab` (a marker
   the tokenizer splits could never match: an error naming it, not a silently dead feature)."""
-  markers = tuple(cfg.student.get("wide_accessory_markers", tuple(sorted(overlap.ACCESSORY_MARKERS))))
+  markers = tuple(cfg.student.get("wide_accessory_markers",
+                                  tuple(sorted(overlap.ACCESSORY_MARKERS))))
   if cfg.student.get("wide_features", "") != "overlap_accessory":
     return markers
   missing = [m for m in markers if m.lower() not in vocab]
@@ -137,7 +137,8 @@ def with_wide_term(cfg, model_cfg, params: dict, data, deep_valid_logits: np.nda
   fitter (None when student.fit_offsets is off)."""
   t0 = time.perf_counter()
   vocab = data.tokenizer.get_vocab()
-  token_class = overlap.token_classes(vocab, cfg.student.wide_features, accessory_markers(cfg, vocab))
+  token_class = overlap.token_classes(vocab, cfg.student.wide_features,
+                                      accessory_markers(cfg, vocab))
   if token_class.shape[0] > model_cfg.vocab_size:
     raise ValueError(f"the tokenizer has ids up to {token_class.shape[0] - 1}, the student's "
                      f"vocab_size is {model_cfg.vocab_size}")
