@@ -15,10 +15,10 @@ Expect (measured 2026-12-06 session 33, seeds 0/1/2: crsd 454-460 s + eval 57-59
 with the CPU to itself; README "Results"): valid macro-F1 0.449 +- 0.015 (cross-fitted 0.398),
 test 0.296 +- 0.022, test nDCG@10 0.654 -- above the prior (0.1546), below the lexical reference
 that eval prints beside it on macro-F1 (test 0.3263) and above it on nDCG@10 (0.643). Over all
-four rotations of the folds (python -m rd_jax.experiments.crossval --stage=baseline, seeds 0-1;
-seed 0 the session-32 encoders with this config's wide term re-fitted, session 33; seed 1 trained
-in session 34) the recipe's baseline student is ahead of the lexical reference on the 116 queries
-pooled (0.3752 vs 0.3148, +0.060, +0.019..+0.093; always-Exact 0.1682); fold 4, the test fold
+four rotations of the folds (python -m rd_jax.experiments.crossval --stage=baseline, seeds 0-2;
+seed 0 the session-32 encoders with this config's wide term re-fitted, session 33; seeds 1-2
+trained in session 34) the recipe's baseline student is ahead of the lexical reference on the 116
+queries pooled (0.3824 vs 0.3148, +0.068, +0.019..+0.106; always-Exact 0.1682); fold 4, the test fold
 here, is the one rotation where it is below it.
 """
 
