@@ -25,6 +25,7 @@ def test_student_pipeline_runs_then_skips(tmp_path, tiny_config, monkeypatch):
   monkeypatch.setattr(all_stage.registry, "run", lambda *a: calls.append(a) or {})
   second = all_stage.run(cfg, str(tmp_path))
   assert calls == [] and set(second["seconds_per_stage"].values()) == {"skipped (complete)"}
+  assert second["peak_rss_gib_after"] == {}   # skipped stages ran nothing to measure
 
 
 def test_unknown_stage_in_subset_is_named(tmp_path, tiny_config):
@@ -82,6 +83,10 @@ def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monk
   cfg = scripted_pipeline(tiny_config(), monkeypatch)
   summary = all_stage.run(cfg, str(tmp_path))
   assert list(summary["seconds_per_stage"]) == list(all_stage.ORDER)
+  # the process's peak memory after each stage that ran: positive, never falling (a running max)
+  peaks = [summary["peak_rss_gib_after"][s] for s in all_stage.ORDER]
+  assert peaks[0] > 0 and peaks == sorted(peaks), peaks
+  assert json.load(open(tmp_path / "all_summary.json"))["peak_rss_gib_after"] == summary["peak_rss_gib_after"]
   for stage in all_stage.ORDER:
     assert os.path.exists(tmp_path / stage / "summary.json"), stage
   # each teacher stage started from its predecessor's final/, annotate from dpo's
@@ -103,3 +108,11 @@ def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monk
   assert both[0]["num_examples"] == both[1]["num_examples"] > 0
   assert both[0]["checkpoint"].startswith(str(tmp_path / "crsd"))
   assert both[1]["checkpoint"].startswith(str(tmp_path / "baseline"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_peak_rss_is_the_kernels_high_water_mark_in_gib():
+  """ru_maxrss's unit differs by platform; on Linux it must agree with /proc's VmHWM (kB)."""
+  status = open("/proc/self/status").read()
+  hwm_gib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 2 ** 20
+  assert all_stage.peak_rss_gib() == pytest.approx(hwm_gib, abs=0.02)

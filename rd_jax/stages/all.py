@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import sys
 import time
 
 import jax
@@ -30,6 +32,17 @@ from rd_jax.data import readers
 from rd_jax.train import run_config
 
 ORDER = ("cpt", "sft", "reward", "dpo", "annotate", "crsd", "baseline", "eval", "export")
+
+
+def peak_rss_gib() -> float:
+  """This process's peak resident set so far, GiB (ru_maxrss: KiB on Linux, bytes on macOS).
+
+  Recorded after each stage in all_summary.json (`peak_rss_gib_after`): the stages share one
+  process, so the figure after stage k is the peak of stages 1..k, and where it jumps is the stage
+  that sets the machine's memory need.
+  """
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return round(peak / (2 ** 30 if sys.platform == "darwin" else 2 ** 20), 2)
 
 
 def is_complete(workdir: str, stage: str) -> bool:
@@ -47,7 +60,7 @@ def run(cfg, workdir: str) -> dict:
                  f" instead of the bundled teacher annotations ({cfg.data.reasoning_path!r})")
     cfg = cfg.copy_and_resolve_references()
     cfg.data.reasoning_path = ""
-  timings, results = {}, {}
+  timings, results, peak_rss = {}, {}, {}
   started = time.perf_counter()
   for stage in [s for s in ORDER if s in wanted]:
     if is_complete(workdir, stage):
@@ -61,11 +74,13 @@ def run(cfg, workdir: str) -> dict:
     t0 = time.perf_counter()
     result = registry.run(stage, cfg, workdir)
     if result.get("interrupted_at"):
-      return {"stage": "all", "interrupted_in": stage, "seconds_per_stage": timings}
+      return {"stage": "all", "interrupted_in": stage, "seconds_per_stage": timings,
+              "peak_rss_gib_after": peak_rss}
     timings[stage] = round(time.perf_counter() - t0, 1)
+    peak_rss[stage] = peak_rss_gib()
     results[stage] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
   summary = {"stage": "all", "seconds": round(time.perf_counter() - started, 1),
-             "seconds_per_stage": timings, "results": results}
+             "seconds_per_stage": timings, "peak_rss_gib_after": peak_rss, "results": results}
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(summary, os.path.join(workdir, "all_summary.json"))
   logging.info("all: %s", json.dumps(timings))
