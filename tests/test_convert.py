@@ -158,6 +158,50 @@ def test_cli_export_is_complete_and_verified(exported, student):
   assert "macro_f1" in open(os.path.join(exported, "README.md")).read()
 
 
+def test_cli_default_pairs_leave_nothing_behind(student, tmp_path):
+  """Without --pairs the check reads --max_pairs rows spread over the bundled data (several
+  queries, not the first query's rows) and writes no temporary file; a failed check (an int8
+  floor no export can meet) exits 1 and leaves neither the folder nor <output>.tmp."""
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  env = {**ENV, "TMPDIR": str(scratch)}
+  run = lambda *a: subprocess.run([sys.executable, "-m", "rd_jax.convert",
+                                   f"--checkpoint={student['checkpoint']}", *a], cwd=REPO, env=env,
+                                  capture_output=True, text=True, timeout=300)
+  out = str(tmp_path / "bundled")
+  ok = run(f"--output={out}", "--noonnx", "--max_pairs=12")
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  checks = json.load(open(os.path.join(out, "rd_jax.json")))["checks"]
+  assert checks["pairs"] == "bundled" and checks["num_pairs"] == 12
+  from rd_jax.convert.export import bundled_rows
+  assert len({r["query_id"] for r in bundled_rows(12)}) >= 6          # spread over the queries
+  failed_out = str(tmp_path / "failed")
+  failed = run(f"--output={failed_out}", "--min_int8_agreement=1.01", "--max_pairs=12")
+  assert failed.returncode == 1 and "int8" in failed.stderr, failed.stderr[-3000:]
+  assert not os.path.exists(failed_out) and not os.path.exists(failed_out + ".tmp")
+  assert [p.name for p in scratch.iterdir() if p.name.startswith("rd_jax")] == []
+  # a student whose template reads fields the bundled data lacks: verified on synthetic pairs
+  other = tmp_path / "other" / "crsd"
+  shutil.copytree(student["checkpoint"], other)
+  meta = json.load(open(other / "final" / "meta.json"))
+  (other / "final" / "meta.json").write_text(json.dumps({**meta, "item_template": "Text: {sku}"}))
+  fallback = subprocess.run([sys.executable, "-m", "rd_jax.convert", f"--checkpoint={other}",
+                             f"--output={tmp_path / 'synthetic'}", "--noonnx"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+  assert fallback.returncode == 0, fallback.stderr[-3000:]
+  assert "verifying on synthetic pairs" in fallback.stderr
+  assert json.load(open(tmp_path / "synthetic" / "rd_jax.json"))["checks"]["pairs"] == "synthetic"
+
+
+def test_bundled_rows_refuse_a_template_they_cannot_render():
+  from rd_jax.convert.export import bundled_rows
+  from rd_jax.score import BadRowError
+  rows = bundled_rows(4, ITEM_TEMPLATE)
+  assert all(r["item"] for r in rows)
+  with pytest.raises(BadRowError, match=r"renders no item text.*\['sku_text'\]"):
+    bundled_rows(4, "Text: {sku_text}")
+
+
 def test_flax_hf_flax_round_trip_is_identity(exported, student):
   config, params = import_hf_folder(exported)
   assert config.num_labels == 4 and config.num_layers == 2

@@ -4,6 +4,7 @@ crsd stage reported for the same student, figure for figure."""
 
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def test_a_single_fold_is_refused():
     decision_rules.compare({"valid": logits}, {"valid": labels}, ["a"] * 8, [2, 1, 1], folds=1)
 
 
-def test_the_stage_fits_the_configured_rule(tiny_config, tmp_path):
+def test_the_stage_fits_the_configured_rule(tiny_config, tmp_path, monkeypatch):
   """student.decision_rule = prior_scale: the crsd stage's offsets are tau * -log p_train (b_0 =
   0), in meta.json, and its figures equal the experiment's prior_scale rule on the same student."""
   from rd_jax import checkpoint
@@ -91,7 +92,11 @@ def test_the_stage_fits_the_configured_rule(tiny_config, tmp_path):
   offsets = np.asarray(meta["decision_offsets"])
   tau = offsets[1] / direction[1]
   np.testing.assert_allclose(offsets, tau * direction, atol=1e-9)
-  result = decision_rules.run(cfg, [str(tmp_path / "s0" / "crsd")], str(tmp_path / "r.json"))
+  scratch = tmp_path / "tmp"         # without an output file: eval's report goes to a temporary
+  scratch.mkdir()                    # folder, removed when the experiment returns
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  result = decision_rules.run(cfg, [str(tmp_path / "s0" / "crsd")])
+  assert list(scratch.iterdir()) == []
   (student,) = result["students"].values()
   np.testing.assert_allclose(student["prior_scale"]["offsets"], np.round(offsets, 4), atol=1e-9)
   np.testing.assert_allclose(student["prior_scale"]["valid_macro_f1"], summary["valid_macro_f1"],

@@ -5,6 +5,7 @@ their average; students fed differently are refused, naming the checkpoint and t
 import json
 import os
 import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -50,9 +51,12 @@ def test_a_student_with_itself_is_that_student(two_students):
   assert "macro_f1_crossfit" in result["valid"]["ensemble"]
 
 
-def test_ensemble_is_the_mean_of_the_logits_and_soup_the_mean_of_the_weights(two_students):
+def test_ensemble_is_the_mean_of_the_logits_and_soup_the_mean_of_the_weights(two_students, tmp_path,
+                                                                              monkeypatch):
   cfg, root, dirs = two_students
-  result = ensemble.run(cfg, dirs, os.path.join(root, "two.json"), with_soup=True)
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # no output file: a temporary folder
+  result = ensemble.run(cfg, dirs, with_soup=True)
+  assert list(tmp_path.iterdir()) == []                       # removed on return
   assert "test" not in result                          # test is read only with test=True
   restored = [eval_stage.restore_student(cfg, d) for d in dirs]
   meta, model, _, mesh = restored[0]

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -103,6 +104,9 @@ def test_every_stage_on_gcs(gcs, tiny_config, monkeypatch, tmp_path):
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   monkeypatch.chdir(cwd)
+  scratch = tmp_path / "tmp"       # the process's temporary folder: local copies for the checks
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
   workdir = f"gs://{gcs.bucket}/all"
   summary = all_stage.run(scripted_pipeline(tiny_config(), monkeypatch), workdir)
   assert list(summary["seconds_per_stage"]) == list(all_stage.ORDER)
@@ -123,6 +127,8 @@ def test_every_stage_on_gcs(gcs, tiny_config, monkeypatch, tmp_path):
           "export/hf/config.json", "export/verify_pairs.jsonl", "all_summary.json"} <= names
   assert not any(n.endswith(".tmp") or "final.tmp" in n for n in names)
   assert list(cwd.iterdir()) == []                      # nothing written locally
+  # nor left in the temporary folder (torch keeps its own cache there: torchinductor_<user>)
+  assert [p.name for p in scratch.iterdir() if p.name.startswith("rd_jax")] == []
   steps = [json.loads(l)["step"] for l in storage.read_text(f"{workdir}/crsd/metrics.jsonl")
            .splitlines()]
   assert steps == [2]                                   # tiny: log_every 2

@@ -4,6 +4,7 @@ head; test is scored only with --test, for the chosen alpha and alpha 1."""
 
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -78,12 +79,14 @@ def test_choose_prefers_the_larger_alpha_on_ties():
   assert interpolate.choose({0.5: {"macro_f1": 0.5}, 1.0: {"macro_f1": 0.4}}) == 0.5
 
 
-def test_decision_gap_reproduces_eval_and_bounds_the_rule(trained):
+def test_decision_gap_reproduces_eval_and_bounds_the_rule(trained, tmp_path, monkeypatch):
   """experiments.decision_gap: its shipped-rule and argmax figures are eval's test figures for
   the student and the lexical reference; the in-sample (oracle) offsets are never below them."""
   from rd_jax.experiments import decision_gap
   cfg, workdir = trained
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   out = decision_gap.run(cfg, [os.path.join(workdir, "crsd")], "test", folds=2)
+  assert list(tmp_path.iterdir()) == []           # its scratch folder is removed on return
   evaluated = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
   row = out["students"][os.path.join(workdir, "crsd")]
   assert row["valid_offsets"] == round(evaluated["macro_f1"], 4)

@@ -3,7 +3,7 @@
   python -m rd_jax.convert --checkpoint=<workdir>/crsd --output=<dir> \
       [--atol=1e-4] [--noonnx] [--noint8] [--pairs=valid.jsonl] [--overwrite]
 
-Without --pairs the check runs on the first --max_pairs real pairs of the bundled ESCI data (64 by
+Without --pairs the check runs on --max_pairs real pairs spread over the bundled ESCI data (64 by
 default). An existing non-empty --output folder is refused unless --overwrite.
 
 Exits non-zero, naming what differs (max |Δlogit|, an unwritten tensor, a bad checkpoint), when
@@ -45,7 +45,7 @@ def main(argv):
   if os.path.isdir(output) and os.listdir(output) and not _OVERWRITE.value:
     raise errors.PathError(f"--output={output} exists and is not empty; pass --overwrite to "
                            "replace it, or choose another folder")
-  pairs = _PAIRS.value or _bundled_pairs_file(_MAX_PAIRS.value)
+  pairs = _PAIRS.value   # None: --max_pairs rows spread over the bundled data (export.bundled_rows)
   run = lambda pairs: export_student(_CHECKPOINT.value, output, atol=_ATOL.value,
                                      onnx=_ONNX.value, int8=_INT8.value, pairs=pairs,
                                      max_pairs=_MAX_PAIRS.value,
@@ -59,25 +59,12 @@ def main(argv):
       # a student whose item template reads other fields: the bundled rows render no item text
       logging.warning("the bundled pairs do not fit this student's item template (%s); "
                       "verifying on synthetic pairs instead: pass --pairs=<your jsonl>", e)
-      report = run(None)
+      report = run("synthetic")
   except (CheckpointError, ExportError, OnnxCheckError, BadRowError, ValueError) as e:
     print(f"export failed: {type(e).__name__}: {e}", file=sys.stderr)
     return 1
   print(json.dumps(report, indent=2))
   return 0
-
-
-def _bundled_pairs_file(n: int) -> str:
-  """The first `n` bundled ESCI pairs (real text) as a plain JSONL in a temporary folder."""
-  import gzip
-  import tempfile
-  from rd_jax.data import readers
-  path = os.path.join(tempfile.mkdtemp(prefix="rd_jax_verify_"), "bundled_pairs.jsonl")
-  with gzip.open(readers.bundled_pairs_path(), "rt", encoding="utf-8") as src, \
-       open(path, "w", encoding="utf-8") as dst:
-    for _, line in zip(range(n), src):
-      dst.write(line)
-  return path
 
 
 if __name__ == "__main__":

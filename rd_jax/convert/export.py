@@ -43,8 +43,8 @@ from rd_jax import storage
 from rd_jax.convert import hf_bert, torch_mean_pooled
 from rd_jax.models.bert import BertClassifier, BertConfig, init_params
 from rd_jax.models import overlap
-from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, pad_batch, read_pairs, render_item,
-                          tokenize_pairs)
+from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, BadRowError, pad_batch,
+                          read_pairs, render_item, template_fields, tokenize_pairs)
 
 META_KEYS = ("model_config", "labels", "tokenizer", "item_template", "max_len_std")
 SYNTHETIC_PAIRS = (
@@ -242,14 +242,23 @@ python -m rd_jax.score --model=<this folder> --input=pairs.jsonl --output=scores
 """
 
 
-def bundled_rows(n: int) -> list[dict]:
+def bundled_rows(n: int, template: str | None = None) -> list[dict]:
   """n rows spread evenly over the bundled ESCI pairs (many queries, every label): real text for
-  the parity check."""
+  the parity check. With `template`, each row's item is rendered by it, and a row it renders
+  empty raises BadRowError (a student whose template reads fields the bundled data lacks)."""
   import gzip
   from rd_jax.data import readers
-  with gzip.open(readers.bundled_pairs_path(), "rt", encoding="utf-8") as f:
+  path = readers.bundled_pairs_path()
+  with gzip.open(path, "rt", encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  return [rows[i] for i in np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int)]
+  rows = [rows[i] for i in np.linspace(0, len(rows) - 1, min(n, len(rows))).astype(int)]
+  if template is None:
+    return rows
+  rendered = [dict(row, item=render_item(row, template)) for row in rows]
+  if not all(row["item"] for row in rendered):
+    raise BadRowError(f"{path}: the item template renders no item text for the bundled pairs "
+                      f"(it reads {template_fields(template)})")
+  return rendered
 
 
 def load_student(checkpoint: str) -> tuple[dict, dict]:
@@ -281,7 +290,26 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   if os.path.exists(tmp):
     shutil.rmtree(tmp)
   os.makedirs(tmp)
+  try:
+    report = _write_verified(tmp, checkpoint, params, meta, config, labels, output, atol=atol,
+                             onnx=onnx, int8=int8, pairs=pairs, max_pairs=max_pairs,
+                             min_int8_agreement=min_int8_agreement)
+  except BaseException:   # a failed check leaves no half-written folder behind
+    shutil.rmtree(os.path.dirname(tmp) if remote else tmp, ignore_errors=True)
+    raise
+  storage.rmtree(output)
+  if remote:
+    storage.upload_tree(tmp, output)
+    shutil.rmtree(os.path.dirname(tmp))
+  else:
+    os.replace(tmp, output)
+  return report
 
+
+def _write_verified(tmp: str, checkpoint: str, params, meta: dict, config: BertConfig,
+                    labels: list, output: str, *, atol: float, onnx: bool, int8: bool,
+                    pairs: str | None, max_pairs: int, min_int8_agreement: float) -> dict:
+  """Writes the HF folder into `tmp` and checks it against the Flax student -> the report."""
   from transformers import AutoTokenizer
   hf_config(config, labels).save_pretrained(tmp)
   if serving_architecture(config):   # the serving class, for AutoModel... with trust_remote_code=True
@@ -306,7 +334,7 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
   elif pairs:
     rows = read_pairs(pairs, meta["item_template"])[:max_pairs]
   else:
-    rows, pairs = bundled_rows(max_pairs), "bundled"
+    rows, pairs = bundled_rows(max_pairs, meta["item_template"]), "bundled"
   batch = tokenized_pairs(tmp, rows, meta["item_template"], meta["max_len_std"],
                           meta.get("match_hint", ""))
   report = {"output": output, "num_pairs": len(rows), "pairs": pairs,
@@ -318,12 +346,6 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
     json.dump({**export_meta, "checks": report}, f, indent=2)
   with open(os.path.join(tmp, "README.md"), "w") as f:
     f.write(_model_card(meta, report, config.pooling, config.wide_features))
-  storage.rmtree(output)
-  if remote:
-    storage.upload_tree(tmp, output)
-    shutil.rmtree(os.path.dirname(tmp))
-  else:
-    os.replace(tmp, output)
   return report
 
 

@@ -70,7 +70,11 @@ def student_row(cfg, ckpt: str, split: str, folds: int, scratch: str) -> dict:
 
 
 def run(cfg, checkpoints, split: str = "test", folds: int = 3, scratch: str = "") -> dict:
-  scratch = scratch or tempfile.mkdtemp(prefix="rd_jax_gap_")
+  """The lexical reference and each student, four ways; `scratch` holds eval's rendered pairs
+  (a temporary folder removed on return when not given)."""
+  if not scratch:
+    with tempfile.TemporaryDirectory(prefix="rd_jax_gap_") as tmp:
+      return run(cfg, checkpoints, split, folds, tmp)
   out = {"split": split, "folds": folds, "lexical_reference": reference_row(cfg, split, folds)}
   students = {ckpt: student_row(cfg, ckpt, split, folds, scratch) for ckpt in checkpoints}
   out["students"] = students

@@ -76,10 +76,16 @@ def compare(logits: dict, gold: dict, groups, train_label_counts, folds: int) ->
   return out
 
 
-def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False) -> dict:
+def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False,
+        scratch: str = "") -> dict:
+  """Each rule on each student; eval's data report goes beside `out`, else to `scratch` (a
+  temporary folder removed on return when not given)."""
   if not checkpoints:
     raise ValueError("--checkpoints needs at least one student")
-  out_dir = os.path.dirname(storage.abspath(out)) if out else tempfile.mkdtemp(prefix="rules")
+  if not out and not scratch:
+    with tempfile.TemporaryDirectory(prefix="rd_jax_rules_") as tmp:
+      return run(cfg, checkpoints, out, test, tmp)
+  out_dir = scratch or os.path.dirname(storage.abspath(out))
   storage.makedirs(out_dir)
   splits = ("valid", "test") if test else ("valid",)
   folds = int(cfg.student.get("offsets_crossfit_folds", 0))

@@ -30,14 +30,17 @@ def run(cfg, workdir: str) -> dict:
     import json
     text = "".join(json.dumps(dict(p.raw), ensure_ascii=False) + "\n" for p in valid[:256])
     storage.write_text_atomic(pairs_path, text)
-    local_pairs = pairs_path
-    if storage.is_remote(pairs_path):   # the PyTorch-side check (rd_jax/score.py) reads local files
-      local_pairs = os.path.join(tempfile.mkdtemp(prefix="rd_jax_pairs_"), "verify_pairs.jsonl")
-      with open(local_pairs, "w", encoding="utf-8") as f:
-        f.write(text)
-    report = export.export_student(checkpoint, os.path.join(stage_dir, "hf"), atol=cfg.export.atol,
-                                   onnx=cfg.export.onnx, int8=cfg.export.int8, pairs=local_pairs,
-                                   max_pairs=256)
+    # the PyTorch-side check (rd_jax/score.py) reads local files: a remote workdir's pairs are
+    # copied to a temporary folder, removed on any exit
+    with tempfile.TemporaryDirectory(prefix="rd_jax_pairs_") as scratch:
+      local_pairs = pairs_path
+      if storage.is_remote(pairs_path):
+        local_pairs = os.path.join(scratch, "verify_pairs.jsonl")
+        with open(local_pairs, "w", encoding="utf-8") as f:
+          f.write(text)
+      report = export.export_student(checkpoint, os.path.join(stage_dir, "hf"),
+                                     atol=cfg.export.atol, onnx=cfg.export.onnx,
+                                     int8=cfg.export.int8, pairs=local_pairs, max_pairs=256)
     summary = {"stage": "export", "output": os.path.join(stage_dir, "hf"), "checks": report}
     metrics_lib.write_json_atomic(summary, os.path.join(stage_dir, "summary.json"))
     return summary
