@@ -294,7 +294,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.tie_embeddings = True
   c.teacher.max_position = 2048
   c.teacher.dtype = "float32"
-  c.teacher.remat = "none"       # none | per_layer (each decoder block), as student.remat
+  # none | per_layer (each decoder block, as student.remat) | scan (per_layer with the blocks run
+  # as one lax.scan where no KV cache is used: the only mode that lowers XLA:CPU's memory; README
+  # "Rematerialisation")
+  c.teacher.remat = "none"
   c.teacher.remat_policy = "nothing_saveable"
   c.teacher.max_prompt_len = 320  # prompt v2's shared part is ~170 tokens (prefilled once)
   c.teacher.max_response_len = 96

@@ -175,11 +175,20 @@ def test_common_helpers(tmp_path):
 
 def test_remat(tmp_path):
   r = run_bench("remat", tmp_path, "--batch_size=8", "--std_len=32", "--aug_len=64",
-                "--teacher_size=tiny", "--teacher_len=64", "--policies=nothing_saveable")
+                "--teacher_size=tiny", "--teacher_len=64", "--policies=nothing_saveable",
+                "--time_teacher", "--repeats=2", "--steps=1", "--warmup=0")
   for model in ("student", "teacher"):
     none, remat = (r["measurements"][f"{model}/{k}"] for k in ("none", "per_layer:nothing_saveable"))
     assert none["temp_bytes"] > 0 and none["argument_bytes"] == remat["argument_bytes"]
     assert remat["residual_bytes"] < none["residual_bytes"] / 2
+  scan = r["measurements"]["teacher/scan:nothing_saveable"]   # the decoder's alone
+  assert "student/scan:nothing_saveable" not in r["measurements"]
+  assert scan["temp_bytes"] < r["measurements"]["teacher/per_layer:nothing_saveable"]["temp_bytes"]
+  for name in ("none", "per_layer:nothing_saveable", "scan:nothing_saveable"):   # --time_teacher
+    timed = r["measurements"][f"teacher/{name}"]
+    assert len(timed["step_time"]["repeats"]) == 2 and timed["time_ratio"] > 0
+  assert r["measurements"]["teacher/none"]["time_ratio"] == 1.0
+  assert "step_time" not in r["measurements"]["student/none"]
 
 
 def test_accel_check_smoke(tmp_path):
@@ -190,6 +199,7 @@ def test_accel_check_smoke(tmp_path):
   assert m["teacher_generate"]["tokens_per_s"] > 0
   assert m["sharded_crsd"]["devices"] >= 1 and m["sharded_crsd"]["tokens_per_s_per_device"] > 0
   assert m["teacher_remat"]["per_layer"]["residual_bytes"] < m["teacher_remat"]["none"]["residual_bytes"]
+  assert m["teacher_remat"]["scan_temp_ratio"] > 0   # reported (at smoke shapes the stacking dominates)
   assert r["summary"]["student_train_mfu"]["target"] == ">= 0.5"
 
 

@@ -42,11 +42,12 @@ def _decoder_loss(config):
 CASES = {"bert": (BERT, bert.init_params, _bert_loss), "decoder": (DEC, decoder.init_params, _decoder_loss)}
 
 
-@pytest.mark.parametrize("model", sorted(CASES))
+@pytest.mark.parametrize("model,mode", [("bert", "per_layer"), ("decoder", "per_layer"),
+                                        ("decoder", "scan")])
 @pytest.mark.parametrize("policy", ["nothing_saveable", "dots_with_no_batch_dims_saveable"])
-def test_same_params_loss_and_grads(model, policy):
+def test_same_params_loss_and_grads(model, mode, policy):
   config, init, make_loss = CASES[model]
-  rematted = dataclasses.replace(config, remat="per_layer", remat_policy=policy)
+  rematted = dataclasses.replace(config, remat=mode, remat_policy=policy)
   params = init(config, jax.random.PRNGKey(0))
   shapes = lambda c: jax.tree.map(lambda x: x.shape, jax.eval_shape(lambda: init(c, jax.random.PRNGKey(0))))
   assert shapes(rematted) == shapes(config)  # same names and shapes: checkpoints, converters
@@ -66,9 +67,69 @@ def test_remat_keeps_fewer_activations():
   assert saved["per_layer"] < saved["none"] / 4, saved
 
 
+def test_scan_with_padding_and_with_a_cache_is_the_loop():
+  """remat "scan" on right-padded rows (the attention mask reaches every scanned block), and a
+  cached forward (prefill + one decode step: generation keeps the loop) give the plain
+  decoder's outputs."""
+  config = dataclasses.replace(DEC, num_layers=3)
+  scanned = dataclasses.replace(config, remat="scan")
+  params = decoder.init_params(config, jax.random.PRNGKey(0))
+  tokens = jnp.asarray(np.random.RandomState(1).randint(0, 61, (3, 10)), jnp.int32)
+  mask = jnp.asarray(np.arange(10)[None] < np.array([[10], [7], [4]]), jnp.int32)
+
+  def padded_loss(c):
+    def loss(p):
+      logits, _ = decoder.Decoder(c).apply({"params": p}, tokens,
+                                           decoder.positions_from_mask(mask), attention_mask=mask)
+      return jnp.sum(lm.token_log_probs(logits[:, :-1], tokens[:, 1:]) * mask[:, 1:])
+    return loss
+  (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(padded_loss(c)))(params)
+                        for c in (config, scanned))
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+  def cached(c):
+    cache = decoder.init_cache(c, 3, 12)
+    pos = jnp.broadcast_to(jnp.arange(10), (3, 10))
+    first, cache = decoder.Decoder(c).apply({"params": params}, tokens, pos, cache=cache,
+                                            cache_index=0)
+    step, _ = decoder.Decoder(c).apply({"params": params}, tokens[:, :1], pos[:, :1] + 10,
+                                       cache=cache, cache_index=10)
+    return first, step
+  for a, b in zip(cached(config), cached(scanned)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_scan_lowers_the_compiled_temp_bytes_where_per_layer_does_not_have_to():
+  """What scan is for: XLA's scratch for the decoder's training step, compiled on this backend.
+  Unrolled per-layer remat leaves it to the scheduler (on CPU it barely moves); the scan's
+  backward loop recomputes one block at a time, so its temp bytes fall well below both."""
+  from rd_jax.bench.remat import _memory
+  config = dataclasses.replace(DEC, num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=2,
+                               intermediate_size=256, max_position=128)
+  params = decoder.init_params(config, jax.random.PRNGKey(0))
+  tokens = jnp.zeros((4, 96), jnp.int32)
+
+  def temp(mode):
+    c = dataclasses.replace(config, remat=mode)
+
+    def step(p, t):
+      def loss(p):
+        logits, _ = decoder.Decoder(c).apply({"params": p}, t,
+                                             jnp.broadcast_to(jnp.arange(96), t.shape))
+        return lm.token_log_probs(logits[:, :-1], t[:, 1:]).mean()
+      return jax.grad(loss)(p)
+    return _memory(jax.jit(step), params, tokens)["temp_bytes"]
+  got = {mode: temp(mode) for mode in ("none", "per_layer", "scan")}
+  assert got["scan"] < 0.5 * min(got["none"], got["per_layer"]), got
+
+
 def test_bad_values_are_named():
   with pytest.raises(ValueError, match="remat 'every_layer'"):
     dataclasses.replace(BERT, remat="every_layer")
+  with pytest.raises(ValueError, match="remat 'scan' not one of"):   # the decoder's alone
+    dataclasses.replace(BERT, remat="scan")
   with pytest.raises(ValueError, match="remat_policy 'dots'"):
     dataclasses.replace(DEC, remat="per_layer", remat_policy="dots")
   assert "nothing_saveable" in remat.POLICIES and "dots_saveable" in remat.POLICIES

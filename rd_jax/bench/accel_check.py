@@ -20,7 +20,8 @@ values), compute dtype bf16 on an accelerator (`--dtype`):
                   device (fsdp 2 when the count is even, data the rest), global batch
                   --student_batch x devices: step time and tokens/s per device.
   teacher_remat   XLA memory_analysis temp bytes of the SmolLM2-shaped teacher's training step
-                  with teacher.remat none vs per_layer (compiled, not run; bench/remat.py).
+                  with teacher.remat none vs per_layer vs scan (compiled, not run;
+                  bench/remat.py).
 """
 
 from __future__ import annotations
@@ -136,10 +137,12 @@ def teacher_remat(args, dtype) -> dict:
   ns = dataclasses.make_dataclass("A", ["teacher_size", "dtype", "teacher_batch", "teacher_len"])(
       "tiny" if args.smoke else "smollm2", dtype, args.teacher_batch, args.teacher_len)
   rows, _ = remat._teacher(ns, {"none": ("none", "nothing_saveable"),
-                                "per_layer": ("per_layer", "nothing_saveable")})
+                                "per_layer": ("per_layer", "nothing_saveable"),
+                                "scan": ("scan", "nothing_saveable")})
   base = rows["none"]["temp_bytes"]
   return dict(rows, temp_ratio=rows["per_layer"]["temp_bytes"] / base if base else None,
               residual_ratio=rows["per_layer"]["residual_bytes"] / rows["none"]["residual_bytes"],
+              scan_temp_ratio=rows["scan"]["temp_bytes"] / base if base else None,
               batch=args.teacher_batch, seq_len=args.teacher_len)
 
 

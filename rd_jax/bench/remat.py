@@ -13,9 +13,12 @@ For each model and each setting (`none`; `per_layer` with each of --policies), t
   student: the crsd stage's CRSD step (both views, AdamW), `--size` BERT, batch
            --batch_size x (--std_len + --aug_len) tokens;
   teacher: next-token loss + gradient + SGD update of a random decoder (`--teacher_size`:
-           tiny 2 x 64, or SmolLM2-135M's shape), batch --teacher_batch x --teacher_len tokens.
+           tiny 2 x 64, or SmolLM2-135M's shape), batch --teacher_batch x --teacher_len tokens;
+           also remat "scan" (the decoder's blocks as one lax.scan, each iteration remat'ed).
 ratios = bytes with remat / bytes without (lower = more saved). The compute cost of the
-recomputation is not measured here (it is at most one extra forward per layer).
+recomputation (at most one extra forward per layer) is measured with --time_teacher: each teacher
+step run on real params, --repeats x --steps calls interleaved across the settings; time_ratio =
+median step time / the median without remat.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ def add_args(parser) -> None:
   parser.add_argument("--teacher_len", type=int, default=512)
   parser.add_argument("--policies", default="nothing_saveable,dots_with_no_batch_dims_saveable",
                       help="comma list of jax.checkpoint_policies names for per_layer")
+  parser.add_argument("--time_teacher", action="store_true",
+                      help="also run and time each teacher setting's step (--repeats x --steps "
+                           "calls, interleaved; --warmup untimed): the price of the recomputation")
 
 
 def _memory(step, *args) -> dict:
@@ -108,7 +114,7 @@ def _teacher(args, settings) -> tuple[dict, dict]:
   base = teacher_config(args.teacher_size, common.resolve_dtype(args.dtype))
   params = jax.eval_shape(lambda: decoder.init_params(base, jax.random.PRNGKey(0)))
   tokens = jax.ShapeDtypeStruct((args.teacher_batch, args.teacher_len), jnp.int32)
-  out = {}
+  out, steps = {}, {}
   for name, (mode, policy) in settings.items():
     config = dataclasses.replace(base, remat=mode, remat_policy=policy)
     loss = lambda p, t, config=config: _lm_loss(config, p, t)
@@ -117,9 +123,31 @@ def _teacher(args, settings) -> tuple[dict, dict]:
       value, grads = jax.value_and_grad(loss)(params, tokens)
       return jax.tree.map(lambda w, g: w - 1e-4 * g, params, grads), value
 
-    out[name] = _memory(jax.jit(step, donate_argnums=(0,)), params, tokens)
+    steps[name] = jax.jit(step, donate_argnums=(0,))
+    out[name] = _memory(steps[name], params, tokens)
     out[name]["residual_bytes"] = residual_bytes(loss, params, tokens)
+  if getattr(args, "time_teacher", False):
+    timings = _time_steps(args, base, steps)
+    for name, timing in timings.items():
+      out[name]["step_time"] = timing.to_dict()
+      out[name]["time_ratio"] = timing.median / timings["none"].median
   return out, base.to_dict()
+
+
+def _time_steps(args, base, steps: dict) -> dict:
+  """Each compiled step run on real params and tokens, timed interleaved (common.measure)."""
+  import jax
+  import numpy as np
+  from rd_jax.models import decoder
+  tokens = jax.numpy.asarray(np.random.RandomState(args.seed).randint(
+      0, base.vocab_size, (args.teacher_batch, args.teacher_len)), jax.numpy.int32)
+  state = {name: decoder.init_params(base, jax.random.PRNGKey(args.seed)) for name in steps}
+
+  def call(name):   # the step donates its params: carry the updated ones to the next call
+    state[name], value = steps[name](state[name], tokens)
+    return value
+  return common.measure({name: (lambda name=name: call(name)) for name in steps},
+                        repeats=args.repeats, calls=args.steps, warmup=args.warmup)
 
 
 def run(args) -> dict:
@@ -127,7 +155,10 @@ def run(args) -> dict:
   for policy in [p for p in args.policies.split(",") if p]:
     settings[f"per_layer:{policy}"] = ("per_layer", policy)
   results = {"student": _student(args, settings)}
-  results["teacher"], teacher_cfg = _teacher(args, settings)
+  teacher_settings = dict(settings)   # the decoder's blocks also run as a scan (remat "scan")
+  for policy in [p for p in args.policies.split(",") if p]:
+    teacher_settings[f"scan:{policy}"] = ("scan", policy)
+  results["teacher"], teacher_cfg = _teacher(args, teacher_settings)
   table, summary = [], {}
   for model, rows in results.items():
     for name, row in rows.items():
@@ -136,14 +167,19 @@ def run(args) -> dict:
         row[f"{kind}_ratio"] = row[f"{kind}_bytes"] / base if base else None
         if name != "none":
           summary[f"{model}_{name}_{kind}_ratio"] = row[f"{kind}_ratio"]
+      if name != "none" and row.get("time_ratio") is not None:
+        summary[f"{model}_{name}_time_ratio"] = row["time_ratio"]
       table.append({"model": model, "remat": name, "residual_MiB": row["residual_bytes"] / 2**20,
                     "residual_ratio": row["residual_ratio"], "xla_temp_MiB": row["temp_bytes"] / 2**20,
-                    "temp_ratio": row["temp_ratio"], "args_MiB": row["argument_bytes"] / 2**20})
+                    "temp_ratio": row["temp_ratio"], "args_MiB": row["argument_bytes"] / 2**20,
+                    "step_s": row.get("step_time", {}).get("median"),
+                    "time_ratio": row.get("time_ratio")})
   config = {"size": args.size, "dtype": common.resolve_dtype(args.dtype),
             "batch_size": args.batch_size, "std_len": args.std_len, "aug_len": args.aug_len,
             "teacher_size": args.teacher_size, "teacher_config": teacher_cfg,
             "teacher_batch": args.teacher_batch, "teacher_len": args.teacher_len,
-            "settings": {k: list(v) for k, v in settings.items()}}
+            "time_teacher": bool(args.time_teacher),
+            "settings": {k: list(v) for k, v in teacher_settings.items()}}
   notes = ["compiled, not run: temp bytes are this backend's memory_analysis(); residual bytes "
            "are backend-independent"]
   return common.envelope("remat", config, {f"{m}/{n}": r for m, rows in results.items()

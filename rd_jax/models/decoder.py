@@ -89,7 +89,7 @@ class DecoderConfig:
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
   rope_original_max_position: int = 8192
-  remat: str = "none"     # none | per_layer (models/remat.py); params identical either way
+  remat: str = "none"     # none | per_layer | scan (models/remat.py); params identical either way
   remat_policy: str = "nothing_saveable"
   matmul_dtype: str = ""  # "" = dtype; "bfloat16" (with dtype float32): bf16-input fp32-output matmuls
 
@@ -104,7 +104,7 @@ class DecoderConfig:
       raise ValueError(f"matmul_dtype {self.matmul_dtype!r} not one of {['', *sorted(_DTYPES)]}")
     if self.rope_scaling not in ("none", "llama3"):
       raise ValueError(f"rope_scaling {self.rope_scaling!r} not one of ['llama3', 'none']")
-    remat.check(self.remat, self.remat_policy)
+    remat.check(self.remat, self.remat_policy, remat.MODES + (remat.SCAN,))
 
   @property
   def head_dim(self) -> int:
@@ -348,9 +348,29 @@ class Decoder(nn.Module):
       x = x.astype(self.config.compute_dtype)
     else:
       x = self.embed_tokens(tokens.astype(jnp.int32))
-    for i, layer in enumerate(self.layers):
-      x, cache = layer(x, positions, attention_mask, cache, cache_index, i)
+    if self.config.remat == remat.SCAN and cache is None and not self.is_initializing():
+      x = self._scanned_blocks(x, positions, attention_mask)
+    else:
+      for i, layer in enumerate(self.layers):
+        x, cache = layer(x, positions, attention_mask, cache, cache_index, i)
     return self.norm(x), cache
+
+  def _scanned_blocks(self, x, positions, attention_mask):
+    """remat "scan": the blocks as one `lax.scan` over their params stacked [layers, ...], each
+    iteration rematerialised with remat_policy. The backward pass is a loop too, recomputing one
+    block per iteration, so only the [B, L, D] input of each block stays live — what per_layer
+    promises but XLA:CPU's scheduler undoes in the unrolled loop. Same params (stacked here, per
+    step; their gradients unstack), same maths as the loop."""
+    c = self.config
+    stacked = jax.tree.map(lambda *w: jnp.stack(w),
+                           *[layer.variables["params"] for layer in self.layers])
+    block = Block(c, parent=None)
+
+    def one_block(h, params):   # h [B, L, D]; the layer index only addresses a cache: none here
+      return block.apply({"params": params}, h, positions, attention_mask, None, None, 0)[0], None
+
+    one_block = jax.checkpoint(one_block, policy=getattr(jax.checkpoint_policies, c.remat_policy))
+    return jax.lax.scan(one_block, x, stacked)[0]
 
   def head(self, h):
     """LM head in fp32: logits feed log-softmax, whose differences (DPO, votes) need the digits."""

@@ -18,19 +18,25 @@ import flax.linen as nn
 import jax
 
 MODES = ("none", "per_layer")
+# The decoder's third mode: per-layer remat with its blocks run as one `lax.scan` over their
+# stacked params wherever no KV cache is used (training, scoring). The backward pass then
+# recomputes one block per loop iteration; unrolled (per_layer), XLA:CPU schedules the
+# recomputation early and keeps the activations live anyway (README, "Rematerialisation").
+SCAN = "scan"
 POLICIES = tuple(n for n in dir(jax.checkpoint_policies)
                  if n.endswith("saveable") and not n.startswith("_"))
 
 
-def check(mode: str, policy: str) -> None:
-  if mode not in MODES:
-    raise ValueError(f"remat {mode!r} not one of {MODES}")
+def check(mode: str, policy: str, modes: tuple[str, ...] = MODES) -> None:
+  if mode not in modes:
+    raise ValueError(f"remat {mode!r} not one of {modes}")
   if policy not in POLICIES:
     raise ValueError(f"remat_policy {policy!r} not one of {POLICIES}")
 
 
 def wrap(module_cls, mode: str, policy: str, static_argnums: tuple[int, ...] = ()):
-  """`module_cls` itself (mode "none") or its `nn.remat` version with `policy`.
+  """`module_cls` itself (mode "none") or its `nn.remat` version with `policy` (per_layer, and
+  scan where the layers run in a Python loop).
 
   static_argnums count `self` as 0 (Python values the layer branches on, e.g. `deterministic`).
   """
