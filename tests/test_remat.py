@@ -133,3 +133,21 @@ def test_bad_values_are_named():
   with pytest.raises(ValueError, match="remat_policy 'dots'"):
     dataclasses.replace(DEC, remat="per_layer", remat_policy="dots")
   assert "nothing_saveable" in remat.POLICIES and "dots_saveable" in remat.POLICIES
+
+
+def test_scan_trains_sharded_over_8_devices_as_on_one():
+  """teacher.remat = scan under the teacher's shardings (data 2 x fsdp 2 x tensor 2, forced host
+  devices): the stacked per-layer params keep the pod path exact (tests/sharded_teacher_check.py)."""
+  import json
+  import os
+  import subprocess
+  import sys
+  tests = os.path.dirname(os.path.abspath(__file__))
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests])}
+  r = subprocess.run([sys.executable, os.path.join(tests, "sharded_teacher_check.py"), "scan"],
+                     env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 8 and any("fsdp" in s and "tensor" in s for s in out["specs"])
+  np.testing.assert_allclose(out["loss_8"], out["loss_1"], rtol=1e-5)
+  assert out["max_param_diff"] < 1e-5
