@@ -25,6 +25,24 @@ def test_each_stage_records_only_what_its_training_reads(tiny_config):
     run_config.for_stage(cfg, "eval")
 
 
+def test_remat_is_free_to_change_even_against_an_older_record(tmp_path, tiny_config):
+  """Remat changes how activations are kept, not what is trained: not recorded, and a record
+  written when the remat keys were still recorded resumes under another remat."""
+  cfg = tiny_config()
+  for stage, section in (("dpo", "teacher"), ("crsd", "student")):
+    wanted = run_config.for_stage(cfg, stage)
+    assert f"{section}.remat" not in wanted and f"{section}.remat_policy" not in wanted
+    folder = tmp_path / stage
+    folder.mkdir()
+    run_config.write(str(folder), {**wanted, f"{section}.remat": "none",   # recorded before 12-06
+                                   f"{section}.remat_policy": "nothing_saveable"})
+    cfg[section].remat = "scan" if section == "teacher" else "per_layer"
+    assert run_config.check(str(folder), run_config.for_stage(cfg, stage)) is not None
+  cfg.dpo.beta = cfg.dpo.beta * 2                        # a recorded key still refuses
+  with pytest.raises(run_config.RunConfigMismatch, match="dpo.beta"):
+    run_config.check(str(tmp_path / "dpo"), run_config.for_stage(cfg, "dpo"))
+
+
 def test_differences_name_each_key_with_both_values():
   assert run_config.differences({"a": 1, "b": [1, 2]}, {"a": 1, "b": [1, 2]}) == []
   assert run_config.differences({"a": 0.5, "b": 1}, {"a": 0.1, "c": "x"}) == [

@@ -9,7 +9,9 @@ reuse a complete stage — when any of them differs, naming each key with its ol
 
 Never recorded (free to change at any time): the logging/checkpoint cadence and the preemption
 drill (`train.log_every`, `train.checkpoint_every`, `train.keep_checkpoints`,
-`train.stop_after_step`) and the whole `mesh` section (a checkpoint restores onto another mesh).
+`train.stop_after_step`), rematerialisation (`student.remat`, `teacher.remat` and their policies:
+the same loss and gradients) and the whole `mesh` section (a checkpoint restores onto another
+mesh). Records written before a key became free still hold it: it is ignored when comparing.
 The stage's step count (`STEPS_KEY`) may grow on a resume — "train longer" continues from the
 checkpoint, with a warning, since the learning-rate schedule is rebuilt for the new total — but a
 complete run is only reused with the step count it was trained for.
@@ -39,7 +41,11 @@ STAGE_KEYS = {
 }
 STEPS_KEY = {stage: steps for stage, (_, steps) in TRAINING.items()}
 FREE_KEYS = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                       "train.stop_after_step"})
+                       "train.stop_after_step",
+                       # how activations are kept for the backward pass, not what is trained:
+                       # the same loss and gradients with or without remat (tests/test_remat.py)
+                       "student.remat", "student.remat_policy",
+                       "teacher.remat", "teacher.remat_policy"})
 # data keys only the students read (which reasoning, how many train pairs): not a teacher's.
 _STUDENT_DATA_KEYS = frozenset({"data.reasoning_path", "data.reasoning_source",
                                 "data.on_missing_reasoning", "data.max_reasoning_chars",
@@ -138,7 +144,8 @@ def check(stage_dir: str, wanted: dict, what: str = "resume", folder: str = "",
   recorded = read(stage_dir)
   if recorded is None:
     return None
-  recorded = {**{k: v for k, v in ADDED_KEYS.items() if k in wanted}, **recorded}
+  recorded = {**{k: v for k, v in ADDED_KEYS.items() if k in wanted},
+              **{k: v for k, v in recorded.items() if k not in FREE_KEYS}}
   diff = differences({k: v for k, v in recorded.items() if k not in may_differ},
                      {k: v for k, v in wanted.items() if k not in may_differ})
   if diff:
