@@ -299,8 +299,10 @@ def export_student(checkpoint: str, output: str, *, atol: float = 1e-4, onnx: bo
     raise
   storage.rmtree(output)
   if remote:
-    storage.upload_tree(tmp, output)
-    shutil.rmtree(os.path.dirname(tmp))
+    try:
+      storage.upload_tree(tmp, output)
+    finally:   # the local build folder goes whether or not the upload went through
+      shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)
   else:
     os.replace(tmp, output)
   return report
