@@ -87,6 +87,9 @@ def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monk
   peaks = [summary["peak_rss_gib_after"][s] for s in all_stage.ORDER]
   assert peaks[0] > 0 and peaks == sorted(peaks), peaks
   assert json.load(open(tmp_path / "all_summary.json"))["peak_rss_gib_after"] == summary["peak_rss_gib_after"]
+  after = summary["rss_gib_after_release"]   # resident after each stage's release: under its peak
+  assert list(after) == list(all_stage.ORDER)
+  assert all(0 < after[s] <= summary["peak_rss_gib_after"][s] + 0.01 for s in after), after
   for stage in all_stage.ORDER:
     assert os.path.exists(tmp_path / stage / "summary.json"), stage
   # each teacher stage started from its predecessor's final/, annotate from dpo's
@@ -108,6 +111,26 @@ def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monk
   assert both[0]["num_examples"] == both[1]["num_examples"] > 0
   assert both[0]["checkpoint"].startswith(str(tmp_path / "crsd"))
   assert both[1]["checkpoint"].startswith(str(tmp_path / "baseline"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_release_memory_returns_freed_heap_pages():
+  """What --stage=all does between stages: freed arrays' pages go back to the kernel (glibc
+  keeps them otherwise), so the next stage does not start from the last one's leftovers."""
+  import numpy as np
+  before = all_stage.rss_gib()
+  blocks, survivors = [], []
+  for _ in range(16384):   # 1 GiB in 64 KiB heap blocks, each pinned by a small survivor after it
+    blocks.append(np.ones(8192))
+    survivors.append(bytearray(64))
+  del blocks               # freed, but the survivors keep glibc from shrinking its heap by itself
+  freed = all_stage.rss_gib()
+  if freed < before + 0.8:
+    pytest.skip(f"this C library returned the pages by itself ({before} -> {freed} GiB)")
+  all_stage.release_memory()
+  released = all_stage.rss_gib()
+  assert released < before + 0.2, (before, freed, released)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")

@@ -45,6 +45,33 @@ def peak_rss_gib() -> float:
   return round(peak / (2 ** 30 if sys.platform == "darwin" else 2 ** 20), 2)
 
 
+def rss_gib() -> float | None:
+  """This process's resident set now, GiB (Linux's /proc VmRSS; None where there is no /proc)."""
+  try:
+    with open("/proc/self/status") as f:
+      kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+  except (OSError, StopIteration, ValueError):
+    return None
+  return round(kib / 2 ** 20, 2)
+
+
+def release_memory() -> None:
+  """Between stages: collect garbage and hand glibc's free heap pages back to the kernel.
+
+  A finished stage's arrays are freed, but glibc keeps the pages in its arenas: measured after the
+  demo pipeline's cpt (session 36), the process held 4.45 GiB resident, 4.45 after gc.collect()
+  and 0.83 after malloc_trim(0). Without the trim every stage's peak stacks on the last one's
+  leftovers. A no-op where the C library is not glibc.
+  """
+  import ctypes
+  import gc
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
 def is_complete(workdir: str, stage: str) -> bool:
   return storage.exists(os.path.join(workdir, stage, "summary.json"))
 
@@ -60,7 +87,7 @@ def run(cfg, workdir: str) -> dict:
                  f" instead of the bundled teacher annotations ({cfg.data.reasoning_path!r})")
     cfg = cfg.copy_and_resolve_references()
     cfg.data.reasoning_path = ""
-  timings, results, peak_rss = {}, {}, {}
+  timings, results, peak_rss, rss_after = {}, {}, {}, {}
   started = time.perf_counter()
   for stage in [s for s in ORDER if s in wanted]:
     if is_complete(workdir, stage):
@@ -79,8 +106,12 @@ def run(cfg, workdir: str) -> dict:
     timings[stage] = round(time.perf_counter() - t0, 1)
     peak_rss[stage] = peak_rss_gib()
     results[stage] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+    del result
+    release_memory()
+    rss_after[stage] = rss_gib()   # what the next stage starts from
   summary = {"stage": "all", "seconds": round(time.perf_counter() - started, 1),
-             "seconds_per_stage": timings, "peak_rss_gib_after": peak_rss, "results": results}
+             "seconds_per_stage": timings, "peak_rss_gib_after": peak_rss,
+             "rss_gib_after_release": rss_after, "results": results}
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(summary, os.path.join(workdir, "all_summary.json"))
   logging.info("all: %s", json.dumps(timings))
