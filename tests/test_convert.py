@@ -42,8 +42,8 @@ def _rbg(seed):
   return jax.random.key(seed, impl="rbg")  # compiles far faster than threefry on CPU
 
 
-def _run(*args):
-  return subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+def _run(*args, env=ENV):
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +165,8 @@ def test_cli_default_pairs_leave_nothing_behind(student, tmp_path):
   scratch = tmp_path / "tmp"
   scratch.mkdir()
   env = {**ENV, "TMPDIR": str(scratch)}
-  run = lambda *a: subprocess.run([sys.executable, "-m", "rd_jax.convert",
-                                   f"--checkpoint={student['checkpoint']}", *a], cwd=REPO, env=env,
-                                  capture_output=True, text=True, timeout=300)
+  run = lambda *a, checkpoint=student["checkpoint"]: _run(
+      "-m", "rd_jax.convert", f"--checkpoint={checkpoint}", *a, env=env)
   out = str(tmp_path / "bundled")
   ok = run(f"--output={out}", "--noonnx", "--max_pairs=12")
   assert ok.returncode == 0, ok.stderr[-3000:]
@@ -185,9 +184,7 @@ def test_cli_default_pairs_leave_nothing_behind(student, tmp_path):
   shutil.copytree(student["checkpoint"], other)
   meta = json.load(open(other / "final" / "meta.json"))
   (other / "final" / "meta.json").write_text(json.dumps({**meta, "item_template": "Text: {sku}"}))
-  fallback = subprocess.run([sys.executable, "-m", "rd_jax.convert", f"--checkpoint={other}",
-                             f"--output={tmp_path / 'synthetic'}", "--noonnx"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+  fallback = run(f"--output={tmp_path / 'synthetic'}", "--noonnx", checkpoint=str(other))
   assert fallback.returncode == 0, fallback.stderr[-3000:]
   assert "verifying on synthetic pairs" in fallback.stderr
   assert json.load(open(tmp_path / "synthetic" / "rd_jax.json"))["checks"]["pairs"] == "synthetic"

@@ -151,13 +151,12 @@ def _time_steps(args, base, steps: dict) -> dict:
 
 
 def run(args) -> dict:
-  settings = {"none": ("none", "nothing_saveable")}
-  for policy in [p for p in args.policies.split(",") if p]:
-    settings[f"per_layer:{policy}"] = ("per_layer", policy)
+  policies = [p for p in args.policies.split(",") if p]
+  settings = {"none": ("none", "nothing_saveable"),
+              **{f"per_layer:{p}": ("per_layer", p) for p in policies}}
   results = {"student": _student(args, settings)}
-  teacher_settings = dict(settings)   # the decoder's blocks also run as a scan (remat "scan")
-  for policy in [p for p in args.policies.split(",") if p]:
-    teacher_settings[f"scan:{policy}"] = ("scan", policy)
+  # the decoder's blocks also run as a scan (remat "scan"; the decoder's alone)
+  teacher_settings = {**settings, **{f"scan:{p}": ("scan", p) for p in policies}}
   results["teacher"], teacher_cfg = _teacher(args, teacher_settings)
   table, summary = [], {}
   for model, rows in results.items():

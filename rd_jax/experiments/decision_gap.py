@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -69,14 +68,12 @@ def student_row(cfg, ckpt: str, split: str, folds: int, scratch: str) -> dict:
                           offsets, folds)
 
 
-def run(cfg, checkpoints, split: str = "test", folds: int = 3, scratch: str = "") -> dict:
-  """The lexical reference and each student, four ways; `scratch` holds eval's rendered pairs
-  (a temporary folder removed on return when not given)."""
-  if not scratch:
-    with tempfile.TemporaryDirectory(prefix="rd_jax_gap_") as tmp:
-      return run(cfg, checkpoints, split, folds, tmp)
+def run(cfg, checkpoints, split: str = "test", folds: int = 3) -> dict:
+  """The lexical reference and each student, four ways (eval's data report: a temporary folder)."""
+  from rd_jax.stages import eval as eval_stage
   out = {"split": split, "folds": folds, "lexical_reference": reference_row(cfg, split, folds)}
-  students = {ckpt: student_row(cfg, ckpt, split, folds, scratch) for ckpt in checkpoints}
+  with eval_stage.report_dir(None) as folder:
+    students = {ckpt: student_row(cfg, ckpt, split, folds, folder) for ckpt in checkpoints}
   out["students"] = students
   if students:
     out["students_mean"] = {k: round(float(np.mean([r[k] for r in students.values()

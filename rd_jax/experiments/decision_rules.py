@@ -20,8 +20,6 @@ checkpoint and changes no student.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import jax
 import numpy as np
@@ -76,17 +74,9 @@ def compare(logits: dict, gold: dict, groups, train_label_counts, folds: int) ->
   return out
 
 
-def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False,
-        scratch: str = "") -> dict:
-  """Each rule on each student; eval's data report goes beside `out`, else to `scratch` (a
-  temporary folder removed on return when not given)."""
+def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False) -> dict:
   if not checkpoints:
     raise ValueError("--checkpoints needs at least one student")
-  if not out and not scratch:
-    with tempfile.TemporaryDirectory(prefix="rd_jax_rules_") as tmp:
-      return run(cfg, checkpoints, out, test, tmp)
-  out_dir = scratch or os.path.dirname(storage.abspath(out))
-  storage.makedirs(out_dir)
   splits = ("valid", "test") if test else ("valid",)
   folds = int(cfg.student.get("offsets_crossfit_folds", 0))
   result = {"checkpoints": [storage.abspath(c) for c in checkpoints], "rules": list(RULES),
@@ -99,7 +89,8 @@ def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False,
                        "rule needs the train label frequencies)")
     predict = predict_lib.make_predict_fn(model, mesh)
     tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
-    pairs = {s: eval_stage.pairs_of(cfg, s, out_dir, meta.get("item_template")) for s in splits}
+    with eval_stage.report_dir(out) as out_dir:   # beside --out, else a temporary folder
+      pairs = {s: eval_stage.pairs_of(cfg, s, out_dir, meta.get("item_template")) for s in splits}
     scored = {s: interpolate.student_logits(predict, params, pairs[s], tokenizer, cfg, meta)
               for s in splits}
     logits = {s: z for s, (z, _) in scored.items()}

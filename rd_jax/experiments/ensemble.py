@@ -24,8 +24,6 @@ the key. It is an experiment, not a stage: nothing it writes is a checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import jax
 import numpy as np
@@ -71,23 +69,18 @@ def soup(params_list: list) -> dict:
 
 
 def run(cfg, checkpoints: list[str], out: str | None = None, with_soup: bool = True,
-        test: bool = False, scratch: str = "") -> dict:
+        test: bool = False) -> dict:
   if len(checkpoints) < 2:
     raise ValueError(f"--checkpoints needs at least 2 students, got {checkpoints}")
-  if not out and not scratch:   # no --out: a temporary folder, removed on return
-    with tempfile.TemporaryDirectory(prefix="rd_jax_ensemble_") as tmp:
-      return run(cfg, checkpoints, out, with_soup, test, tmp)
   restored = [eval_stage.restore_student(cfg, c) for c in checkpoints]
   metas = [r[0] for r in restored]
   check_compatible(metas, checkpoints)
   meta, model, _, mesh = restored[0]
   predict = predict_lib.make_predict_fn(model, mesh)
   tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
-  # where the eval data loader may write its report of rejected rows (beside --out)
-  out_dir = scratch or os.path.dirname(storage.abspath(out))
-  storage.makedirs(out_dir)
   splits = ("valid", "test") if test else ("valid",)
-  pairs = {s: eval_stage.pairs_of(cfg, s, out_dir, meta.get("item_template")) for s in splits}
+  with eval_stage.report_dir(out) as out_dir:   # beside --out, else a temporary folder
+    pairs = {s: eval_stage.pairs_of(cfg, s, out_dir, meta.get("item_template")) for s in splits}
   gold = {s: np.asarray([p.label_id for p in pairs[s]]) for s in splits}
 
   def logits_of(params, split):

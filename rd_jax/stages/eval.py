@@ -24,7 +24,9 @@ a 95% interval from resampling the split's queries, both models scored on the sa
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -128,6 +130,19 @@ def reference_bootstrap(cfg, pairs, predicted, adjusted_logits, item_template) -
 
 def _split_name(cfg) -> str:
   return "eval" if cfg.eval.path else cfg.eval.split
+
+
+@contextlib.contextmanager
+def report_dir(out: str | None):
+  """Where eval's data loader writes its report of rejected rows: the folder of `out` (an output
+  file), or, without one, a temporary folder removed on exit."""
+  if out:
+    folder = os.path.dirname(storage.abspath(out))
+    storage.makedirs(folder)
+    yield folder
+  else:
+    with tempfile.TemporaryDirectory(prefix="rd_jax_report_") as tmp:
+      yield tmp
 
 
 def pairs_of(cfg, split: str, out_dir: str, item_template):
