@@ -1,7 +1,8 @@
 """SFT rows after a shared prompt prefix (teacher/model.shared_prefix_logits, sft.shared_prefix):
 the loss and every gradient equal the full rows' (prefix + row) path, for right-padded rows of
 different lengths, in fp32; rows whose prefixes differ are not what it computes (the test fails
-when the prefix is ignored)."""
+when the prefix is ignored). Under teacher.remat "scan" the rows run as one scan over the blocks
+(the prefix's keys and values scanned beside their params), with the same loss and gradients."""
 
 import dataclasses
 
@@ -30,9 +31,9 @@ def _rows(prefix, bodies, losses, length):
   return out
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_shared_prefix_loss_and_grads_equal_the_full_rows(tied):
-  config = dataclasses.replace(TINY, tie_embeddings=tied)
+@pytest.mark.parametrize("tied,remat", [(True, "none"), (False, "none"), (False, "scan")])
+def test_shared_prefix_loss_and_grads_equal_the_full_rows(tied, remat):
+  config = dataclasses.replace(TINY, tie_embeddings=tied, remat=remat)
   params = init_params(config, jax.random.PRNGKey(0))
   noise = lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape)
   params = jax.tree.map(noise, params)                     # no zero biases or unit norms
@@ -50,6 +51,9 @@ def test_shared_prefix_loss_and_grads_equal_the_full_rows(tied):
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))   # jitted: op by op takes ~45 s
   (want, want_m), want_g = grad_fn(params, full)
   (got, got_m), got_g = grad_fn(params, split)
+  scans = str(jax.make_jaxpr(loss_fn)(params, split)).count(" scan[")
+  # the rows' forward is one scan; the one-row prefix pass writes a cache, so it keeps the loop
+  assert scans == (1 if remat == "scan" else 0), scans
   assert float(got_m["tokens"]) == float(want_m["tokens"]) == sum(n - 2 for n in lengths)
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4,

@@ -15,6 +15,9 @@ For each model and each setting (`none`; `per_layer` with each of --policies), t
   teacher: next-token loss + gradient + SGD update of a random decoder (`--teacher_size`:
            tiny 2 x 64, or SmolLM2-135M's shape), batch --teacher_batch x --teacher_len tokens;
            also remat "scan" (the decoder's blocks as one lax.scan, each iteration remat'ed).
+           With --teacher_prefix=P the rows follow one shared P-token prompt prefix, as SFT runs
+           them under `sft.shared_prefix` (teacher/model.shared_prefix_logits): the prefix once,
+           the --teacher_len tokens after it per row (configs/teacher_rules.py: P 168).
 ratios = bytes with remat / bytes without (lower = more saved). The compute cost of the
 recomputation (at most one extra forward per layer) is measured with --time_teacher: each teacher
 step run on real params, --repeats x --steps calls interleaved across the settings; time_ratio =
@@ -35,6 +38,8 @@ def add_args(parser) -> None:
   parser.add_argument("--teacher_size", choices=("tiny", "smollm2"), default="smollm2")
   parser.add_argument("--teacher_batch", type=int, default=8)
   parser.add_argument("--teacher_len", type=int, default=512)
+  parser.add_argument("--teacher_prefix", type=int, default=0,
+                      help="tokens of a shared prompt prefix before each teacher row (0 = none)")
   parser.add_argument("--policies", default="nothing_saveable,dots_with_no_batch_dims_saveable",
                       help="comma list of jax.checkpoint_policies names for per_layer")
   parser.add_argument("--time_teacher", action="store_true",
@@ -98,12 +103,21 @@ def teacher_config(size: str, dtype: str):
   return DecoderConfig(dtype=dtype)  # the defaults are SmolLM2-135M's shape
 
 
-def _lm_loss(config, params, tokens):
+def _lm_loss(config, params, tokens, prefix_len: int = 0):
+  """Mean next-token loss of `tokens` [B, prefix_len + L]; with prefix_len > 0 row 0's first
+  prefix_len tokens are the prefix every row shares, and only the L row tokens are predicted."""
   import jax.numpy as jnp
   from rd_jax.losses import lm
   from rd_jax.models import decoder
-  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  logits, _ = decoder.Decoder(config).apply({"params": params}, tokens, positions)
+  model = decoder.Decoder(config)
+  if prefix_len:
+    from rd_jax.teacher import model as teacher_model
+    tokens, prefix = tokens[:, prefix_len:], tokens[:, :prefix_len]
+    logits = teacher_model.shared_prefix_logits(model, params, prefix, tokens,
+                                                jnp.ones_like(tokens))
+  else:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    logits, _ = model.apply({"params": params}, tokens, positions)
   return -lm.token_log_probs(logits[:, :-1], tokens[:, 1:]).mean()
 
 
@@ -113,11 +127,12 @@ def _teacher(args, settings) -> tuple[dict, dict]:
   from rd_jax.models import decoder
   base = teacher_config(args.teacher_size, common.resolve_dtype(args.dtype))
   params = jax.eval_shape(lambda: decoder.init_params(base, jax.random.PRNGKey(0)))
-  tokens = jax.ShapeDtypeStruct((args.teacher_batch, args.teacher_len), jnp.int32)
+  prefix_len = getattr(args, "teacher_prefix", 0)
+  tokens = jax.ShapeDtypeStruct((args.teacher_batch, prefix_len + args.teacher_len), jnp.int32)
   out, steps = {}, {}
   for name, (mode, policy) in settings.items():
     config = dataclasses.replace(base, remat=mode, remat_policy=policy)
-    loss = lambda p, t, config=config: _lm_loss(config, p, t)
+    loss = lambda p, t, config=config: _lm_loss(config, p, t, prefix_len)
 
     def step(params, tokens, loss=loss):  # loss, gradient, SGD update
       value, grads = jax.value_and_grad(loss)(params, tokens)
@@ -140,7 +155,8 @@ def _time_steps(args, base, steps: dict) -> dict:
   import numpy as np
   from rd_jax.models import decoder
   tokens = jax.numpy.asarray(np.random.RandomState(args.seed).randint(
-      0, base.vocab_size, (args.teacher_batch, args.teacher_len)), jax.numpy.int32)
+      0, base.vocab_size, (args.teacher_batch, getattr(args, "teacher_prefix", 0) + args.teacher_len)),
+      jax.numpy.int32)
   state = {name: decoder.init_params(base, jax.random.PRNGKey(args.seed)) for name in steps}
 
   def call(name):   # the step donates its params: carry the updated ones to the next call
@@ -177,6 +193,7 @@ def run(args) -> dict:
             "batch_size": args.batch_size, "std_len": args.std_len, "aug_len": args.aug_len,
             "teacher_size": args.teacher_size, "teacher_config": teacher_cfg,
             "teacher_batch": args.teacher_batch, "teacher_len": args.teacher_len,
+            "teacher_prefix": args.teacher_prefix,
             "time_teacher": bool(args.time_teacher),
             "settings": {k: list(v) for k, v in teacher_settings.items()}}
   notes = ["compiled, not run: temp bytes are this backend's memory_analysis(); residual bytes "

@@ -32,7 +32,10 @@ other order made XLA transpose-copy every layer's cache every step (3x slower de
 Shared prefix (optional cache entries "prefix_k", "prefix_v", each [layers, K, P0, hd]): P0 keys
 and values every row attends to before its own slots, stored once, never written; the row cache's
 slots and `cache_index` then count from the end of the prefix (positions stay absolute). A decode
-step reads the prefix once for all B rows instead of B copies (`rd_jax/refill.py`).
+step reads the prefix once for all B rows instead of B copies (`rd_jax/refill.py`). A cache of
+the prefix entries alone (no "k", "v"; no cache_index) is a forward of whole rows after a fixed
+prefix, which writes nothing (SFT rows after a shared prompt, teacher/model.shared_prefix_logits);
+remat "scan" runs it as a scan too, the prefix's layers stacked with the blocks' params.
 """
 
 from __future__ import annotations
@@ -252,7 +255,7 @@ class Attention(nn.Module):
     k = apply_rope(self.k_proj(x).reshape(b, l, kh, hd), positions, freqs)
     k = k.transpose(0, 2, 1, 3)                                        # [B, K, L, hd]
     v = self.v_proj(x).reshape(b, l, kh, hd).transpose(0, 2, 1, 3)     # [B, K, L, hd]
-    if cache is None:
+    if cache is None or "k" not in cache:   # no row cache (at most a fixed shared prefix)
       q_slot = jnp.broadcast_to(jnp.arange(l), (b, l))                 # [B, L]
     else:
       index = jnp.asarray(cache_index, jnp.int32)
@@ -341,36 +344,42 @@ class Decoder(nn.Module):
 
   def hidden_states(self, tokens, positions, *, attention_mask=None, cache=None, cache_index=None):
     """Final-norm hidden states [B, L, D] (compute dtype) and the new cache."""
-    if cache is not None and cache_index is None:
+    if cache is not None and "k" in cache and cache_index is None:
       raise ValueError("a cache needs cache_index (the slot of tokens[:, 0])")
     if self.config.mixed_matmuls:   # a gather of the rows, not a conversion of the whole table
       x = jnp.take(self.embed_tokens.embedding, tokens.astype(jnp.int32), axis=0)
       x = x.astype(self.config.compute_dtype)
     else:
       x = self.embed_tokens(tokens.astype(jnp.int32))
-    if self.config.remat == remat.SCAN and cache is None and not self.is_initializing():
-      x = self._scanned_blocks(x, positions, attention_mask)
+    if (self.config.remat == remat.SCAN and (cache is None or "k" not in cache)
+        and not self.is_initializing()):
+      x = self._scanned_blocks(x, positions, attention_mask, cache)
     else:
       for i, layer in enumerate(self.layers):
         x, cache = layer(x, positions, attention_mask, cache, cache_index, i)
     return self.norm(x), cache
 
-  def _scanned_blocks(self, x, positions, attention_mask):
+  def _scanned_blocks(self, x, positions, attention_mask, prefix=None):
     """remat "scan": the blocks as one `lax.scan` over their params stacked [layers, ...], each
     iteration rematerialised with remat_policy. The backward pass is a loop too, recomputing one
     block per iteration, so only the [B, L, D] input of each block stays live — what per_layer
     promises but XLA:CPU's scheduler undoes in the unrolled loop. Same params (stacked here, per
-    step; their gradients unstack), same maths as the loop."""
+    step; their gradients unstack), same maths as the loop. prefix: None, or the shared-prefix
+    cache entries {"prefix_k", "prefix_v"} [layers, K, P0, hd], scanned beside the params (each
+    block sees its layer's [1, K, P0, hd] as layer 0)."""
     c = self.config
     stacked = jax.tree.map(lambda *w: jnp.stack(w),
                            *[layer.variables["params"] for layer in self.layers])
     block = Block(c, parent=None)
 
-    def one_block(h, params):   # h [B, L, D]; the layer index only addresses a cache: none here
-      return block.apply({"params": params}, h, positions, attention_mask, None, None, 0)[0], None
+    def one_block(h, layer):    # h [B, L, D]; layer: (params, its prefix keys/values or None)
+      params, kv = layer
+      cache = None if kv is None else {"prefix_k": kv[0][None], "prefix_v": kv[1][None]}
+      return block.apply({"params": params}, h, positions, attention_mask, cache, None, 0)[0], None
 
     one_block = jax.checkpoint(one_block, policy=getattr(jax.checkpoint_policies, c.remat_policy))
-    return jax.lax.scan(one_block, x, stacked)[0]
+    kv = None if prefix is None else (prefix["prefix_k"], prefix["prefix_v"])
+    return jax.lax.scan(one_block, x, (stacked, kv))[0]
 
   def head(self, h):
     """LM head in fp32: logits feed log-softmax, whose differences (DPO, votes) need the digits."""

@@ -138,9 +138,8 @@ def shared_prefix_logits(model: decoder.Decoder, params, prefix, tokens, mask):
   _, cache = model.apply({"params": params}, one, jnp.arange(p)[None],
                          cache=decoder.init_cache(model.config, 1, p), cache_index=0,
                          method=decoder.Decoder.hidden_states)
-  b, l = tokens.shape
-  rows = dict(decoder.init_cache(model.config, b, l),
-              prefix_k=cache["k"][:, 0], prefix_v=cache["v"][:, 0])       # [layers, K, P, hd]
+  # the rows write no cache: the prefix entries alone (a scan under teacher.remat "scan")
+  prefix_kv = {"prefix_k": cache["k"][:, 0], "prefix_v": cache["v"][:, 0]}  # [layers, K, P, hd]
   logits, _ = model.apply({"params": params}, tokens, p + decoder.positions_from_mask(mask),
-                          attention_mask=mask, cache=rows, cache_index=0)
+                          attention_mask=mask, cache=prefix_kv)
   return logits
