@@ -319,7 +319,8 @@ class Decoder(nn.Module):
 
   tokens, positions: [B, L] int. attention_mask: [B, S] validity of every key slot (S = L without
   a cache, S = cache length with one), or [B, L, S] per query (and-ed with causality); None = all
-  valid. cache: `init_cache(...)` pytree;
+  valid. cache: `init_cache(...)` pytree (+ optional shared-prefix entries), or the shared-prefix
+  entries alone (nothing written, no cache_index; module docstring);
   cache_index: slot of tokens[:, 0], an int scalar (all rows) or [B] (per row).
   Outputs at pad positions are finite but meaningless (a pad query may attend to nothing).
   """
