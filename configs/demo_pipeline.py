@@ -10,8 +10,8 @@ whole 3,111 would take ~21 min by itself), and the MiniLM student is trained wit
 reasoning (baseline) on exactly those 512 pairs (data.max_train_pairs = annotate.max_pairs, same
 seed), evaluated on the test fold, and exported to a Hugging Face folder (+ ONNX, int8).
 A rerun after a failure or a kill continues with the first incomplete stage. Measured (session 36,
-cold XLA cache, CPU to itself): 43 min, peak RSS 12.2 GiB; the teacher runs with demo.py's
-teacher.remat = "scan".
+cold XLA cache, CPU to itself): 43 min, peak RSS 12.2 GiB (9.3 GiB with the release between
+stages, session 37); the teacher runs with demo.py's teacher.remat = "scan".
 
 It is configs/demo.py with every budget cut to fit: a trial of the machinery, not a good model (the
 student of configs/demo.py reads the bundled annotations of all 3,111 pairs). Times per stage and
