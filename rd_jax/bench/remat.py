@@ -154,9 +154,9 @@ def _time_steps(args, base, steps: dict) -> dict:
   import jax
   import numpy as np
   from rd_jax.models import decoder
+  length = getattr(args, "teacher_prefix", 0) + args.teacher_len
   tokens = jax.numpy.asarray(np.random.RandomState(args.seed).randint(
-      0, base.vocab_size, (args.teacher_batch, getattr(args, "teacher_prefix", 0) + args.teacher_len)),
-      jax.numpy.int32)
+      0, base.vocab_size, (args.teacher_batch, length)), jax.numpy.int32)
   state = {name: decoder.init_params(base, jax.random.PRNGKey(args.seed)) for name in steps}
 
   def call(name):   # the step donates its params: carry the updated ones to the next call
