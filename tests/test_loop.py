@@ -104,3 +104,51 @@ def test_stage_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     with pytest.raises(RuntimeError, match="held by"):
       StageLock(str(tmp_path)).__enter__()
   assert not (tmp_path / "LOCK").exists()
+
+
+def test_a_disk_too_small_for_one_checkpoint_stops_before_the_first_step(tmp_path, tiny_config,
+                                                                         monkeypatch):
+  """A full disk would stop the run at its first save, after its steps: refused up front, naming
+  the folder (exit code 4), nothing trained or written into the checkpoints folder."""
+  import shutil
+  from rd_jax import errors
+  from rd_jax.train import loop
+  real = shutil.disk_usage
+  monkeypatch.setattr(loop.shutil, "disk_usage",
+                      lambda p: real(p)._replace(free=0))
+  cfg, parts = _toy(tiny_config)
+  with pytest.raises(errors.PathError, match=r"not enough disk space .*cpt/checkpoints") as err:
+    fit.fit(cfg, "cpt", str(tmp_path), **parts)
+  assert err.value.exit_code == 4
+  assert os.listdir(tmp_path / "cpt" / "checkpoints") == []
+  assert not (tmp_path / "cpt" / "metrics.jsonl").exists()
+
+
+def test_disk_space_arithmetic(tmp_path, monkeypatch):
+  """Up to keep + 1 checkpoints coexist (Orbax deletes the oldest after the new one is written):
+  warned when they do not fit, refused when one does not; the saves counted as the loop saves."""
+  import shutil
+  from rd_jax import errors
+  from rd_jax.train import loop
+  state = {"w": np.zeros((1000,), np.float32), "mu": np.zeros((1000,), np.float32)}  # 8,000 B
+  assert loop.state_bytes(state) == 8000
+  warned = []
+  monkeypatch.setattr(loop.logging, "warning", lambda *a: warned.append(a))
+  real = shutil.disk_usage
+
+  def check(free, **kw):
+    monkeypatch.setattr(loop.shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+    loop.check_disk_space(str(tmp_path), state, **kw)
+
+  check(24_000, keep=2, existing=0, saves=5)           # 3 coexist: fits
+  check(16_000, keep=2, existing=0, saves=2)           # 2 saves only: fits
+  assert not warned
+  check(16_000, keep=2, existing=0, saves=5)           # 3 needed: warned, not refused
+  assert len(warned) == 1 and warned[0][2] == 3
+  check(9_000, keep=2, existing=2, saves=5)            # 2 on disk already: one more fits
+  assert len(warned) == 1
+  with pytest.raises(errors.PathError, match="one checkpoint of this train state"):
+    check(7_000, keep=2, existing=0, saves=1)
+  check(0, keep=2, existing=0, saves=0)                 # nothing left to save: not checked
+  assert loop._saves(0, 6, 2, 0) == 3 and loop._saves(4, 6, 2, 0) == 1
+  assert loop._saves(0, 6, 4, 0) == 2 and loop._saves(0, 6, 2, 3) == 2   # 2, then the stop at 3

@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from rd_jax import storage
+from rd_jax import errors, storage
 from rd_jax.parallel import mesh as mesh_lib
 from rd_jax.stage_lock import StageLock  # noqa: F401 - re-exported: loop.StageLock
 from rd_jax.train import run_config as run_config_lib
@@ -98,6 +98,44 @@ def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
                                options=options, item_names=("state", "data_iter"))
 
 
+def state_bytes(state) -> int:
+  """Bytes of the global arrays in `state` (params + optimizer state: what a checkpoint stores)."""
+  return int(sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(state) if hasattr(x, "shape") and hasattr(x, "dtype")))
+
+
+def check_disk_space(ckpt_dir: str, state, *, keep: int, existing: int, saves: int) -> None:
+  """Refuses, before the first step, a run whose next checkpoint cannot fit on the local disk
+  (a full disk otherwise stops it at that save, after its steps are spent); warns when the
+  checkpoints it will hold at once do not fit. Orbax writes a new checkpoint before deleting the
+  oldest beyond `keep`, so up to keep + 1 coexist. A bucket (gs://) is not checked.
+
+  existing: checkpoints already in ckpt_dir; saves: checkpoints this run still writes."""
+  if saves <= 0 or storage.is_remote(ckpt_dir):
+    return
+  one = state_bytes(state)
+  more = max(0, min(keep + 1, existing + saves) - existing)   # new ones on disk at the peak
+  free = shutil.disk_usage(ckpt_dir).free
+  gib = lambda n: f"{n / 2**30:.2f} GiB"
+  # 0.9: a checkpoint on disk measured 0.93x the state's bytes (SmolLM2 + AdamW, session 37)
+  if free < 0.9 * one:
+    raise errors.PathError(
+        f"not enough disk space for the checkpoints in {ckpt_dir}: one checkpoint of this train "
+        f"state (params + optimizer) is ~{gib(one)}, {gib(free)} free; free space or use a "
+        "--workdir on a larger disk")
+  if free < more * one:
+    logging.warning("%s: %d checkpoint(s) of ~%s will be on disk at once (train.checkpoint_every, "
+                    "keep %d), %s free: the run may stop on a full disk", ckpt_dir, more, gib(one),
+                    keep, gib(free))
+
+
+def _saves(start: int, num_steps: int, checkpoint_every: int, stop_after_step: int) -> int:
+  """Checkpoints _run writes after step `start` (its save condition, counted)."""
+  last = stop_after_step if 0 < stop_after_step < num_steps else num_steps
+  return sum(1 for step in range(start + 1, last + 1)
+             if step % checkpoint_every == 0 or step == last)
+
+
 def restore_latest(mngr, state, shardings, batches) -> tuple[Any, int]:
   step = mngr.latest_step()
   if step is None:
@@ -140,6 +178,12 @@ def _run(*, stage_dir, state, shardings, step_fn, batches, mesh, num_steps, log_
       mngr.close()
       raise
   state, start = restore_latest(mngr, state, shardings, batches)
+  try:
+    check_disk_space(str(mngr.directory), state, keep=keep, existing=len(mngr.all_steps()),
+                     saves=_saves(start, num_steps, checkpoint_every, stop_after_step))
+  except errors.PathError:
+    mngr.close()
+    raise
   writer = MetricsWriter(stage_dir, start)
   window_t, window_n, last = time.perf_counter(), 0, {}
   t_begin = time.perf_counter()
