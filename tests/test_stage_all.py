@@ -114,7 +114,6 @@ def test_every_stage_on_tiny_with_a_scripted_teacher(tmp_path, tiny_config, monk
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
 def test_release_memory_returns_freed_heap_pages():
   """What --stage=all does between stages: freed arrays' pages go back to the kernel (glibc
   keeps them otherwise), so the next stage does not start from the last one's leftovers."""

@@ -142,19 +142,19 @@ def _teacher(args, settings) -> tuple[dict, dict]:
     out[name] = _memory(steps[name], params, tokens)
     out[name]["residual_bytes"] = residual_bytes(loss, params, tokens)
   if getattr(args, "time_teacher", False):
-    timings = _time_steps(args, base, steps)
+    timings = _time_steps(args, base, steps, prefix_len)
     for name, timing in timings.items():
       out[name]["step_time"] = timing.to_dict()
       out[name]["time_ratio"] = timing.median / timings["none"].median
   return out, base.to_dict()
 
 
-def _time_steps(args, base, steps: dict) -> dict:
+def _time_steps(args, base, steps: dict, prefix_len: int) -> dict:
   """Each compiled step run on real params and tokens, timed interleaved (common.measure)."""
   import jax
   import numpy as np
   from rd_jax.models import decoder
-  length = getattr(args, "teacher_prefix", 0) + args.teacher_len
+  length = prefix_len + args.teacher_len
   tokens = jax.numpy.asarray(np.random.RandomState(args.seed).randint(
       0, base.vocab_size, (args.teacher_batch, length)), jax.numpy.int32)
   state = {name: decoder.init_params(base, jax.random.PRNGKey(args.seed)) for name in steps}

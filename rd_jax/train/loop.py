@@ -129,11 +129,16 @@ def check_disk_space(ckpt_dir: str, state, *, keep: int, existing: int, saves: i
                     keep, gib(free))
 
 
+def _is_save_step(step: int, num_steps: int, checkpoint_every: int, stop_after_step: int) -> bool:
+  """_run checkpoints after this step: every checkpoint_every, the last step, a drill's stop."""
+  return step % checkpoint_every == 0 or step == num_steps or step == stop_after_step
+
+
 def _saves(start: int, num_steps: int, checkpoint_every: int, stop_after_step: int) -> int:
-  """Checkpoints _run writes after step `start` (its save condition, counted)."""
+  """Checkpoints _run writes after step `start` (it stops after stop_after_step, if earlier)."""
   last = stop_after_step if 0 < stop_after_step < num_steps else num_steps
-  return sum(1 for step in range(start + 1, last + 1)
-             if step % checkpoint_every == 0 or step == last)
+  return sum(_is_save_step(step, num_steps, checkpoint_every, stop_after_step)
+             for step in range(start + 1, last + 1))
 
 
 def restore_latest(mngr, state, shardings, batches) -> tuple[Any, int]:
@@ -209,7 +214,7 @@ def _run(*, stage_dir, state, shardings, step_fn, batches, mesh, num_steps, log_
         logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, num_steps,
                      metrics["loss"], rate, _eta((num_steps - step) / max(rate, 1e-9)))
         window_t, window_n, last = now, 0, scalars
-      if step % checkpoint_every == 0 or step == num_steps or step == stop_after_step:
+      if _is_save_step(step, num_steps, checkpoint_every, stop_after_step):
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 data_iter=ocp.args.JsonSave(batches.get_state())))
       if step == stop_after_step and step < num_steps:
