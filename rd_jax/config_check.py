@@ -132,6 +132,15 @@ def validate(cfg) -> None:
   if len(labels) < 2 or len(set(labels)) != len(labels) or not all(
       isinstance(l, str) and l.strip() for l in labels):
     raise ConfigError(f"config key labels = {labels!r}; need >= 2 distinct non-empty names")
+  negative_label = cfg.student.cross_query_negative_label
+  for key in ("student.cross_query_negatives", "sft.cross_query_negatives"):
+    if _get(cfg, key) > 0 and negative_label not in labels:
+      # configs/demo.py draws them with ESCI's "Irrelevant"; a graded label set has another name
+      raise ConfigError(
+          f"config key student.cross_query_negative_label = {negative_label!r} is not one of the "
+          f"labels {labels}, and {key} = {_get(cfg, key)} labels items of other queries with it: "
+          "name your label for an unrelated item (for grades 1-4 where 1 is the worst, "
+          f"--config.student.cross_query_negative_label=1) or turn them off with --config.{key}=0")
   folds = {k: set(_get(cfg, f"data.{k}")) for k in ("train_folds", "valid_folds", "test_folds")}
   for a in folds:
     for b in folds:

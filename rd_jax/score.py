@@ -1,12 +1,15 @@
 """Score (query, item) pairs with an exported student — PyTorch or ONNX Runtime, no JAX needed.
 
   python -m rd_jax.score --model=<export dir> --input=pairs.jsonl --output=scores.jsonl \
-      [--batch_size=64] [--backend=torch|onnx|onnx_int8]
+      [--batch_size=64] [--backend=torch|onnx|onnx_int8] [--on_bad_row=error|skip]
 
 Reads the export's `rd_jax.json` (labels, item_template, max_len) so pairs render and truncate
-exactly as in training (`tokenize_pairs`: the item is cut before the query). Each input line is a
-JSON object with `query` and the template's item fields (optional `query_id`, `product_id`). Each
-output line: the ids present, `label` (argmax class name), `scores` {label: softmax probability},
+exactly as in training (`tokenize_pairs`: the item is cut before the query). The input is what the
+training stages read (rd_jax.data.readers: JSONL, CSV or Parquet, optionally .gz): each row has
+`query` and the template's item fields (optional `query_id`, `product_id`). A bad row stops naming
+its file and line, or with --on_bad_row=skip is counted and written with its reason to
+`<output>.rejects.jsonl`. Each output line: `line` (the input row's line; Parquet: its row
+number), the ids present, `label` (argmax class name), `scores` {label: softmax probability},
 `logits`, and `expected_gain` = sum_c p_c gain_c (rank a query's items by it: the score eval's
 nDCG@10 ranks by; gains from --gains, else rd_jax.json, e.g. ESCI 1 / 0.1 / 0.01 / 0), in input
 order; rows are batched by similar length for speed. The export's logits already include the
@@ -21,7 +24,8 @@ An export whose rd_jax.json has a "match_hint" gets the student's lexical-match 
 item (`rd_jax.data.match_hint.hinted_item`, standard library only), as in training.
 
 Imports only the standard library, numpy, torch/transformers (backend=torch) and onnxruntime
-(and, for an export without `gains` in rd_jax.json, rd_jax.ranking: numpy only).
+(and, for an export without `gains` in rd_jax.json, rd_jax.ranking: numpy only; rd_jax.data.readers:
+the standard library, numpy, fsspec, and `datasets` for Parquet) — never JAX.
 """
 
 from __future__ import annotations
@@ -44,7 +48,12 @@ ONNX_FILES = {"onnx": "onnx/model.onnx", "onnx_int8": "onnx/model_int8.onnx"}
 
 
 class BadRowError(ValueError):
-  """An input row that cannot be scored; the message names the file and line."""
+  """An input row that cannot be scored; the message names the file and line, `reason_key` groups
+  skipped rows (on_bad_row="skip")."""
+
+  def __init__(self, message: str, reason_key: str = "bad_row"):
+    super().__init__(message)
+    self.reason_key = reason_key
 
 
 class _Blank(dict):
@@ -67,27 +76,63 @@ def render_item(row: dict, template: str) -> str:
   return "\n".join(kept)
 
 
-def read_pairs(path: str, template: str) -> list[dict]:
-  """JSONL rows -> [{"query", "item", ids...}]; a bad row raises BadRowError naming path:line."""
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
+def _checked_row(row, template: str, where: str) -> dict:
+  """{"query", "item", ids...} of one input row, or BadRowError naming `where` (path:line)."""
+  if not isinstance(row, dict):
+    raise BadRowError(f"{where}: expected a JSON object, got {type(row).__name__}", "not_an_object")
+  query = row.get("query")
+  if not isinstance(query, str) or not query.strip():
+    raise BadRowError(f"{where}: missing or empty 'query'", "empty_query")
+  item = render_item(row, template)
+  if not item:
+    raise BadRowError(f"{where}: no item text (none of {template_fields(template)} is set)",
+                      "empty_item")
+  return {"query": query, "item": item, **{k: row[k] for k in ID_FIELDS if row.get(k) not in (None, "")}}  # "": an empty CSV cell
+
+
+def read_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str = "error",
+               rejects_path: str | None = None, report: dict | None = None) -> list[dict]:
+  """Rows of a JSONL / CSV / Parquet file (optionally .gz; the training stages' reader,
+  rd_jax.data.readers) -> [{"query", "item", "line", ids...}], "line" the row's line (Parquet: its
+  row number). A bad row raises BadRowError naming path:line, or with on_bad_row="skip" is counted
+  in `report` {rows_read, rows_kept, skipped_by_reason} and written with its reason to
+  `rejects_path` (JSONL); a file that cannot be read, or whose every row is bad, always raises."""
+  from rd_jax.data import readers  # stdlib + numpy (+ `datasets` for Parquet): no JAX
+  if on_bad_row not in ("error", "skip"):
+    raise ValueError(f"on_bad_row={on_bad_row!r}; expected 'error' or 'skip'")
+  fmt, raw_rows = readers.iter_rows(path, fmt)
+  rows, skipped, rows_read = [], {}, 0
+  rejects = open(rejects_path + ".tmp", "w", encoding="utf-8") if on_bad_row == "skip" and rejects_path else None
+  try:
+    for line, raw, row in raw_rows:
+      rows_read += 1
       try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise BadRowError(f"{where}: not valid JSON ({e})") from None
-      if not isinstance(row, dict):
-        raise BadRowError(f"{where}: expected a JSON object, got {type(row).__name__}")
-      query = row.get("query")
-      if not isinstance(query, str) or not query.strip():
-        raise BadRowError(f"{where}: missing or empty 'query'")
-      item = render_item(row, template)
-      if not item:
-        raise BadRowError(f"{where}: no item text (none of {template_fields(template)} is set)")
-      rows.append({"query": query, "item": item, **{k: row[k] for k in ID_FIELDS if k in row}})
+        if isinstance(row, Exception):   # readers' DataError: not JSON, not UTF-8, CSV fields ...
+          raise BadRowError(str(row), getattr(row, "reason_key", "bad_row")) from None
+        rows.append({**_checked_row(row, template, f"{path}:{line}"), "line": line})
+      except BadRowError as err:
+        if on_bad_row == "error":
+          raise
+        skipped[err.reason_key] = skipped.get(err.reason_key, 0) + 1
+        if rejects:
+          raw_text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+          rejects.write(json.dumps({"path": path, "line": line, "reason": str(err), "raw": raw_text},
+                                   ensure_ascii=False) + "\n")
+  except Exception:
+    if rejects:
+      rejects.close()
+      os.remove(rejects_path + ".tmp")
+    raise
+  if rejects:
+    rejects.close()
+    os.replace(rejects_path + ".tmp", rejects_path)
+  if not rows:
+    what = "it has no rows" if not rows_read else f"all {rows_read} rows are bad ({skipped})"
+    raise BadRowError(f"{path}: nothing to score: {what}")
+  if report is not None:
+    report.update(path=path, format=fmt, rows_read=rows_read, rows_kept=len(rows),
+                  rows_skipped=rows_read - len(rows), skipped_by_reason=skipped,
+                  rejects_path=rejects_path if rejects else None)
   return rows
 
 
@@ -186,7 +231,7 @@ def score_pairs(model_dir: str, rows: list[dict], batch_size: int = 64,
     from rd_jax.ranking import label_gains
     gains = label_gains(labels)
   expected = probs @ np.asarray(gains, np.float64)
-  return [{**{k: row[k] for k in ID_FIELDS if k in row}, "label": labels[int(np.argmax(lg))],
+  return [{**{k: row[k] for k in ("line", *ID_FIELDS) if k in row}, "label": labels[int(np.argmax(lg))],
            "scores": {name: float(p) for name, p in zip(labels, pr)}, "logits": [float(x) for x in lg],
            "expected_gain": float(g)}
           for row, lg, pr, g in zip(rows, logits, probs, expected)]
@@ -195,7 +240,13 @@ def score_pairs(model_dir: str, rows: list[dict], batch_size: int = 64,
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m rd_jax.score", description=__doc__.split("\n")[0])
   parser.add_argument("--model", required=True, help="export folder (python -m rd_jax.convert)")
-  parser.add_argument("--input", required=True, help="JSONL of pairs: query + item fields")
+  parser.add_argument("--input", required=True, help="pairs: JSONL, CSV or Parquet (optionally .gz), "
+                      "with query + the export's item fields, as the training stages read them")
+  parser.add_argument("--format", default="auto", choices=("auto", "jsonl", "csv", "parquet"),
+                      help="the input's format; auto = from its suffix (past any .gz)")
+  parser.add_argument("--on_bad_row", default="error", choices=("error", "skip"),
+                      help="a bad input row stops naming its file and line (error), or is counted "
+                      "and written with its reason to <output>.rejects.jsonl (skip)")
   parser.add_argument("--output", required=True, help="JSONL of scores, one per input row")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--backend", choices=BACKENDS, default="torch")
@@ -203,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                       "for `expected_gain` (the score to rank by); default: rd_jax.json, else rd_jax.ranking.label_gains")
   args = parser.parse_args(argv)
   try:
-    rows = read_pairs(args.input, load_export_meta(args.model)["item_template"])
+    report = {}
+    rows = read_pairs(args.input, load_export_meta(args.model)["item_template"], fmt=args.format,
+                      on_bad_row=args.on_bad_row, rejects_path=args.output + ".rejects.jsonl",
+                      report=report)
     gains = [float(g) for g in args.gains.split(",")] if args.gains else None
     if gains is not None and len(gains) != len(load_export_meta(args.model)["labels"]):
       raise BadRowError(f"--gains has {len(gains)} values; the model has "
@@ -217,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
       f.write(json.dumps(result) + "\n")
   os.replace(tmp, args.output)
-  print(f"scored {len(results)} pairs with {args.backend} -> {args.output}")
+  skipped = (f"; skipped {report['rows_skipped']} bad rows {report['skipped_by_reason']} -> "
+             f"{report['rejects_path']}" if report["rows_skipped"] else "")
+  print(f"scored {len(results)} pairs with {args.backend} -> {args.output}{skipped}")
   return 0
 
 

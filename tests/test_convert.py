@@ -351,7 +351,7 @@ def test_render_item_and_bad_rows(tmp_path, capsys):
   assert score.render_item(row, ITEM_TEMPLATE) == "Shoe\nCategory: Sport: Run"
   assert score.render_item({"product_brand": "  "}, ITEM_TEMPLATE) == ""
   bad = tmp_path / "bad.jsonl"
-  for lines, message in ((['{"query": "a", "product_title": "b"}', "", "{not json"], r"bad.jsonl:3: not valid JSON"),
+  for lines, message in ((['{"query": "a", "product_title": "b"}', "", "{not json"], r"bad.jsonl:3: invalid JSON"),
                          (['{"query": "", "product_title": "b"}'], r"bad.jsonl:1: missing or empty 'query'"),
                          (['{"query": "a", "product_id": "p"}'], r"bad.jsonl:1: no item text")):
     bad.write_text("\n".join(lines) + "\n")
@@ -361,6 +361,77 @@ def test_render_item_and_bad_rows(tmp_path, capsys):
   (tmp_path / "m" / "rd_jax.json").write_text(json.dumps({"item_template": ITEM_TEMPLATE}))
   assert score.main([f"--model={tmp_path / 'm'}", f"--input={bad}", f"--output={tmp_path / 'o'}"]) == 2
   assert "bad.jsonl:1: no item text" in capsys.readouterr().err
+
+
+def _write_pairs(path, rows, fmt):
+  """`rows` as JSONL, gzipped JSONL, CSV (None -> empty cell) or Parquet."""
+  import csv
+  import gzip
+  if fmt == "parquet":
+    import datasets
+    columns = sorted({k for r in rows for k in r})
+    datasets.Dataset.from_dict({c: [None if r.get(c) is None else str(r[c]) for r in rows]
+                                for c in columns}).to_parquet(str(path))
+  elif fmt == "csv":
+    columns = sorted({k for r in rows for k in r}, key=lambda c: (c != "query", c))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+      writer = csv.writer(f)
+      writer.writerow(columns)
+      writer.writerows([["" if r.get(c) is None else r[c] for c in columns] for r in rows])
+  else:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if fmt == "jsonl.gz":
+      with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(text)
+    else:
+      path.write_text(text)
+  return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "csv", "parquet"])
+def test_score_reads_the_formats_training_reads(exported, tmp_path, fmt):
+  """rd_jax.score takes the training stages' formats: each gives the JSONL file's logits, ids and
+  row numbers."""
+  reference = score.score_pairs(exported, score.read_pairs(
+      _write_pairs(tmp_path / "p.jsonl", PAIRS, "jsonl"), ITEM_TEMPLATE))
+  rows = score.read_pairs(_write_pairs(tmp_path / f"p.{fmt}", PAIRS, fmt), ITEM_TEMPLATE)
+  got = score.score_pairs(exported, rows)
+  assert [r["line"] for r in got] == ([2, 3, 4, 5, 6, 7] if fmt == "csv" else [1, 2, 3, 4, 5, 6])
+  assert [r.get("product_id") for r in got] == [p.get("product_id") for p in PAIRS]
+  assert "query_id" not in got[4]   # an empty cell is no id
+  np.testing.assert_allclose([r["logits"] for r in got], [r["logits"] for r in reference], atol=1e-6)
+
+
+def test_score_bad_rows_stop_or_are_counted_and_written(exported, tmp_path, capsys):
+  """--on_bad_row: error names the file and line; skip scores the rest, counts each reason and
+  writes every skipped row to <output>.rejects.jsonl."""
+  good = [json.dumps(p) for p in PAIRS[:2]]
+  lines = [good[0], "{not json", json.dumps({"query": "", "product_title": "x"}), good[1],
+           json.dumps({"query": "a", "product_id": "p9"}), json.dumps(["a list"])]
+  path = tmp_path / "mixed.jsonl"
+  path.write_text("\n".join(lines) + "\n")
+  out = str(tmp_path / "o.jsonl")
+  args = [f"--model={exported}", f"--input={path}", f"--output={out}"]
+  assert score.main(args) == 2
+  assert re.search(r"mixed.jsonl:2: invalid JSON", capsys.readouterr().err)
+  assert not os.path.exists(out) and not os.path.exists(out + ".rejects.jsonl")
+  assert score.main(args + ["--on_bad_row=skip"]) == 0
+  printed = capsys.readouterr().out
+  assert "scored 2 pairs" in printed and "skipped 4 bad rows" in printed
+  assert [json.loads(l)["line"] for l in open(out)] == [1, 4]
+  rejects = [json.loads(l) for l in open(out + ".rejects.jsonl")]
+  assert [r["line"] for r in rejects] == [2, 3, 5, 6]
+  assert [r["reason"].split(": ", 1)[1][:20] for r in rejects] == [
+      "invalid JSON: Expect", "missing or empty 'qu", "no item text (none o", "expected a JSON obje"]
+  report = {}
+  score.read_pairs(str(path), ITEM_TEMPLATE, on_bad_row="skip", report=report)
+  assert report["skipped_by_reason"] == {"invalid_json": 1, "empty_query": 1, "empty_item": 1,
+                                         "not_an_object": 1}
+  (tmp_path / "bad.csv").write_text("query,product_title\na,b,c\n")   # every row bad: always an error
+  with pytest.raises(score.BadRowError, match=r"bad.csv: nothing to score: all 1 rows are bad"):
+    score.read_pairs(str(tmp_path / "bad.csv"), ITEM_TEMPLATE, on_bad_row="skip")
+  with pytest.raises(score.BadRowError, match=r"bad.csv:2: CSV record has 3 fields"):
+    score.read_pairs(str(tmp_path / "bad.csv"), ITEM_TEMPLATE)
 
 
 @pytest.mark.parametrize("match_hint", ["", "missing"])

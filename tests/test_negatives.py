@@ -77,6 +77,27 @@ def test_refusals(tiny_config, tmp_path):
     config_check.validate(cfg)
 
 
+@pytest.mark.parametrize("key", ["student.cross_query_negatives", "sft.cross_query_negatives"])
+def test_a_negative_label_outside_the_label_set_is_a_config_error(tiny_config, key):
+  """configs/demo.py's "Irrelevant" under a user's graded labels 1-4: refused before any data is
+  read, naming the key, the labels and both fixes; with the negatives off the label is not read."""
+  from rd_jax import errors
+  cfg = tiny_config()
+  cfg.labels = ("1", "2", "3", "4")
+  section, name = key.split(".")
+  cfg[section][name] = 2
+  if section == "sft":
+    cfg.sft.chains_from = "rules"
+  with pytest.raises(errors.ConfigError, match=r"cross_query_negative_label = 'Irrelevant' is not one "
+                     r"of the labels \['1', '2', '3', '4'\].*negative_label=1.*" + key + "=0"):
+    config_check.validate(cfg)
+  cfg.student.cross_query_negative_label = "1"
+  config_check.validate(cfg)
+  cfg.student.cross_query_negative_label = "Irrelevant"
+  cfg[section][name] = 0
+  config_check.validate(cfg)
+
+
 def test_off_is_the_identity(tiny_config):
   cfg = tiny_config()
   train = [object(), object()]

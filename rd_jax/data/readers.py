@@ -248,6 +248,19 @@ def _table_rows(path: str, fmt: str) -> Iterator[tuple[int, str, Any]]:
     yield lineno, row, row
 
 
+def iter_rows(path: str, fmt: str = "auto") -> tuple[str, Iterator[tuple[int, Any, Any]]]:
+  """(format, rows) of a JSONL / CSV / Parquet file (optionally .gz): each row is (line, raw row,
+  dict or DataError) — the line (JSONL, CSV: its first physical line; Parquet: the 1-based row)
+  that error messages name. A file that cannot be read at all raises DataError while iterating.
+  The one reader of pairs files: training (`load_pairs`), eval, `rd_jax.score` and the export."""
+  if not storage.exists(path):
+    raise errors.PathError(f"pairs file {path} does not exist")
+  if storage.isdir(path):
+    raise errors.PathError(f"pairs file {path} is a folder; give a JSONL, CSV or Parquet file")
+  fmt = detect_format(path, fmt)
+  return fmt, (_jsonl_rows(path) if fmt == "jsonl" else _table_rows(path, fmt))
+
+
 def load_pairs(path: str, cfg, *, require_label: bool = True, rejects_path: str | None = None,
                split_rows: bool = True) -> tuple[list[Pair], dict]:
   """Validated pairs of `path` ("" = the bundled ESCI subset) and a report for summary.json.
@@ -264,11 +277,8 @@ def load_pairs(path: str, cfg, *, require_label: bool = True, rejects_path: str 
     raise ValueError(f"data.on_bad_row={mode!r}; expected 'error' or 'skip'")
   if not storage.exists(path):
     raise errors.PathError(f"pairs file {path} does not exist (data.path / eval.path)")
-  if storage.isdir(path):
-    raise errors.PathError(f"pairs file {path} is a folder; give a JSONL, CSV or Parquet file")
-  fmt = detect_format(path, cfg.data.get("format", "auto"))
+  fmt, rows = iter_rows(path, cfg.data.get("format", "auto"))
   limits = Limits.from_config(cfg.data)
-  rows = _jsonl_rows(path) if fmt == "jsonl" else _table_rows(path, fmt)
 
   pairs, skipped, truncated = [], collections.Counter(), collections.Counter()
   rows_read = 0
