@@ -87,7 +87,9 @@ def _is_config_override_error(exc: BaseException) -> bool:
 
 def message(exc: BaseException, kind: str) -> str:
   """The one paragraph shown for a user error."""
-  text = str(exc).strip().strip('"').strip("'")
+  text = str(exc).strip()
+  if isinstance(exc, KeyError):  # str(KeyError("x")) is "'x'"; other messages may open with a repr
+    text = text.strip('"').strip("'")
   if kind == "config" and isinstance(exc, (KeyError, AttributeError)):
     key = _override_key(text)
     return (f"unknown config key {key!r}{' (in --config.' + key + ')' if key else ''}: it is not "

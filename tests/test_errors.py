@@ -29,8 +29,10 @@ def test_run_cli_maps_kinds_to_exit_codes(capsys):
   assert _exit_of(errors.DataError("f.jsonl:3: bad")) == 3
   assert _exit_of(FileNotFoundError(2, "No such file or directory", "/nope")) == 4
   assert _exit_of(errors.StageLockHeld("LOCK is held")) == 5
+  assert _exit_of(errors.PathError("'runs/a/crsd' was trained with labels ['1']")) == 4
   err = capsys.readouterr().err
   assert "prog: error: f.jsonl:3: bad" in err and "path /nope does not exist" in err
+  assert "prog: error: 'runs/a/crsd' was trained with labels ['1']\n" in err  # quotes kept
   assert "Traceback" not in err
   with pytest.raises(ZeroDivisionError):  # an internal error keeps its traceback
     errors.run_cli(lambda: 1 / 0, "prog")
