@@ -70,13 +70,14 @@ def classify(exc: BaseException) -> str | None:
   for cls in type(exc).__mro__:
     if cls.__name__ in _FOREIGN:
       return _FOREIGN[cls.__name__]
-  if isinstance(exc, (KeyError, AttributeError)) and _is_config_override_error(exc):
-    return "config"
+  if isinstance(exc, (KeyError, AttributeError, OSError)) and _is_config_override_error(exc):
+    return "config"   # an unknown --config.<key>, or a --config file that cannot be loaded
   return None
 
 
 def _is_config_override_error(exc: BaseException) -> bool:
-  """ml_collections' config_flags raises KeyError/AttributeError for an unknown override key."""
+  """ml_collections' config_flags raises KeyError/AttributeError for an unknown override key and
+  OSError for a --config file it cannot load (missing, or raising when run)."""
   tb = exc.__traceback__
   while tb is not None:
     if "config_flags" in tb.tb_frame.f_code.co_filename:
@@ -94,6 +95,8 @@ def message(exc: BaseException, kind: str) -> str:
     key = _override_key(text)
     return (f"unknown config key {key!r}{' (in --config.' + key + ')' if key else ''}: it is not "
             "in the config; rd_jax/config.py lists every key (or run with --help)")
+  if kind == "config" and isinstance(exc, OSError):  # config_flags: "... Attempted [Relative path]: ..."
+    return f"--config could not be loaded: {' '.join(text.split())}"
   if isinstance(exc, OSError) and getattr(exc, "filename", None):
     what = {"FileNotFoundError": "does not exist", "FileExistsError": "already exists",
             "NotADirectoryError": "is not a folder (a file is in the way)",

@@ -87,11 +87,14 @@ def test_cli_user_errors_have_no_traceback(tmp_path):
       ([*common, f"--workdir={tmp_path}/afile"], 4, "is a file"),
       ([*common, f"--workdir={tmp_path}/w", f"--config.data.path={bad}"], 3,
        "latin1.jsonl:1: not UTF-8: byte 0xe9 at byte offset 14"),
+      (["--stage=crsd", "--config=configs/tinny.py", f"--workdir={tmp_path}/w"], 2,
+       "--config could not be loaded: "),
   ]
   for args, code, text in cases:
     r = _main(*args)
     assert (r.returncode, "Traceback" in r.stderr) == (code, False), r.stderr[-2000:]
     assert text in r.stderr
+  assert "configs/tinny.py [Errno 2] No such file" in r.stderr   # the last case names the file
   assert not os.path.exists(tmp_path / "w" / "crsd" / "config.json")  # refused: no record
 
 
