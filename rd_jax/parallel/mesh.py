@@ -44,6 +44,15 @@ def maybe_initialize_distributed(mesh_cfg) -> None:
     raise ValueError(f"mesh.multihost must be auto|off|explicit, got {mode!r}")
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    # XLA:CPU across processes (gloo): an executable read back from the persistent cache does
+    # not run the collectives a fresh compile does, and gloo aborts at the first step ("Received
+    # data size doesn't match expected size", 16 vs 8 bytes) -- measured whenever any process
+    # found its program in the cache, the same code's own entries included (session 38). Every
+    # process compiles instead; GPU and TPU processes keep the cache.
+    jax.config.update("jax_enable_compilation_cache", False)
+    logging.info("multi-process CPU run: the persistent XLA cache is off (its executables break "
+                 "gloo's collectives); every process compiles")
 
 
 def _already_initialized() -> bool:
