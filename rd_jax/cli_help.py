@@ -12,6 +12,8 @@ COMMON_OVERRIDES = """\
 Common overrides (any key of rd_jax/config.py works the same way):
   --config.data.path=my_pairs.csv          your pairs file (JSONL / CSV / Parquet; "" = bundled ESCI)
   --config.labels=1,2,3,4                  your label set, class-id order (or a file: one per line)
+  --config.student.cross_query_negative_label=1   your label for an unrelated item (configs/demo.py
+                                           labels items of other queries: ESCI's "Irrelevant")
   --config.data.split=0.8,0.1,0.1          train/valid/test shares of a file without query_fold
   --config.data.on_bad_row=skip            count and skip bad rows instead of stopping
   --config.data.reasoning_source=rules     reasoning without a teacher run

@@ -102,6 +102,7 @@ def test_help_exits_0_and_names_the_common_overrides():
   r = _main("--help")
   assert r.returncode == 0, r.stderr[-2000:]
   assert "--config.data.path=" in r.stdout and "--config.labels=1,2,3,4" in r.stdout
+  assert "--config.student.cross_query_negative_label=1" in r.stdout
   assert "Exit codes" in r.stdout
 
 
