@@ -98,6 +98,31 @@ def test_eval_writes_metrics_and_png(trained):
                                                    "valid_metrics.json")))["num_examples"]
 
 
+def test_eval_path_counts_what_the_training_split_already_holds(trained, tmp_path):
+  """eval.path: a file of 3 train-fold queries and 2 test-fold queries -> train_overlap names the 3
+  shared queries and their pairs (their figures are not on unseen queries); the test-fold rows
+  alone share none."""
+  import gzip
+  from rd_jax.data import readers
+  cfg, workdir, _ = trained
+  rows = [json.loads(l) for l in gzip.open(readers.bundled_pairs_path(), "rt")]
+  def first_queries(fold, n):
+    keep = list(dict.fromkeys(r["query_id"] for r in rows if r["query_fold"] == fold))[:n]
+    return [r for r in rows if r["query_id"] in keep]
+  seen, unseen = first_queries(cfg.data.train_folds[0], 3), first_queries(cfg.data.test_folds[0], 2)
+  for name, chosen, want in (("mixed", seen + unseen, (3, 5, len(seen))), ("unseen", unseen, (0, 2, 0))):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    eval_cfg = cfg.copy_and_resolve_references()
+    eval_cfg.eval.path = str(path)
+    eval_cfg.eval.checkpoint = os.path.join(workdir, "crsd")
+    eval_cfg.eval.references = False
+    eval_stage.run(eval_cfg, str(tmp_path / name))
+    overlap = json.load(open(tmp_path / name / "eval" / "metrics.json"))["train_overlap"]
+    assert (overlap["queries_in_train"], overlap["queries"], overlap["pairs_in_train"]) == want
+    assert overlap["pairs"] == len(chosen) and "train folds" in overlap["train"]
+
+
 def test_eval_on_mismatched_labels_names_them(trained):
   cfg, workdir, _ = trained
   bad = cfg.copy_and_resolve_references()

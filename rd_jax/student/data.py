@@ -161,6 +161,10 @@ def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):
   if not split:
     split_lib.check_trainable(report["split"], eval_cfg, report["path"], names=(cfg.eval.split,))
   report["degenerate"] = degenerate.check({cfg.eval.split: split}, cfg)
-  return split, f"{report['path']} {cfg.eval.split} folds {folds}", report
+  if report["split"]["how"].startswith("data.split"):   # a file without folds: split by shares
+    where = f"{cfg.eval.split} split by data.split={tuple(report['split']['shares'])}"
+  else:
+    where = f"{cfg.eval.split} folds {folds}"
+  return split, f"{report['path']} {where}", report
 
 
