@@ -21,8 +21,9 @@ _OUTPUT = flags.DEFINE_string("output", None, "export folder (written as <output
 _ATOL = flags.DEFINE_float("atol", 1e-4, "max |Δlogit| allowed between Flax, PyTorch and ONNX fp32")
 _ONNX = flags.DEFINE_bool("onnx", True, "also write onnx/model.onnx (checked against PyTorch)")
 _INT8 = flags.DEFINE_bool("int8", True, "also write onnx/model_int8.onnx (dynamic int8 weights)")
-_PAIRS = flags.DEFINE_string("pairs", None, "JSONL of pairs to verify on; default: pairs spread over "
-                             "the bundled ESCI data; 'synthetic': 8 built-in pairs")
+_PAIRS = flags.DEFINE_string("pairs", None, "pairs to verify on (JSONL, CSV or Parquet, optionally "
+                             ".gz; its first --max_pairs rows); default: pairs spread over the "
+                             "bundled ESCI data; 'synthetic': 8 built-in pairs")
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", 64, "verify on at most this many pairs from --pairs")
 _MIN_AGREEMENT = flags.DEFINE_float("min_int8_agreement", 0.9, "fail if int8 argmax agreement is lower")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing non-empty --output folder")
