@@ -1,7 +1,7 @@
 """Score (query, item) pairs with an exported student — PyTorch or ONNX Runtime, no JAX needed.
 
   python -m rd_jax.score --model=<export dir> --input=pairs.jsonl --output=scores.jsonl \
-      [--batch_size=64] [--backend=torch|onnx|onnx_int8] [--on_bad_row=error|skip]
+      [--batch_size=64] [--chunk_rows=65536] [--backend=torch|onnx|onnx_int8] [--on_bad_row=error|skip]
 
 Reads the export's `rd_jax.json` (labels, item_template, max_len) so pairs render and truncate
 exactly as in training (`tokenize_pairs`: the item is cut before the query). The input is what the
@@ -12,7 +12,8 @@ its file and line, or with --on_bad_row=skip is counted and written with its rea
 number), the ids present, `label` (argmax class name), `scores` {label: softmax probability},
 `logits`, and `expected_gain` = sum_c p_c gain_c (rank a query's items by it: the score eval's
 nDCG@10 ranks by; gains from --gains, else rd_jax.json, e.g. ESCI 1 / 0.1 / 0.01 / 0), in input
-order; rows are batched by similar length for speed. The export's logits already include the
+order; rows are read, scored and written --chunk_rows at a time (bounded memory), and batched
+by similar length within a chunk for speed. The export's logits already include the
 student's decision offsets (folded into the classifier bias), so `label` is the class eval reports.
 
 Item rendering rule (the same as `rd_jax.data.schema.render_item`, kept self-contained here so this
@@ -35,6 +36,7 @@ import json
 import os
 import string
 import sys
+from typing import Iterator
 
 import numpy as np
 
@@ -90,49 +92,54 @@ def _checked_row(row, template: str, where: str) -> dict:
   return {"query": query, "item": item, **{k: row[k] for k in ID_FIELDS if row.get(k) not in (None, "")}}  # "": an empty CSV cell
 
 
-def read_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str = "error",
-               rejects_path: str | None = None, report: dict | None = None) -> list[dict]:
+def iter_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str = "error",
+               rejects=None, report: dict | None = None) -> Iterator[dict]:
   """Rows of a JSONL / CSV / Parquet file (optionally .gz; the training stages' reader,
-  rd_jax.data.readers) -> [{"query", "item", "line", ids...}], "line" the row's line (Parquet: its
-  row number). A bad row raises BadRowError naming path:line, or with on_bad_row="skip" is counted
-  in `report` {rows_read, rows_kept, skipped_by_reason} and written with its reason to
-  `rejects_path` (JSONL); a file that cannot be read, or whose every row is bad, always raises."""
+  rd_jax.data.readers), one at a time: {"query", "item", "line", ids...}, "line" the row's line
+  (Parquet: its row number). A bad row raises BadRowError naming path:line, or with
+  on_bad_row="skip" is counted in `report` {rows_read, rows_kept, rows_skipped, skipped_by_reason}
+  and written with its reason to `rejects` (an open text file, JSONL); a file that cannot be read
+  raises whatever on_bad_row says. `report` is complete once the iterator is exhausted."""
   from rd_jax.data import readers  # stdlib + numpy (+ `datasets` for Parquet): no JAX
   if on_bad_row not in ("error", "skip"):
     raise ValueError(f"on_bad_row={on_bad_row!r}; expected 'error' or 'skip'")
   fmt, raw_rows = readers.iter_rows(path, fmt)
-  rows, skipped, rows_read = [], {}, 0
-  rejects = open(rejects_path + ".tmp", "w", encoding="utf-8") if on_bad_row == "skip" and rejects_path else None
-  try:
-    for line, raw, row in raw_rows:
-      rows_read += 1
-      try:
-        if isinstance(row, Exception):   # readers' DataError: not JSON, not UTF-8, CSV fields ...
-          raise BadRowError(str(row), getattr(row, "reason_key", "bad_row")) from None
-        rows.append({**_checked_row(row, template, f"{path}:{line}"), "line": line})
-      except BadRowError as err:
-        if on_bad_row == "error":
-          raise
-        skipped[err.reason_key] = skipped.get(err.reason_key, 0) + 1
-        if rejects:
-          raw_text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
-          rejects.write(json.dumps({"path": path, "line": line, "reason": str(err), "raw": raw_text},
-                                   ensure_ascii=False) + "\n")
-  except Exception:
-    if rejects:
-      rejects.close()
-      os.remove(rejects_path + ".tmp")
-    raise
-  if rejects:
-    rejects.close()
-    os.replace(rejects_path + ".tmp", rejects_path)
+  report = {} if report is None else report
+  report.update(path=path, format=fmt, rows_read=0, rows_kept=0, rows_skipped=0, skipped_by_reason={})
+  skipped = report["skipped_by_reason"]
+  for line, raw, row in raw_rows:
+    report["rows_read"] += 1
+    try:
+      if isinstance(row, Exception):   # readers' DataError: not JSON, not UTF-8, CSV fields ...
+        raise BadRowError(str(row), getattr(row, "reason_key", "bad_row")) from None
+      checked = {**_checked_row(row, template, f"{path}:{line}"), "line": line}
+    except BadRowError as err:
+      if on_bad_row == "error":
+        raise
+      skipped[err.reason_key] = skipped.get(err.reason_key, 0) + 1
+      report["rows_skipped"] += 1
+      if rejects is not None:
+        raw_text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+        rejects.write(json.dumps({"path": path, "line": line, "reason": str(err), "raw": raw_text},
+                                 ensure_ascii=False) + "\n")
+      continue
+    report["rows_kept"] += 1
+    yield checked
+
+
+def _nothing_to_score(path: str, report: dict) -> BadRowError:
+  what = ("it has no rows" if not report["rows_read"] else
+          f"all {report['rows_read']} rows are bad ({report['skipped_by_reason']})")
+  return BadRowError(f"{path}: nothing to score: {what}", "empty_file")
+
+
+def read_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str = "error",
+               report: dict | None = None) -> list[dict]:
+  """`iter_pairs` as a list (the export's check, tests); a file with no good row raises."""
+  report = {} if report is None else report
+  rows = list(iter_pairs(path, template, fmt=fmt, on_bad_row=on_bad_row, report=report))
   if not rows:
-    what = "it has no rows" if not rows_read else f"all {rows_read} rows are bad ({skipped})"
-    raise BadRowError(f"{path}: nothing to score: {what}")
-  if report is not None:
-    report.update(path=path, format=fmt, rows_read=rows_read, rows_kept=len(rows),
-                  rows_skipped=rows_read - len(rows), skipped_by_reason=skipped,
-                  rejects_path=rejects_path if rejects else None)
+    raise _nothing_to_score(path, report)
   return rows
 
 
@@ -142,7 +149,12 @@ def load_export_meta(model_dir: str) -> dict:
     raise FileNotFoundError(f"{model_dir!r} has no {EXPORT_META}: not an rd_jax export "
                             "(make one with `python -m rd_jax.convert`)")
   with open(path) as f:
-    return json.load(f)
+    meta = json.load(f)
+  missing = [k for k in ("labels", "item_template", "max_len") if k not in meta]
+  if missing:
+    raise ValueError(f"{path}: not an rd_jax export: rd_jax.json has no {missing[0]!r} (make one "
+                     "with `python -m rd_jax.convert`)")
+  return meta
 
 
 def tokenize_pairs(tokenizer, queries: list[str], items: list[str], max_len: int,
@@ -207,34 +219,62 @@ def make_backend(model_dir: str, backend: str):
   raise ValueError(f"unknown backend {backend!r}; one of {BACKENDS}")
 
 
+class Scorer:
+  """An export loaded once (tokenizer, backend, labels, gains); called on a list of rows
+  ({"query", "item", ids...}) it scores them in length-sorted batches, results in input order."""
+
+  def __init__(self, model_dir: str, batch_size: int = 64, backend: str = "torch",
+               gains: list[float] | None = None):
+    from transformers import AutoTokenizer
+    self.meta = load_export_meta(model_dir)
+    self.labels = self.meta["labels"]
+    if gains is None:
+      gains = self.meta.get("gains")
+    if gains is None:   # an export from before rd_jax.json recorded them
+      from rd_jax.ranking import label_gains
+      gains = label_gains(self.labels)
+    if len(gains) != len(self.labels):
+      raise BadRowError(f"--gains has {len(gains)} values; the model has {len(self.labels)} labels")
+    self.gains = np.asarray(gains, np.float64)
+    self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    self.run = make_backend(model_dir, backend)
+    self.batch_size = batch_size
+
+  def __call__(self, rows: list[dict]) -> list[dict]:
+    meta, labels = self.meta, self.labels
+    encoded = tokenize_pairs(self.tokenizer, [r["query"] for r in rows], [r["item"] for r in rows],
+                             meta["max_len"], meta.get("min_item_tokens", MIN_ITEM_TOKENS),
+                             meta.get("match_hint", ""))
+    order = sorted(range(len(rows)), key=lambda i: len(encoded[i][0]))  # similar lengths batch together
+    logits = np.zeros((len(rows), len(labels)), np.float32)
+    for start in range(0, len(order), self.batch_size):
+      idx = order[start:start + self.batch_size]
+      logits[idx] = self.run(pad_batch([encoded[i] for i in idx], self.tokenizer.pad_token_id))
+    z = logits.astype(np.float64)
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = probs @ self.gains
+    return [{**{k: row[k] for k in ("line", *ID_FIELDS) if k in row}, "label": labels[int(np.argmax(lg))],
+             "scores": {name: float(p) for name, p in zip(labels, pr)}, "logits": [float(x) for x in lg],
+             "expected_gain": float(g)}
+            for row, lg, pr, g in zip(rows, logits, probs, expected)]
+
+
 def score_pairs(model_dir: str, rows: list[dict], batch_size: int = 64,
                 backend: str = "torch", gains: list[float] | None = None) -> list[dict]:
   """Scores rows ({"query", "item", ids...}) in length-sorted batches; results in input order."""
-  from transformers import AutoTokenizer
-  meta = load_export_meta(model_dir)
-  labels = meta["labels"]
-  tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-  encoded = tokenize_pairs(tokenizer, [r["query"] for r in rows], [r["item"] for r in rows], meta["max_len"],
-                           meta.get("min_item_tokens", MIN_ITEM_TOKENS), meta.get("match_hint", ""))
-  run = make_backend(model_dir, backend)
-  order = sorted(range(len(rows)), key=lambda i: len(encoded[i][0]))  # similar lengths batch together
-  logits = np.zeros((len(rows), len(labels)), np.float32)
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    logits[idx] = run(pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id))
-  z = logits.astype(np.float64)
-  probs = np.exp(z - z.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
-  if gains is None:
-    gains = meta.get("gains")
-  if gains is None:   # an export from before rd_jax.json recorded them
-    from rd_jax.ranking import label_gains
-    gains = label_gains(labels)
-  expected = probs @ np.asarray(gains, np.float64)
-  return [{**{k: row[k] for k in ("line", *ID_FIELDS) if k in row}, "label": labels[int(np.argmax(lg))],
-           "scores": {name: float(p) for name, p in zip(labels, pr)}, "logits": [float(x) for x in lg],
-           "expected_gain": float(g)}
-          for row, lg, pr, g in zip(rows, logits, probs, expected)]
+  return Scorer(model_dir, batch_size, backend, gains)(rows)
+
+
+def _chunks(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
+  chunk = []
+  for row in rows:
+    chunk.append(row)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,31 +289,44 @@ def main(argv: list[str] | None = None) -> int:
                       "and written with its reason to <output>.rejects.jsonl (skip)")
   parser.add_argument("--output", required=True, help="JSONL of scores, one per input row")
   parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--chunk_rows", type=int, default=65536,
+                      help="rows read, scored and written at a time (memory is bounded by one chunk)")
   parser.add_argument("--backend", choices=BACKENDS, default="torch")
   parser.add_argument("--gains", default="", help="gain per class, comma-separated in label order, "
                       "for `expected_gain` (the score to rank by); default: rd_jax.json, else rd_jax.ranking.label_gains")
   args = parser.parse_args(argv)
+  if args.chunk_rows < 1 or args.batch_size < 1:
+    parser.error("--chunk_rows and --batch_size must be >= 1")
+  tmp, rejects_path = args.output + ".tmp", args.output + ".rejects.jsonl"
+  report, written = {}, 0
+  rejects = open(rejects_path + ".tmp", "w", encoding="utf-8") if args.on_bad_row == "skip" else None
   try:
-    report = {}
-    rows = read_pairs(args.input, load_export_meta(args.model)["item_template"], fmt=args.format,
-                      on_bad_row=args.on_bad_row, rejects_path=args.output + ".rejects.jsonl",
-                      report=report)
     gains = [float(g) for g in args.gains.split(",")] if args.gains else None
-    if gains is not None and len(gains) != len(load_export_meta(args.model)["labels"]):
-      raise BadRowError(f"--gains has {len(gains)} values; the model has "
-                        f"{len(load_export_meta(args.model)['labels'])} labels")
-    results = score_pairs(args.model, rows, args.batch_size, args.backend, gains=gains)
-  except (BadRowError, FileNotFoundError, ValueError) as e:
+    scorer = Scorer(args.model, args.batch_size, args.backend, gains)
+    rows = iter_pairs(args.input, scorer.meta["item_template"], fmt=args.format,
+                      on_bad_row=args.on_bad_row, rejects=rejects, report=report)
+    with open(tmp, "w", encoding="utf-8") as f:
+      for chunk in _chunks(rows, args.chunk_rows):   # memory: one chunk of rows at a time
+        for result in scorer(chunk):
+          f.write(json.dumps(result) + "\n")
+        written += len(chunk)
+    if not written:
+      raise _nothing_to_score(args.input, report)
+  except (BadRowError, FileNotFoundError, ValueError) as e:   # nothing half-written is left
+    if rejects is not None:
+      rejects.close()
+    for path in (tmp, rejects_path + ".tmp"):
+      if os.path.exists(path):
+        os.remove(path)
     print(f"error: {e}", file=sys.stderr)
     return 2
-  tmp = args.output + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for result in results:
-      f.write(json.dumps(result) + "\n")
   os.replace(tmp, args.output)
+  if rejects is not None:
+    rejects.close()
+    os.replace(rejects_path + ".tmp", rejects_path)
   skipped = (f"; skipped {report['rows_skipped']} bad rows {report['skipped_by_reason']} -> "
-             f"{report['rejects_path']}" if report["rows_skipped"] else "")
-  print(f"scored {len(results)} pairs with {args.backend} -> {args.output}{skipped}")
+             f"{rejects_path}" if report["rows_skipped"] else "")
+  print(f"scored {written} pairs with {args.backend} -> {args.output}{skipped}")
   return 0
 
 

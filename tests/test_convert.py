@@ -360,7 +360,7 @@ def test_render_item_and_bad_rows(tmp_path, capsys):
   (tmp_path / "m").mkdir()
   (tmp_path / "m" / "rd_jax.json").write_text(json.dumps({"item_template": ITEM_TEMPLATE}))
   assert score.main([f"--model={tmp_path / 'm'}", f"--input={bad}", f"--output={tmp_path / 'o'}"]) == 2
-  assert "bad.jsonl:1: no item text" in capsys.readouterr().err
+  assert "rd_jax.json has no 'labels'" in capsys.readouterr().err
 
 
 def _write_pairs(path, rows, fmt):
@@ -415,10 +415,17 @@ def test_score_bad_rows_stop_or_are_counted_and_written(exported, tmp_path, caps
   assert score.main(args) == 2
   assert re.search(r"mixed.jsonl:2: invalid JSON", capsys.readouterr().err)
   assert not os.path.exists(out) and not os.path.exists(out + ".rejects.jsonl")
+  assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # nothing half-written
   assert score.main(args + ["--on_bad_row=skip"]) == 0
   printed = capsys.readouterr().out
   assert "scored 2 pairs" in printed and "skipped 4 bad rows" in printed
   assert [json.loads(l)["line"] for l in open(out)] == [1, 4]
+  whole = [json.loads(l) for l in open(out)]
+  assert score.main(args + ["--on_bad_row=skip", "--chunk_rows=1"]) == 0   # one row at a time
+  one_by_one = [json.loads(l) for l in open(out)]
+  assert [(r["line"], r["label"]) for r in one_by_one] == [(r["line"], r["label"]) for r in whole]
+  np.testing.assert_allclose([r["logits"] for r in one_by_one], [r["logits"] for r in whole],
+                             atol=1e-5)   # batch padding moves fp32 sums by ~1e-7
   rejects = [json.loads(l) for l in open(out + ".rejects.jsonl")]
   assert [r["line"] for r in rejects] == [2, 3, 5, 6]
   assert [r["reason"].split(": ", 1)[1][:20] for r in rejects] == [

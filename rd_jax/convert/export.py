@@ -28,6 +28,7 @@ and the nDCG gains per label (`gains`) that `rd_jax.score` uses for the expected
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ from rd_jax.convert import hf_bert, torch_mean_pooled
 from rd_jax.models.bert import BertClassifier, BertConfig, init_params
 from rd_jax.models import overlap
 from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, BadRowError, pad_batch,
-                          read_pairs, render_item, template_fields, tokenize_pairs)
+                          iter_pairs, render_item, template_fields, tokenize_pairs)
 
 META_KEYS = ("model_config", "labels", "tokenizer", "item_template", "max_len_std")
 SYNTHETIC_PAIRS = (
@@ -334,7 +335,9 @@ def _write_verified(tmp: str, checkpoint: str, params, meta: dict, config: BertC
   if pairs == "synthetic":
     rows = list(SYNTHETIC_PAIRS)
   elif pairs:
-    rows = read_pairs(pairs, meta["item_template"])[:max_pairs]
+    rows = list(itertools.islice(iter_pairs(pairs, meta["item_template"]), max_pairs))
+    if not rows:
+      raise BadRowError(f"{pairs}: no pair to verify the export on")
   else:
     rows, pairs = bundled_rows(max_pairs, meta["item_template"]), "bundled"
   batch = tokenized_pairs(tmp, rows, meta["item_template"], meta["max_len_std"],
