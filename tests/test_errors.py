@@ -128,3 +128,23 @@ def test_convert_refuses_a_non_empty_output_without_overwrite(tmp_path):
                      text=True, timeout=300)
   assert r.returncode == 4 and "pass --overwrite" in r.stderr and "Traceback" not in r.stderr
   assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_stage_refusals_are_user_errors_not_internal_ones():
+  """Stages and libraries refuse what the user can fix (a config value, too little data, a workdir
+  made with other settings) with errors.UserError subclasses: one message and the kind's exit
+  code, no traceback. Before session 38 these were plain ValueErrors: exit 1, "a bug"."""
+  import numpy as np
+  from rd_jax.student import negatives, similarity
+  from rd_jax.teacher import rows
+  from rd_jax.train import optim
+  cases = [
+      (lambda: optim.learning_rate_schedule(1e-4, 10, 5, "cosine", key="student.optim"), "config"),
+      (lambda: rows.row_batches({"x": np.zeros((1, 4))}, batch_size=2, seed=0), "data"),
+      (lambda: negatives.draw([], 1, "Unrelated", ["a", "b"], 0), "config"),
+      (lambda: similarity.similarity_targets(None, None, [], None, 8, normalisation="rows"), "config"),
+  ]
+  for call, kind in cases:
+    with pytest.raises(errors.UserError) as raised:
+      call()
+    assert errors.classify(raised.value) == kind, raised.value

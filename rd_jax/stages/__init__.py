@@ -11,6 +11,7 @@ dependencies (torch for export, the teacher for annotate) load only when it runs
 from __future__ import annotations
 
 import importlib
+from rd_jax import errors
 
 # name -> (module, one-line description shown by --help)
 STAGES = {
@@ -35,7 +36,7 @@ def available() -> dict[str, str]:
 
 def run(name: str, cfg, workdir: str) -> dict:
   if name not in STAGES:
-    raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    raise errors.ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
   module_name, _, function = STAGES[name][0].partition(":")
   if importlib.util.find_spec(module_name) is None:
     raise ValueError(f"stage {name!r} is not implemented in this version ({module_name} missing)")

@@ -25,6 +25,7 @@ import time
 import jax
 from absl import logging
 
+from rd_jax import errors
 from rd_jax import metrics as metrics_lib
 from rd_jax import stages as registry
 from rd_jax import storage
@@ -80,7 +81,7 @@ def run(cfg, workdir: str) -> dict:
   wanted = list(cfg.all.stages) or list(ORDER)
   unknown = [s for s in wanted if s not in ORDER]
   if unknown:
-    raise ValueError(f"config key all.stages has unknown stages {unknown}; known: {list(ORDER)}")
+    raise errors.ConfigError(f"config key all.stages has unknown stages {unknown}; known: {list(ORDER)}")
   if "annotate" in wanted and readers.is_bundled_annotations(cfg.data.reasoning_path):
     # The pipeline made its own annotations: crsd reads those, not the shipped ones.
     logging.info("all: annotate is in this run, so crsd reads <workdir>/annotate/annotations.jsonl"

@@ -75,7 +75,7 @@ SPLITS = ("all", "train", "valid", "test")
 def select_pairs(cfg) -> tuple[list, dict]:
   split = cfg.annotate.split
   if split not in SPLITS:
-    raise ValueError(f"annotate.split={split!r}; expected one of {SPLITS}")
+    raise errors.ConfigError(f"annotate.split={split!r}; expected one of {SPLITS}")
   pairs, report = readers.load_pairs(cfg.data.path, cfg, require_label=False)
   if split != "all":
     pairs = readers.train_valid_test(pairs, cfg)[split]
@@ -238,9 +238,9 @@ def _check_manifest(path: str, manifest: dict) -> None:
       old = json.load(f)
     diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
     if diff:
-      raise ValueError(f"{path}: the existing shards were made with other settings ({', '.join(diff)}:"
-                       f" {[old.get(k) for k in diff]} now {[manifest.get(k) for k in diff]}); delete "
-                       f"{os.path.dirname(path)} to start over, or restore those settings to resume")
+      raise errors.ConflictError(f"{path}: the existing shards were made with other settings ({', '.join(diff)}:"
+                                 f" {[old.get(k) for k in diff]} now {[manifest.get(k) for k in diff]}); delete "
+                                 f"{os.path.dirname(path)} to start over, or restore those settings to resume")
   elif jax.process_index() == 0:
     metrics_lib.write_json_atomic(manifest, path)
 
@@ -252,12 +252,12 @@ def run(cfg, workdir: str) -> dict:
   t0 = time.perf_counter()
   a = cfg.annotate
   if a.reasoning not in te.REASONING_SOURCES:
-    raise ValueError(f"annotate.reasoning={a.reasoning!r}; expected one of {te.REASONING_SOURCES}")
+    raise errors.ConfigError(f"annotate.reasoning={a.reasoning!r}; expected one of {te.REASONING_SOURCES}")
   if a.num_samples < 1 or a.shard_size < 1 or a.batch_size < 1:
-    raise ValueError("annotate.num_samples, annotate.shard_size and annotate.batch_size must be >= 1")
+    raise errors.ConfigError("annotate.num_samples, annotate.shard_size and annotate.batch_size must be >= 1")
   if (a.num_samples > 1 or a.max_retries > 0) and a.temperature <= 0:
-    raise ValueError("annotate.temperature must be > 0 when annotate.num_samples > 1 or "
-                     "annotate.max_retries > 0 (retries and votes sample)")
+    raise errors.ConfigError("annotate.temperature must be > 0 when annotate.num_samples > 1 or "
+                             "annotate.max_retries > 0 (retries and votes sample)")
   mesh = make_mesh(cfg)
   teacher = teacher_model.load_teacher(cfg, workdir, mesh, upstream=("dpo", "sft", "cpt"), explicit=a.teacher)
   logging.info("annotate with teacher %s", teacher.source)

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from rd_jax import errors
 from rd_jax.data import readers
 from rd_jax import storage
 from rd_jax.data.schema import render_item
@@ -42,7 +43,7 @@ def build_corpus(cfg) -> tuple[list[str], dict]:
       with readers.open_text(path) as f:
         docs += [line.strip() for line in f if line.strip()]
     if not docs:
-      raise ValueError(f"cpt.corpus_paths {list(cfg.cpt.corpus_paths)} hold no text")
+      raise errors.DataError(f"cpt.corpus_paths {list(cfg.cpt.corpus_paths)} hold no text")
     return docs, {"source": list(cfg.cpt.corpus_paths), "documents": len(docs)}
   pairs, _ = readers.load_pairs(cfg.data.path, cfg, require_label=False)
   train = readers.train_valid_test(pairs, cfg)["train"]
@@ -61,8 +62,8 @@ def pack(docs: list[str], tokenizer, seq_len: int) -> tuple[np.ndarray, dict]:
     stream += ids + [eos]
   rows = len(stream) // seq_len
   if rows == 0:
-    raise ValueError(f"the corpus has {len(stream)} tokens, fewer than one row of cpt.seq_len="
-                     f"{seq_len}")
+    raise errors.DataError(f"the corpus has {len(stream)} tokens, fewer than one row of cpt.seq_len="
+                           f"{seq_len}")
   packed = np.asarray(stream[:rows * seq_len], np.int32).reshape(rows, seq_len)
   return packed, {"tokens": len(stream), "rows": rows, "dropped_tail_tokens": len(stream) - rows * seq_len}
 
@@ -96,8 +97,8 @@ def run(cfg, workdir: str) -> dict:
   order = np.random.default_rng(cfg.seed).permutation(len(rows))
   n_held = max(cfg.cpt.batch_size, int(cfg.cpt.heldout_rows))
   if len(rows) - n_held < cfg.cpt.batch_size:
-    raise ValueError(f"{len(rows)} packed rows leave too few for training after holding out "
-                     f"{n_held}: give more text or lower cpt.seq_len")
+    raise errors.DataError(f"{len(rows)} packed rows leave too few for training after holding out "
+                           f"{n_held}: give more text or lower cpt.seq_len")
   held, train = rows[order[:n_held]], rows[order[n_held:]]
 
   model = decoder.Decoder(teacher.config)

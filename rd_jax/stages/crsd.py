@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from rd_jax import errors
 from rd_jax import decision, metrics as metrics_lib, ranking
 from rd_jax import storage
 from rd_jax.data import tokenize
@@ -261,8 +262,8 @@ def run(cfg, workdir: str, *, stage: str = "crsd") -> dict:
   mesh = fit.make_mesh(cfg)
   dp = mesh_lib.data_parallel_size(mesh)
   if cfg.train.batch_size % dp:
-    raise ValueError(f"config key train.batch_size = {cfg.train.batch_size} is not divisible by "
-                     f"the {dp} data-parallel devices of the mesh")
+    raise errors.ConfigError(f"config key train.batch_size = {cfg.train.batch_size} is not divisible by "
+                             f"the {dp} data-parallel devices of the mesh")
 
   data = data_lib.load_student_data(cfg, stage_dir, use_reasoning=use_reasoning)
   model_cfg, params, init_info = initial_student(cfg, jax.random.PRNGKey(cfg.seed))

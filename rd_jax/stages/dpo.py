@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from rd_jax import errors
 from rd_jax import checkpoint, metrics as metrics_lib
 from rd_jax import storage
 from rd_jax.data import readers
@@ -214,8 +215,8 @@ def _reward_model(workdir: str, mesh, cfg, policy) -> reward_model.RewardModel:
   path = _reward_model_path(workdir)
   rm = reward_model.load_reward_model(path, mesh, {policy.tokenizer_spec: policy.tokenizer})
   if rm.dimensions != list(cfg.reward.dimensions):
-    raise ValueError(f"the reward model at {path} has dimensions {rm.dimensions} but config key "
-                     f"reward.dimensions = {list(cfg.reward.dimensions)}")
+    raise errors.ConfigError(f"the reward model at {path} has dimensions {rm.dimensions} but config key "
+                             f"reward.dimensions = {list(cfg.reward.dimensions)}")
   return rm
 
 
@@ -226,7 +227,7 @@ def run(cfg, workdir: str) -> dict:
   dims = list(cfg.reward.dimensions)
   weights = reward_losses.validate_reward_weights(cfg.reward.weights, len(dims))
   if d.loss not in preference.LOSSES:
-    raise ValueError(f"config key dpo.loss = {d.loss!r}; allowed: {', '.join(preference.LOSSES)}")
+    raise errors.ConfigError(f"config key dpo.loss = {d.loss!r}; allowed: {', '.join(preference.LOSSES)}")
   mesh = fit.make_mesh(cfg)
   _reward_model_path(workdir)  # fails before any loading or sampling when it is missing
   policy = teacher_model.load_teacher(cfg, workdir, mesh, upstream=("sft", "cpt"))
@@ -261,9 +262,9 @@ def run(cfg, workdir: str) -> dict:
                     "reward.weights", untrained)
   pairs, dropped = keep_pairs(pairs, d.min_margin)
   if len(pairs) < d.batch_size:
-    raise ValueError(f"{len(pairs)} preference pairs (prompts dropped: {dropped}) are fewer than "
-                     f"dpo.batch_size={d.batch_size}: lower dpo.min_margin (the margins are in "
-                     f"{pairs_path}) or raise dpo.prompts / dpo.samples_per_prompt")
+    raise errors.DataError(f"{len(pairs)} preference pairs (prompts dropped: {dropped}) are fewer than "
+                           f"dpo.batch_size={d.batch_size}: lower dpo.min_margin (the margins are in "
+                           f"{pairs_path}) or raise dpo.prompts / dpo.samples_per_prompt")
   del rm  # not needed during training; reloaded for the final evaluation
 
   rows = encode_pairs(pairs, policy.tokenizer)

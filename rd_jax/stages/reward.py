@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from rd_jax import errors
 from rd_jax import metrics as metrics_lib, reward_scorers
 from rd_jax import storage
 from rd_jax.data import readers
@@ -114,7 +115,7 @@ def pair_rows(records, pairs, tokenizer, dimensions) -> dict[str, np.ndarray]:
 def reward_loss(config, dimensions, loss_name: str):
   """`loss_fn(params, batch) -> (loss, metrics)`; the batch's a and b rows share one forward."""
   if loss_name not in LOSSES:
-    raise ValueError(f"reward.loss must be one of {LOSSES}, got {loss_name!r}")
+    raise errors.ConfigError(f"reward.loss must be one of {LOSSES}, got {loss_name!r}")
 
   def loss_fn(params, batch):
     tokens = jnp.concatenate([batch["tokens_a"], batch["tokens_b"]])            # [2B, L]
@@ -203,7 +204,7 @@ def run(cfg, workdir: str) -> dict:
   dims = list(r.dimensions)
   weights = reward_losses.validate_reward_weights(r.weights, len(dims))
   if r.loss not in LOSSES:
-    raise ValueError(f"config key reward.loss = {r.loss!r}; allowed: {', '.join(LOSSES)}")
+    raise errors.ConfigError(f"config key reward.loss = {r.loss!r}; allowed: {', '.join(LOSSES)}")
   mesh = fit.make_mesh(cfg)
   teacher = teacher_model.load_teacher(cfg, workdir, mesh, upstream=("sft", "cpt"))
   records, info = prepare_samples(cfg, teacher, os.path.join(stage_dir, "samples.jsonl"))
@@ -217,9 +218,9 @@ def run(cfg, workdir: str) -> dict:
     logging.warning("no training pair differs on %s: those heads are untrained",
                     [d for d, n in decided.items() if not n])
   if len(pairs) < r.batch_size:
-    raise ValueError(f"{len(pairs)} training pairs with a scorer difference ({all_tie} all-tie "
-                     f"pairs dropped) are fewer than reward.batch_size={r.batch_size}: raise "
-                     "reward.prompts, reward.samples_per_prompt or reward.temperature")
+    raise errors.DataError(f"{len(pairs)} training pairs with a scorer difference ({all_tie} all-tie "
+                           f"pairs dropped) are fewer than reward.batch_size={r.batch_size}: raise "
+                           "reward.prompts, reward.samples_per_prompt or reward.temperature")
 
   config = teacher.config
   params = {"backbone": teacher.params, "heads": init_heads(config, len(dims), cfg.seed)}

@@ -61,6 +61,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from rd_jax import errors
 from rd_jax import metrics as metrics_lib
 from rd_jax import refill, storage
 from rd_jax.data import prompts, rationale, readers
@@ -201,7 +202,7 @@ def target_ids(tokenizer, reasoning: str, label: str, budget: int) -> tuple[list
   while len(ids) + 1 > budget:
     r_ids = tokenizer(reasoning, add_special_tokens=False)["input_ids"]
     if not r_ids:
-      raise ValueError(f"'Label: {label}' alone exceeds teacher.max_response_len={budget}")
+      raise errors.ConfigError(f"'Label: {label}' alone exceeds teacher.max_response_len={budget}")
     reasoning, cut = tokenizer.decode(r_ids[:max(0, len(r_ids) - (len(ids) + 1 - budget) - 1)],
                                       skip_special_tokens=True).rstrip(), True
     ids = tokenizer(prompts.build_sft_target(reasoning, label), add_special_tokens=False)["input_ids"]
@@ -215,8 +216,8 @@ def label_token_count(tokenizer, target: list[int], label: str) -> int:
   for n in range(1, len(target)):
     if tokenizer.decode(target[-1 - n:-1], skip_special_tokens=True).strip() == label:
       return n
-  raise ValueError(f"sft.label_loss_weight: the target {tokenizer.decode(target)!r} does not end "
-                   f"in the label {label!r} followed by EOS")
+  raise errors.ConfigError(f"sft.label_loss_weight: the target {tokenizer.decode(target)!r} does not end "
+                           f"in the label {label!r} followed by EOS")
 
 
 def target_weights(tokenizer, target: list[int], label: str, label_weight: float) -> list[float]:
@@ -307,7 +308,7 @@ def shared_prefix_rows(matched: list, tokenizer, cfg) -> tuple[dict, np.ndarray,
       ids = te.fit_prompt(tokenizer, matched[i][0], cfg, order=order)[0]
       prefix = ids[:p] if prefix is None else prefix
       if ids[:p] != prefix or ids[p:] != prompts_[i][p:]:
-        raise ValueError(
+        raise errors.ConfigError(
             f"sft.shared_prefix: under definition order {order} the prompt of query "
             f"{matched[i][0].query!r} is not the shared {p}-token prefix followed by the tokens it "
             "has under the labels' order; set sft.shared_prefix=False")
@@ -383,9 +384,9 @@ def load_or_bootstrap(cfg, teacher, pairs, train, stage_dir) -> tuple[list, dict
       old = report.get("settings", {})
       diff = sorted(k for k in settings if old.get(k) != settings[k])
       if diff:
-        raise ValueError(f"{path} was bootstrapped with other settings ({', '.join(diff)}: "
-                         f"{[old.get(k) for k in diff]} now {[settings[k] for k in diff]});"
-                         f" delete {stage_dir} to start over, or restore those settings to resume")
+        raise errors.ConflictError(f"{path} was bootstrapped with other settings ({', '.join(diff)}: "
+                                   f"{[old.get(k) for k in diff]} now {[settings[k] for k in diff]});"
+                                   f" delete {stage_dir} to start over, or restore those settings to resume")
     else:
       bootstrapped, report = bootstrap_chains(teacher, train, cfg)
       report["settings"] = settings
@@ -408,9 +409,15 @@ def run(cfg, workdir: str) -> dict:
   splits = readers.train_valid_test(pairs, cfg)
   matched, chains = load_or_bootstrap(cfg, teacher, pairs, splits["train"], stage_dir)
   if len(matched) < cfg.sft.batch_size:
-    raise ValueError(f"only {len(matched)} usable chains ({chains}), fewer than sft.batch_size="
-                     f"{cfg.sft.batch_size}: raise sft.bootstrap_pairs / sft.bootstrap_samples or "
-                     "give sft.chains_path")
+    rejected = collections.Counter({**chains.get("sample_rejections", {})})
+    rejected.update(chains.get("rationalization_rejections", {}))
+    truncated = (f"; {rejected['truncated']} of {sum(rejected.values())} responses were cut at "
+                 f"teacher.max_response_len={cfg.teacher.max_response_len}: raise it"
+                 if rejected.get("truncated") else "")
+    raise errors.DataError(f"only {len(matched)} usable chains ({chains}), fewer than sft.batch_size="
+                           f"{cfg.sft.batch_size}: raise sft.bootstrap_pairs / sft.bootstrap_samples, "
+                           "give sft.chains_path, or train on rule rationales "
+                           f"(--config.sft.chains_from=rules){truncated}")
   if cfg.sft.shared_prefix:
     rows, prefixes, row_report = shared_prefix_rows(matched, teacher.tokenizer, cfg)
     buckets = length_buckets(cfg, row_report["shared_prefix_tokens"])

@@ -29,6 +29,7 @@ import dataclasses
 
 import numpy as np
 
+from rd_jax import errors
 from rd_jax.data import rationale
 
 
@@ -66,13 +67,13 @@ def draw(train: list, k: int, label: str, labels: list, seed: int,
   `student.cross_query_negative_label` for both.
   """
   if label not in labels:
-    raise ValueError(f"config key student.cross_query_negative_label = {label!r} is not one of "
-                     f"the labels {labels}")
+    raise errors.ConfigError(f"config key student.cross_query_negative_label = {label!r} is not one of "
+                             f"the labels {labels}")
   label_id = labels.index(label)
   queries = list(dict.fromkeys(p.query_id for p in train))
   if len(queries) < 2:
-    raise ValueError(f"{key} = {k} needs >= 2 train queries, the train split has "
-                     f"{len(queries)}")
+    raise errors.DataError(f"{key} = {k} needs >= 2 train queries, the train split has "
+                           f"{len(queries)}")
   first = {}
   for p in train:
     first.setdefault(p.query_id, p)

@@ -10,6 +10,7 @@ from absl import logging
 import numpy as np
 from jax.experimental import multihost_utils
 
+from rd_jax import errors
 from rd_jax import metrics as metrics_lib
 from rd_jax.data import pipeline
 from rd_jax.parallel import mesh as mesh_lib
@@ -60,7 +61,7 @@ def predict_logits(predict: Callable, params, pairs, tokenizer, cfg, *,
   max_len_std / match_hint: the student's input format as its checkpoint's meta.json records it
   (None = cfg.student's), so a checkpoint is scored on the inputs it was trained on."""
   if not pairs:
-    raise ValueError("no pairs to evaluate")
+    raise errors.DataError("no pairs to evaluate")
   logging.info("validating/evaluating %d pairs (the first batch of each shape compiles) ...",
                len(pairs))
   eval_cfg = cfg

@@ -26,6 +26,7 @@ import time
 import numpy as np
 from absl import logging
 
+from rd_jax import errors
 from rd_jax import decision
 from rd_jax.student import predict as predict_lib
 
@@ -37,14 +38,14 @@ def fit_probe(train_x, train_y, valid_x, valid_y, num_classes: int, class_weight
   features (standardisation folded in), "C", "valid_macro_f1_by_C"."""
   from sklearn.linear_model import LogisticRegression
   if not c_grid:
-    raise ValueError("student.probe_c_grid is empty: the probe head needs at least one C")
+    raise errors.ConfigError("student.probe_c_grid is empty: the probe head needs at least one C")
   train_x = np.asarray(train_x, np.float64)
   valid_x = np.asarray(valid_x, np.float64)
   train_y = np.asarray(train_y)
   present = np.unique(train_y)
   if len(present) != num_classes:
-    raise ValueError(f"the probe head needs every class in the train split; it has classes "
-                     f"{present.tolist()} of {num_classes}")
+    raise errors.DataError(f"the probe head needs every class in the train split; it has classes "
+                           f"{present.tolist()} of {num_classes}")
   mu = train_x.mean(0)
   sigma = train_x.std(0)
   sigma = np.where(sigma > 1e-8, sigma, 1.0)

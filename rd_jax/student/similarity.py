@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rd_jax import errors
+
 SIMILARITY_HEAD = "similarity_head"
 OVERLAP_HEAD = "overlap_head"          # student/overlap_targets.py: the same kind of head, K = 9
 AUX_HEADS = (SIMILARITY_HEAD, OVERLAP_HEAD)
@@ -90,8 +92,8 @@ def similarity_targets(model, params, pairs, tokenizer, max_len: int,
   over all `pairs` (normalisation "split") or within each query's pairs ("query": see
   `standardise_within_queries`)."""
   if normalisation not in ("split", "query"):
-    raise ValueError(f"config key student.similarity_normalisation = {normalisation!r}: "
-                     "expected 'split' or 'query'")
+    raise errors.ConfigError(f"config key student.similarity_normalisation = {normalisation!r}: "
+                             "expected 'split' or 'query'")
   cos = pair_cosines(model, params, pairs, tokenizer, max_len)
   mean, std = float(cos.mean()), float(cos.std()) or 1.0
   stats = {"pairs": len(pairs), "cos_mean": round(mean, 4), "cos_std": round(std, 4),

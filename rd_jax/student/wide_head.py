@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from rd_jax import errors
 from rd_jax import decision, references
 from rd_jax.data import pipeline
 from rd_jax.models import overlap
@@ -48,9 +49,9 @@ def accessory_markers(cfg, vocab: dict[str, int]) -> tuple[str, ...]:
     return markers
   missing = [m for m in markers if m.lower() not in vocab]
   if missing:
-    raise ValueError(f"config key student.wide_accessory_markers: {missing} are not whole-word "
-                     "pieces of the student tokenizer's vocabulary (the tokenizer would split "
-                     "them); use single words it knows")
+    raise errors.ConfigError(f"config key student.wide_accessory_markers: {missing} are not whole-word "
+                             "pieces of the student tokenizer's vocabulary (the tokenizer would split "
+                             "them); use single words it knows")
   return markers
 
 
@@ -74,7 +75,7 @@ def fit_linear(x_train, y_train, x_valid, y_valid, num_classes: int,
   reference gives it probability 0."""
   from sklearn.linear_model import LogisticRegression
   if len(set(np.asarray(y_train).tolist())) < 2:
-    raise ValueError("student.wide_features needs at least 2 labels among the train pairs")
+    raise errors.DataError("student.wide_features needs at least 2 labels among the train pairs")
   mean = x_train.mean(0)
   scale = x_train.std(0)
   scale = np.where(scale > 1e-12, scale, 1.0)       # a constant feature: left unscaled (0 after centring)
@@ -140,8 +141,8 @@ def with_wide_term(cfg, model_cfg, params: dict, data, deep_valid_logits: np.nda
   token_class = overlap.token_classes(vocab, cfg.student.wide_features,
                                       accessory_markers(cfg, vocab))
   if token_class.shape[0] > model_cfg.vocab_size:
-    raise ValueError(f"the tokenizer has ids up to {token_class.shape[0] - 1}, the student's "
-                     f"vocab_size is {model_cfg.vocab_size}")
+    raise errors.ConfigError(f"the tokenizer has ids up to {token_class.shape[0] - 1}, the student's "
+                             f"vocab_size is {model_cfg.vocab_size}")
   token_class = np.pad(token_class, ((0, model_cfg.vocab_size - token_class.shape[0]), (0, 0)))
   pairs = {"train": real_pairs(data.train), "valid": data.valid}
   x = {s: pair_features(pairs[s], data.tokenizer, cfg, token_class) for s in pairs}

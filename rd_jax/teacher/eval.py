@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from rd_jax import errors
 from rd_jax import decision, generate as gen
 from rd_jax.data import prompts, rationale
 from rd_jax.data.schema import Pair
@@ -66,8 +67,8 @@ def fit_prompt(tokenizer, pair: Pair, cfg, hint: str | None = None,
     if keep < 1:
       break
     item = tokenizer.decode(item_ids[:keep], skip_special_tokens=True).rstrip()
-  raise ValueError(f"the prompt for query {pair.query!r} does not fit teacher.max_prompt_len="
-                   f"{limit} tokens even with its item text cut; raise teacher.max_prompt_len")
+  raise errors.ConfigError(f"the prompt for query {pair.query!r} does not fit teacher.max_prompt_len="
+                           f"{limit} tokens even with its item text cut; raise teacher.max_prompt_len")
 
 
 def prompt_ids(tokenizer, pairs: Sequence[Pair], cfg,
@@ -143,7 +144,7 @@ def with_reasoning(tokenizer, pairs: Sequence[Pair], ids: Sequence[Sequence[int]
   Returns (ids, given text per pair ("" when generated; parse `given + sample.text`), the longest
   prompt for `sample` (None = teacher.max_prompt_len), rationales cut)."""
   if reasoning not in REASONING_SOURCES:
-    raise ValueError(f"reasoning={reasoning!r}: expected one of {REASONING_SOURCES}")
+    raise errors.ConfigError(f"reasoning={reasoning!r}: expected one of {REASONING_SOURCES}")
   if reasoning == "generated":
     return [list(p) for p in ids], [""] * len(ids), None, 0
   r_ids, r_cut = rule_reasoning_ids(tokenizer, pairs, cfg)
@@ -245,7 +246,7 @@ def evaluate_teacher(teacher_config, params, tokenizer, pairs: Sequence[Pair], c
   macro_f1_offsets_crossfit (when the offsets are fitted here)]}.
   """
   if any(p.label_id is None for p in pairs):
-    raise ValueError("evaluate_teacher needs labelled pairs (a pair has no label)")
+    raise errors.DataError("evaluate_teacher needs labelled pairs (a pair has no label)")
   t0 = time.perf_counter()
   labels, gold = list(cfg.labels), [p.label_id for p in pairs]
   ids, cut = prompt_ids(tokenizer, pairs, cfg)

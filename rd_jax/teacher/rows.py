@@ -11,6 +11,8 @@ import grain
 import jax
 import numpy as np
 
+from rd_jax import errors
+
 
 class _RowBatch:
   """index -> this host's slice of global batch `index` (epoch-wise reshuffled rows)."""
@@ -23,9 +25,9 @@ class _RowBatch:
     self.n = len(next(iter(rows.values())))
     self.per_epoch = self.n // batch_size
     if self.per_epoch == 0:
-      raise ValueError(f"{self.n} rows are fewer than one batch of {batch_size}")
+      raise errors.DataError(f"{self.n} rows are fewer than one batch of {batch_size}")
     if batch_size % process_count:
-      raise ValueError(f"batch {batch_size} is not divisible by {process_count} processes")
+      raise errors.ConfigError(f"batch {batch_size} is not divisible by {process_count} processes")
     local = batch_size // process_count
     self.local = slice(process_index * local, (process_index + 1) * local)
     self.trim_to = sorted(trim_to)

@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from rd_jax import errors
 from rd_jax import generate, reward_scorers
 from rd_jax import storage
 from rd_jax.data import prompts as prompts_lib
@@ -34,7 +35,7 @@ def select_prompts(pairs, tokenizer, labels, max_prompt_len: int, limit: int,
     if len(out) == limit:
       break
   if not out:
-    raise ValueError(f"no prompt fits teacher.max_prompt_len={max_prompt_len} tokens")
+    raise errors.ConfigError(f"no prompt fits teacher.max_prompt_len={max_prompt_len} tokens")
   return out, {"prompts": len(out), "skipped_prompt_too_long": too_long}
 
 

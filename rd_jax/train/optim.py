@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rd_jax import errors
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -54,8 +56,8 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, kin
   section in errors."""
   warmup_steps, total_steps = int(warmup_steps), int(total_steps)
   if warmup_steps < 0 or warmup_steps >= total_steps:
-    raise ValueError(f"config key {key}.warmup_steps = {warmup_steps} must be in [0, "
-                     f"{total_steps}): the run has {total_steps} steps and needs at least one "
+    raise errors.ConfigError(f"config key {key}.warmup_steps = {warmup_steps} must be in [0, "
+                             f"{total_steps}): the run has {total_steps} steps and needs at least one "
                      "after warm-up")
   decay_steps = total_steps - warmup_steps
   if kind == "cosine":
@@ -65,7 +67,7 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, kin
   elif kind == "constant":
     decay = optax.constant_schedule(peak)
   else:
-    raise ValueError(f"config key {key}.schedule must be {'|'.join(SCHEDULES)}, got {kind!r}")
+    raise errors.ConfigError(f"config key {key}.schedule must be {'|'.join(SCHEDULES)}, got {kind!r}")
   if warmup_steps == 0:
     return decay
   warm = optax.linear_schedule(peak / (warmup_steps + 1), peak, warmup_steps)
@@ -124,8 +126,8 @@ def scale_output_heads(multiplier: float) -> optax.GradientTransformation:
   def init(params):
     if not any(_top_scope(path) in OUTPUT_HEADS
                for path, _ in jax.tree_util.tree_leaves_with_path(params)):
-      raise ValueError(f"head_lr_multiplier = {multiplier}, but the model has no output head "
-                       f"(no top-level {' or '.join(OUTPUT_HEADS)} parameters): set it to 1")
+      raise errors.ConfigError(f"head_lr_multiplier = {multiplier}, but the model has no output head "
+                               f"(no top-level {' or '.join(OUTPUT_HEADS)} parameters): set it to 1")
     return optax.EmptyState()
 
   def update(updates, state, params=None):
@@ -205,16 +207,16 @@ def make_optimizer(optim_cfg, total_steps: int, key: str = "optim"):
                                     optim_cfg.schedule, key)
   layer_decay = float(optim_cfg.get("layer_decay", 1.0))
   if not 0.0 < layer_decay <= 1.0:
-    raise ValueError(f"config key {key}.layer_decay = {layer_decay} must be in (0, 1] "
-                     "(1 = every layer at the full learning rate)")
+    raise errors.ConfigError(f"config key {key}.layer_decay = {layer_decay} must be in (0, 1] "
+                             "(1 = every layer at the full learning rate)")
   ema_decay = float(optim_cfg.get("ema_decay", 0.0))
   if not 0.0 <= ema_decay < 1.0:
-    raise ValueError(f"config key {key}.ema_decay = {ema_decay} must be in [0, 1) "
-                     "(0 = no weight average)")
+    raise errors.ConfigError(f"config key {key}.ema_decay = {ema_decay} must be in [0, 1) "
+                             "(0 = no weight average)")
   head_lr_multiplier = float(optim_cfg.get("head_lr_multiplier", 1.0))
   if not head_lr_multiplier > 0.0:
-    raise ValueError(f"config key {key}.head_lr_multiplier = {head_lr_multiplier} must be > 0 "
-                     "(1 = the head at the encoder's rate)")
+    raise errors.ConfigError(f"config key {key}.head_lr_multiplier = {head_lr_multiplier} must be > 0 "
+                             "(1 = the head at the encoder's rate)")
   parts = [
       optax.clip_by_global_norm(optim_cfg.grad_clip) if optim_cfg.grad_clip else optax.identity(),
       optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
