@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from rd_jax import metrics as metrics_lib
+from rd_jax import errors
 
 GRID = np.round(np.arange(-4.0, 4.0001, 0.1), 4)   # offsets tried per class (logit units)
 TAU_GRID = np.round(np.arange(-2.0, 2.0001, 0.1), 4)  # fit_prior_scale's strengths
@@ -87,7 +88,7 @@ def fitter(rule: str, train_label_counts):
     counts = np.asarray(train_label_counts, np.float64)
     log_prior = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))
     return lambda logits, labels: fit_prior_scale(logits, labels, log_prior)
-  raise ValueError(f"config key student.decision_rule = {rule!r}; allowed: {', '.join(RULES)}")
+  raise errors.ConfigError(f"config key student.decision_rule = {rule!r}; allowed: {', '.join(RULES)}")
 
 
 def predict(logits, offsets=None) -> np.ndarray:

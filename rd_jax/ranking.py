@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rd_jax import errors
+
 ESCI_GAINS = {"Exact": 1.0, "Substitute": 0.1, "Complement": 0.01, "Irrelevant": 0.0}
 
 
@@ -32,11 +34,11 @@ def label_gains(labels: Sequence[str], given=None) -> np.ndarray:
   if given:
     if isinstance(given, (list, tuple)):
       if len(given) != len(labels):
-        raise ValueError(f"eval.gains has {len(given)} values for {len(labels)} labels {labels}")
+        raise errors.ConfigError(f"eval.gains has {len(given)} values for {len(labels)} labels {labels}")
       return np.asarray(given, np.float64)
     missing = [l for l in labels if l not in given]
     if missing:
-      raise ValueError(f"eval.gains lacks a gain for {missing} (labels {labels})")
+      raise errors.ConfigError(f"eval.gains lacks a gain for {missing} (labels {labels})")
     return np.asarray([float(given[l]) for l in labels], np.float64)
   if set(labels) == set(ESCI_GAINS):
     return np.asarray([ESCI_GAINS[l] for l in labels], np.float64)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from rd_jax import errors
+
 DIMENSIONS = ("correctness", "consistency", "grounding", "form")
 
 
@@ -209,7 +211,7 @@ def score_all(response_text, parsed, *, query, item_text, gold_label, labels,
              parsed_label=label, reasoning=reasoning, **budgets)
   unknown = [d for d in dimensions if d not in SCORERS]
   if unknown:
-    raise ValueError(f"reward.dimensions has unknown {unknown}; known: {list(SCORERS)}")
+    raise errors.ConfigError(f"reward.dimensions has unknown {unknown}; known: {list(SCORERS)}")
   return {d: float(SCORERS[d](response_text, **ctx)) for d in dimensions}
 
 

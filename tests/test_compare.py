@@ -77,3 +77,9 @@ def test_the_command_prints_each_file_and_the_paired_line(files, tmp_path):
                       f"--b={tmp_path / 'absent.jsonl'}"], cwd=REPO, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode != 0 and "no predictions file at" in r.stderr
+  broken = tmp_path / "broken.jsonl"        # a bad file: one message and the data exit code
+  broken.write_text('{"query_id": "q0"}\n')
+  r = subprocess.run([sys.executable, "-m", "rd_jax.experiments.compare", f"--a={a[0]}",
+                      f"--b={broken}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert (r.returncode, "Traceback" in r.stderr) == (3, False), r.stderr[-2000:]
+  assert "broken.jsonl:1: not a predictions row" in r.stderr

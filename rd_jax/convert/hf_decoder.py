@@ -30,6 +30,7 @@ import re
 import numpy as np
 
 from rd_jax.models.decoder import DecoderConfig
+from rd_jax import errors
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -71,17 +72,17 @@ def config_from_hf(hf: dict) -> DecoderConfig:
   where = hf.get("_name_or_path") or "config"
   kind = hf.get("model_type")
   if kind not in ("llama", "qwen2"):
-    raise ValueError(f"{where}: model_type {kind!r} unsupported (llama, qwen2)")
+    raise errors.PathError(f"{where}: model_type {kind!r} unsupported (llama, qwen2)")
   for key, ok in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu"),
                   ("use_sliding_window", False)):
     if hf.get(key, ok) != ok:
-      raise ValueError(f"{where}: {key}={hf[key]!r} unsupported (expected {ok!r})")
+      raise errors.PathError(f"{where}: {key}={hf[key]!r} unsupported (expected {ok!r})")
   if any(t != "full_attention" for t in hf.get("layer_types") or ()):
-    raise ValueError(f"{where}: layer_types {sorted(set(hf['layer_types']))} unsupported (full_attention only)")
+    raise errors.PathError(f"{where}: layer_types {sorted(set(hf['layer_types']))} unsupported (full_attention only)")
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type not in ("default", "llama3"):
-    raise ValueError(f"{where}: rope type {rope_type!r} unsupported (default, llama3)")
+    raise errors.PathError(f"{where}: rope type {rope_type!r} unsupported (default, llama3)")
   scaling = {} if rope_type == "default" else dict(
       rope_scaling="llama3", rope_factor=float(rope["factor"]),
       rope_low_freq_factor=float(rope["low_freq_factor"]),
@@ -99,7 +100,7 @@ def config_from_hf(hf: dict) -> DecoderConfig:
       max_position=int(hf.get("max_position_embeddings", 2048)),
       qkv_bias=kind == "qwen2", **scaling)
   if hf.get("head_dim") not in (None, cfg.head_dim):
-    raise ValueError(f"{where}: head_dim {hf['head_dim']} != hidden_size/num_heads {cfg.head_dim}")
+    raise errors.PathError(f"{where}: head_dim {hf['head_dim']} != hidden_size/num_heads {cfg.head_dim}")
   return cfg
 
 
@@ -149,7 +150,7 @@ def from_hf_state_dict(config: DecoderConfig, state: dict) -> dict:
     used.add(hf_name)
   if config.tie_embeddings and "lm_head.weight" in state:
     if not np.array_equal(state["lm_head.weight"], state["model.embed_tokens.weight"]):
-      raise ValueError("tie_embeddings=True but lm_head.weight differs from model.embed_tokens.weight")
+      raise errors.PathError("tie_embeddings=True but lm_head.weight differs from model.embed_tokens.weight")
     used.add("lm_head.weight")
   unused = sorted(set(state) - used)
   if unused:
@@ -178,7 +179,7 @@ def resolve_spec(spec: str) -> str:
   if not os.path.exists(path):
     raise FileNotFoundError(f"teacher {spec!r}: no such file or folder ({path})")
   if os.path.isfile(path) and not path.endswith(".gguf"):
-    raise ValueError(f"teacher {spec!r}: a file must be a .gguf; otherwise give a HF folder")
+    raise errors.PathError(f"teacher {spec!r}: a file must be a .gguf; otherwise give a HF folder")
   return path
 
 
@@ -253,7 +254,7 @@ def _read_safetensors(folder: str) -> dict:
     with safe_open(path, framework="flax") as f:
       for k in f.keys():
         if k in state:
-          raise ValueError(f"{path}: tensor {k!r} also in another shard")
+          raise errors.PathError(f"{path}: tensor {k!r} also in another shard")
         state[k] = np.asarray(f.get_tensor(k), np.float32)
   return state
 
@@ -290,4 +291,4 @@ def _check_shapes(config: DecoderConfig, params: dict) -> None:
     raise KeyError(f"converted params differ from the model's: {sorted(set(flat_e) ^ set(flat_g))[:3]}")
   for k, shape in flat_e.items():
     if tuple(flat_g[k]) != tuple(shape):
-      raise ValueError(f"converted {k}: shape {flat_g[k]} != model's {shape} (config mismatch?)")
+      raise errors.PathError(f"converted {k}: shape {flat_g[k]} != model's {shape} (config mismatch?)")

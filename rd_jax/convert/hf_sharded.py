@@ -28,6 +28,7 @@ from safetensors import safe_open  # framework="flax": bf16 slices (numpy has no
 
 from rd_jax.convert import hf_decoder
 from rd_jax.models import decoder
+from rd_jax import errors
 
 INDEX = "model.safetensors.index.json"
 
@@ -44,7 +45,7 @@ def tensor_files(folder: str) -> dict[str, str]:
     with safe_open(path, framework="flax") as f:  # reads the JSON header only
       for name in f.keys():
         if name in where:
-          raise ValueError(f"{path}: tensor {name!r} also in {where[name]}")
+          raise errors.PathError(f"{path}: tensor {name!r} also in {where[name]}")
         where[name] = path
   return where
 

@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from rd_jax import metrics as metrics_lib
 from rd_jax.data import readers
+from rd_jax import errors
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline workdir with a complete annotate/ stage.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the run used (recorded).")
@@ -72,8 +73,8 @@ def bundle(workdir: str, command: str = "", config: dict | None = None,
         summaries[stage] = json.load(f)
   if summaries["annotate"].get("data", {}).get("path", readers.bundled_pairs_path()) != \
       readers.bundled_pairs_path():
-    raise ValueError(f"{annotate} annotated {summaries['annotate']['data']['path']}, "
-                     "not the bundled data")
+    raise errors.ConfigError(f"{annotate} annotated {summaries['annotate']['data']['path']}, "
+                             "not the bundled data")
   records = []
   with open(os.path.join(annotate, "annotations.jsonl")) as f:
     for line in f:
@@ -111,4 +112,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("workdir")
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.data.bundle_annotations")

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import re
 
+from rd_jax import errors
+
 MODES = ("", "missing")
 MAX_LISTED = 8
 _WORD = re.compile(r"[a-z0-9]+")
@@ -73,4 +75,4 @@ def hinted_item(query: str, item_text: str, mode: str) -> str:
     return item_text
   if mode == "missing":
     return f"{hint(query, item_text)}\n{item_text}"
-  raise ValueError(f"student.match_hint must be one of {MODES}, got {mode!r}")
+  raise errors.ConfigError(f"student.match_hint must be one of {MODES}, got {mode!r}")

@@ -214,13 +214,13 @@ def train_batches(pairs: list[Pair] | TokenizedPairs, tokenizer, cfg, *, seed: i
   with `it.get_state()` (JSON-serialisable dict) / `it.set_state(state)`.
   """
   if batch_size % process_count:
-    raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
+    raise errors.ConfigError(f"global batch {batch_size} is not divisible by {process_count} processes")
   tokens = _tokens_for(pairs, tokenizer, cfg)
   if len(tokens) < batch_size:
     raise errors.DataError(f"{len(tokens)} training pairs are fewer than one batch of "
                            f"{batch_size}: lower train.batch_size or add pairs")
   if (tokens.labels < 0).any():
-    raise ValueError(f"{int((tokens.labels < 0).sum())} training pairs have no label")
+    raise errors.DataError(f"{int((tokens.labels < 0).sum())} training pairs have no label")
   builder = _BatchBuilder(tokens, cfg, seed, batch_size, process_index, process_count, with_aug)
   dataset = (grain.MapDataset.range(builder.batches_per_epoch).repeat()
              .map_with_index(builder))

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Sequence
 
+from rd_jax import errors
+
 # ours: one-line definitions of the ESCI grades (Amazon's ESCI annotation guidelines, shortened).
 ESCI_DEFINITIONS = {
     "Exact": "the item matches the query.",
@@ -87,7 +89,7 @@ def build_messages(query: str, item_text: str, labels: Sequence[str], definition
   permutation of range(len(labels)) listing the definitions (version 2; default: labels' order).
   """
   if version not in PROMPT_VERSIONS:
-    raise ValueError(f"prompt version {version!r} not one of {PROMPT_VERSIONS}")
+    raise errors.ConfigError(f"prompt version {version!r} not one of {PROMPT_VERSIONS}")
   if definitions is None:
     definitions = ESCI_DEFINITIONS_V2 if version == 2 else ESCI_DEFINITIONS
   listed = [labels[i] for i in order] if order is not None else list(labels)

@@ -73,8 +73,8 @@ def bundled_annotations_path(name: str = "bundled") -> str:
   `--stage=annotate` after the teacher stages; how, by which stages and which commit: the JSON next
   to it (`annotations_provenance_path`). `name`: a key of BUNDLED_ANNOTATIONS."""
   if name not in BUNDLED_ANNOTATIONS:
-    raise ValueError(f"data.reasoning_path={name!r}: the shipped annotations are "
-                     f"{sorted(BUNDLED_ANNOTATIONS)}")
+    raise errors.ConfigError(f"data.reasoning_path={name!r}: the shipped annotations are "
+                             f"{sorted(BUNDLED_ANNOTATIONS)}")
   path = os.path.join(BUNDLED_DIR, BUNDLED_ANNOTATIONS[name] + ".jsonl.gz")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} is missing: data.reasoning_path={name!r} needs the package's "
@@ -103,7 +103,7 @@ def detect_format(path: str, fmt: str = "auto") -> str:
   """"jsonl" | "csv" | "parquet": `fmt` unless "auto", else from the suffix (past any .gz)."""
   if fmt != "auto":
     if fmt not in ("jsonl", "csv", "parquet"):
-      raise ValueError(f"data.format={fmt!r}; expected auto, jsonl, csv or parquet")
+      raise errors.ConfigError(f"data.format={fmt!r}; expected auto, jsonl, csv or parquet")
     return fmt
   stem = str(path)[:-3] if str(path).endswith(".gz") else str(path)
   suffix = os.path.splitext(stem)[1].lower()
@@ -274,7 +274,7 @@ def load_pairs(path: str, cfg, *, require_label: bool = True, rejects_path: str 
   path = str(path) if path else bundled_pairs_path()
   mode = cfg.data.on_bad_row
   if mode not in ("error", "skip"):
-    raise ValueError(f"data.on_bad_row={mode!r}; expected 'error' or 'skip'")
+    raise errors.ConfigError(f"data.on_bad_row={mode!r}; expected 'error' or 'skip'")
   if not storage.exists(path):
     raise errors.PathError(f"pairs file {path} does not exist (data.path / eval.path)")
   fmt, rows = iter_rows(path, cfg.data.get("format", "auto"))
@@ -348,7 +348,7 @@ def train_valid_test(pairs: list[Pair], cfg) -> dict[str, list[Pair]]:
   for name, folds in names.items():
     for fold in folds:
       if fold in seen:
-        raise ValueError(f"fold {fold} is in both data.{seen[fold]}_folds and data.{name}_folds")
+        raise errors.ConfigError(f"fold {fold} is in both data.{seen[fold]}_folds and data.{name}_folds")
       seen[fold] = name
   return {name: split(pairs, folds) for name, folds in names.items()}
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from rd_jax.data.match_hint import hinted_item
 from rd_jax.data.schema import Pair
+from rd_jax import errors
 
 MIN_ITEM_TOKENS = 8  # an over-long query is cut so that the item keeps at least this many tokens
 
@@ -48,7 +49,7 @@ def load_tokenizer(spec: str = "minilm"):
   from transformers import AutoTokenizer
   tokenizer = AutoTokenizer.from_pretrained(_resolve_bert_folder(spec))
   if not tokenizer.is_fast:
-    raise ValueError(f"{spec}: a fast (Rust) tokenizer is required (tokenizer.json)")
+    raise errors.ConfigError(f"{spec}: a fast (Rust) tokenizer is required (tokenizer.json)")
   return tokenizer
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from rd_jax import bootstrap, metrics as metrics_lib, storage
+from rd_jax import errors
 
 _FLAGS = {}
 
@@ -46,10 +47,10 @@ def read_predictions(path: str) -> dict:
       key = (str(row["query_id"]), str(row["product_id"]))
       out[key] = (row["label"], row["prediction"])
     except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{path}:{number}: not a predictions row (query_id, product_id, label, "
-                       f"prediction): {e}") from e
+      raise errors.DataError(f"{path}:{number}: not a predictions row (query_id, product_id, label, "
+                             f"prediction): {e}") from e
   if not out:
-    raise ValueError(f"{path} holds no predictions")
+    raise errors.DataError(f"{path} holds no predictions")
   return out
 
 
@@ -59,9 +60,9 @@ def predictions_at(path: str, keys: list, labels: list, hint: str = "") -> list[
   by_pair = {k: labels.index(predicted) for k, (_, predicted) in read_predictions(path).items()}
   absent = [k for k in keys if k not in by_pair]
   if absent:
-    raise ValueError(f"{path} has no prediction for {len(absent)} of the {len(keys)} pairs "
-                     f"(first: query_id {absent[0][0]}, product_id {absent[0][1]})"
-                     + (f": {hint}" if hint else ""))
+    raise errors.DataError(f"{path} has no prediction for {len(absent)} of the {len(keys)} pairs "
+                           f"(first: query_id {absent[0][0]}, product_id {absent[0][1]})"
+                           + (f": {hint}" if hint else ""))
   return [by_pair[k] for k in keys]
 
 
@@ -76,12 +77,12 @@ def compare(a_paths, b_paths, resamples: int = 2000, seed: int = 0) -> dict:
     extra = [k for k in rows if k not in first]
     if missing or extra:
       k = (missing or extra)[0]
-      raise ValueError(f"{path} does not hold the pairs of {first_path}: {len(missing)} missing, "
-                       f"{len(extra)} extra (first: query_id {k[0]}, product_id {k[1]})")
+      raise errors.DataError(f"{path} does not hold the pairs of {first_path}: {len(missing)} missing, "
+                             f"{len(extra)} extra (first: query_id {k[0]}, product_id {k[1]})")
     wrong = [k for k in keys if rows[k][0] != first[k][0]]
     if wrong:
-      raise ValueError(f"{path}: gold label of query_id {wrong[0][0]}, product_id {wrong[0][1]} "
-                       f"is {rows[wrong[0]][0]!r}, {first_path} says {first[wrong[0]][0]!r}")
+      raise errors.DataError(f"{path}: gold label of query_id {wrong[0][0]}, product_id {wrong[0][1]} "
+                             f"is {rows[wrong[0]][0]!r}, {first_path} says {first[wrong[0]][0]!r}")
   labels = list(dict.fromkeys(label for rows in files.values() for pair in rows.values()
                               for label in pair))
   gold = np.asarray([labels.index(first[k][0]) for k in keys])
@@ -119,4 +120,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["a", "b"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.compare")

@@ -43,6 +43,7 @@ from ml_collections import config_flags
 
 from rd_jax import bootstrap, metrics as metrics_lib, storage
 from rd_jax.train import run_config
+from rd_jax import errors
 
 # (train folds, valid folds, test folds); rotation 0 is configs/base's default split
 ROTATIONS = (((1, 3), (2,), (4,)),
@@ -71,7 +72,7 @@ def _define_flags() -> None:
 def rotation_config(cfg, rotation: int, seed: int, stage: str, run_dir: str):
   """cfg with the rotation's folds, the seed, and eval of `run_dir/<stage>` on the test folds."""
   if not 0 <= rotation < len(ROTATIONS):
-    raise ValueError(f"rotation {rotation} is not one of 0..{len(ROTATIONS) - 1}")
+    raise errors.ConfigError(f"rotation {rotation} is not one of 0..{len(ROTATIONS) - 1}")
   train, valid, test = ROTATIONS[rotation]
   out = cfg.copy_and_resolve_references()
   with out.unlocked():
@@ -171,8 +172,8 @@ def pool(cfg, workdir: str, rotations, seeds, stage: str) -> dict:
     lexical.append(lex)
     majority.append(maj)
   if not per_rotation:
-    raise ValueError(f"no complete run under {workdir} for rotations {list(rotations)} and "
-                     f"seeds {list(seeds)}")
+    raise errors.PathError(f"no complete run under {workdir} for rotations {list(rotations)} and "
+                           f"seeds {list(seeds)}")
   seeds_everywhere = sorted(set.intersection(*(set(r["seeds"]) for r in per_rotation.values())))
   # pooled: one row per seed present in every rotation (a seed missing somewhere is not pooled)
   keep = {k: [r["seeds"].index(s) for s in seeds_everywhere] for k, r in per_rotation.items()}
@@ -250,4 +251,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.crossval")

@@ -35,6 +35,7 @@ from rd_jax.student import batches as batches_lib, data as data_lib, predict as 
 from rd_jax.student import similarity
 from rd_jax.student.model import initial_student
 from rd_jax.train import fit
+from rd_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
@@ -128,4 +129,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.curves")

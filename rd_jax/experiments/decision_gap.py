@@ -28,6 +28,7 @@ import numpy as np
 
 from rd_jax import decision, references
 from rd_jax.metrics import write_json_atomic
+from rd_jax import errors
 
 
 def decide_four_ways(logits: np.ndarray, gold: np.ndarray, query_ids, valid_offsets,
@@ -106,4 +107,4 @@ if __name__ == "__main__":
   _FLAGS["split"] = flags.DEFINE_enum("split", "test", ["valid", "test"], "Pairs to score.")
   _FLAGS["folds"] = flags.DEFINE_integer("folds", 3, "Query folds of the cross-fitted rule.")
   _FLAGS["out"] = flags.DEFINE_string("out", "", "Optional JSON output file.")
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.decision_gap")

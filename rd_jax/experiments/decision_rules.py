@@ -31,6 +31,7 @@ from rd_jax import decision, metrics as metrics_lib, storage
 from rd_jax.experiments import interpolate
 from rd_jax.stages import eval as eval_stage
 from rd_jax.student import data as data_lib, predict as predict_lib
+from rd_jax import errors
 
 RULES = ("argmax",) + decision.RULES
 _FLAGS = {}
@@ -56,7 +57,7 @@ def compare(logits: dict, gold: dict, groups, train_label_counts, folds: int) ->
   """{rule: figures} for one student. logits/gold: {"valid": [N, C] / [N], optionally "test"};
   groups: valid's query ids [N]; train_label_counts [C]."""
   if folds < 2:
-    raise ValueError(f"student.offsets_crossfit_folds = {folds}: comparing rules needs >= 2 folds")
+    raise errors.ConfigError(f"student.offsets_crossfit_folds = {folds}: comparing rules needs >= 2 folds")
   c = np.shape(logits["valid"])[1]
   out = {}
   for rule, fit in fitters(train_label_counts).items():
@@ -76,7 +77,7 @@ def compare(logits: dict, gold: dict, groups, train_label_counts, folds: int) ->
 
 def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False) -> dict:
   if not checkpoints:
-    raise ValueError("--checkpoints needs at least one student")
+    raise errors.ConfigError("--checkpoints needs at least one student")
   splits = ("valid", "test") if test else ("valid",)
   folds = int(cfg.student.get("offsets_crossfit_folds", 0))
   result = {"checkpoints": [storage.abspath(c) for c in checkpoints], "rules": list(RULES),
@@ -85,8 +86,8 @@ def run(cfg, checkpoints: list[str], out: str | None = None, test: bool = False)
     meta, model, params, mesh = eval_stage.restore_student(cfg, ckpt)
     counts = meta.get("train_label_counts")
     if not counts:
-      raise ValueError(f"{ckpt}: its final/meta.json has no train_label_counts (the prior_scale "
-                       "rule needs the train label frequencies)")
+      raise errors.ConfigError(f"{ckpt}: its final/meta.json has no train_label_counts (the prior_scale "
+                               "rule needs the train label frequencies)")
     predict = predict_lib.make_predict_fn(model, mesh)
     tokenizer = data_lib.load_tokenizer(meta["tokenizer"])
     with eval_stage.report_dir(out) as out_dir:   # beside --out, else a temporary folder
@@ -119,4 +120,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["config", "checkpoints", "out"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.decision_rules")

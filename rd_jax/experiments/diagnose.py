@@ -36,6 +36,7 @@ from ml_collections import config_flags
 
 from rd_jax import metrics as metrics_lib
 from rd_jax import storage
+from rd_jax import errors
 
 _FLAGS = {}
 
@@ -143,7 +144,7 @@ def diagnose(cfg, annotations: str, null_permutations: int = 5) -> dict:
   train, report = readers.attach_reasoning(train, path, cfg)
   done = [p for p in train if p.reasoning and p.teacher_label_id is not None]
   if len(done) < 10:
-    raise ValueError(f"only {len(done)} train pairs of data.train_folds have an annotation in {path}")
+    raise errors.DataError(f"only {len(done)} train pairs of data.train_folds have an annotation in {path}")
   gold = np.array([p.label_id for p in done])
   teacher = np.array([p.teacher_label_id for p in done])
   folds = np.array([p.fold for p in done])
@@ -217,4 +218,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.diagnose")

@@ -34,6 +34,7 @@ from rd_jax import metrics as metrics_lib, storage
 from rd_jax.experiments import interpolate
 from rd_jax.stages import eval as eval_stage
 from rd_jax.student import data as data_lib, predict as predict_lib
+from rd_jax import errors
 
 # meta.json keys that decide how a student reads a pair; members must agree on all of them
 INPUT_KEYS = ("labels", "model_config", "tokenizer", "item_template", "match_hint", "max_len_std")
@@ -56,9 +57,9 @@ def check_compatible(metas: list[dict], checkpoints: list[str]) -> None:
   for ckpt, meta in zip(checkpoints[1:], metas[1:]):
     for key in INPUT_KEYS:
       if meta.get(key) != metas[0].get(key):
-        raise ValueError(f"{ckpt} has {key} = {meta.get(key)!r} in its final/meta.json, "
-                         f"{checkpoints[0]} has {metas[0].get(key)!r}: an ensemble needs students "
-                         "fed alike")
+        raise errors.ConfigError(f"{ckpt} has {key} = {meta.get(key)!r} in its final/meta.json, "
+                                 f"{checkpoints[0]} has {metas[0].get(key)!r}: an ensemble needs students "
+                                 "fed alike")
 
 
 def soup(params_list: list) -> dict:
@@ -71,7 +72,7 @@ def soup(params_list: list) -> dict:
 def run(cfg, checkpoints: list[str], out: str | None = None, with_soup: bool = True,
         test: bool = False) -> dict:
   if len(checkpoints) < 2:
-    raise ValueError(f"--checkpoints needs at least 2 students, got {checkpoints}")
+    raise errors.ConfigError(f"--checkpoints needs at least 2 students, got {checkpoints}")
   restored = [eval_stage.restore_student(cfg, c) for c in checkpoints]
   metas = [r[0] for r in restored]
   check_compatible(metas, checkpoints)
@@ -124,4 +125,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["config", "checkpoints", "out"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.ensemble")

@@ -37,6 +37,7 @@ from rd_jax import decision, metrics as metrics_lib, storage
 from rd_jax.stages import eval as eval_stage
 from rd_jax.student import data as data_lib, predict as predict_lib
 from rd_jax.student.model import initial_student
+from rd_jax import errors
 
 # freshly initialised in every init, or fitted after training (the wide term): kept fine-tuned
 HEADS = ("classifier", "crsd_projection", "wide")
@@ -64,12 +65,12 @@ def interpolate(finetuned: dict, init: dict, alpha: float) -> dict:
 def initial_params(cfg, meta: dict, like: dict) -> tuple[dict, dict]:
   """(theta_init placed as `like`, init info): the training stage's starting point."""
   if meta.get("init") not in (None, cfg.student.init):
-    raise ValueError(f"the student was initialised from {meta['init']!r}, the config says "
-                     f"student.init={cfg.student.init!r}")
+    raise errors.ConfigError(f"the student was initialised from {meta['init']!r}, the config says "
+                             f"student.init={cfg.student.init!r}")
   _, params, info = initial_student(cfg, jax.random.PRNGKey(cfg.seed))
   fresh = {p.split("/")[0] for p in info.get("initialised", ())} - set(HEADS)
   if fresh:   # interpolating towards a random tensor would be meaningless
-    raise ValueError(f"init {cfg.student.init!r} freshly initialises {sorted(fresh)}")
+    raise errors.ConfigError(f"init {cfg.student.init!r} freshly initialises {sorted(fresh)}")
   params = {k: params[k] if k in params else like[k] for k in like}   # a head the init lacks: unused
   return jax.tree.map(lambda i, f: jax.device_put(np.asarray(i, f.dtype), f.sharding),
                       params, like), info
@@ -98,8 +99,8 @@ def figures_of_logits(logits, gold, pairs, cfg, meta, offsets=None) -> dict:
   if offsets is None:
     rule = cfg.student.get("decision_rule", "offsets")
     if rule != "offsets" and not meta.get("train_label_counts"):
-      raise ValueError(f"student.decision_rule = {rule!r} needs the train label counts, and this "
-                       "student's final/meta.json has no train_label_counts")
+      raise errors.ConfigError(f"student.decision_rule = {rule!r} needs the train label counts, and this "
+                               "student's final/meta.json has no train_label_counts")
     fit = decision.fitter(rule, meta.get("train_label_counts"))
     offsets = fit(logits, gold) if cfg.student.fit_offsets else np.zeros(logits.shape[1])
     if cfg.student.fit_offsets:   # as stages/crsd.fit_decision_rule reports it
@@ -187,4 +188,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["config", "workdir", "out"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.interpolate")

@@ -24,6 +24,7 @@ import numpy as np
 
 from rd_jax import metrics as metrics_lib
 from rd_jax import references
+from rd_jax import errors
 
 
 def _figures(probs: np.ndarray, gold: np.ndarray, labels: Sequence[str]) -> dict:
@@ -64,4 +65,4 @@ if __name__ == "__main__":
   # defined only when run as a program: importing the probe (tests) defines no absl flag
   _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "Config file.",
                                                      lock_config=True)
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.overlap_probe")

@@ -43,6 +43,7 @@ from rd_jax import bootstrap, metrics as metrics_lib
 from rd_jax import storage
 from rd_jax.experiments import provenance
 from rd_jax.train import run_config
+from rd_jax import errors
 
 # variant -> (stage, config overrides). Teacher-label variants need annotations with labels.
 # The paper trains its student on the teacher's labels + reasoning (crsd_teacher_labels); our data
@@ -198,7 +199,7 @@ def _macro_f1_at(predictions_path: str, positions, cfg, test) -> float:
   order, checked here pair by pair (so every position is in range)."""
   rows = [json.loads(line) for line in storage.read_text(predictions_path).splitlines()]
   if [(r["query_id"], r["product_id"]) for r in rows] != [(p.query_id, p.product_id) for p in test]:
-    raise ValueError(f"{predictions_path} is not in the order of this config's test split")
+    raise errors.DataError(f"{predictions_path} is not in the order of this config's test split")
   index = {c: i for i, c in enumerate(cfg.labels)}
   picked = [rows[i] for i in positions]
   return metrics_lib.classification_metrics([index[r["label"]] for r in picked],
@@ -531,4 +532,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.table")

@@ -28,6 +28,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rd_jax import metrics as metrics_lib
+from rd_jax import errors
 
 _FLAGS = {}
 
@@ -117,4 +118,4 @@ if __name__ == "__main__":
   cli_setup.compilation_cache()
   _define_flags()
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.teacher_eval")

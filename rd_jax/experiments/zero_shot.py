@@ -31,6 +31,7 @@ from rd_jax.data.tokenize import load_tokenizer
 from rd_jax.models import bert
 from rd_jax.student import similarity
 from rd_jax.student.model import initial_student
+from rd_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _SPLITS = flags.DEFINE_list("splits", ["valid", "test"], "Splits of data.path to score.")
@@ -68,4 +69,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  errors.run_cli(lambda: app.run(main), "python -m rd_jax.experiments.zero_shot")
