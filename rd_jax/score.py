@@ -89,7 +89,8 @@ def _checked_row(row, template: str, where: str) -> dict:
   if not item:
     raise BadRowError(f"{where}: no item text (none of {template_fields(template)} is set)",
                       "empty_item")
-  return {"query": query, "item": item, **{k: row[k] for k in ID_FIELDS if row.get(k) not in (None, "")}}  # "": an empty CSV cell
+  ids = {k: row[k] for k in ID_FIELDS if row.get(k) not in (None, "")}   # "": an empty CSV cell
+  return {"query": query, "item": item, **ids}
 
 
 def iter_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str = "error",
