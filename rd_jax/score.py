@@ -41,6 +41,7 @@ from typing import Iterator
 import numpy as np
 
 from rd_jax.data.match_hint import hinted_item
+from rd_jax.data.schema import truncate_text
 
 ID_FIELDS = ("query_id", "product_id")
 EXPORT_META = "rd_jax.json"
@@ -78,8 +79,10 @@ def render_item(row: dict, template: str) -> str:
   return "\n".join(kept)
 
 
-def _checked_row(row, template: str, where: str) -> dict:
-  """{"query", "item", ids...} of one input row, or BadRowError naming `where` (path:line)."""
+def _checked_row(row, template: str, where: str, max_chars: tuple[int | None, int | None]) -> dict:
+  """{"query", "item", ids...} of one input row, or BadRowError naming `where` (path:line). The
+  query and item are cut at `max_chars` (query, item) characters as training cut them
+  (data.max_query_chars / max_item_chars, schema.truncate_text), before any token limit."""
   if not isinstance(row, dict):
     raise BadRowError(f"{where}: expected a JSON object, got {type(row).__name__}", "not_an_object")
   query = row.get("query")
@@ -90,11 +93,17 @@ def _checked_row(row, template: str, where: str) -> dict:
     raise BadRowError(f"{where}: no item text (none of {template_fields(template)} is set)",
                       "empty_item")
   ids = {k: row[k] for k in ID_FIELDS if row.get(k) not in (None, "")}   # "": an empty CSV cell
+  query, item = query.strip(), item
+  if max_chars[0] and len(query) > max_chars[0]:
+    query = truncate_text(query, max_chars[0])
+  if max_chars[1] and len(item) > max_chars[1]:
+    item = truncate_text(item, max_chars[1])
   return {"query": query, "item": item, **ids}
 
 
 def iter_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str = "error",
-               rejects=None, report: dict | None = None) -> Iterator[dict]:
+               rejects=None, report: dict | None = None, max_query_chars: int | None = None,
+               max_item_chars: int | None = None) -> Iterator[dict]:
   """Rows of a JSONL / CSV / Parquet file (optionally .gz; the training stages' reader,
   rd_jax.data.readers), one at a time: {"query", "item", "line", ids...}, "line" the row's line
   (Parquet: its row number). A bad row raises BadRowError naming path:line, or with
@@ -113,7 +122,8 @@ def iter_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str =
     try:
       if isinstance(row, Exception):   # readers' DataError: not JSON, not UTF-8, CSV fields ...
         raise BadRowError(str(row), getattr(row, "reason_key", "bad_row")) from None
-      checked = {**_checked_row(row, template, f"{path}:{line}"), "line": line}
+      checked = {**_checked_row(row, template, f"{path}:{line}", (max_query_chars, max_item_chars)),
+                 "line": line}
     except BadRowError as err:
       if on_bad_row == "error":
         raise
@@ -135,13 +145,24 @@ def _nothing_to_score(path: str, report: dict) -> BadRowError:
 
 
 def read_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str = "error",
-               report: dict | None = None) -> list[dict]:
+               report: dict | None = None, **max_chars) -> list[dict]:
   """`iter_pairs` as a list (the export's check, tests); a file with no good row raises."""
   report = {} if report is None else report
-  rows = list(iter_pairs(path, template, fmt=fmt, on_bad_row=on_bad_row, report=report))
+  rows = list(iter_pairs(path, template, fmt=fmt, on_bad_row=on_bad_row, report=report, **max_chars))
   if not rows:
     raise _nothing_to_score(path, report)
   return rows
+
+
+# data.max_query_chars / max_item_chars of the library's config: what every student exported
+# before rd_jax.json recorded them was trained with, unless its run changed them.
+DEFAULT_MAX_CHARS = {"max_query_chars": 256, "max_item_chars": 2048}
+
+
+def text_limits(meta: dict) -> dict:
+  """{max_query_chars, max_item_chars} the student was trained with (rd_jax.json; the library's
+  defaults for an export that predates them)."""
+  return {k: int(meta.get(k, default)) for k, default in DEFAULT_MAX_CHARS.items()}
 
 
 def load_export_meta(model_dir: str) -> dict:
@@ -305,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     gains = [float(g) for g in args.gains.split(",")] if args.gains else None
     scorer = Scorer(args.model, args.batch_size, args.backend, gains)
     rows = iter_pairs(args.input, scorer.meta["item_template"], fmt=args.format,
-                      on_bad_row=args.on_bad_row, rejects=rejects, report=report)
+                      on_bad_row=args.on_bad_row, rejects=rejects, report=report,
+                      **text_limits(scorer.meta))
     with open(tmp, "w", encoding="utf-8") as f:
       for chunk in _chunks(rows, args.chunk_rows):   # memory: one chunk of rows at a time
         for result in scorer(chunk):

@@ -148,6 +148,7 @@ def test_cli_export_is_complete_and_verified(exported, student):
   assert not os.path.exists(exported + ".tmp")
   meta = json.load(open(os.path.join(exported, "rd_jax.json")))
   assert meta["labels"] == list(ESCI_LABELS) and meta["item_template"] == ITEM_TEMPLATE and meta["max_len"] == 32
+  assert (meta["max_query_chars"], meta["max_item_chars"]) == (256, 2048)  # the fixture's meta predates them
   checks = meta["checks"]
   assert checks["num_pairs"] == len(PAIRS) and checks["max_abs_logit_diff"] <= 1e-4
   assert checks["onnx_max_abs_diff"] <= 1e-4 and checks["int8_argmax_agreement"] >= 0.9
@@ -460,6 +461,39 @@ def test_score_tokenisation_matches_the_training_pipeline(match_hint):
   np.testing.assert_array_equal(mine["input_ids"], ids[:, :width])
   np.testing.assert_array_equal(mine["attention_mask"], mask[:, :width])
   np.testing.assert_array_equal(mine["token_type_ids"], types[:, :width])
+
+
+@pytest.mark.parametrize("match_hint", ["", "missing"])
+def test_over_long_text_is_cut_for_serving_as_for_training(tmp_path, match_hint):
+  """A query over data.max_query_chars (and an item over max_item_chars) reaches the student cut
+  at the same characters in rd_jax.score as in training and eval (schema.truncate_text before
+  tokenising); without the cut the served query kept more words than the student ever saw."""
+  from rd_jax.config import default_config
+  from rd_jax.data import readers, tokenize as data_tokenize
+  cfg = default_config()
+  cfg.data.max_query_chars, cfg.data.max_item_chars = 60, 90
+  rows = [{"query": " ".join(f"word{i}" for i in range(40)), "product_title": "red shoe " * 30,
+           "label": "Exact"},
+          {"query": "short query", "product_title": "Short item", "label": "Exact"}]
+  path = tmp_path / "long.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  trained, _ = readers.load_pairs(str(path), cfg, split_rows=False)
+  assert trained[0].truncated == ("query", "item")
+  tokenizer = data_tokenize.load_tokenizer("minilm")
+  std = data_tokenize.tokenize_pairs(trained, tokenizer, max_len_std=128, max_len_aug=192,
+                                     match_hint=match_hint).std
+  ids, mask, _ = std.pad(np.arange(len(rows)), 128)
+  limits = score.text_limits({"max_query_chars": 60, "max_item_chars": 90})
+  served = score.read_pairs(str(path), ITEM_TEMPLATE, **limits)
+  assert [r["query"] for r in served] == [p.query for p in trained]
+  mine = score.pad_batch(score.tokenize_pairs(tokenizer, [r["query"] for r in served],
+                                              [r["item"] for r in served], 128,
+                                              match_hint=match_hint), tokenizer.pad_token_id)
+  width = mine["input_ids"].shape[1]
+  np.testing.assert_array_equal(mine["input_ids"], ids[:, :width])
+  np.testing.assert_array_equal(mine["attention_mask"], mask[:, :width])
+  defaults = default_config().data   # an export from before rd_jax.json recorded the limits
+  assert score.text_limits({}) == {k: defaults[k] for k in ("max_query_chars", "max_item_chars")}
 
 
 def test_decision_offsets_are_folded_into_the_exported_bias(student, tmp_path):

@@ -44,6 +44,8 @@ def test_crsd_writes_the_contract(trained):
   assert all(np.isfinite(r["loss"]) for r in logged)
   meta = checkpoint.read_meta(stage)
   assert meta["model"] == "bert" and meta["labels"] == list(cfg.labels)
+  assert (meta["max_query_chars"], meta["max_item_chars"]) == (cfg.data.max_query_chars,
+                                                               cfg.data.max_item_chars)
   assert 0.0 <= summary["valid_macro_f1"] <= 1.0
   # the decision rule fitted on valid travels with the checkpoint (eval and export apply it)
   assert len(meta["decision_offsets"]) == len(cfg.labels) and meta["decision_offsets"][0] == 0.0

@@ -45,7 +45,8 @@ from rd_jax.convert import hf_bert, torch_mean_pooled
 from rd_jax.models.bert import BertClassifier, BertConfig, init_params
 from rd_jax.models import overlap
 from rd_jax.score import (EXPORT_META, ID_FIELDS, MIN_ITEM_TOKENS, BadRowError, pad_batch,
-                          iter_pairs, render_item, template_fields, tokenize_pairs)
+                          iter_pairs, render_item, template_fields, text_limits,
+                          tokenize_pairs)
 
 META_KEYS = ("model_config", "labels", "tokenizer", "item_template", "max_len_std")
 SYNTHETIC_PAIRS = (
@@ -326,6 +327,7 @@ def _write_verified(tmp: str, checkpoint: str, params, meta: dict, config: BertC
   export_meta = {"labels": labels, "item_template": meta["item_template"], "max_len": meta["max_len_std"],
                  "truncation": "item_first", "min_item_tokens": MIN_ITEM_TOKENS,
                  "match_hint": meta.get("match_hint", ""), "pooling": config.pooling,
+                 **text_limits(meta),   # training cut query and item text here (characters)
                  "wide_features": config.wide_features,
                  "pair": ["query", "item"], "id_fields": list(ID_FIELDS),
                  "source": storage.abspath(checkpoint), "step": meta.get("step"),
@@ -335,7 +337,8 @@ def _write_verified(tmp: str, checkpoint: str, params, meta: dict, config: BertC
   if pairs == "synthetic":
     rows = list(SYNTHETIC_PAIRS)
   elif pairs:
-    rows = list(itertools.islice(iter_pairs(pairs, meta["item_template"]), max_pairs))
+    rows = list(itertools.islice(iter_pairs(pairs, meta["item_template"],
+                                            **text_limits(export_meta)), max_pairs))
     if not rows:
       raise BadRowError(f"{pairs}: no pair to verify the export on")
   else:

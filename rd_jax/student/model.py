@@ -13,6 +13,10 @@ def student_meta(cfg, model_cfg, tokenizer_dir: str, *, stage: str, step: int, v
   return {"model": "bert", "model_config": model_cfg.to_dict(), "labels": list(cfg.labels),
           "tokenizer": tokenizer_dir, "item_template": cfg.data.item_template,
           "max_len_std": int(cfg.student.max_len_std),
+          # characters of query / item text kept before tokenising (schema.truncate_text): the
+          # export's rd_jax.json carries them so rd_jax.score cuts served text the same way
+          "max_query_chars": int(cfg.data.max_query_chars),
+          "max_item_chars": int(cfg.data.max_item_chars),
           "match_hint": cfg.student.get("match_hint", ""), "stage": stage, "step": step,
           "init": cfg.student.init, "data": cfg.data.path or "bundled esci_us_srw150",
           "train_folds": list(cfg.data.train_folds),
