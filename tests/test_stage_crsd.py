@@ -94,6 +94,13 @@ def test_eval_writes_metrics_and_png(trained):
   pairs, _, _ = data_lib.load_eval_pairs(cfg, os.path.join(workdir, "eval"))
   assert [(r["query_id"], r["product_id"]) for r in rows] == [(p.query_id, p.product_id)
                                                                for p in pairs]
+  # each pair's served probabilities (logits + decision offsets) and the E[gain] nDCG ranks by
+  from rd_jax import ranking
+  gains = ranking.label_gains(cfg.labels, cfg.eval.get("gains"))
+  for r in rows:
+    probs = np.asarray([r["scores"][c] for c in cfg.labels])
+    assert abs(probs.sum() - 1) < 1e-6 and cfg.labels[int(probs.argmax())] == r["prediction"]
+    assert abs(r["expected_gain"] - probs @ gains) < 1e-9
   valid = [json.loads(line) for line in open(os.path.join(workdir, "crsd",
                                                            "valid_predictions.jsonl"))]
   assert len(valid) == json.load(open(os.path.join(workdir, "crsd",

@@ -3,7 +3,8 @@
   checkpoint: cfg.eval.checkpoint, or <workdir>/crsd/final (a stage folder or its final/)
   data:       cfg.eval.path (any labelled pairs file), or the cfg.eval.split folds of data.path
 Writes <workdir>/eval/metrics.json (accuracy, macro_f1, per_class, confusion, ...),
-<workdir>/eval/predictions.jsonl (query_id, product_id, label, prediction per pair, input order)
+<workdir>/eval/predictions.jsonl (query_id, product_id, label, prediction, scores {label: p} and
+expected_gain per pair, input order: what rd_jax.score writes for the exported student)
 and <workdir>/eval/confusion.png; with eval.checkpoint "" and a finished <workdir>/baseline/, the
 baseline too (baseline_metrics.json, baseline_predictions.jsonl, baseline_confusion.png), so a
 pipeline run ends with both.
@@ -101,8 +102,11 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
   result.update(checkpoint=storage.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
+    offsets = np.asarray(result.get("decision_offsets", np.zeros(logits.shape[1])))
     predict_lib.write_predictions(pairs, predicted, cfg.labels,
-                                  os.path.join(out_dir, f"{prefix}predictions.jsonl"))
+                                  os.path.join(out_dir, f"{prefix}predictions.jsonl"),
+                                  probs=ranking.softmax(logits + offsets),
+                                  gains=ranking.label_gains(cfg.labels, cfg.eval.get("gains")))
     metrics_lib.write_json_atomic(result, os.path.join(out_dir, f"{prefix}metrics.json"))
     metrics_lib.save_confusion_png(result, os.path.join(out_dir, f"{prefix}confusion.png"),
                                    title=f"{source}: macro-F1 {result['macro_f1']:.4f}")

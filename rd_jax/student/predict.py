@@ -109,9 +109,17 @@ def score_logits(logits: np.ndarray, gold: np.ndarray, pairs, cfg, logit_offsets
   return result
 
 
-def write_predictions(pairs, predictions, labels, path: str) -> None:
+def write_predictions(pairs, predictions, labels, path: str, probs=None, gains=None) -> None:
   """<path>: one JSON line per evaluated pair (input order): ids, gold and predicted label.
-  predictions: evaluate()'s "predictions" (class ids, one per pair)."""
-  metrics_lib.write_jsonl_atomic(
-      [{"query_id": p.query_id, "product_id": p.product_id, "label": labels[p.label_id],
-        "prediction": labels[k]} for p, k in zip(pairs, predictions, strict=True)], path)
+  predictions: evaluate()'s "predictions" (class ids, one per pair). With `probs` [N, C] (softmax
+  of the logits + decision offsets, as served) each line also has `scores` {label: p} and, with
+  `gains` [C], `expected_gain` = probs @ gains: the score nDCG@10 ranks a query's items by."""
+  rows = [{"query_id": p.query_id, "product_id": p.product_id, "label": labels[p.label_id],
+           "prediction": labels[k]} for p, k in zip(pairs, predictions, strict=True)]
+  if probs is not None:
+    probs = np.asarray(probs, np.float64)
+    for row, pr in zip(rows, probs, strict=True):
+      row["scores"] = {name: float(x) for name, x in zip(labels, pr)}
+      if gains is not None:
+        row["expected_gain"] = float(pr @ np.asarray(gains, np.float64))
+  metrics_lib.write_jsonl_atomic(rows, path)
