@@ -41,7 +41,7 @@ from typing import Iterator
 import numpy as np
 
 from rd_jax.data.match_hint import hinted_item
-from rd_jax.data.schema import truncate_text
+from rd_jax.data.schema import Limits, truncate_text
 
 ID_FIELDS = ("query_id", "product_id")
 EXPORT_META = "rd_jax.json"
@@ -154,15 +154,11 @@ def read_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str =
   return rows
 
 
-# data.max_query_chars / max_item_chars of the library's config: what every student exported
-# before rd_jax.json recorded them was trained with, unless its run changed them.
-DEFAULT_MAX_CHARS = {"max_query_chars": 256, "max_item_chars": 2048}
-
-
 def text_limits(meta: dict) -> dict:
-  """{max_query_chars, max_item_chars} the student was trained with (rd_jax.json; the library's
-  defaults for an export that predates them)."""
-  return {k: int(meta.get(k, default)) for k, default in DEFAULT_MAX_CHARS.items()}
+  """{max_query_chars, max_item_chars} the student was trained with (rd_jax.json; for an export
+  that predates them, schema.Limits' defaults: what every earlier run used unless it changed them)."""
+  defaults = Limits()
+  return {k: int(meta.get(k, getattr(defaults, k))) for k in ("max_query_chars", "max_item_chars")}
 
 
 def load_export_meta(model_dir: str) -> dict:

@@ -86,6 +86,8 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
 
   result, logits = run(pairs)
   predicted = result.pop("predictions")
+  # the logits as served (the export folds the offsets into its bias): bootstrap and predictions
+  served_logits = logits + np.asarray(result.get("decision_offsets", np.zeros(logits.shape[1])))
   by_split = {_split_name(cfg): headline(result)}
   if not cfg.eval.path and cfg.eval.split != "valid":   # valid too: the table shows both
     valid, _ = run(pairs_of(cfg, "valid", out_dir, meta.get("item_template")))
@@ -94,18 +96,16 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
     result["references"] = refs
     result["delta_vs_references"] = references.deltas(by_split, refs)
     if cfg.eval.get("bootstrap_resamples", 0):
-      offsets = np.asarray(result.get("decision_offsets", np.zeros(logits.shape[1])))
-      result["paired_bootstrap"] = reference_bootstrap(cfg, pairs, predicted, logits + offsets,
+      result["paired_bootstrap"] = reference_bootstrap(cfg, pairs, predicted, served_logits,
                                                        meta.get("item_template"))
   if cfg.eval.path:
     result["train_overlap"] = train_overlap(cfg, pairs, meta.get("item_template"))
   result.update(checkpoint=storage.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
-    offsets = np.asarray(result.get("decision_offsets", np.zeros(logits.shape[1])))
     predict_lib.write_predictions(pairs, predicted, cfg.labels,
                                   os.path.join(out_dir, f"{prefix}predictions.jsonl"),
-                                  probs=ranking.softmax(logits + offsets),
+                                  probs=ranking.softmax(served_logits),
                                   gains=ranking.label_gains(cfg.labels, cfg.eval.get("gains")))
     metrics_lib.write_json_atomic(result, os.path.join(out_dir, f"{prefix}metrics.json"))
     metrics_lib.save_confusion_png(result, os.path.join(out_dir, f"{prefix}confusion.png"),
