@@ -20,6 +20,8 @@ Common overrides (any key of rd_jax/config.py works the same way):
   --config.train.num_steps=200             training length (crsd, baseline)
   --config.eval.split=valid                evaluate valid instead of test
   --config.eval.checkpoint=DIR             evaluate another student's final/ folder
+  --config.calibrate.path=FILE             --stage=calibrate: re-fit the student's decision rule on a
+                                           labelled sample of your traffic (its label mix)
   --debug                                  show the traceback of a user error
 """
 

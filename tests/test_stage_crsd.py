@@ -275,3 +275,72 @@ def test_match_hint_is_recorded_and_eval_scores_the_checkpoints_inputs(tmp_path,
   # model's log-loss by ~5e-6 relative and its nDCG@10 by ~0.01)
   assert m["valid"]["log_loss"] == pytest.approx(stage_valid["log_loss"], rel=1e-9)
   assert m["valid"]["ndcg@10"] == pytest.approx(stage_valid["ndcg@10"], abs=1e-9)
+
+
+def _test_fold_file(cfg, path, keep_labels=None):
+  """The bundled rows of the config's test folds (optionally of some labels only) as a JSONL file."""
+  import gzip
+  from rd_jax.data import readers
+  rows = [json.loads(l) for l in gzip.open(readers.bundled_pairs_path(), "rt")]
+  rows = [r for r in rows if r["query_fold"] in cfg.data.test_folds
+          and (keep_labels is None or r["label"] in keep_labels)]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return rows
+
+
+def test_calibrate_refits_the_rule_and_hands_it_to_eval(trained, tmp_path):
+  """--stage=calibrate: the student's params unchanged under final/, the rule re-fitted on the
+  file (offsets[0] = 0, no worse than the argmax in-sample), the old offsets kept beside it; eval of
+  the calibrated checkpoint on the same file reads the in-sample figure calibrate reported."""
+  from rd_jax.stages import calibrate
+  cfg, workdir, _ = trained
+  rows = _test_fold_file(cfg, tmp_path / "traffic.jsonl")
+  run_cfg = cfg.copy_and_resolve_references()
+  run_cfg.calibrate.path = str(tmp_path / "traffic.jsonl")
+  run_cfg.calibrate.checkpoint = os.path.join(workdir, "crsd")
+  summary = calibrate.run(run_cfg, str(tmp_path))
+  m = json.load(open(tmp_path / "calibrate" / "metrics.json"))
+  student, calibrated = (checkpoint.read_meta(d) for d in (os.path.join(workdir, "crsd"),
+                                                           str(tmp_path / "calibrate")))
+  assert calibrated["decision_offsets"] == m["decision_offsets"] and m["decision_offsets"][0] == 0.0
+  assert calibrated["decision_offsets_before"] == student["decision_offsets"] == m["decision_offsets_before"]
+  assert calibrated["calibrated_on"]["pairs"] == m["pairs"] == len(rows)
+  counts = [sum(r["label"] == l for r in rows) for l in cfg.labels]
+  assert calibrated["calibrated_on"]["label_counts"] == counts
+  assert m["label_mix"]["file"] == pytest.approx([c / len(rows) for c in counts], abs=1e-4)
+  assert m["macro_f1"]["after_in_sample"] >= m["macro_f1"]["argmax"]   # the fit starts at 0
+  assert m["macro_f1"]["after_crossfit"] is not None and summary["pairs"] == len(rows)
+  assert json.load(open(tmp_path / "calibrate" / "summary.json")) == json.loads(json.dumps(summary))
+  params = [checkpoint.load_final(d)[0] for d in (os.path.join(workdir, "crsd", "final"),
+                                                  str(tmp_path / "calibrate" / "final"))]
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), *params))
+  eval_cfg = run_cfg.copy_and_resolve_references()
+  eval_cfg.eval.path, eval_cfg.eval.references = str(tmp_path / "traffic.jsonl"), False
+  eval_cfg.eval.checkpoint = str(tmp_path / "calibrate")
+  eval_stage.run(eval_cfg, str(tmp_path / "e"))
+  evaluated = json.load(open(tmp_path / "e" / "eval" / "metrics.json"))
+  assert evaluated["decision_offsets"] == m["decision_offsets"]
+  assert evaluated["macro_f1"] == pytest.approx(m["macro_f1"]["after_in_sample"], abs=1e-12)
+  assert evaluated["macro_f1_argmax"] == pytest.approx(m["macro_f1"]["argmax"], abs=1e-12)
+
+
+def test_calibrate_refuses_what_it_cannot_fit(trained, tmp_path):
+  from rd_jax import errors
+  from rd_jax.stages import calibrate
+  cfg, workdir, _ = trained
+  run_cfg = cfg.copy_and_resolve_references()
+  with pytest.raises(errors.ConfigError, match="calibrate.path"):
+    calibrate.run(run_cfg, str(tmp_path))
+  _test_fold_file(cfg, tmp_path / "one.jsonl", keep_labels={cfg.labels[0]})
+  run_cfg.calibrate.path = str(tmp_path / "one.jsonl")
+  run_cfg.calibrate.checkpoint = os.path.join(workdir, "crsd")
+  with pytest.raises(errors.DataError, match="one.jsonl.*one label"):
+    calibrate.run(run_cfg, str(tmp_path))
+  assert not os.path.exists(tmp_path / "calibrate" / "final")   # nothing half-written
+  run_cfg.calibrate.checkpoint = str(tmp_path / "nowhere")
+  with pytest.raises(checkpoint.CheckpointError, match="nowhere"):
+    calibrate.run(run_cfg, str(tmp_path))
+  r = subprocess.run([sys.executable, "-m", "rd_jax.main", "--stage=calibrate",
+                      "--config=configs/tiny.py", f"--workdir={tmp_path}",
+                      "--config.calibrate.rule=median"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 2 and "calibrate.rule" in r.stderr

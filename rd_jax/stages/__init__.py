@@ -24,7 +24,9 @@ STAGES = {
     "baseline": ("rd_jax.stages.crsd:run_baseline", "student: CE on the standard view only (ablation)"),
     "eval": ("rd_jax.stages.eval", "student: metrics.json + confusion.png on a labelled split"),
     "export": ("rd_jax.stages.export", "student: Hugging Face / PyTorch folder, verified"),
-    "all": ("rd_jax.stages.all", "every stage above in order, skipping completed ones"),
+    "calibrate": ("rd_jax.stages.calibrate",
+                  "student: decision rule re-fitted on a labelled sample of your traffic"),
+    "all": ("rd_jax.stages.all", "cpt ... export in order (not calibrate), skipping completed ones"),
 }
 
 
