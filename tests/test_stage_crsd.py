@@ -309,6 +309,7 @@ def test_calibrate_refits_the_rule_and_hands_it_to_eval(trained, tmp_path):
   assert calibrated["calibrated_on"]["label_counts"] == counts
   assert m["label_mix"]["file"] == pytest.approx([c / len(rows) for c in counts], abs=1e-4)
   assert m["macro_f1"]["after_in_sample"] >= m["macro_f1"]["argmax"]   # the fit starts at 0
+  assert m["train_overlap"]["queries_in_train"] == 0 and m["train_overlap"]["pairs"] == len(rows)
   assert m["macro_f1"]["after_crossfit"] is not None and summary["pairs"] == len(rows)
   assert json.load(open(tmp_path / "calibrate" / "summary.json")) == json.loads(json.dumps(summary))
   params = [checkpoint.load_final(d)[0] for d in (os.path.join(workdir, "crsd", "final"),

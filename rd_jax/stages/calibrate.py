@@ -26,7 +26,10 @@ Writes <workdir>/calibrate/final/ (the student's params unchanged; meta.json wit
 the file, macro-F1 under the student's offsets (`before`), under the new ones (`after_in_sample`:
 fitted on the same pairs, optimistic), and `after_crossfit` (each of calibrate.crossfit_folds
 query folds decided by offsets fitted on the others: the estimate to trust for further traffic of
-that mix), with the file's label mix beside the student's train mix; summary.json last.
+that mix), with the file's label mix beside the student's train mix (the labels it trained on,
+drawn cross-query negatives included), and `train_overlap`: the file's queries and pairs that the
+training split of data.path holds (a warning if any: offsets fitted on queries the student trained
+on are fitted to its in-sample scores); summary.json last.
 """
 
 from __future__ import annotations
@@ -63,9 +66,12 @@ def run(cfg, workdir: str) -> dict:
   storage.makedirs(stage_dir)
   ckpt = cfg.calibrate.checkpoint or os.path.join(workdir, "crsd")
   meta, model, params, mesh = restore_student(cfg, ckpt)
-  if "train_label_counts" not in meta:
-    raise checkpoint.CheckpointError(f"{ckpt!r}: its meta.json has no train_label_counts (written "
-                                     "by the crsd and baseline stages); retrain it with this version")
+  rule = cfg.calibrate.rule
+  train_counts = meta.get("train_label_counts")
+  if rule == "prior_scale" and not train_counts:
+    raise checkpoint.CheckpointError(f"{ckpt!r}: its meta.json has no train_label_counts, which "
+                                     "calibrate.rule=prior_scale needs (crsd and baseline write "
+                                     "them); use --config.calibrate.rule=offsets")
   file_cfg = _file_config(cfg)
   pairs, source, report = data_lib.load_eval_pairs(file_cfg, stage_dir, meta.get("item_template"))
   num_classes = len(cfg.labels)
@@ -81,8 +87,7 @@ def run(cfg, workdir: str) -> dict:
                                             match_hint=meta.get("match_hint", ""))
   logits = np.asarray(logits, np.float64)                                     # [N, C] raw
   before = np.asarray(meta.get("decision_offsets") or [0.0] * num_classes, np.float64)
-  rule = cfg.calibrate.rule
-  fit = decision.fitter(rule, meta["train_label_counts"])
+  fit = decision.fitter(rule, train_counts)
   after = np.asarray(fit(logits, gold), np.float64)
   f1 = lambda offsets: decision.macro_f1(gold, decision.predict(logits, offsets), num_classes)
   folds = int(cfg.calibrate.crossfit_folds)
@@ -104,8 +109,11 @@ def run(cfg, workdir: str) -> dict:
       "macro_f1": {"before": f1(before), "after_in_sample": f1(after), "after_crossfit": crossfit,
                    "argmax": f1(None)},
       "crossfit_folds": folds,
-      "label_mix": {"file": _mix(gold_counts), "student_train": _mix(meta["train_label_counts"])},
+      "label_mix": {"file": _mix(gold_counts),
+                    "student_train": _mix(train_counts) if train_counts else None},
       "labels": list(cfg.labels),
+      "train_overlap": data_lib.train_overlap(cfg, pairs, meta.get("item_template"),
+                                              "calibrate.path", cfg.calibrate.path),
   }
   calibrated = dict(meta, decision_offsets=result["decision_offsets"],
                     decision_offsets_before=result["decision_offsets_before"],

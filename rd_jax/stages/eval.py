@@ -76,7 +76,8 @@ def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> d
       result["paired_bootstrap"] = reference_bootstrap(cfg, pairs, predicted, served_logits,
                                                        meta.get("item_template"))
   if cfg.eval.path:
-    result["train_overlap"] = train_overlap(cfg, pairs, meta.get("item_template"))
+    result["train_overlap"] = data_lib.train_overlap(cfg, pairs, meta.get("item_template"),
+                                                   "eval.path", cfg.eval.path)
   result.update(checkpoint=storage.abspath(checkpoint.resolve_final(ckpt)), data=source,
                 data_report=report)
   if jax.process_index() == 0:
@@ -110,35 +111,6 @@ def reference_bootstrap(cfg, pairs, predicted, adjusted_logits, item_template) -
         keys, gold, predicted, probs.argmax(-1), len(cfg.labels),
         ndcg_a=student_ndcg, ndcg_b=ranking.pair_ndcg_per_query(pairs, probs, gains),
         resamples=cfg.eval.bootstrap_resamples, seed=cfg.eval.get("bootstrap_seed", 0))
-  return out
-
-
-def _normalised(text: str) -> str:
-  return " ".join(text.lower().split())
-
-
-def train_overlap(cfg, pairs, item_template) -> dict:
-  """How much of an eval.path file the training split of data.path already holds: its distinct
-  queries (lower-cased, whitespace collapsed) and its (query, item text) pairs found there. A
-  student scored on queries it trained on reads higher than on unseen ones, so eval warns. The
-  check reads the config's data.path and splits: a checkpoint trained on other data is not known."""
-  train_cfg = cfg.copy_and_resolve_references()
-  with train_cfg.unlocked():
-    train_cfg.eval.path, train_cfg.eval.split = "", "train"
-  with report_dir(None) as scratch:   # not eval's own rejects.jsonl
-    train, described, _ = data_lib.load_eval_pairs(train_cfg, scratch, item_template)
-  train_queries = {_normalised(p.query) for p in train}
-  train_pairs = {(_normalised(p.query), _normalised(p.item_text)) for p in train}
-  queries = {_normalised(p.query) for p in pairs}
-  out = {"queries": len(queries), "queries_in_train": len(queries & train_queries),
-         "pairs": len(pairs), "pairs_in_train": sum(
-             (_normalised(p.query), _normalised(p.item_text)) in train_pairs for p in pairs),
-         "train": described}
-  if out["queries_in_train"]:
-    logging.warning("eval.path %s shares %d of its %d queries (%d of %d pairs) with the training "
-                    "split (%s): its figures are not on unseen queries", cfg.eval.path,
-                    out["queries_in_train"], out["queries"], out["pairs_in_train"], out["pairs"],
-                    out["train"])
   return out
 
 

@@ -8,6 +8,7 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 
 from rd_jax import errors
 from rd_jax import metrics as metrics_lib
@@ -168,3 +169,32 @@ def load_eval_pairs(cfg, out_dir: str, item_template: str | None = None):
   return split, f"{report['path']} {where}", report
 
 
+def _normalised(text: str) -> str:
+  return " ".join(text.lower().split())
+
+
+def train_overlap(cfg, pairs, item_template, key: str, path: str) -> dict:
+  """How much of a labelled file (config key `key` = `path`: eval.path, calibrate.path) the training
+  split of data.path already holds: its distinct queries (lower-cased, whitespace collapsed) and
+  its (query, item text) pairs found there. A student scored on queries it trained on reads
+  higher than on unseen ones, so the caller records this and a warning says so. The check reads
+  the config's data.path and splits: a checkpoint trained on other data is not known."""
+  import tempfile
+  train_cfg = cfg.copy_and_resolve_references()
+  with train_cfg.unlocked():
+    train_cfg.eval.path, train_cfg.eval.split = "", "train"
+  with tempfile.TemporaryDirectory(prefix="rd_jax_overlap_") as scratch:   # not the caller's rejects
+    train, described, _ = load_eval_pairs(train_cfg, scratch, item_template)
+  train_queries = {_normalised(p.query) for p in train}
+  train_pairs = {(_normalised(p.query), _normalised(p.item_text)) for p in train}
+  queries = {_normalised(p.query) for p in pairs}
+  out = {"queries": len(queries), "queries_in_train": len(queries & train_queries),
+         "pairs": len(pairs), "pairs_in_train": sum(
+             (_normalised(p.query), _normalised(p.item_text)) in train_pairs for p in pairs),
+         "train": described}
+  if out["queries_in_train"]:
+    logging.warning("%s %s shares %d of its %d queries (%d of %d pairs) with the training split "
+                    "(%s): its figures are not on unseen queries", key, path,
+                    out["queries_in_train"], out["queries"], out["pairs_in_train"], out["pairs"],
+                    out["train"])
+  return out
