@@ -317,7 +317,7 @@ def test_calibrate_refits_the_rule_and_hands_it_to_eval(trained, tmp_path):
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), *params))
   eval_cfg = run_cfg.copy_and_resolve_references()
   eval_cfg.eval.path, eval_cfg.eval.references = str(tmp_path / "traffic.jsonl"), False
-  eval_cfg.eval.checkpoint = str(tmp_path / "calibrate")
+  eval_cfg.eval.checkpoint = str(tmp_path / "calibrate")   # the calibrated student, not crsd's
   eval_stage.run(eval_cfg, str(tmp_path / "e"))
   evaluated = json.load(open(tmp_path / "e" / "eval" / "metrics.json"))
   assert evaluated["decision_offsets"] == m["decision_offsets"]

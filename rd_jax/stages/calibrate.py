@@ -97,7 +97,7 @@ def run(cfg, workdir: str) -> dict:
     logging.warning("calibrate: on held-out queries of %s the re-fitted rule gives %.4f, the "
                     "student's own %.4f: keep the student's rule (or label more pairs)", source,
                     crossfit, f1(before))
-  if crossfit is None:
+  if crossfit is None and folds:   # folds 0: the user turned the cross-fitted figure off
     logging.warning("calibrate: %s holds %d queries, fewer than calibrate.crossfit_folds = %d: no "
                     "cross-fitted figure; the in-sample one is optimistic", source,
                     len(set(map(str, queries))), folds)
