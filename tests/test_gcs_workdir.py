@@ -137,6 +137,20 @@ def test_every_stage_on_gcs(gcs, tiny_config, monkeypatch, tmp_path):
   assert read_json(f"{workdir}/eval/metrics.json")["checkpoint"] == f"{workdir}/crsd/final"
   params, meta = checkpoint.load_final(f"{workdir}/crsd")
   assert meta["stage"] == "crsd" and jax.tree.leaves(params)
+  # --stage=calibrate on the bucket: a local labelled sample, the calibrated student in the bucket
+  from rd_jax.stages import calibrate
+  from test_stage_crsd import _test_fold_file
+  cfg = tiny_config()
+  cfg.calibrate.path = str(tmp_path / "sample.jsonl")
+  _test_fold_file(cfg, tmp_path / "sample.jsonl")
+  calibrate.run(cfg, workdir)
+  names = objects(gcs, "all")
+  assert {"calibrate/final/COMPLETE", "calibrate/final/meta.json", "calibrate/metrics.json",
+          "calibrate/summary.json"} <= names
+  assert read_json(f"{workdir}/calibrate/metrics.json")["checkpoint"] == f"{workdir}/crsd/final"
+  assert checkpoint.read_meta(f"{workdir}/calibrate")["calibrated_on"]["from"] == f"{workdir}/crsd/final"
+  assert list(cwd.iterdir()) == []
+  assert [p.name for p in scratch.iterdir() if p.name.startswith("rd_jax")] == []
 
   again = all_stage.run(scripted_pipeline(tiny_config(), monkeypatch), workdir)
   assert set(again["seconds_per_stage"].values()) == {"skipped (complete)"}
