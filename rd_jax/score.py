@@ -93,10 +93,10 @@ def _checked_row(row, template: str, where: str, max_chars: tuple[int | None, in
     raise BadRowError(f"{where}: no item text (none of {template_fields(template)} is set)",
                       "empty_item")
   ids = {k: row[k] for k in ID_FIELDS if row.get(k) not in (None, "")}   # "": an empty CSV cell
-  query, item = query.strip(), item
-  if max_chars[0] and len(query) > max_chars[0]:
+  query = query.strip()
+  if max_chars[0]:                       # truncate_text leaves text within the limit as it is
     query = truncate_text(query, max_chars[0])
-  if max_chars[1] and len(item) > max_chars[1]:
+  if max_chars[1]:
     item = truncate_text(item, max_chars[1])
   return {"query": query, "item": item, **ids}
 
@@ -148,7 +148,8 @@ def read_pairs(path: str, template: str, *, fmt: str = "auto", on_bad_row: str =
                report: dict | None = None, **max_chars) -> list[dict]:
   """`iter_pairs` as a list (the export's check, tests); a file with no good row raises."""
   report = {} if report is None else report
-  rows = list(iter_pairs(path, template, fmt=fmt, on_bad_row=on_bad_row, report=report, **max_chars))
+  rows = list(iter_pairs(path, template, fmt=fmt, on_bad_row=on_bad_row, report=report,
+                         **max_chars))
   if not rows:
     raise _nothing_to_score(path, report)
   return rows

@@ -61,7 +61,8 @@ def _mix(counts) -> list[float]:
 def run(cfg, workdir: str) -> dict:
   if not cfg.calibrate.path:
     raise errors.ConfigError("--stage=calibrate needs a labelled file of the traffic to calibrate "
-                             "on: --config.calibrate.path=<file> (JSONL / CSV / Parquet, with labels)")
+                             "on: --config.calibrate.path=<file> (JSONL / CSV / Parquet, with "
+                             "labels)")
   stage_dir = os.path.join(workdir, "calibrate")
   storage.makedirs(stage_dir)
   ckpt = cfg.calibrate.checkpoint or os.path.join(workdir, "crsd")
@@ -92,22 +93,23 @@ def run(cfg, workdir: str) -> dict:
   f1 = lambda offsets: decision.macro_f1(gold, decision.predict(logits, offsets), num_classes)
   folds = int(cfg.calibrate.crossfit_folds)
   queries = [p.query_id for p in pairs]
+  num_queries = len(set(map(str, queries)))
   crossfit = decision.crossfit_macro_f1(logits, gold, queries, folds, fit=fit)
-  if crossfit is not None and crossfit < f1(before):
+  m = {"before": f1(before), "after_in_sample": f1(after), "after_crossfit": crossfit,
+       "argmax": f1(None)}
+  if crossfit is not None and crossfit < m["before"]:
     logging.warning("calibrate: on held-out queries of %s the re-fitted rule gives %.4f, the "
                     "student's own %.4f: keep the student's rule (or label more pairs)", source,
-                    crossfit, f1(before))
+                    crossfit, m["before"])
   if crossfit is None and folds:   # folds 0: the user turned the cross-fitted figure off
     logging.warning("calibrate: %s holds %d queries, fewer than calibrate.crossfit_folds = %d: no "
-                    "cross-fitted figure; the in-sample one is optimistic", source,
-                    len(set(map(str, queries))), folds)
+                    "cross-fitted figure; the in-sample one is optimistic", source, num_queries,
+                    folds)
   result = {
       "checkpoint": storage.abspath(checkpoint.resolve_final(ckpt)), "data": source,
-      "data_report": report, "pairs": len(pairs), "queries": len(set(map(str, queries))),
+      "data_report": report, "pairs": len(pairs), "queries": num_queries,
       "decision_rule": rule, "decision_offsets_before": before.tolist(),
-      "decision_offsets": (after + 0.0).tolist(),
-      "macro_f1": {"before": f1(before), "after_in_sample": f1(after), "after_crossfit": crossfit,
-                   "argmax": f1(None)},
+      "decision_offsets": (after + 0.0).tolist(), "macro_f1": m,
       "crossfit_folds": folds,
       "label_mix": {"file": _mix(gold_counts),
                     "student_train": _mix(train_counts) if train_counts else None},
@@ -123,10 +125,9 @@ def run(cfg, workdir: str) -> dict:
   checkpoint.save_final(os.path.join(stage_dir, "final"), params, calibrated)
   if jax.process_index() == 0:
     metrics_lib.write_json_atomic(result, os.path.join(stage_dir, "metrics.json"))
-  m = result["macro_f1"]
   logging.info("calibrate on %s (%d pairs, %d queries): macro-F1 %.4f with the student's offsets, "
                "%.4f re-fitted (in-sample), %s cross-fitted; offsets %s -> %s", source, len(pairs),
-               result["queries"], m["before"], m["after_in_sample"],
+               num_queries, m["before"], m["after_in_sample"],
                "n/a" if crossfit is None else f"{crossfit:.4f}",
                np.round(before, 3).tolist(), np.round(after, 3).tolist())
   summary = {"stage": "calibrate", "output": os.path.join(stage_dir, "final"),

@@ -38,7 +38,7 @@ from absl import logging
 from rd_jax import bootstrap, checkpoint, metrics as metrics_lib, ranking, references
 from rd_jax import storage
 from rd_jax.student import data as data_lib, predict as predict_lib
-from rd_jax.student.restore import restore_student   # eval_stage.restore_student: its old home
+from rd_jax.student.restore import restore_student   # experiments: eval_stage.restore_student
 
 
 def _evaluate(cfg, ckpt: str, out_dir: str, prefix: str, refs: dict | None) -> dict:

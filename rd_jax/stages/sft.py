@@ -409,7 +409,7 @@ def run(cfg, workdir: str) -> dict:
   splits = readers.train_valid_test(pairs, cfg)
   matched, chains = load_or_bootstrap(cfg, teacher, pairs, splits["train"], stage_dir)
   if len(matched) < cfg.sft.batch_size:
-    rejected = collections.Counter({**chains.get("sample_rejections", {})})
+    rejected = collections.Counter(chains.get("sample_rejections", {}))
     rejected.update(chains.get("rationalization_rejections", {}))
     truncated = (f"; {rejected['truncated']} of {sum(rejected.values())} responses were cut at "
                  f"teacher.max_response_len={cfg.teacher.max_response_len}: raise it"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -179,7 +180,6 @@ def train_overlap(cfg, pairs, item_template, key: str, path: str) -> dict:
   its (query, item text) pairs found there. A student scored on queries it trained on reads
   higher than on unseen ones, so the caller records this and a warning says so. The check reads
   the config's data.path and splits: a checkpoint trained on other data is not known."""
-  import tempfile
   train_cfg = cfg.copy_and_resolve_references()
   with train_cfg.unlocked():
     train_cfg.eval.path, train_cfg.eval.split = "", "train"

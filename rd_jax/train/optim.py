@@ -58,7 +58,7 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, kin
   if warmup_steps < 0 or warmup_steps >= total_steps:
     raise errors.ConfigError(f"config key {key}.warmup_steps = {warmup_steps} must be in [0, "
                              f"{total_steps}): the run has {total_steps} steps and needs at least one "
-                     "after warm-up")
+                             "after warm-up")
   decay_steps = total_steps - warmup_steps
   if kind == "cosine":
     decay = optax.cosine_decay_schedule(peak, decay_steps)
